@@ -1,0 +1,350 @@
+//! `Kustomization` (kustomize.toolkit.fluxcd.io/v1): a path in a source's artifact, built and
+//! applied to the cluster, pruned and health-checked.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Condition, CrossNamespaceSourceReference, GoDuration};
+
+/// The API group of `Kustomization`.
+pub const KUSTOMIZE_GROUP: &str = "kustomize.toolkit.fluxcd.io";
+
+/// Per-object annotations and labels Weir reads and writes on applied objects, as Flux does.
+pub mod annotations {
+    /// `Merge` (default), `IfNotPresent` or `Ignore`: how an object is applied.
+    pub const SSA: &str = "kustomize.toolkit.fluxcd.io/ssa";
+    /// `disabled`: never prune this object.
+    pub const PRUNE: &str = "kustomize.toolkit.fluxcd.io/prune";
+    /// `enabled`: recreate the object when an immutable field changes.
+    pub const FORCE: &str = "kustomize.toolkit.fluxcd.io/force";
+    /// `disabled`: leave an existing object alone.
+    pub const RECONCILE: &str = "kustomize.toolkit.fluxcd.io/reconcile";
+    /// `disabled`: skip postBuild substitution for this object.
+    pub const SUBSTITUTE: &str = "kustomize.toolkit.fluxcd.io/substitute";
+    /// Label: the name of the Kustomization that applied the object.
+    pub const NAME_LABEL: &str = "kustomize.toolkit.fluxcd.io/name";
+    /// Label: the namespace of the Kustomization that applied the object.
+    pub const NAMESPACE_LABEL: &str = "kustomize.toolkit.fluxcd.io/namespace";
+}
+
+/// The desired state of a `Kustomization`.
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kustomize.toolkit.fluxcd.io",
+    version = "v1",
+    kind = "Kustomization",
+    plural = "kustomizations",
+    namespaced,
+    status = "KustomizationStatus",
+    shortname = "ks",
+    category = "fluxcd",
+    doc = "Kustomization is the Schema for the kustomizations API.",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.lastAppliedRevision",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(clippy::struct_excessive_bools)] // Flux's API: prune, wait, suspend and force are booleans.
+pub struct KustomizationSpec {
+    /// The source whose artifact holds the manifests.
+    pub source_ref: CrossNamespaceSourceReference,
+    /// Path to the directory with the manifests, relative to the artifact root; defaults to the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How often to reconcile, which also corrects drift.
+    pub interval: GoDuration,
+    /// How soon to retry after a failure; defaults to `interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_interval: Option<GoDuration>,
+    /// Timeout of build, apply and health checking; defaults to `interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// Delete objects that were applied before and are no longer in the source.
+    pub prune: bool,
+    /// Wait for every applied object to become healthy.
+    #[serde(default)]
+    pub wait: bool,
+    /// Specific objects whose health decides readiness.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<NamespacedObjectKindReference>,
+    /// Kustomizations that must be Ready before this one is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<DependencyReference>,
+    /// Sets or overrides the namespace of every namespaced object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub target_namespace: Option<String>,
+    /// Stop reconciling this object.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Recreate objects whose immutable fields changed.
+    #[serde(default)]
+    pub force: bool,
+    /// The service account to impersonate for every request about applied objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Variable substitution after the build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_build: Option<PostBuild>,
+    /// Strategic-merge or JSON6902 patches, applied with kustomize semantics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+    /// Image overrides, applied with kustomize semantics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+    /// A prefix added to the names of all objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub name_prefix: Option<String>,
+    /// A suffix added to the names of all objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub name_suffix: Option<String>,
+    /// Labels and annotations added to all objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_metadata: Option<CommonMetadata>,
+    /// Kustomize components (paths relative to `path`) included in the build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+}
+
+/// A reference to an object by kind, name and namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespacedObjectKindReference {
+    /// API version of the referent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Kind of the referent.
+    pub kind: String,
+    /// Name of the referent.
+    pub name: String,
+    /// Namespace of the referent; defaults to the Kustomization's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A Kustomization this one depends on.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DependencyReference {
+    /// Name of the referent.
+    pub name: String,
+    /// Namespace of the referent; defaults to the namespace of the dependent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Variable substitution applied after the build.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostBuild {
+    /// Variables by name; these win over `substituteFrom`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub substitute: BTreeMap<String, String>,
+    /// ConfigMaps and Secrets whose data are variables, read in order; later ones win.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitute_from: Vec<SubstituteReference>,
+}
+
+/// The kinds variables can be read from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubstituteKind {
+    Secret,
+    ConfigMap,
+}
+
+/// A ConfigMap or Secret holding substitution variables.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubstituteReference {
+    /// `ConfigMap` or `Secret`.
+    pub kind: SubstituteKind,
+    /// Name of the referent, in the Kustomization's namespace.
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// A missing referent is not an error when true.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// A patch and the objects it targets.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Patch {
+    /// A strategic-merge patch or a JSON6902 patch, as YAML or JSON.
+    pub patch: String,
+    /// Which objects the patch applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Selector>,
+}
+
+/// Selects objects by group, version, kind, name, namespace and selectors (kustomize semantics).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation_selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+}
+
+/// An image override: every container image named `name` gets the new name, tag or digest.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Image {
+    /// The image name to match, without tag.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_tag: Option<String>,
+    /// Replaces the tag with a digest when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Labels and annotations put on every applied object.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommonMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The observed state of a `Kustomization`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KustomizationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The revision of the last successful apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    /// The revision of the last apply attempt, successful or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<String>,
+    /// The objects applied by the last successful apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<ResourceInventory>,
+    /// The last `reconcile.fluxcd.io/requestedAt` value handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// The objects a Kustomization applied.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceInventory {
+    pub entries: Vec<ResourceRef>,
+}
+
+/// One applied object: `id` is `<namespace>_<name>_<group>_<kind>`, `v` its API version.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRef {
+    pub id: String,
+    pub v: String,
+}
+
+/// An object's identity as Flux writes it in an inventory.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjMetadata {
+    pub namespace: String,
+    pub name: String,
+    pub group: String,
+    pub kind: String,
+}
+
+impl ObjMetadata {
+    /// `<namespace>_<name>_<group>_<kind>` (empty namespace for cluster-scoped, empty group for core).
+    #[must_use]
+    pub fn id(&self) -> String {
+        format!(
+            "{}_{}_{}_{}",
+            self.namespace, self.name, self.group, self.kind
+        )
+    }
+
+    /// Parses an inventory id. Names and namespaces cannot contain `_`, kinds and groups neither,
+    /// so splitting on it is unambiguous.
+    #[must_use]
+    pub fn parse(id: &str) -> Option<Self> {
+        let mut parts = id.split('_');
+        let (namespace, name, group, kind) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || name.is_empty() || kind.is_empty() {
+            return None;
+        }
+        Some(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_ids_round_trip() {
+        let dep = ObjMetadata {
+            namespace: "apps".into(),
+            name: "web".into(),
+            group: "apps".into(),
+            kind: "Deployment".into(),
+        };
+        assert_eq!(dep.id(), "apps_web_apps_Deployment");
+        assert_eq!(ObjMetadata::parse(&dep.id()), Some(dep));
+        let ns = ObjMetadata {
+            namespace: String::new(),
+            name: "apps".into(),
+            group: String::new(),
+            kind: "Namespace".into(),
+        };
+        assert_eq!(ns.id(), "_apps__Namespace");
+        assert_eq!(ObjMetadata::parse("_apps__Namespace"), Some(ns));
+        assert_eq!(ObjMetadata::parse("a_b_c"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! Weir's API: custom resource types that speak Flux's API, condition helpers and durations.
+//!
+//! Types only, and pure helpers over them: nothing here talks to a cluster.
+
+pub mod condition;
+pub mod crd;
+pub mod duration;
+pub mod kustomize;
+pub mod manifest;
+pub mod meta;
+pub mod source;
+
+pub use condition::{Condition, ConditionStatus, KStatus, Outcome, reasons, types};
+pub use duration::{DurationError, GoDuration};
+pub use kustomize::{Kustomization, KustomizationSpec, KustomizationStatus};
+pub use meta::{
+    Artifact, CrossNamespaceSourceReference, LocalObjectReference,
+    RECONCILE_REQUESTED_AT_ANNOTATION, SourceKind,
+};
+pub use source::{GitRepository, GitRepositoryRef, GitRepositorySpec, GitRepositoryStatus};

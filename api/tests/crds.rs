@@ -1,0 +1,223 @@
+//! The CRDs in `crds/` are generated from the types; these tests fail when they drift, and check
+//! that each is a valid `apiextensions.k8s.io/v1` CustomResourceDefinition with Flux's names.
+
+// A test's helpers fail the test by panicking; that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
+
+fn crds_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    let mut expected_files = vec![];
+    for crd in weir_api::crd::all() {
+        let name = weir_api::crd::file_name(&crd);
+        let committed = std::fs::read_to_string(crds_dir().join(&name))
+            .unwrap_or_else(|e| panic!("crds/{name} is missing ({e}); run `make crds`"));
+        let generated = weir_api::crd::to_yaml(&crd).unwrap();
+        assert!(
+            committed == generated,
+            "crds/{name} differs from the types; run `make crds` and commit"
+        );
+        expected_files.push(name);
+    }
+    let mut present: Vec<_> = std::fs::read_dir(crds_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            std::path::Path::new(n)
+                .extension()
+                .is_some_and(|e| e == "yaml")
+        })
+        .collect();
+    present.sort();
+    expected_files.sort();
+    assert_eq!(
+        present, expected_files,
+        "crds/ holds files no type generates"
+    );
+}
+
+fn read_crd(file: &str) -> CustomResourceDefinition {
+    let text = std::fs::read_to_string(crds_dir().join(file)).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+fn columns(crd: &CustomResourceDefinition) -> Vec<(String, String)> {
+    crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.clone(), c.json_path.clone()))
+        .collect()
+}
+
+const READY: &str = r#".status.conditions[?(@.type=="Ready")].status"#;
+const STATUS: &str = r#".status.conditions[?(@.type=="Ready")].message"#;
+
+#[test]
+fn gitrepository_crd_has_fluxs_names_and_columns() {
+    let crd = read_crd("gitrepositories.source.toolkit.fluxcd.io.yaml");
+    assert_eq!(crd.spec.group, "source.toolkit.fluxcd.io");
+    assert_eq!(crd.spec.names.kind, "GitRepository");
+    assert_eq!(crd.spec.names.plural, "gitrepositories");
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["gitrepo".to_owned()][..])
+    );
+    assert_eq!(
+        crd.spec.names.categories.as_deref(),
+        Some(&["fluxcd".to_owned()][..])
+    );
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.versions[0].name, "v1");
+    assert!(
+        crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some()
+    );
+    let cols = columns(&crd);
+    for (name, path) in [
+        ("URL", ".spec.url"),
+        ("Age", ".metadata.creationTimestamp"),
+        ("Ready", READY),
+        ("Status", STATUS),
+    ] {
+        assert!(
+            cols.contains(&(name.to_owned(), path.to_owned())),
+            "missing column {name}: {cols:?}"
+        );
+    }
+}
+
+#[test]
+fn kustomization_crd_has_fluxs_names_and_columns() {
+    let crd = read_crd("kustomizations.kustomize.toolkit.fluxcd.io.yaml");
+    assert_eq!(crd.spec.group, "kustomize.toolkit.fluxcd.io");
+    assert_eq!(crd.spec.names.kind, "Kustomization");
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["ks".to_owned()][..])
+    );
+    assert_eq!(
+        crd.spec.names.categories.as_deref(),
+        Some(&["fluxcd".to_owned()][..])
+    );
+    let cols = columns(&crd);
+    for (name, path) in [
+        ("Age", ".metadata.creationTimestamp"),
+        ("Ready", READY),
+        ("Status", STATUS),
+    ] {
+        assert!(
+            cols.contains(&(name.to_owned(), path.to_owned())),
+            "missing column {name}: {cols:?}"
+        );
+    }
+}
+
+fn schema(crd: &CustomResourceDefinition) -> &JSONSchemaProps {
+    crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap()
+}
+
+fn prop<'a>(s: &'a JSONSchemaProps, path: &[&str]) -> &'a JSONSchemaProps {
+    path.iter().fold(s, |s, p| {
+        let s = s.items.as_ref().map_or(s, |items| match items {
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => s,
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schemas(_) => panic!("tuple schema"),
+        });
+        s.properties.as_ref().and_then(|m| m.get(*p)).unwrap_or_else(|| panic!("no property {p}"))
+    })
+}
+
+/// Walks every schema node: a structural schema has a type on every node and never keeps
+/// unknown fields.
+fn assert_structural(s: &JSONSchemaProps, path: &str) {
+    assert!(
+        s.type_.is_some() || s.x_kubernetes_int_or_string == Some(true),
+        "{path} has no type"
+    );
+    assert_ne!(
+        s.x_kubernetes_preserve_unknown_fields,
+        Some(true),
+        "{path} keeps unknown fields"
+    );
+    for (k, v) in s.properties.iter().flatten() {
+        assert_structural(v, &format!("{path}.{k}"));
+    }
+    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) = &s.items {
+        assert_structural(items, &format!("{path}[]"));
+    }
+    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) = &s.additional_properties {
+        assert_structural(extra, &format!("{path}{{}}"));
+    }
+}
+
+#[test]
+fn schemas_are_structural_and_validate_what_flux_validates() {
+    let git = read_crd("gitrepositories.source.toolkit.fluxcd.io.yaml");
+    let ks = read_crd("kustomizations.kustomize.toolkit.fluxcd.io.yaml");
+    assert_structural(schema(&git), "GitRepository");
+    assert_structural(schema(&ks), "Kustomization");
+
+    let s = schema(&git);
+    assert_eq!(
+        prop(s, &["spec", "url"]).pattern.as_deref(),
+        Some("^(http|https|ssh)://.*$")
+    );
+    assert!(prop(s, &["spec", "interval"]).pattern.is_some());
+    assert_eq!(
+        prop(s, &["spec", "timeout"])
+            .default
+            .as_ref()
+            .map(|d| d.0.clone()),
+        Some(serde_json::json!("60s"))
+    );
+    let conds = prop(s, &["status", "conditions"]);
+    assert_eq!(conds.x_kubernetes_list_type.as_deref(), Some("map"));
+    assert_eq!(
+        conds.x_kubernetes_list_map_keys.as_deref(),
+        Some(&["type".to_owned()][..])
+    );
+    let status = prop(s, &["status", "conditions", "status"]);
+    assert_eq!(status.enum_.as_ref().map(Vec::len), Some(3));
+    assert_eq!(
+        prop(s, &["status", "conditions", "observedGeneration"]).minimum,
+        Some(0.0)
+    );
+
+    let s = schema(&ks);
+    let kinds = prop(s, &["spec", "sourceRef", "kind"])
+        .enum_
+        .clone()
+        .unwrap();
+    assert_eq!(
+        kinds.len(),
+        1,
+        "only the source kinds Weir implements are accepted"
+    );
+    assert_eq!(prop(s, &["spec", "targetNamespace"]).max_length, Some(63));
+    let required = s.properties.as_ref().unwrap()["spec"]
+        .required
+        .clone()
+        .unwrap();
+    for field in ["interval", "prune", "sourceRef"] {
+        assert!(required.contains(&field.to_owned()), "{field} is required");
+    }
+}

@@ -108,7 +108,7 @@ live_pid() {
 	echo "$pid"
 }
 
-# group_alive PID: processes left in the session+process group we started (setsid => both == PID).
+# group_alive PID: live processes left in the session we started (setsid => sid == pgid == PID).
 # The kernel does not reuse a pid while it is still some live group's pgid/sid.
 # Zombies (dead, waiting for init to reap them) do not count.
 group_alive() { ps -o stat= -s "$1" 2>/dev/null | grep -qv "^Z"; }
@@ -134,17 +134,30 @@ stop_one() {
 }
 
 stop_all() {
-	local c
-	for c in "${COMPONENTS[@]}"; do stop_one "$c"; done
+	local c pid st sids=() i
+	for c in "${COMPONENTS[@]}"; do
+		if [ -f "$RUN/$c.pid" ] && read -r pid st <"$RUN/$c.pid"; then sids+=("$pid"); fi
+		stop_one "$c"
+	done
+	# The stopped processes were reparented to init; give it up to 5s to reap them so
+	# that `ps` right after `down` shows nothing of ours (zombies included).
+	for ((i = 0; i < 50 && ${#sids[@]} > 0; i++)); do
+		ps -o pid= -s "$(IFS=,; echo "${sids[*]}")" >/dev/null 2>&1 || break
+		sleep 0.1
+	done
 }
 
 # wait_for COMPONENT TIMEOUT_SECS WHAT CMD... : poll CMD until it succeeds.
 wait_for() {
 	local comp="$1" timeout="$2" what="$3"; shift 3
 	local deadline=$((SECONDS + timeout))
+	local last
 	until "$@" >/dev/null 2>&1; do
-		live_pid "$comp" >/dev/null || die "$comp exited while waiting for $what (log: $STATE/$comp.log)"
-		((SECONDS < deadline)) || die "$comp: $what not reached after ${timeout}s (log: $STATE/$comp.log)"
+		last="$(grep -v '^[[:space:]]*$' "$STATE/$comp.log" 2>/dev/null | tail -n1 | cut -c1-300 || true)"
+		live_pid "$comp" >/dev/null ||
+			die "$comp exited while waiting for $what (log: $STATE/$comp.log; last line: ${last:-<empty>})"
+		((SECONDS < deadline)) ||
+			die "$comp: $what not reached after ${timeout}s (log: $STATE/$comp.log; last line: ${last:-<empty>})"
 		sleep 0.2
 	done
 }
@@ -228,6 +241,8 @@ subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubern
 		leaf admin "/O=system:masters/CN=weir-admin" "extendedKeyUsage=clientAuth"
 		leaf controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 		leaf scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+		# Aggregation layer (requestheader) client; same CA, restricted by --requestheader-allowed-names.
+		leaf front-proxy-client "/CN=front-proxy-client" "extendedKeyUsage=clientAuth"
 		# Service-account token signing key pair.
 		openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
 		openssl pkey -in sa.key -pubout -out sa.pub
@@ -574,6 +589,8 @@ cmd_up() {
 
 	wait_for etcd 30 "health" check_etcd
 	log "starting kube-apiserver"
+	# --endpoint-reconciler-type=none: the advertise address is loopback, which Endpoints
+	# validation rejects (error every 10s); nothing runs in-cluster that needs to reach it.
 	start_bg kube-apiserver "$BIN/kube-apiserver" \
 		--etcd-servers="http://127.0.0.1:$ETCD_PORT" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
@@ -584,6 +601,14 @@ cmd_up() {
 		--service-account-signing-key-file="$PKI/sa.key" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--requestheader-client-ca-file="$PKI/ca.crt" \
+		--requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User \
+		--requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+		--proxy-client-key-file="$PKI/front-proxy-client.key" \
+		--endpoint-reconciler-type=none \
 		--allow-privileged=true \
 		--profiling=false
 	wait_for kube-apiserver 90 "/readyz ok" check_apiserver
@@ -599,6 +624,7 @@ cmd_up() {
 		--cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
 		--use-service-account-credentials=true \
 		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--flex-volume-plugin-dir="$STATE/flexvolume" \
 		--leader-elect=false --profiling=false
 	start_bg kube-scheduler "$BIN/kube-scheduler" \
 		--kubeconfig="$STATE/scheduler.kubeconfig" \

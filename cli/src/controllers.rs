@@ -1,13 +1,16 @@
 //! `weir controllers`: runs the selected controllers in one process. Controllers share no
 //! memory; each talks only to the API server.
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::ValueEnum;
 
 /// The controllers this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Controller {}
+pub enum Controller {
+    /// GitRepository → artifacts served over HTTP.
+    Source,
+}
 
 /// Flags of `weir controllers`.
 #[derive(Debug, clap::Args)]
@@ -15,13 +18,99 @@ pub struct Args {
     /// Controllers to run, comma-separated; all of them when omitted.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub controllers: Vec<Controller>,
+    /// Watch only this namespace (all namespaces when omitted).
+    #[arg(long, env = "WEIR_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How many objects of each kind are reconciled at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u16,
+    /// Directory where the source controller stores artifacts.
+    #[arg(long, default_value = "/var/lib/weir/artifacts")]
+    pub storage_path: PathBuf,
+    /// Address the artifact HTTP server listens on.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub storage_addr: SocketAddr,
+    /// `host:port` advertised in artifact URLs (defaults to the listening address).
+    #[arg(long)]
+    pub storage_adv_addr: Option<String>,
+    /// How many artifacts to keep per object, the current one included.
+    #[arg(long = "artifact-retention-records", default_value_t = 2)]
+    pub artifact_retention: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
-/// Runs the selected controllers until interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs the selected controllers until SIGTERM or SIGINT.
 pub fn run(args: &Args) -> ExitCode {
-    if args.controllers.is_empty() && Controller::value_variants().is_empty() {
-        eprintln!("weir controllers: this build has no controllers yet; nothing to run");
-        return ExitCode::from(2);
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("weir controllers: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_async(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("weir controllers: {message}");
+            ExitCode::FAILURE
+        }
     }
-    ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run_async(args: &Args) -> Result<(), String> {
+    let selected: Vec<Controller> = if args.controllers.is_empty() {
+        Controller::value_variants().to_vec()
+    } else {
+        args.controllers.clone()
+    };
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
+    let mut handles = vec![];
+    for controller in selected {
+        match controller {
+            Controller::Source => {
+                let config = weir_source::Config {
+                    storage_path: args.storage_path.clone(),
+                    storage_addr: args.storage_addr,
+                    storage_adv_addr: args.storage_adv_addr.clone(),
+                    artifact_retention: args.artifact_retention,
+                    namespace: args.namespace.clone(),
+                    concurrency: args.concurrency,
+                };
+                let handle = weir_source::start(client.clone(), config, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                handles.push(handle);
+            }
+        }
+    }
+    for handle in handles {
+        handle.wait().await;
+    }
+    Ok(())
 }

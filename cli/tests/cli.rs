@@ -39,7 +39,19 @@ fn controllers_help_describes_the_subcommand() {
     let out = weir(&["controllers", "--help"]);
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("--controllers"), "{stdout}");
+    for flag in [
+        "--controllers",
+        "--storage-path",
+        "--storage-addr",
+        "--storage-adv-addr",
+        "--namespace",
+    ] {
+        assert!(stdout.contains(flag), "{flag} missing from:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("source"),
+        "the source controller is listed:\n{stdout}"
+    );
 }
 
 #[test]
@@ -51,5 +63,33 @@ fn an_unknown_command_is_a_usage_error_on_stderr() {
         String::from_utf8(out.stderr)
             .unwrap()
             .contains("unrecognized subcommand 'frobnicate'")
+    );
+}
+
+#[test]
+fn controllers_without_a_cluster_fail_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["controllers", "--controllers", "source"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot connect to the Kubernetes API"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_controller_is_a_usage_error() {
+    let out = weir(&["controllers", "--controllers", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("invalid value 'nope'")
     );
 }

@@ -1,0 +1,16 @@
+//! Reconcile scaffolding shared by Weir's controllers.
+//!
+//! Controllers share no memory with each other; what they share is this code: how a failure
+//! maps to a condition and a requeue, how requeues are jittered and backed off, how status is
+//! written once per reconcile, how events are published, and how secrets are kept out of text.
+
+pub mod events;
+pub mod failure;
+pub mod redact;
+pub mod schedule;
+pub mod semver_range;
+pub mod status;
+pub mod trigger;
+
+pub use failure::{Disposition, Failure};
+pub use redact::Redactor;

@@ -1,0 +1,25 @@
+//! Which changes of an object start a reconcile. Status writes must not (or every reconcile
+//! would trigger the next); spec changes, reconcile requests, finalizer and deletion changes must.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use kube::Resource;
+use weir_api::RECONCILE_REQUESTED_AT_ANNOTATION;
+
+/// A hash of what should trigger a reconcile: generation, the `requestedAt` annotation,
+/// finalizers and the deletion timestamp. Use with `predicate_filter`.
+pub fn reconcile_trigger<K: Resource>(obj: &K) -> Option<u64> {
+    let meta = obj.meta();
+    let mut hasher = DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(RECONCILE_REQUESTED_AT_ANNOTATION))
+        .hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}

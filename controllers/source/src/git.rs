@@ -1,0 +1,382 @@
+//! Git transport with libgit2: listing a remote's refs without cloning, shallow fetches, and
+//! credentials from a GitRepository's secret. Blocking; callers run it on a blocking thread.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeMap,
+    path::Path,
+    time::Instant,
+};
+
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid,
+    RemoteCallbacks, Repository,
+};
+
+use crate::known_hosts::{HostKeyError, KnownHosts};
+
+/// Credentials read from the secret named by `spec.secretRef`, with Flux's key names.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// `username` and `password`: HTTP basic auth.
+    pub basic: Option<(String, String)>,
+    /// `bearerToken`: sent as `Authorization: Bearer`.
+    pub bearer_token: Option<String>,
+    /// `identity` (a private key in PEM/OpenSSH form) and optional `password` for SSH.
+    pub ssh_identity: Option<String>,
+    pub ssh_passphrase: Option<String>,
+    /// `known_hosts`: required for SSH.
+    pub known_hosts: Option<KnownHosts>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("basic", &self.basic.as_ref().map(|(u, _)| (u, "*****")))
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "*****"))
+            .field("ssh_identity", &self.ssh_identity.as_ref().map(|_| "*****"))
+            .field(
+                "ssh_passphrase",
+                &self.ssh_passphrase.as_ref().map(|_| "*****"),
+            )
+            .field("known_hosts", &self.known_hosts.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads Flux's secret keys from a Secret's data.
+    #[must_use]
+    pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Self {
+        let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+        let identity = text("identity");
+        Self {
+            basic: text("username").map(|u| (u, text("password").unwrap_or_default())),
+            bearer_token: text("bearerToken"),
+            // With an identity, `password` is the key's passphrase.
+            ssh_passphrase: identity.as_ref().and_then(|_| text("password")),
+            ssh_identity: identity,
+            known_hosts: text("known_hosts").map(|k| KnownHosts::parse(&k)),
+        }
+    }
+
+    /// Every secret value, for redaction.
+    #[must_use]
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out = vec![];
+        if let Some((_, p)) = &self.basic {
+            out.push(p.clone());
+        }
+        out.extend(self.bearer_token.clone());
+        out.extend(self.ssh_identity.clone());
+        out.extend(self.ssh_passphrase.clone());
+        out
+    }
+}
+
+/// A remote to talk to: a URL without credentials, how to authenticate, and a deadline.
+#[derive(Debug)]
+pub struct Remote<'a> {
+    pub url: &'a str,
+    pub credentials: &'a Credentials,
+    pub deadline: Instant,
+}
+
+/// Why a git operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    #[error("ssh host key verification failed: {0}")]
+    HostKey(#[from] HostKeyError),
+    #[error("git operation timed out")]
+    Timeout,
+    #[error("{0}")]
+    Git(String),
+}
+
+/// What the callbacks learned, beyond libgit2's own error.
+#[derive(Default)]
+struct CallbackState {
+    host_key: RefCell<Option<HostKeyError>>,
+    auth_failure: RefCell<Option<String>>,
+    credential_requests: Cell<u32>,
+    timed_out: Cell<bool>,
+}
+
+impl CallbackState {
+    /// Turns libgit2's error into ours, preferring what the callbacks saw.
+    fn error(&self, e: &git2::Error) -> GitError {
+        if let Some(hk) = self.host_key.borrow_mut().take() {
+            return GitError::HostKey(hk);
+        }
+        if self.timed_out.get() {
+            return GitError::Timeout;
+        }
+        if let Some(why) = self.auth_failure.borrow_mut().take() {
+            return GitError::Authentication(why);
+        }
+        let message = e.message().to_owned();
+        let lower = message.to_lowercase();
+        if e.code() == git2::ErrorCode::Auth
+            || lower.contains("401")
+            || lower.contains("403")
+            || lower.contains("authentication")
+            || lower.contains("unauthorized")
+        {
+            return GitError::Authentication(message);
+        }
+        GitError::Git(message)
+    }
+}
+
+/// The port of an `ssh://` URL (22 by default).
+fn ssh_port(url: &str) -> u16 {
+    url.strip_prefix("ssh://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(22)
+}
+
+fn callbacks<'a>(remote: &'a Remote<'a>, state: &'a CallbackState) -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    let port = ssh_port(remote.url);
+    cb.certificate_check(move |cert, host| {
+        if let Some(hostkey) = cert.as_hostkey() {
+            let known = remote.credentials.known_hosts.clone().unwrap_or_default();
+            let verdict = if known.is_empty() {
+                Err(HostKeyError::UnknownHost(format!(
+                    "{host} (the secret has no known_hosts)"
+                )))
+            } else {
+                known.verify(host, port, hostkey.hostkey())
+            };
+            return match verdict {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(e) => {
+                    let message = e.to_string();
+                    *state.host_key.borrow_mut() = Some(e);
+                    Err(git2::Error::from_str(&message))
+                }
+            };
+        }
+        // TLS: let libgit2 verify the chain against the system's trust store.
+        Ok(CertificateCheckStatus::CertificatePassthrough)
+    });
+    cb.credentials(move |_url, username, allowed| {
+        let attempt = state.credential_requests.get() + 1;
+        state.credential_requests.set(attempt);
+        let fail = |why: &str| {
+            *state.auth_failure.borrow_mut() = Some(why.to_owned());
+            Err(git2::Error::from_str(why))
+        };
+        if attempt > 1 {
+            return fail("the server rejected the credentials");
+        }
+        let creds = remote.credentials;
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if let Some(identity) = &creds.ssh_identity {
+                return Cred::ssh_key_from_memory(
+                    username.unwrap_or("git"),
+                    None,
+                    identity,
+                    creds.ssh_passphrase.as_deref(),
+                )
+                .or_else(|e| fail(&format!("cannot use the ssh identity: {}", e.message())));
+            }
+            return fail("the server asks for an ssh key and the secret has no identity");
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            if let Some((user, password)) = &creds.basic {
+                return Cred::userpass_plaintext(user, password);
+            }
+            return fail("the server asks for a username and password and none were given");
+        }
+        fail("the server asks for credentials of a kind Weir cannot provide")
+    });
+    cb.transfer_progress(move |_| {
+        let in_time = Instant::now() < remote.deadline;
+        state.timed_out.set(!in_time);
+        in_time
+    });
+    cb
+}
+
+/// The refs a remote advertises, tags peeled to the commits they point at.
+#[derive(Debug, Default)]
+pub struct RemoteRefs {
+    /// The branch the remote's `HEAD` points at, such as `refs/heads/main`.
+    pub head: Option<String>,
+    refs: BTreeMap<String, Oid>,
+}
+
+impl RemoteRefs {
+    /// The commit a ref points at (annotated tags peeled).
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<Oid> {
+        self.refs
+            .get(&format!("{name}^{{}}"))
+            .or_else(|| self.refs.get(name))
+            .copied()
+    }
+
+    /// Tag names (without `refs/tags/`).
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.refs
+            .keys()
+            .filter_map(|r| r.strip_prefix("refs/tags/"))
+            .filter(|t| !t.ends_with("^{}"))
+    }
+
+    #[cfg(test)]
+    fn from_pairs(head: Option<&str>, pairs: &[(&str, &str)]) -> Self {
+        Self {
+            head: head.map(str::to_owned),
+            refs: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Oid::from_str(v).unwrap()))
+                .collect(),
+        }
+    }
+}
+
+fn fetch_options<'a>(
+    remote: &'a Remote<'a>,
+    state: &'a CallbackState,
+    header: Option<&'a String>,
+) -> FetchOptions<'a> {
+    let mut fo = FetchOptions::new();
+    fo.remote_callbacks(callbacks(remote, state));
+    fo.download_tags(AutotagOption::None);
+    if let Some(h) = header {
+        fo.custom_headers(&[h.as_str()]);
+    }
+    fo
+}
+
+fn bearer_header(remote: &Remote<'_>) -> Option<String> {
+    remote
+        .credentials
+        .bearer_token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}"))
+}
+
+/// Lists the remote's refs without fetching any object (`git ls-remote`). `scratch` is an empty
+/// directory for a throwaway repository.
+pub fn ls_remote(remote: &Remote<'_>, scratch: &Path) -> Result<RemoteRefs, GitError> {
+    let repo = Repository::init_bare(scratch).map_err(|e| GitError::Git(e.message().to_owned()))?;
+    let mut git_remote = repo
+        .remote_anonymous(remote.url)
+        .map_err(|e| GitError::Git(e.message().to_owned()))?;
+    let state = CallbackState::default();
+    let header = bearer_header(remote);
+    if header.is_some() {
+        // libgit2 sends custom headers only on the fetch path: a download of nothing connects,
+        // reads the advertisement and stops.
+        let mut fo = fetch_options(remote, &state, header.as_ref());
+        git_remote
+            .download::<&str>(&[], Some(&mut fo))
+            .map_err(|e| state.error(&e))?;
+    } else {
+        git_remote
+            .connect_auth(Direction::Fetch, Some(callbacks(remote, &state)), None)
+            .map_err(|e| state.error(&e))?;
+    }
+    let heads = git_remote.list().map_err(|e| state.error(&e))?;
+    let refs = heads
+        .iter()
+        .map(|h| (h.name().to_owned(), h.oid()))
+        .collect();
+    let head = git_remote
+        .default_branch()
+        .ok()
+        .and_then(|b| b.as_str().ok().map(str::to_owned));
+    Ok(RemoteRefs { head, refs })
+}
+
+/// Fetches `refspecs` into a new bare repository at `dir`; `depth` 0 fetches full history.
+pub fn fetch(
+    remote: &Remote<'_>,
+    dir: &Path,
+    refspecs: &[String],
+    depth: i32,
+) -> Result<Repository, GitError> {
+    let repo = Repository::init_bare(dir).map_err(|e| GitError::Git(e.message().to_owned()))?;
+    {
+        let mut git_remote = repo
+            .remote_anonymous(remote.url)
+            .map_err(|e| GitError::Git(e.message().to_owned()))?;
+        let state = CallbackState::default();
+        let header = bearer_header(remote);
+        let mut fo = fetch_options(remote, &state, header.as_ref());
+        if depth > 0 {
+            fo.depth(depth);
+        }
+        git_remote
+            .fetch(refspecs, Some(&mut fo), None)
+            .map_err(|e| state.error(&e))?;
+    }
+    Ok(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_tags_resolve_to_their_commit() {
+        let refs = RemoteRefs::from_pairs(
+            Some("refs/heads/main"),
+            &[
+                (
+                    "refs/heads/main",
+                    "1111111111111111111111111111111111111111",
+                ),
+                (
+                    "refs/tags/v1.0.0",
+                    "2222222222222222222222222222222222222222",
+                ),
+                (
+                    "refs/tags/v1.0.0^{}",
+                    "3333333333333333333333333333333333333333",
+                ),
+                (
+                    "refs/tags/v0.9.0",
+                    "4444444444444444444444444444444444444444",
+                ),
+            ],
+        );
+        assert_eq!(
+            refs.get("refs/tags/v1.0.0").unwrap().to_string(),
+            "3333333333333333333333333333333333333333"
+        );
+        assert_eq!(
+            refs.get("refs/tags/v0.9.0").unwrap().to_string(),
+            "4444444444444444444444444444444444444444"
+        );
+        assert_eq!(refs.tags().collect::<Vec<_>>(), ["v0.9.0", "v1.0.0"]);
+    }
+
+    #[test]
+    fn ssh_ports_come_from_the_url() {
+        assert_eq!(ssh_port("ssh://git@127.0.0.1:2222/srv/repo.git"), 2222);
+        assert_eq!(ssh_port("ssh://git@github.com/org/repo"), 22);
+    }
+
+    #[test]
+    fn credentials_never_print_secrets() {
+        let mut data = BTreeMap::new();
+        data.insert("username".to_owned(), b"bob".to_vec());
+        data.insert("password".to_owned(), b"hunter2".to_vec());
+        data.insert("bearerToken".to_owned(), b"tok3n".to_vec());
+        let c = Credentials::from_secret_data(&data);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok3n"),
+            "{shown}"
+        );
+        assert_eq!(c.secret_values(), ["hunter2", "tok3n"]);
+    }
+}

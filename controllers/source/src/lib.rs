@@ -1,0 +1,414 @@
+//! Weir's source controller: turns each `GitRepository` into a reproducible tar.gz artifact,
+//! served over HTTP and published in `status.artifact` for other controllers to download.
+
+pub mod archive;
+pub mod error;
+pub mod git;
+pub mod known_hosts;
+pub mod reconcile;
+pub mod storage;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector, watcher,
+    },
+};
+use weir_api::{
+    GitRepository, GitRepositoryStatus, Outcome, condition, meta::handled_reconcile_at, reasons,
+    types,
+};
+use weir_runtime::{
+    Disposition, Failure, events::EventPublisher, schedule, status::apply_status,
+    trigger::reconcile_trigger,
+};
+
+use crate::{error::SourceError, reconcile::SourceOutcome, storage::Storage};
+
+/// The finalizer Flux's controllers use; Weir uses the same so objects move between engines.
+pub const FINALIZER: &str = "finalizers.fluxcd.io";
+/// The field manager of status writes.
+pub const FIELD_MANAGER: &str = "weir-source-controller";
+/// The name events are reported under.
+pub const CONTROLLER_NAME: &str = "weir-source-controller";
+
+/// Settings of the source controller (`weir controllers` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where artifacts are stored.
+    pub storage_path: PathBuf,
+    /// Where the artifact HTTP server listens; port 0 picks a free one.
+    pub storage_addr: SocketAddr,
+    /// The `host:port` put in artifact URLs; defaults to the bound address.
+    pub storage_adv_addr: Option<String>,
+    /// How many artifacts to keep per object, the current one included.
+    pub artifact_retention: usize,
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// How many objects are reconciled at once.
+    pub concurrency: u16,
+}
+
+/// Counters read by tests and benchmarks (and later exported as Prometheus metrics).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Reconciles run.
+    pub reconciles: AtomicU64,
+    /// Remote ref listings (`ls-remote`): cheap, no objects transferred.
+    pub remote_checks: AtomicU64,
+    /// Fetches (clones) of repository content.
+    pub fetches: AtomicU64,
+    /// Artifacts written to storage.
+    pub artifacts_written: AtomicU64,
+}
+
+/// Shared by the reconciles of one controller; never by two controllers.
+pub struct Context {
+    pub client: Client,
+    pub storage: Storage,
+    pub events: EventPublisher,
+    pub backoff: schedule::Backoff,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors that stop the controller from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare artifact storage at {path}: {source}")]
+    Storage {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Errors of the reconcile wrapper itself (talking to the API server), retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// A running source controller.
+#[derive(Debug)]
+pub struct Handle {
+    pub metrics: Arc<Metrics>,
+    /// The base URL artifacts are advertised at.
+    pub storage_url: String,
+    controller: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Runs until the controller stops (it stops on SIGTERM/SIGINT when `shutdown_on_signal`).
+    pub async fn wait(mut self) {
+        let controller = std::mem::replace(&mut self.controller, tokio::spawn(async {}));
+        let _ = controller.await;
+    }
+
+    /// Stops the controller and the artifact server.
+    pub fn abort(&self) {
+        self.controller.abort();
+        self.server.abort();
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Starts the artifact server and the controller. With `shutdown_on_signal`, SIGTERM and
+/// SIGINT stop it gracefully (in-flight reconciles finish).
+pub async fn start(
+    client: Client,
+    config: Config,
+    shutdown_on_signal: bool,
+) -> Result<Handle, StartError> {
+    let listener =
+        storage::bind(config.storage_addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.storage_addr,
+                source,
+            })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.storage_addr,
+        source,
+    })?;
+    let adv = config
+        .storage_adv_addr
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let storage_url = format!("http://{adv}");
+    let storage = Storage::new(
+        config.storage_path.clone(),
+        &storage_url,
+        config.artifact_retention,
+    )
+    .map_err(|source| StartError::Storage {
+        path: config.storage_path.display().to_string(),
+        source,
+    })?;
+    let root = storage.root().to_path_buf();
+    let server = tokio::spawn(async move {
+        if let Err(error) = storage::serve(root, listener).await {
+            tracing::error!(%error, "artifact server stopped");
+        }
+    });
+
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        storage,
+        events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
+        backoff: schedule::Backoff::default(),
+        metrics: metrics.clone(),
+    });
+    let api: Api<GitRepository> = match &config.namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(reconcile_trigger, kube::runtime::PredicateConfig::default());
+    let mut controller = Controller::for_stream(stream, reader)
+        .with_config(controller::Config::default().concurrency(config.concurrency));
+    if shutdown_on_signal {
+        controller = controller.shutdown_on_signal();
+    }
+    let controller = tokio::spawn(async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "reconcile error");
+                }
+            })
+            .await;
+    });
+    tracing::info!(storage = %storage_url, "source controller started");
+    Ok(Handle {
+        metrics,
+        storage_url,
+        controller,
+        server,
+    })
+}
+
+fn error_policy(repo: Arc<GitRepository>, error: &ControllerError, ctx: Arc<Context>) -> Action {
+    let key = object_key(&repo);
+    tracing::warn!(%error, object = key, "reconcile failed");
+    Action::requeue(ctx.backoff.failed(&key))
+}
+
+fn object_key(repo: &GitRepository) -> String {
+    format!(
+        "{}/{}",
+        repo.namespace().unwrap_or_default(),
+        repo.name_any()
+    )
+}
+
+#[tracing::instrument(skip_all, fields(object = %object_key(&repo)))]
+async fn reconcile(repo: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let api: Api<GitRepository> =
+        Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, repo, |event| async {
+        match event {
+            FinalizerEvent::Apply(repo) => apply(&api, &repo, &ctx).await,
+            FinalizerEvent::Cleanup(repo) => cleanup(&repo, &ctx),
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(inner)
+        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
+        other => ControllerError::Finalizer(other.to_string()),
+    })
+}
+
+/// Deleting a GitRepository removes all its artifacts.
+fn cleanup(repo: &GitRepository, ctx: &Context) -> Result<Action, ControllerError> {
+    let dir = Storage::object_dir(
+        "GitRepository",
+        &repo.namespace().unwrap_or_default(),
+        &repo.name_any(),
+    )
+    .map_err(|e| ControllerError::Finalizer(e.to_string()))?;
+    ctx.storage
+        .remove_object(&dir)
+        .map_err(|e| ControllerError::Finalizer(format!("removing artifacts: {e}")))?;
+    tracing::info!(dir, "removed artifacts");
+    Ok(Action::await_change())
+}
+
+/// One reconcile of a live object: run the steps, summarise, write status once.
+async fn apply(
+    api: &Api<GitRepository>,
+    repo: &GitRepository,
+    ctx: &Context,
+) -> Result<Action, ControllerError> {
+    use std::sync::atomic::Ordering;
+    if repo.spec.suspend {
+        tracing::debug!("suspended");
+        return Ok(Action::await_change());
+    }
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    let key = object_key(repo);
+    let previous = repo.status.clone();
+    let mut status = previous.clone().unwrap_or_default();
+    let generation = repo.metadata.generation;
+
+    let (result, redactor) = match reconcile::load_credentials(repo, ctx).await {
+        Ok((url, credentials, redactor)) => (
+            reconcile::reconcile_source(repo, ctx, url, credentials).await,
+            redactor,
+        ),
+        Err(e) => {
+            let mut r = weir_runtime::Redactor::default();
+            r.add_url_credentials(&repo.spec.url);
+            (Err(e), r)
+        }
+    };
+
+    status.observed_generation = generation;
+    status.last_handled_reconcile_at = handled_reconcile_at(
+        repo.annotations().into(),
+        previous
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
+    );
+    let action = match result {
+        Ok(outcome) => {
+            ctx.backoff.succeeded(&key);
+            let (artifact, new) = match outcome {
+                SourceOutcome::Unchanged(a) => (a, None),
+                SourceOutcome::NewArtifact {
+                    artifact,
+                    commit_summary,
+                } => (artifact, Some(commit_summary)),
+            };
+            let message = format!("stored artifact for revision '{}'", artifact.revision);
+            condition::remove_condition(&mut status.conditions, types::FETCH_FAILED);
+            condition::remove_condition(&mut status.conditions, types::STORAGE_OPERATION_FAILED);
+            condition::set_condition(
+                &mut status.conditions,
+                weir_api::Condition::new(
+                    types::ARTIFACT_IN_STORAGE,
+                    weir_api::ConditionStatus::True,
+                    reasons::SUCCEEDED,
+                    &message,
+                )
+                .for_generation(generation),
+            );
+            condition::summarize(
+                &mut status.conditions,
+                &Outcome::Ready {
+                    reason: reasons::SUCCEEDED.to_owned(),
+                    message: message.clone(),
+                },
+                generation,
+            );
+            if let Some(summary) = new {
+                let note = redactor.redact(&format!(
+                    "stored artifact for commit '{summary}', revision '{}'",
+                    artifact.revision
+                ));
+                ctx.events.normal(repo, "NewArtifact", "Fetch", &note).await;
+                tracing::info!(revision = artifact.revision, "stored new artifact");
+            }
+            status.artifact = Some(artifact);
+            status.observed_ignore.clone_from(&repo.spec.ignore);
+            Action::requeue(schedule::jittered(repo.spec.interval.as_std()))
+        }
+        Err(error) => failed(repo, ctx, &mut status, &error, &redactor, &key).await,
+    };
+    apply_status(api, repo, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    Ok(action)
+}
+
+/// Records a failure: the negative-polarity condition, Ready=False, Reconciling or Stalled, an
+/// event; the last good artifact stays in status.
+async fn failed(
+    repo: &GitRepository,
+    ctx: &Context,
+    status: &mut GitRepositoryStatus,
+    error: &SourceError,
+    redactor: &weir_runtime::Redactor,
+    key: &str,
+) -> Action {
+    let generation = repo.metadata.generation;
+    let reason = error.reason();
+    let message = redactor.redact(&error.to_string());
+    tracing::warn!(reason, error = message, "reconcile failed");
+    condition::set_condition(
+        &mut status.conditions,
+        weir_api::Condition::new(
+            error.condition_type(),
+            weir_api::ConditionStatus::True,
+            reason,
+            &message,
+        )
+        .for_generation(generation),
+    );
+    let (outcome, action) = match error.disposition() {
+        Disposition::Stalled => (
+            Outcome::Stalled {
+                reason: reason.to_owned(),
+                message: message.clone(),
+            },
+            Action::await_change(),
+        ),
+        Disposition::Waiting(after) => (
+            Outcome::Retrying {
+                reason: reason.to_owned(),
+                message: message.clone(),
+            },
+            Action::requeue(after),
+        ),
+        Disposition::Transient => (
+            Outcome::Retrying {
+                reason: reason.to_owned(),
+                message: message.clone(),
+            },
+            Action::requeue(
+                ctx.backoff
+                    .failed(key)
+                    .min(repo.spec.interval.as_std().max(Duration::from_secs(1))),
+            ),
+        ),
+    };
+    condition::summarize(&mut status.conditions, &outcome, generation);
+    ctx.events.warning(repo, reason, "Fetch", &message).await;
+    action
+}

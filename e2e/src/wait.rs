@@ -1,0 +1,93 @@
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// How long [`wait_until`] waits. Generous on purpose: these waits let a slow 2-core machine
+/// catch up; they are never timing assertions.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Polls `check` until it returns `Ok`, for at most [`DEFAULT_DEADLINE`].
+///
+/// `check` returns `Err` with what it saw while the condition does not hold yet ("Available=False
+/// (MinimumReplicasUnavailable)", or the API error); on timeout the error says `what` was awaited
+/// and the last thing seen.
+pub async fn wait_until<T, E, F, Fut>(what: &str, check: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Display,
+{
+    wait_until_within(what, DEFAULT_DEADLINE, check).await
+}
+
+/// [`wait_until`] with its own deadline.
+pub async fn wait_until_within<T, E, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Display,
+{
+    let start = Instant::now();
+    loop {
+        let last_seen = match check().await {
+            Ok(value) => return Ok(value),
+            Err(not_yet) => not_yet.to_string(),
+        };
+        if start.elapsed() >= deadline {
+            return Err(Error::Timeout {
+                what: what.to_owned(),
+                after: deadline,
+                last_seen,
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::wait_until_within;
+
+    #[tokio::test]
+    async fn returns_the_value_once_the_condition_holds() {
+        let mut calls = 0;
+        let value = wait_until_within("the third call", Duration::from_secs(10), || {
+            calls += 1;
+            let seen = calls;
+            async move {
+                if seen >= 3 {
+                    Ok(seen)
+                } else {
+                    Err(format!("call {seen}"))
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 3);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_names_what_was_awaited_and_the_last_thing_seen() {
+        let err = wait_until_within(
+            "the moon to turn blue",
+            Duration::from_millis(300),
+            || async { Err::<(), _>("grey") },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the moon to turn blue"), "{err}");
+        assert!(err.contains("last seen: grey"), "{err}");
+    }
+}

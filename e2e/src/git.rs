@@ -3,6 +3,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tempfile::TempDir;
 
 use crate::Error;
@@ -13,7 +15,6 @@ pub const DEFAULT_BRANCH: &str = "main";
 
 /// The harness's git server: bare repositories in one directory, each served over smart HTTP
 /// (anonymous, basic auth, bearer token) and SSH.
-#[derive(Debug)]
 pub struct GitServer {
     pub(crate) root: PathBuf,
     pub(crate) http_url: String,
@@ -23,6 +24,18 @@ pub struct GitServer {
     pub(crate) ssh_url: String,
     pub(crate) ssh_identity: PathBuf,
     pub(crate) ssh_known_hosts: PathBuf,
+}
+
+impl std::fmt::Debug for GitServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keep the password and token out of test output, as Weir keeps secrets out of its logs.
+        f.debug_struct("GitServer")
+            .field("root", &self.root)
+            .field("http_url", &self.http_url)
+            .field("http_user", &self.http_user)
+            .field("ssh_url", &self.ssh_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GitServer {
@@ -101,6 +114,45 @@ impl GitServer {
     #[must_use]
     pub fn ssh_known_hosts(&self) -> &Path {
         &self.ssh_known_hosts
+    }
+
+    /// A Secret `name` in Flux's format for the basic-auth URLs: `username` and `password`.
+    #[must_use]
+    pub fn basic_auth_secret(&self, name: &str) -> Secret {
+        opaque_secret(
+            name,
+            [
+                ("username", self.http_user.clone()),
+                ("password", self.http_password.clone()),
+            ],
+        )
+    }
+
+    /// A Secret `name` in Flux's format for the token URLs: `bearerToken`.
+    pub fn bearer_token_secret(&self, name: &str) -> Result<Secret, Error> {
+        let token = self
+            .http_token
+            .clone()
+            .ok_or_else(|| Error::HarnessEnvironment {
+                source_name: "the harness".to_owned(),
+                reason: "WEIR_GIT_HTTP_TOKEN is not set".to_owned(),
+            })?;
+        Ok(opaque_secret(name, [("bearerToken", token)]))
+    }
+
+    /// A Secret `name` in Flux's format for the SSH URLs: `identity` and `known_hosts` (the
+    /// server's real host key).
+    pub fn ssh_secret(&self, name: &str) -> Result<Secret, Error> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(Error::io(format!("reading {}", path.display())))
+        };
+        Ok(opaque_secret(
+            name,
+            [
+                ("identity", read(&self.ssh_identity)?),
+                ("known_hosts", read(&self.ssh_known_hosts)?),
+            ],
+        ))
     }
 
     /// A `GIT_SSH_COMMAND` that logs in with [`GitServer::ssh_identity`] and accepts only a host
@@ -338,6 +390,24 @@ pub fn git_command() -> Command {
         .env_remove("GIT_ASKPASS")
         .env_remove("SSH_ASKPASS");
     command
+}
+
+/// A Secret `name` of type Opaque holding `entries` as they are (`stringData`).
+pub(crate) fn opaque_secret<const N: usize>(name: &str, entries: [(&str, String); N]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        string_data: Some(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
 }
 
 /// Runs `command`; its trimmed stdout on success, its stderr in the error otherwise.

@@ -15,8 +15,9 @@ use crate::namespace::TestNamespace;
 use crate::registry::{Registry, RegistryCredentials};
 use crate::{Error, wait_until_within};
 
-/// Field manager for what the tests install into the cluster themselves (the CRDs).
-const FIELD_MANAGER: &str = "weir-e2e";
+/// Field manager for the CRDs: the one `cluster.sh up` applies them with, so each apply owns
+/// every field and a field removed from `crds/` is removed from the cluster too.
+const CRD_FIELD_MANAGER: &str = "weir-harness";
 
 /// How long a harness service may take to accept a TCP connection before it counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -162,7 +163,7 @@ impl Harness {
                 reason: format!("the API server does not answer ({e})"),
             })?;
         let crds: Api<CustomResourceDefinition> = Api::all(client);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(CRD_FIELD_MANAGER).force();
         let mut names = vec![];
         for crd in read_crds()? {
             let name = crd.metadata.name.clone().unwrap_or_default();

@@ -72,6 +72,15 @@ mod tests {
     }
 
     #[test]
+    fn the_running_test_is_found_by_its_thread_name() {
+        assert!(
+            super::current_test_name().ends_with("the_running_test_is_found_by_its_thread_name"),
+            "{}",
+            super::current_test_name()
+        );
+    }
+
+    #[test]
     fn an_empty_hint_still_gives_a_valid_name() {
         let name = unique_name("::__", 20);
         assert!(name.starts_with("test-"), "{name}");

@@ -1,3 +1,5 @@
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -73,6 +75,33 @@ impl Registry {
             .map_or(RegistryAuth::Anonymous, |c| {
                 RegistryAuth::Basic(c.username.clone(), c.password.clone())
             })
+    }
+
+    /// A Secret `name` of type `kubernetes.io/dockerconfigjson` with this registry's
+    /// credentials, as an ImageRepository's `spec.secretRef` takes it. Fails for the registry
+    /// without credentials.
+    pub fn docker_config_secret(&self, name: &str) -> Result<Secret, Error> {
+        let credentials = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| Error::HarnessEnvironment {
+                source_name: "the harness".to_owned(),
+                reason: format!("the registry {} needs no credentials", self.host),
+            })?;
+        let config = serde_json::json!({
+            "auths": {
+                &self.host: { "username": credentials.username, "password": credentials.password },
+            },
+        });
+        Ok(Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/dockerconfigjson".to_owned()),
+            string_data: Some([(".dockerconfigjson".to_owned(), config.to_string())].into()),
+            ..Secret::default()
+        })
     }
 
     /// An oci-client speaking plain HTTP, as the harness's registries do.

@@ -69,7 +69,8 @@ fn url_userinfo(url: &str) -> Option<(&str, Option<&str>)> {
     })
 }
 
-/// The URL without `user:password@`.
+/// The URL without its credentials: all userinfo of `http(s)://` URLs (a lone user there may be
+/// a token), only the password of other URLs (`ssh://git@host` keeps its user, which is no secret).
 #[must_use]
 pub fn strip_url_credentials(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
@@ -77,9 +78,15 @@ pub fn strip_url_credentials(url: &str) -> String {
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let scheme = &url[..scheme_end];
+    let keep_user = !scheme.starts_with("http");
+    match rest[..at].split_once(':') {
+        Some((user, _)) if keep_user => format!("{scheme}{user}@{}", &rest[at + 1..]),
+        None if keep_user => url.to_owned(),
+        _ => format!("{scheme}{}", &rest[at + 1..]),
     }
 }
 
@@ -160,5 +167,11 @@ mod tests {
         );
         assert_eq!(strip_url_credentials("https://a:b@h/p"), "https://h/p");
         assert_eq!(strip_url_credentials("https://h/p@x"), "https://h/p@x");
+        assert_eq!(strip_url_credentials("https://t0ken@h/p"), "https://h/p");
+        assert_eq!(
+            strip_url_credentials("ssh://git@h:22/p"),
+            "ssh://git@h:22/p"
+        );
+        assert_eq!(strip_url_credentials("ssh://git:pw@h/p"), "ssh://git@h/p");
     }
 }

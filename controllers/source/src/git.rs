@@ -165,6 +165,10 @@ fn callbacks<'a>(remote: &'a Remote<'a>, state: &'a CallbackState) -> RemoteCall
         Ok(CertificateCheckStatus::CertificatePassthrough)
     });
     cb.credentials(move |_url, username, allowed| {
+        // The SSH transport first asks only for the user name; that is not an attempt.
+        if allowed == CredentialType::USERNAME {
+            return Cred::username(username.unwrap_or("git"));
+        }
         let attempt = state.credential_requests.get() + 1;
         state.credential_requests.set(attempt);
         let fail = |why: &str| {

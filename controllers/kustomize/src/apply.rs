@@ -1,0 +1,627 @@
+//! Making the cluster match a built set: validate every object with a server-side dry run,
+//! apply only what changed (definitions first), prune what left, and wait for health.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+        PropagationPolicy, ValidationDirective,
+    },
+    discovery::{self, Scope},
+};
+use serde_json::Value;
+use weir_api::kustomize::{ObjMetadata, ResourceRef, annotations};
+
+use crate::{
+    health::{Health, object_health},
+    inventory::{is_definition, split_api_version},
+};
+
+/// The field manager of applied objects: Flux's, so objects move between engines.
+pub const APPLY_FIELD_MANAGER: &str = "kustomize-controller";
+
+/// How often health and CRD establishment are polled.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Kinds the API server serves, cached per group/version/kind. Entries are only added: a kind
+/// that was missing is looked up again next time.
+#[derive(Debug, Default)]
+pub struct KindCache {
+    kinds: Mutex<HashMap<(String, String, String), (ApiResource, bool)>>,
+}
+
+impl KindCache {
+    /// The resource and whether it is namespaced, or `None` when the server does not serve it.
+    pub async fn resolve(
+        &self,
+        client: &Client,
+        group: &str,
+        version: &str,
+        kind: &str,
+    ) -> Result<Option<(ApiResource, bool)>, kube::Error> {
+        let key = (group.to_owned(), version.to_owned(), kind.to_owned());
+        if let Some(found) = self.lock().get(&key) {
+            return Ok(Some(found.clone()));
+        }
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        match discovery::pinned_kind(client, &gvk).await {
+            Ok((resource, caps)) => {
+                let found = (resource, caps.scope == Scope::Namespaced);
+                self.lock().insert(key, found.clone());
+                Ok(Some(found))
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(kube::Error::Discovery(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), (ApiResource, bool)>> {
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One object to apply, resolved against the API server (or a CRD of the same set).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub object: Value,
+    pub file: String,
+    pub meta: ObjMetadata,
+    pub api_version: String,
+    pub resource: ApiResource,
+    pub namespaced: bool,
+    /// The kind is defined by a CRD in the same set that the server does not serve yet.
+    pub kind_from_set: bool,
+}
+
+impl Target {
+    /// `Kind/namespace/name`, as events and messages name objects.
+    #[must_use]
+    pub fn display(&self) -> String {
+        display(&self.meta)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        annotation(&self.object, key)
+    }
+}
+
+/// `Kind/namespace/name` (or `Kind/name` when cluster-scoped).
+#[must_use]
+pub fn display(meta: &ObjMetadata) -> String {
+    if meta.namespace.is_empty() {
+        format!("{}/{}", meta.kind, meta.name)
+    } else {
+        format!("{}/{}/{}", meta.kind, meta.namespace, meta.name)
+    }
+}
+
+fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object
+        .pointer("/metadata/annotations")?
+        .get(key)?
+        .as_str()
+}
+
+fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.pointer("/metadata/labels")?.get(key)?.as_str()
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Configured,
+    Unchanged,
+    /// Left alone by annotation (`ssa: Ignore`/`IfNotPresent`, `reconcile: disabled`).
+    Skipped,
+    Deleted,
+}
+
+impl Change {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Unchanged => "unchanged",
+            Self::Skipped => "skipped",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// The changes of one reconcile, in order.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    pub entries: Vec<(String, Change)>,
+}
+
+impl ChangeSet {
+    /// Whether anything was written.
+    #[must_use]
+    pub fn wrote(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, c)| matches!(c, Change::Created | Change::Configured | Change::Deleted))
+    }
+
+    /// `Deployment/ns/app configured` lines for the objects written.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        self.entries
+            .iter()
+            .filter(|(_, c)| matches!(c, Change::Created | Change::Configured | Change::Deleted))
+            .map(|(o, c)| format!("{o} {}", c.verb()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Why applying stopped; `applied` lists what was written before (kept in the inventory so it
+/// can be pruned later).
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub validation: bool,
+    pub message: String,
+    pub applied: Vec<ResourceRef>,
+}
+
+/// Applies a built set under one client (the controller's, or the impersonated one).
+#[derive(Debug)]
+pub struct ApplySet<'a> {
+    pub client: &'a Client,
+    pub kinds: &'a KindCache,
+    /// `spec.force`: recreate objects whose immutable fields changed.
+    pub force: bool,
+    pub timeout: Duration,
+}
+
+/// One object's plan after validation.
+struct Plan {
+    index: usize,
+    change: Change,
+    recreate: bool,
+}
+
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_code(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Without `managedFields`, which a no-op apply may still touch.
+fn comparable(mut v: Value) -> Value {
+    if let Some(meta) = v.pointer_mut("/metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    v
+}
+
+impl ApplySet<'_> {
+    fn api(&self, target: &Target) -> Api<DynamicObject> {
+        if target.namespaced {
+            Api::namespaced_with(self.client.clone(), &target.meta.namespace, &target.resource)
+        } else {
+            Api::all_with(self.client.clone(), &target.resource)
+        }
+    }
+
+    fn params(dry_run: bool) -> PatchParams {
+        let mut params = PatchParams::apply(APPLY_FIELD_MANAGER).force();
+        params.dry_run = dry_run;
+        params.field_validation = Some(ValidationDirective::Strict);
+        params
+    }
+
+    fn wants_force(&self, target: &Target) -> bool {
+        self.force || target.annotation(annotations::FORCE) == Some("enabled")
+    }
+
+    /// Validates the whole set, then applies what changed: definitions first (waiting for new
+    /// CRDs to be Established), then everything else. Nothing is applied when any object fails
+    /// validation, except objects whose kind or namespace is created by the set itself, which
+    /// can only be validated once their definitions are applied.
+    pub async fn apply(&self, targets: &[Target]) -> Result<ChangeSet, ApplyFailure> {
+        let fail = |message: String, validation: bool, applied: Vec<ResourceRef>| ApplyFailure {
+            validation,
+            message,
+            applied,
+        };
+        let set_namespaces: HashSet<&str> = targets
+            .iter()
+            .filter(|t| t.meta.group.is_empty() && t.meta.kind == "Namespace")
+            .map(|t| t.meta.name.as_str())
+            .collect();
+
+        let mut changes: BTreeMap<usize, Change> = BTreeMap::new();
+        let mut plans = vec![];
+        let mut deferred = vec![];
+        let mut errors = vec![];
+        for (index, target) in targets.iter().enumerate() {
+            if target.kind_from_set {
+                deferred.push(index);
+                continue;
+            }
+            match self.plan(index, target).await {
+                Ok(Some(plan)) => plans.push(plan),
+                Ok(None) => {
+                    changes.insert(index, Change::Skipped);
+                }
+                Err(e)
+                    if is_code(&e, 404)
+                        && target.namespaced
+                        && set_namespaces.contains(target.meta.namespace.as_str()) =>
+                {
+                    deferred.push(index);
+                }
+                Err(e) => errors.push(format!(
+                    "{} ({}): {}",
+                    target.display(),
+                    target.file,
+                    api_message(&e)
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(fail(errors.join("\n"), true, vec![]));
+        }
+
+        let mut applied = vec![];
+        // Stage one: definitions.
+        let (first, rest): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|p| {
+            let m = &targets[p.index].meta;
+            is_definition(&m.group, &m.kind)
+        });
+        let mut new_crds = vec![];
+        for plan in &first {
+            let target = &targets[plan.index];
+            self.write(target, plan)
+                .await
+                .map_err(|m| fail(m, false, applied.clone()))?;
+            if plan.change != Change::Unchanged {
+                applied.push(crate::inventory::entry(&target.meta, &target.api_version));
+                if target.meta.kind == "CustomResourceDefinition" {
+                    new_crds.push(target.meta.name.clone());
+                }
+            }
+            changes.insert(plan.index, plan.change);
+        }
+        for name in &new_crds {
+            self.wait_established(name)
+                .await
+                .map_err(|m| fail(m, false, applied.clone()))?;
+        }
+
+        // Objects that needed the definitions: validate now.
+        let mut late = vec![];
+        for index in deferred {
+            let target = &targets[index];
+            match self.plan(index, target).await {
+                Ok(Some(plan)) => late.push(plan),
+                Ok(None) => {
+                    changes.insert(index, Change::Skipped);
+                }
+                Err(e) => errors.push(format!(
+                    "{} ({}): {}",
+                    target.display(),
+                    target.file,
+                    api_message(&e)
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(fail(
+                format!(
+                    "{}\n(definitions were applied first: {})",
+                    errors.join("\n"),
+                    first
+                        .iter()
+                        .map(|p| targets[p.index].display())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                true,
+                applied,
+            ));
+        }
+
+        // Stage two: everything else.
+        for plan in rest.iter().chain(&late) {
+            let target = &targets[plan.index];
+            self.write(target, plan)
+                .await
+                .map_err(|m| fail(m, false, applied.clone()))?;
+            if plan.change != Change::Unchanged {
+                applied.push(crate::inventory::entry(&target.meta, &target.api_version));
+            }
+            changes.insert(plan.index, plan.change);
+        }
+        Ok(ChangeSet {
+            entries: changes
+                .into_iter()
+                .map(|(i, c)| (targets[i].display(), c))
+                .collect(),
+        })
+    }
+
+    /// Reads the live object and dry-runs the apply: `None` when annotations say to leave it
+    /// alone, otherwise whether applying would change anything.
+    async fn plan(&self, index: usize, target: &Target) -> Result<Option<Plan>, kube::Error> {
+        let api = self.api(target);
+        let live = match api.get_opt(&target.meta.name).await {
+            Ok(live) => live.map(|l| serde_json::to_value(l).unwrap_or_default()),
+            // The namespace may not exist yet; the dry run says so more precisely.
+            Err(e) if is_code(&e, 404) => None,
+            Err(e) => return Err(e),
+        };
+        let ssa = target.annotation(annotations::SSA);
+        let disabled = |o: &Value| annotation(o, annotations::RECONCILE) == Some("disabled");
+        if ssa == Some("Ignore")
+            || live.as_ref().is_some_and(|l| {
+                disabled(l) || ssa == Some("IfNotPresent") || annotation(l, annotations::SSA) == Some("Ignore")
+            })
+            || (live.is_some() && disabled(&target.object))
+        {
+            return Ok(None);
+        }
+        let dry_run = api
+            .patch(&target.meta.name, &Self::params(true), &Patch::Apply(&target.object))
+            .await;
+        let result = match dry_run {
+            Ok(result) => result,
+            Err(e) if is_code(&e, 422) && live.is_some() && self.wants_force(target) => {
+                return Ok(Some(Plan {
+                    index,
+                    change: Change::Configured,
+                    recreate: true,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let change = match live {
+            None => Change::Created,
+            Some(live) => {
+                let result = serde_json::to_value(result).unwrap_or_default();
+                if comparable(result) == comparable(live) {
+                    Change::Unchanged
+                } else {
+                    Change::Configured
+                }
+            }
+        };
+        Ok(Some(Plan {
+            index,
+            change,
+            recreate: false,
+        }))
+    }
+
+    /// Applies one planned object (nothing when unchanged); recreates it when forced.
+    async fn write(&self, target: &Target, plan: &Plan) -> Result<(), String> {
+        if plan.change == Change::Unchanged {
+            return Ok(());
+        }
+        let api = self.api(target);
+        let name = &target.meta.name;
+        let err = |e: &kube::Error| format!("{} ({}): {}", target.display(), target.file, api_message(e));
+        if plan.recreate {
+            match api.delete(name, &DeleteParams::foreground()).await {
+                Ok(_) => {}
+                Err(e) if is_code(&e, 404) => {}
+                Err(e) => return Err(err(&e)),
+            }
+            let deadline = Instant::now() + self.timeout;
+            while api.get_opt(name).await.map_err(|e| err(&e))?.is_some() {
+                if Instant::now() > deadline {
+                    return Err(format!("{}: still being deleted for recreation", target.display()));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        api.patch(name, &Self::params(false), &Patch::Apply(&target.object))
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    async fn wait_established(&self, name: &str) -> Result<(), String> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let established = crds
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("CustomResourceDefinition/{name}: {}", api_message(&e)))?
+                .and_then(|crd| crd.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if established {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("CustomResourceDefinition/{name} not established after {:?}", self.timeout));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Deletes the objects of `stale` that still carry this Kustomization's labels, unless
+    /// annotated `prune: disabled` or `reconcile: disabled`. Returns the deletions made.
+    pub async fn prune(
+        &self,
+        stale: &[ResourceRef],
+        owner: (&str, &str),
+    ) -> Result<ChangeSet, String> {
+        let mut changes = ChangeSet::default();
+        let mut errors = vec![];
+        for entry in stale {
+            let Some(meta) = ObjMetadata::parse(&entry.id) else {
+                continue;
+            };
+            let resolved = self
+                .kinds
+                .resolve(self.client, &meta.group, &entry.v, &meta.kind)
+                .await
+                .map_err(|e| e.to_string())?;
+            // A kind no longer served has no objects left to delete.
+            let Some((resource, namespaced)) = resolved else {
+                continue;
+            };
+            let api: Api<DynamicObject> = if namespaced {
+                Api::namespaced_with(self.client.clone(), &meta.namespace, &resource)
+            } else {
+                Api::all_with(self.client.clone(), &resource)
+            };
+            let live = match api.get_opt(&meta.name).await {
+                Ok(Some(live)) => serde_json::to_value(live).unwrap_or_default(),
+                Ok(None) => continue,
+                Err(e) => {
+                    errors.push(format!("{}: {}", display(&meta), api_message(&e)));
+                    continue;
+                }
+            };
+            let owned = label(&live, annotations::NAME_LABEL) == Some(owner.0)
+                && label(&live, annotations::NAMESPACE_LABEL) == Some(owner.1);
+            if !owned
+                || annotation(&live, annotations::PRUNE) == Some("disabled")
+                || annotation(&live, annotations::RECONCILE) == Some("disabled")
+            {
+                continue;
+            }
+            let params = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            match api.delete(&meta.name, &params).await {
+                Ok(_) => changes.entries.push((display(&meta), Change::Deleted)),
+                Err(e) if is_code(&e, 404) => {}
+                Err(e) => errors.push(format!("{}: {}", display(&meta), api_message(&e))),
+            }
+        }
+        if errors.is_empty() {
+            Ok(changes)
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    /// Waits until every object is healthy by kstatus rules, or `timeout` passes; the error
+    /// names each unhealthy object and what it lacks.
+    pub async fn wait_healthy(&self, objects: &[HealthTarget]) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pending: Vec<&HealthTarget> = objects.iter().collect();
+        loop {
+            let mut still = vec![];
+            let mut reasons = vec![];
+            for object in pending {
+                let api: Api<DynamicObject> = if object.namespaced {
+                    Api::namespaced_with(self.client.clone(), &object.meta.namespace, &object.resource)
+                } else {
+                    Api::all_with(self.client.clone(), &object.resource)
+                };
+                let health = match api.get_opt(&object.meta.name).await {
+                    Ok(Some(live)) => object_health(&serde_json::to_value(live).unwrap_or_default()),
+                    Ok(None) => Health::InProgress("not found".to_owned()),
+                    Err(e) => Health::InProgress(api_message(&e)),
+                };
+                match health {
+                    Health::Current => {}
+                    Health::InProgress(why) | Health::Failed(why) => {
+                        reasons.push(format!("{} ({why})", display(&object.meta)));
+                        still.push(object);
+                    }
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(reasons.join(", "));
+            }
+            pending = still;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// An object whose health decides readiness.
+#[derive(Debug, Clone)]
+pub struct HealthTarget {
+    pub meta: ObjMetadata,
+    pub resource: ApiResource,
+    pub namespaced: bool,
+}
+
+/// The resource of a kind defined by a CRD manifest of the set, for objects of that kind
+/// (`api_version` is theirs).
+#[must_use]
+pub fn resource_from_crd(crd: &Value, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+    let spec = crd.get("spec")?;
+    let group = spec.get("group")?.as_str()?;
+    let (object_group, version) = split_api_version(api_version);
+    if object_group != group || spec.pointer("/names/kind")?.as_str()? != kind {
+        return None;
+    }
+    let plural = spec.pointer("/names/plural")?.as_str()?;
+    let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
+    Some((
+        ApiResource {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            plural: plural.to_owned(),
+        },
+        namespaced,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn kinds_of_crds_in_the_set_resolve_from_the_manifest() {
+        let crd = json!({"spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets"}}});
+        let (r, namespaced) = resource_from_crd(&crd, "example.com/v1", "Widget").unwrap();
+        assert_eq!((r.plural.as_str(), r.version.as_str(), namespaced), ("widgets", "v1", true));
+        assert!(resource_from_crd(&crd, "other.com/v1", "Widget").is_none());
+    }
+
+    #[test]
+    fn managed_fields_do_not_count_as_changes() {
+        let a = json!({"metadata": {"name": "a", "managedFields": [{"manager": "x"}]}, "data": {"k": "v"}});
+        let b = json!({"metadata": {"name": "a", "managedFields": [{"manager": "y"}]}, "data": {"k": "v"}});
+        assert_eq!(comparable(a), comparable(b));
+    }
+
+    #[test]
+    fn change_summaries_list_writes_only() {
+        let set = ChangeSet {
+            entries: vec![
+                ("Deployment/ns/app".to_owned(), Change::Configured),
+                ("ConfigMap/ns/cfg".to_owned(), Change::Unchanged),
+                ("Service/ns/old".to_owned(), Change::Deleted),
+            ],
+        };
+        assert!(set.wrote());
+        assert_eq!(set.summary(), "Deployment/ns/app configured\nService/ns/old deleted");
+    }
+}

@@ -1,0 +1,79 @@
+//! The typed failures of a Kustomization reconcile, each with its condition reason and
+//! disposition.
+
+use std::time::Duration;
+
+use weir_api::reasons;
+use weir_runtime::{Disposition, Failure};
+
+use crate::{build::BuildError, fetch::FetchError, substitute::SubstituteError};
+
+/// Why a Kustomization reconcile failed. Messages never hold secret values: substituted
+/// variables are masked by the caller's redactor before a message leaves the process.
+#[derive(Debug, thiserror::Error)]
+pub enum KustomizeError {
+    #[error("dependency '{0}' is not ready")]
+    DependencyNotReady(String, Duration),
+    #[error("source '{0}' not found")]
+    SourceNotFound(String, Duration),
+    #[error("source '{0}' has no artifact yet")]
+    ArtifactNotReady(String, Duration),
+    #[error("{0}")]
+    Fetch(#[source] FetchError),
+    #[error("{0}")]
+    Build(#[source] BuildError),
+    #[error("variable substitution failed in {file} ({object}): {source}")]
+    Substitute {
+        file: String,
+        object: String,
+        #[source]
+        source: SubstituteError,
+    },
+    #[error("variable substitution failed: {0}")]
+    SubstituteInput(#[source] SubstituteError),
+    #[error("{kind} '{name}' for postBuild.substituteFrom not found")]
+    SubstituteFromNotFound { kind: &'static str, name: String },
+    #[error("cannot impersonate service account '{0}': {1}")]
+    Impersonation(String, String),
+    #[error("validation failed, nothing applied:\n{0}")]
+    Validation(String),
+    #[error("apply failed: {0}")]
+    Apply(String),
+    #[error("prune failed: {0}")]
+    Prune(String),
+    #[error("health check failed after {timeout:?}: {objects}")]
+    HealthCheck { timeout: Duration, objects: String },
+    #[error("kubernetes API: {0}")]
+    Kube(String),
+}
+
+impl Failure for KustomizeError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::DependencyNotReady(..) => reasons::DEPENDENCY_NOT_READY,
+            Self::SourceNotFound(..) | Self::ArtifactNotReady(..) | Self::Fetch(_) => {
+                reasons::ARTIFACT_FAILED
+            }
+            Self::Build(_)
+            | Self::Substitute { .. }
+            | Self::SubstituteInput(_)
+            | Self::SubstituteFromNotFound { .. } => reasons::BUILD_FAILED,
+            Self::Prune(_) => reasons::PRUNE_FAILED,
+            Self::HealthCheck { .. } => reasons::HEALTH_CHECK_FAILED,
+            Self::Impersonation(..) | Self::Validation(_) | Self::Apply(_) | Self::Kube(_) => {
+                reasons::RECONCILIATION_FAILED
+            }
+        }
+    }
+
+    fn disposition(&self) -> Disposition {
+        match self {
+            Self::DependencyNotReady(_, after)
+            | Self::SourceNotFound(_, after)
+            | Self::ArtifactNotReady(_, after) => Disposition::Waiting(*after),
+            // A new commit or a changed spec fixes the rest; both trigger a reconcile, and
+            // retryInterval retries meanwhile (RBAC or a CRD may be added by someone else).
+            _ => Disposition::Transient,
+        }
+    }
+}

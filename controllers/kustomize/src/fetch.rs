@@ -1,0 +1,284 @@
+//! Downloading a source's artifact: fetched by URL, verified against its `sha256:` digest,
+//! cached by digest, and extracted with path-traversal and symlink-escape checks.
+
+use std::{
+    io::Read,
+    path::{Component, Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+use weir_api::Artifact;
+
+/// How many verified artifacts stay cached on disk.
+const CACHE_ENTRIES: usize = 64;
+
+/// Why an artifact could not be fetched or extracted.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("artifact has no digest")]
+    NoDigest,
+    #[error("unsupported digest {0:?}: only sha256 is supported")]
+    UnsupportedDigest(String),
+    #[error("failed to download artifact from {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("artifact digest mismatch: expected {expected}, got sha256:{actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("unsafe path in artifact: {0}")]
+    UnsafePath(String),
+    #[error("cannot extract artifact: {0}")]
+    Extract(String),
+    #[error("artifact cache: {0}")]
+    Cache(#[source] std::io::Error),
+}
+
+/// Downloads and caches artifacts. One per controller.
+#[derive(Debug, Clone)]
+pub struct ArtifactFetcher {
+    http: reqwest::Client,
+    cache_dir: PathBuf,
+}
+
+impl ArtifactFetcher {
+    /// Caches artifacts under `cache_dir` (created when missing).
+    pub fn new(cache_dir: PathBuf) -> Result<Self, FetchError> {
+        std::fs::create_dir_all(&cache_dir).map_err(FetchError::Cache)?;
+        Ok(Self {
+            http: reqwest::Client::new(),
+            cache_dir,
+        })
+    }
+
+    /// The path of the verified tarball of `artifact`, downloading it unless already cached.
+    pub async fn fetch(&self, artifact: &Artifact) -> Result<PathBuf, FetchError> {
+        let digest = artifact.digest.as_deref().ok_or(FetchError::NoDigest)?;
+        let expected = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| FetchError::UnsupportedDigest(digest.to_owned()))?;
+        let cached = self.cache_dir.join(format!("{expected}.tar.gz"));
+        if cached.is_file() {
+            return Ok(cached);
+        }
+        let download = |message: String| FetchError::Download {
+            url: artifact.url.clone(),
+            message,
+        };
+        let response = self
+            .http
+            .get(&artifact.url)
+            .send()
+            .await
+            .map_err(|e| download(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(download(format!("HTTP status {}", response.status())));
+        }
+        let bytes = response.bytes().await.map_err(|e| download(e.to_string()))?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != expected {
+            return Err(FetchError::DigestMismatch {
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        // Write then rename, so a cached file is always complete.
+        let mut temp =
+            tempfile::NamedTempFile::new_in(&self.cache_dir).map_err(FetchError::Cache)?;
+        std::io::Write::write_all(&mut temp, &bytes).map_err(FetchError::Cache)?;
+        temp.persist(&cached)
+            .map_err(|e| FetchError::Cache(e.error))?;
+        self.trim_cache();
+        Ok(cached)
+    }
+
+    /// Keeps the newest [`CACHE_ENTRIES`] artifacts. Failures only cost a later download.
+    fn trim_cache(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if files.len() <= CACHE_ENTRIES {
+            return;
+        }
+        files.sort();
+        for (_, path) in &files[..files.len() - CACHE_ENTRIES] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Joins a relative archive path onto `root`, refusing absolute paths and `..` that climbs out.
+pub fn contained_path(root: &Path, relative: &Path) -> Result<PathBuf, FetchError> {
+    let mut out = root.to_path_buf();
+    let mut depth = 0usize;
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => {
+                out.push(part);
+                depth += 1;
+            }
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => {
+                out.pop();
+                depth -= 1;
+            }
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(FetchError::UnsafePath(relative.display().to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Extracts the tar.gz at `archive` into `dest`. Entries must stay inside `dest`; symlinks and
+/// hard links must point inside it too; device files and the like are skipped.
+pub fn extract(archive: &Path, dest: &Path) -> Result<(), FetchError> {
+    let file = std::fs::File::open(archive).map_err(FetchError::Cache)?;
+    extract_from(file, dest)
+}
+
+fn extract_from(reader: impl Read, dest: &Path) -> Result<(), FetchError> {
+    let extract_err = |e: std::io::Error| FetchError::Extract(e.to_string());
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    for entry in tar.entries().map_err(extract_err)? {
+        let mut entry = entry.map_err(extract_err)?;
+        let relative = entry.path().map_err(extract_err)?.into_owned();
+        let target = contained_path(dest, &relative)?;
+        refuse_symlinked_parents(dest, &target, &relative)?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(extract_err)?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(extract_err)?;
+        }
+        if kind.is_symlink() || kind.is_hard_link() {
+            let link = entry
+                .link_name()
+                .map_err(extract_err)?
+                .ok_or_else(|| FetchError::Extract(format!("{} has no link target", relative.display())))?
+                .into_owned();
+            // A symlink resolves against its own directory, a hard link against the root.
+            let base = if kind.is_symlink() {
+                relative.parent().unwrap_or(Path::new("")).join(&link)
+            } else {
+                link.clone()
+            };
+            contained_path(dest, &base).map_err(|_| {
+                FetchError::UnsafePath(format!(
+                    "{} links outside the artifact ({})",
+                    relative.display(),
+                    link.display()
+                ))
+            })?;
+            if kind.is_hard_link() {
+                std::fs::copy(contained_path(dest, &link)?, &target).map_err(extract_err)?;
+            } else {
+                #[cfg(unix)]
+                std::os::unix::fs::symlink(&link, &target).map_err(extract_err)?;
+            }
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let mut out = std::fs::File::create(&target).map_err(extract_err)?;
+        std::io::copy(&mut entry, &mut out).map_err(extract_err)?;
+    }
+    Ok(())
+}
+
+/// Refuses writing through a symlink extracted earlier: `dir -> .` followed by `dir/x -> ..`
+/// would otherwise place a link one level above the root.
+fn refuse_symlinked_parents(root: &Path, target: &Path, relative: &Path) -> Result<(), FetchError> {
+    let mut dir = target.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) {
+            break;
+        }
+        if std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(FetchError::UnsafePath(format!(
+                "{} is written through a symlink",
+                relative.display()
+            )));
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h
+    }
+
+    /// Writes a raw name, bypassing the tar crate's own `..` refusal, as a hostile archive would.
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+    }
+
+    #[test]
+    fn files_and_inner_symlinks_are_extracted() {
+        let data = archive(|b| {
+            let mut h = header(tar::EntryType::Regular, 3);
+            b.append_data(&mut h, "apps/a.yaml", &b"a: 1"[..3]).unwrap();
+            let mut l = header(tar::EntryType::Symlink, 0);
+            b.append_link(&mut l, "apps/b.yaml", "a.yaml").unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        extract_from(&data[..], dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("apps/b.yaml")).unwrap(), "a: ");
+    }
+
+    #[test]
+    fn traversal_and_escaping_symlinks_are_refused() {
+        let climbing = archive(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            raw_name(&mut h, "../evil.yaml");
+            b.append(&h, &b"x"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("root");
+        assert!(matches!(
+            extract_from(&climbing[..], &inner),
+            Err(FetchError::UnsafePath(_))
+        ));
+        assert!(!dir.path().join("evil.yaml").exists());
+
+        let escaping = archive(|b| {
+            let mut l = header(tar::EntryType::Symlink, 0);
+            b.append_link(&mut l, "apps/passwd", "../../etc/passwd").unwrap();
+        });
+        let err = extract_from(&escaping[..], &inner).unwrap_err();
+        assert!(err.to_string().contains("links outside"), "{err}");
+    }
+
+    #[test]
+    fn contained_paths_allow_inner_dot_dot_only() {
+        let root = Path::new("/r");
+        assert_eq!(contained_path(root, Path::new("a/../b")).unwrap(), Path::new("/r/b"));
+        assert!(contained_path(root, Path::new("a/../../b")).is_err());
+        assert!(contained_path(root, Path::new("/etc")).is_err());
+    }
+}

@@ -240,7 +240,8 @@ fn authority(url: &str) -> &str {
     without_scheme.split('/').next().unwrap_or(without_scheme)
 }
 
-fn read_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
+/// The CRDs in `crds/`.
+pub(crate) fn read_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
     let dir = repo_root().join("crds");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(Error::io(format!("listing {}", dir.display())))?

@@ -1,7 +1,10 @@
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 
+use crate::harness::read_crds;
 use crate::names::{current_test_name, unique_name};
 use crate::{Error, Harness};
 
@@ -47,10 +50,10 @@ impl TestNamespace {
         &self.name
     }
 
-    /// Asks the API server to delete the namespace; its controller then removes the contents.
+    /// Deletes the namespace, releasing Weir's custom resources in it first.
     ///
-    /// `Drop` cannot await, and the test's runtime may be the one unwinding, so the request runs
-    /// on its own thread with its own runtime and client, and `drop` waits for the answer: the
+    /// `Drop` cannot await, and the test's runtime may be the one unwinding, so the requests run
+    /// on their own thread with their own runtime and client, and `drop` waits for them: the
     /// delete has really been sent when the guard is gone.
     fn delete_blocking(&self) -> Result<(), Error> {
         let harness = self.harness;
@@ -61,17 +64,78 @@ impl TestNamespace {
                 .build()
                 .map_err(Error::io("starting a runtime to delete a test namespace"))?;
             runtime.block_on(async {
-                Api::<Namespace>::all(harness.client()?)
+                let client = harness.client()?;
+                // Delete the namespace even when releasing failed; report the first error.
+                let released = release_custom_resources(&client, &name).await;
+                Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::background())
                     .await
-                    .map_err(Error::kube(format!("deleting test namespace {name}")))
-                    .map(drop)
+                    .map_err(Error::kube(format!("deleting test namespace {name}")))?;
+                released
             })
         })
         .join()
         .map_err(|_| Error::CleanupThread {
             namespace: self.name.clone(),
         })?
+    }
+}
+
+/// Deletes the objects of every kind in `crds/` in `namespace` and removes their finalizers.
+///
+/// The controllers under test run inside the tests; once a test is over nobody is left to
+/// remove the finalizers they added, and the namespace would stay Terminating for ever.
+/// Deleting first matters: an object being deleted cannot get new finalizers, so a controller
+/// still running cannot put one back after it was removed.
+async fn release_custom_resources(client: &kube::Client, namespace: &str) -> Result<(), Error> {
+    for crd in read_crds()? {
+        let Some(version) = crd.spec.versions.iter().find(|v| v.storage) else {
+            continue;
+        };
+        let resource = ApiResource {
+            group: crd.spec.group.clone(),
+            version: version.name.clone(),
+            api_version: format!("{}/{}", crd.spec.group, version.name),
+            kind: crd.spec.names.kind.clone(),
+            plural: crd.spec.names.plural.clone(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        let objects = api
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube(format!(
+                "listing {} in test namespace {namespace}",
+                resource.plural
+            )))?;
+        for object in objects {
+            let Some(name) = object.metadata.name.as_deref() else {
+                continue;
+            };
+            let what = format!("{} {namespace}/{name}", resource.kind);
+            ignore_not_found(
+                api.delete(name, &DeleteParams::background())
+                    .await
+                    .map(drop),
+            )
+            .map_err(Error::kube(format!("deleting {what}")))?;
+            if object.metadata.finalizers.is_some_and(|f| !f.is_empty()) {
+                let no_finalizers = serde_json::json!({ "metadata": { "finalizers": null } });
+                let patched = api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&no_finalizers))
+                    .await;
+                ignore_not_found(patched.map(drop))
+                    .map_err(Error::kube(format!("removing the finalizers of {what}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An object that is already gone needs no cleanup.
+fn ignore_not_found(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other,
     }
 }
 

@@ -30,11 +30,14 @@ pub const APPLY_FIELD_MANAGER: &str = "kustomize-controller";
 /// How often health and CRD establishment are polled.
 const POLL: Duration = Duration::from_secs(1);
 
+/// Group, version and kind → the resource and whether it is namespaced.
+type KindMap = HashMap<(String, String, String), (ApiResource, bool)>;
+
 /// Kinds the API server serves, cached per group/version/kind. Entries are only added: a kind
 /// that was missing is looked up again next time.
 #[derive(Debug, Default)]
 pub struct KindCache {
-    kinds: Mutex<HashMap<(String, String, String), (ApiResource, bool)>>,
+    kinds: Mutex<KindMap>,
 }
 
 impl KindCache {
@@ -63,7 +66,7 @@ impl KindCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), (ApiResource, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KindMap> {
         self.kinds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -106,10 +109,7 @@ pub fn display(meta: &ObjMetadata) -> String {
 }
 
 fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
-    object
-        .pointer("/metadata/annotations")?
-        .get(key)?
-        .as_str()
+    object.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
 
 fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
@@ -176,13 +176,29 @@ pub struct ApplyFailure {
 }
 
 /// Applies a built set under one client (the controller's, or the impersonated one).
-#[derive(Debug)]
 pub struct ApplySet<'a> {
     pub client: &'a Client,
     pub kinds: &'a KindCache,
     /// `spec.force`: recreate objects whose immutable fields changed.
     pub force: bool,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ApplySet<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplySet")
+            .field("force", &self.force)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of validating part of a set.
+#[derive(Default)]
+struct Validated {
+    plans: Vec<Plan>,
+    deferred: Vec<usize>,
+    skipped: Vec<usize>,
 }
 
 /// One object's plan after validation.
@@ -214,7 +230,11 @@ fn comparable(mut v: Value) -> Value {
 impl ApplySet<'_> {
     fn api(&self, target: &Target) -> Api<DynamicObject> {
         if target.namespaced {
-            Api::namespaced_with(self.client.clone(), &target.meta.namespace, &target.resource)
+            Api::namespaced_with(
+                self.client.clone(),
+                &target.meta.namespace,
+                &target.resource,
+            )
         } else {
             Api::all_with(self.client.clone(), &target.resource)
         }
@@ -248,41 +268,15 @@ impl ApplySet<'_> {
             .collect();
 
         let mut changes: BTreeMap<usize, Change> = BTreeMap::new();
-        let mut plans = vec![];
-        let mut deferred = vec![];
-        let mut errors = vec![];
-        for (index, target) in targets.iter().enumerate() {
-            if target.kind_from_set {
-                deferred.push(index);
-                continue;
-            }
-            match self.plan(index, target).await {
-                Ok(Some(plan)) => plans.push(plan),
-                Ok(None) => {
-                    changes.insert(index, Change::Skipped);
-                }
-                Err(e)
-                    if is_code(&e, 404)
-                        && target.namespaced
-                        && set_namespaces.contains(target.meta.namespace.as_str()) =>
-                {
-                    deferred.push(index);
-                }
-                Err(e) => errors.push(format!(
-                    "{} ({}): {}",
-                    target.display(),
-                    target.file,
-                    api_message(&e)
-                )),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(fail(errors.join("\n"), true, vec![]));
-        }
+        let first_pass = self
+            .validate(targets, 0..targets.len(), Some(&set_namespaces))
+            .await
+            .map_err(|errors| fail(errors.join("\n"), true, vec![]))?;
+        changes.extend(first_pass.skipped.iter().map(|i| (*i, Change::Skipped)));
 
         let mut applied = vec![];
         // Stage one: definitions.
-        let (first, rest): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|p| {
+        let (first, rest): (Vec<Plan>, Vec<Plan>) = first_pass.plans.into_iter().partition(|p| {
             let m = &targets[p.index].meta;
             is_definition(&m.group, &m.kind)
         });
@@ -307,40 +301,26 @@ impl ApplySet<'_> {
         }
 
         // Objects that needed the definitions: validate now.
-        let mut late = vec![];
-        for index in deferred {
-            let target = &targets[index];
-            match self.plan(index, target).await {
-                Ok(Some(plan)) => late.push(plan),
-                Ok(None) => {
-                    changes.insert(index, Change::Skipped);
-                }
-                Err(e) => errors.push(format!(
-                    "{} ({}): {}",
-                    target.display(),
-                    target.file,
-                    api_message(&e)
-                )),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(fail(
-                format!(
-                    "{}\n(definitions were applied first: {})",
-                    errors.join("\n"),
-                    first
-                        .iter()
-                        .map(|p| targets[p.index].display())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                true,
-                applied,
-            ));
-        }
+        let late = self
+            .validate(targets, first_pass.deferred.into_iter(), None)
+            .await
+            .map_err(|errors| {
+                let definitions: Vec<String> =
+                    first.iter().map(|p| targets[p.index].display()).collect();
+                fail(
+                    format!(
+                        "{}\n(definitions were applied first: {})",
+                        errors.join("\n"),
+                        definitions.join(", ")
+                    ),
+                    true,
+                    applied.clone(),
+                )
+            })?;
+        changes.extend(late.skipped.iter().map(|i| (*i, Change::Skipped)));
 
         // Stage two: everything else.
-        for plan in rest.iter().chain(&late) {
+        for plan in rest.iter().chain(&late.plans) {
             let target = &targets[plan.index];
             self.write(target, plan)
                 .await
@@ -358,6 +338,49 @@ impl ApplySet<'_> {
         })
     }
 
+    /// Plans the objects at `indices`. With `set_namespaces`, objects whose kind comes from a
+    /// CRD of the set, or whose namespace is created by the set and does not exist yet, are
+    /// deferred instead of failing. Every failure is collected, naming object and file.
+    async fn validate(
+        &self,
+        targets: &[Target],
+        indices: impl Iterator<Item = usize>,
+        set_namespaces: Option<&HashSet<&str>>,
+    ) -> Result<Validated, Vec<String>> {
+        let mut out = Validated::default();
+        let mut errors = vec![];
+        for index in indices {
+            let target = &targets[index];
+            if target.kind_from_set && set_namespaces.is_some() {
+                out.deferred.push(index);
+                continue;
+            }
+            match self.plan(index, target).await {
+                Ok(Some(plan)) => out.plans.push(plan),
+                Ok(None) => out.skipped.push(index),
+                Err(e)
+                    if is_code(&e, 404)
+                        && target.namespaced
+                        && set_namespaces
+                            .is_some_and(|s| s.contains(target.meta.namespace.as_str())) =>
+                {
+                    out.deferred.push(index);
+                }
+                Err(e) => errors.push(format!(
+                    "{} ({}): {}",
+                    target.display(),
+                    target.file,
+                    api_message(&e)
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Reads the live object and dry-runs the apply: `None` when annotations say to leave it
     /// alone, otherwise whether applying would change anything.
     async fn plan(&self, index: usize, target: &Target) -> Result<Option<Plan>, kube::Error> {
@@ -372,14 +395,20 @@ impl ApplySet<'_> {
         let disabled = |o: &Value| annotation(o, annotations::RECONCILE) == Some("disabled");
         if ssa == Some("Ignore")
             || live.as_ref().is_some_and(|l| {
-                disabled(l) || ssa == Some("IfNotPresent") || annotation(l, annotations::SSA) == Some("Ignore")
+                disabled(l)
+                    || ssa == Some("IfNotPresent")
+                    || annotation(l, annotations::SSA) == Some("Ignore")
             })
             || (live.is_some() && disabled(&target.object))
         {
             return Ok(None);
         }
         let dry_run = api
-            .patch(&target.meta.name, &Self::params(true), &Patch::Apply(&target.object))
+            .patch(
+                &target.meta.name,
+                &Self::params(true),
+                &Patch::Apply(&target.object),
+            )
             .await;
         let result = match dry_run {
             Ok(result) => result,
@@ -417,7 +446,8 @@ impl ApplySet<'_> {
         }
         let api = self.api(target);
         let name = &target.meta.name;
-        let err = |e: &kube::Error| format!("{} ({}): {}", target.display(), target.file, api_message(e));
+        let err =
+            |e: &kube::Error| format!("{} ({}): {}", target.display(), target.file, api_message(e));
         if plan.recreate {
             match api.delete(name, &DeleteParams::foreground()).await {
                 Ok(_) => {}
@@ -427,7 +457,10 @@ impl ApplySet<'_> {
             let deadline = Instant::now() + self.timeout;
             while api.get_opt(name).await.map_err(|e| err(&e))?.is_some() {
                 if Instant::now() > deadline {
-                    return Err(format!("{}: still being deleted for recreation", target.display()));
+                    return Err(format!(
+                        "{}: still being deleted for recreation",
+                        target.display()
+                    ));
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -448,12 +481,18 @@ impl ApplySet<'_> {
                 .map_err(|e| format!("CustomResourceDefinition/{name}: {}", api_message(&e)))?
                 .and_then(|crd| crd.status)
                 .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
             if established {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("CustomResourceDefinition/{name} not established after {:?}", self.timeout));
+                return Err(format!(
+                    "CustomResourceDefinition/{name} not established after {:?}",
+                    self.timeout
+                ));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -494,9 +533,9 @@ impl ApplySet<'_> {
                     continue;
                 }
             };
-            let owned = label(&live, annotations::NAME_LABEL) == Some(owner.0)
+            let is_owned = label(&live, annotations::NAME_LABEL) == Some(owner.0)
                 && label(&live, annotations::NAMESPACE_LABEL) == Some(owner.1);
-            if !owned
+            if !is_owned
                 || annotation(&live, annotations::PRUNE) == Some("disabled")
                 || annotation(&live, annotations::RECONCILE) == Some("disabled")
             {
@@ -529,12 +568,18 @@ impl ApplySet<'_> {
             let mut reasons = vec![];
             for object in pending {
                 let api: Api<DynamicObject> = if object.namespaced {
-                    Api::namespaced_with(self.client.clone(), &object.meta.namespace, &object.resource)
+                    Api::namespaced_with(
+                        self.client.clone(),
+                        &object.meta.namespace,
+                        &object.resource,
+                    )
                 } else {
                     Api::all_with(self.client.clone(), &object.resource)
                 };
                 let health = match api.get_opt(&object.meta.name).await {
-                    Ok(Some(live)) => object_health(&serde_json::to_value(live).unwrap_or_default()),
+                    Ok(Some(live)) => {
+                        object_health(&serde_json::to_value(live).unwrap_or_default())
+                    }
                     Ok(None) => Health::InProgress("not found".to_owned()),
                     Err(e) => Health::InProgress(api_message(&e)),
                 };
@@ -569,7 +614,11 @@ pub struct HealthTarget {
 /// The resource of a kind defined by a CRD manifest of the set, for objects of that kind
 /// (`api_version` is theirs).
 #[must_use]
-pub fn resource_from_crd(crd: &Value, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+pub fn resource_from_crd(
+    crd: &Value,
+    api_version: &str,
+    kind: &str,
+) -> Option<(ApiResource, bool)> {
     let spec = crd.get("spec")?;
     let group = spec.get("group")?.as_str()?;
     let (object_group, version) = split_api_version(api_version);
@@ -601,7 +650,10 @@ mod tests {
         let crd = json!({"spec": {"group": "example.com", "scope": "Namespaced",
             "names": {"kind": "Widget", "plural": "widgets"}}});
         let (r, namespaced) = resource_from_crd(&crd, "example.com/v1", "Widget").unwrap();
-        assert_eq!((r.plural.as_str(), r.version.as_str(), namespaced), ("widgets", "v1", true));
+        assert_eq!(
+            (r.plural.as_str(), r.version.as_str(), namespaced),
+            ("widgets", "v1", true)
+        );
         assert!(resource_from_crd(&crd, "other.com/v1", "Widget").is_none());
     }
 
@@ -622,6 +674,9 @@ mod tests {
             ],
         };
         assert!(set.wrote());
-        assert_eq!(set.summary(), "Deployment/ns/app configured\nService/ns/old deleted");
+        assert_eq!(
+            set.summary(),
+            "Deployment/ns/app configured\nService/ns/old deleted"
+        );
     }
 }

@@ -92,8 +92,7 @@ pub async fn build(
     let wrapper_doc = wrapper_kustomization(spec, relative_path, &root)?;
     std::fs::write(
         wrapper.join("kustomization.yaml"),
-        serde_yaml_ng::to_string(&wrapper_doc)
-            .map_err(|e| BuildError::Kustomize(e.to_string()))?,
+        serde_yaml_ng::to_string(&wrapper_doc).map_err(|e| BuildError::Kustomize(e.to_string()))?,
     )?;
     let output = run_kustomize(kustomize, &wrapper, work, timeout).await?;
     parse_kustomize_output(&output)
@@ -145,16 +144,11 @@ pub fn collect_yaml(root: &Path, dir: &Path) -> Result<Collected, BuildError> {
         for p in entries {
             if p.is_dir() {
                 if p != dir && has_kustomization(&p) {
-                    collected
-                        .kustomization_dirs
-                        .push(relative(dir, &p));
+                    collected.kustomization_dirs.push(relative(dir, &p));
                 } else {
                     stack.push(p);
                 }
-            } else if p
-                .extension()
-                .is_some_and(|e| e == "yaml" || e == "yml")
-            {
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 files.push(p);
             }
         }
@@ -248,7 +242,12 @@ fn check_object(object: Value, file: &str, index: usize) -> Result<Value, BuildE
 /// `Kind/namespace/name` of an object as written in the source.
 #[must_use]
 pub fn object_key(object: &Value) -> String {
-    let s = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let s = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
     let namespace = s("/metadata/namespace");
     if namespace.is_empty() {
         format!("{}/{}", s("/kind"), s("/metadata/name"))
@@ -285,7 +284,10 @@ fn wrapper_kustomization(
 ) -> Result<Value, BuildError> {
     let source = Path::new("..").join(SOURCE_DIR).join(relative_path);
     let mut doc = Map::new();
-    doc.insert("apiVersion".into(), json!("kustomize.config.k8s.io/v1beta1"));
+    doc.insert(
+        "apiVersion".into(),
+        json!("kustomize.config.k8s.io/v1beta1"),
+    );
     doc.insert("kind".into(), json!("Kustomization"));
     doc.insert("resources".into(), json!([source.to_string_lossy()]));
     doc.insert("buildMetadata".into(), json!(["originAnnotations"]));
@@ -310,7 +312,10 @@ fn wrapper_kustomization(
         }
     }
     if !spec.images.is_empty() {
-        doc.insert("images".into(), serde_json::to_value(&spec.images).unwrap_or_default());
+        doc.insert(
+            "images".into(),
+            serde_json::to_value(&spec.images).unwrap_or_default(),
+        );
     }
     if !spec.patches.is_empty() {
         doc.insert(
@@ -322,8 +327,7 @@ fn wrapper_kustomization(
         let mut components = vec![];
         for component in &spec.components {
             let joined = relative_path.join(component);
-            contained_path(root, &joined)
-                .map_err(|_| BuildError::UnsafePath(component.clone()))?;
+            contained_path(root, &joined).map_err(|_| BuildError::UnsafePath(component.clone()))?;
             components.push(
                 Path::new("..")
                     .join(SOURCE_DIR)
@@ -394,10 +398,14 @@ fn parse_kustomize_output(output: &str) -> Result<Vec<Manifest>, BuildError> {
 }
 
 fn take_origin(object: &mut Value) -> Option<String> {
-    let annotations = object.pointer_mut("/metadata/annotations")?.as_object_mut()?;
+    let annotations = object
+        .pointer_mut("/metadata/annotations")?
+        .as_object_mut()?;
     let origin = annotations.remove(ORIGIN_ANNOTATION);
     if annotations.is_empty()
-        && let Some(meta) = object.pointer_mut("/metadata").and_then(Value::as_object_mut)
+        && let Some(meta) = object
+            .pointer_mut("/metadata")
+            .and_then(Value::as_object_mut)
     {
         meta.remove("annotations");
     }
@@ -427,8 +435,16 @@ mod tests {
         write(
             dir.path(),
             &[
-                ("apps/b/two.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n"),
-                ("apps/a.yml", &format!("{CM}---\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {{name: s}}\n")),
+                (
+                    "apps/b/two.yaml",
+                    "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n",
+                ),
+                (
+                    "apps/a.yml",
+                    &format!(
+                        "{CM}---\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Secret\n  metadata: {{name: s}}\n"
+                    ),
+                ),
                 ("apps/README.md", "not yaml"),
             ],
         );
@@ -453,17 +469,26 @@ mod tests {
     fn bad_files_are_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &[("x/bad.yaml", "kind: [unclosed\n")]);
-        let e = collect_yaml(dir.path(), dir.path()).unwrap_err().to_string();
+        let e = collect_yaml(dir.path(), dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x/bad.yaml: invalid YAML"), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &[("values.yaml", "replicas: 3\n")]);
-        let e = collect_yaml(dir.path(), dir.path()).unwrap_err().to_string();
-        assert!(e.contains("values.yaml: document 1") && e.contains("apiVersion"), "{e}");
+        let e = collect_yaml(dir.path(), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("values.yaml: document 1") && e.contains("apiVersion"),
+            "{e}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &[("a.yaml", CM), ("b.yaml", CM)]);
-        let e = collect_yaml(dir.path(), dir.path()).unwrap_err().to_string();
+        let e = collect_yaml(dir.path(), dir.path())
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "ConfigMap/a is defined twice, in a.yaml and b.yaml");
     }
 
@@ -472,7 +497,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),
-            &[("a.yaml", CM), ("base/kustomization.yaml", "resources: []\n"), ("base/x.yaml", "junk: 1\n")],
+            &[
+                ("a.yaml", CM),
+                ("base/kustomization.yaml", "resources: []\n"),
+                ("base/x.yaml", "junk: 1\n"),
+            ],
         );
         let c = collect_yaml(dir.path(), dir.path()).unwrap();
         assert_eq!(c.kustomization_dirs, ["base"]);

@@ -72,7 +72,10 @@ impl ArtifactFetcher {
         if !response.status().is_success() {
             return Err(download(format!("HTTP status {}", response.status())));
         }
-        let bytes = response.bytes().await.map_err(|e| download(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| download(e.to_string()))?;
         let actual = hex::encode(Sha256::digest(&bytes));
         if actual != expected {
             return Err(FetchError::DigestMismatch {
@@ -159,7 +162,9 @@ fn extract_from(reader: impl Read, dest: &Path) -> Result<(), FetchError> {
             let link = entry
                 .link_name()
                 .map_err(extract_err)?
-                .ok_or_else(|| FetchError::Extract(format!("{} has no link target", relative.display())))?
+                .ok_or_else(|| {
+                    FetchError::Extract(format!("{} has no link target", relative.display()))
+                })?
                 .into_owned();
             // A symlink resolves against its own directory, a hard link against the root.
             let base = if kind.is_symlink() {
@@ -248,7 +253,10 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         extract_from(&data[..], dir.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("apps/b.yaml")).unwrap(), "a: ");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("apps/b.yaml")).unwrap(),
+            "a: "
+        );
     }
 
     #[test]
@@ -268,7 +276,8 @@ mod tests {
 
         let escaping = archive(|b| {
             let mut l = header(tar::EntryType::Symlink, 0);
-            b.append_link(&mut l, "apps/passwd", "../../etc/passwd").unwrap();
+            b.append_link(&mut l, "apps/passwd", "../../etc/passwd")
+                .unwrap();
         });
         let err = extract_from(&escaping[..], &inner).unwrap_err();
         assert!(err.to_string().contains("links outside"), "{err}");
@@ -277,7 +286,10 @@ mod tests {
     #[test]
     fn contained_paths_allow_inner_dot_dot_only() {
         let root = Path::new("/r");
-        assert_eq!(contained_path(root, Path::new("a/../b")).unwrap(), Path::new("/r/b"));
+        assert_eq!(
+            contained_path(root, Path::new("a/../b")).unwrap(),
+            Path::new("/r/b")
+        );
         assert!(contained_path(root, Path::new("a/../../b")).is_err());
         assert!(contained_path(root, Path::new("/etc")).is_err());
     }

@@ -88,7 +88,10 @@ fn deployment(obj: &Value) -> Health {
         return Health::InProgress(format!("{updated} of {want} replicas updated"));
     }
     if total > updated {
-        return Health::InProgress(format!("{} old replicas pending termination", total - updated));
+        return Health::InProgress(format!(
+            "{} old replicas pending termination",
+            total - updated
+        ));
     }
     if available < want {
         return Health::InProgress(format!("{available} of {want} replicas available"));
@@ -172,18 +175,24 @@ mod tests {
 
     #[test]
     fn a_rolled_out_available_deployment_is_current() {
-        let d = deploy(&json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-            "availableReplicas": 2, "conditions": [{"type": "Available", "status": "True"}]}));
+        let d = deploy(
+            &json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+            "availableReplicas": 2, "conditions": [{"type": "Available", "status": "True"}]}),
+        );
         assert_eq!(object_health(&d), Health::Current);
     }
 
     #[test]
     fn a_deployment_short_of_replicas_or_generation_is_in_progress() {
-        let old = deploy(&json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-            "availableReplicas": 2}));
+        let old = deploy(
+            &json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+            "availableReplicas": 2}),
+        );
         assert!(matches!(object_health(&old), Health::InProgress(_)));
-        let short = deploy(&json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-            "availableReplicas": 1}));
+        let short = deploy(
+            &json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+            "availableReplicas": 1}),
+        );
         assert_eq!(
             object_health(&short),
             Health::InProgress("1 of 2 replicas available".to_owned())
@@ -196,27 +205,36 @@ mod tests {
 
     #[test]
     fn jobs_must_complete() {
-        let job = |conds: Value| json!({"apiVersion": "batch/v1", "kind": "Job",
-                                      "status": {"conditions": conds}});
+        let job = |conds: Value| {
+            json!({"apiVersion": "batch/v1", "kind": "Job",
+                                      "status": {"conditions": conds}})
+        };
         assert_eq!(
             object_health(&job(json!([{"type": "Complete", "status": "True"}]))),
             Health::Current
         );
         assert!(matches!(
-            object_health(&job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]))),
+            object_health(&job(
+                json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+            )),
             Health::Failed(_)
         ));
-        assert!(matches!(object_health(&job(json!([]))), Health::InProgress(_)));
+        assert!(matches!(
+            object_health(&job(json!([]))),
+            Health::InProgress(_)
+        ));
     }
 
     #[test]
     fn other_kinds_follow_their_ready_condition() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}});
         assert_eq!(object_health(&cm), Health::Current);
-        let ks = |status: &str| json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        let ks = |status: &str| {
+            json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1",
             "kind": "Kustomization", "metadata": {"generation": 1},
             "status": {"observedGeneration": 1,
-                       "conditions": [{"type": "Ready", "status": status, "reason": "R", "message": "m"}]}});
+                       "conditions": [{"type": "Ready", "status": status, "reason": "R", "message": "m"}]}})
+        };
         assert_eq!(object_health(&ks("True")), Health::Current);
         assert!(matches!(object_health(&ks("False")), Health::InProgress(_)));
         let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",

@@ -65,7 +65,8 @@ impl InventoryDiff {
             .cloned()
             .collect();
         stale.sort_by_key(|e| {
-            let definition = ObjMetadata::parse(&e.id).is_some_and(|m| is_definition(&m.group, &m.kind));
+            let definition =
+                ObjMetadata::parse(&e.id).is_some_and(|m| is_definition(&m.group, &m.kind));
             (definition, e.id.clone())
         });
         Self { stale }
@@ -102,7 +103,11 @@ mod tests {
         let ids: Vec<_> = diff.stale.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(
             ids,
-            ["apps_cfg__ConfigMap", "apps_web__Service", "_apps__Namespace"]
+            [
+                "apps_cfg__ConfigMap",
+                "apps_web__Service",
+                "_apps__Namespace"
+            ]
         );
     }
 

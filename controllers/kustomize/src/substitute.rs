@@ -75,7 +75,9 @@ fn expand(body: &str, vars: &BTreeMap<String, String>) -> Result<String, Substit
     if !is_valid_name(name) {
         return Err(SubstituteError::InvalidName(name.to_owned()));
     }
-    let value = vars.get(name).filter(|v| !v.is_empty() || default.is_none());
+    let value = vars
+        .get(name)
+        .filter(|v| !v.is_empty() || default.is_none());
     Ok(match (value, default) {
         (Some(v), _) => v.clone(),
         (None, Some(d)) => d.to_owned(),
@@ -117,7 +119,10 @@ mod tests {
     fn double_dollar_escapes_and_bare_dollars_stay() {
         let v = vars();
         assert_eq!(substitute("$${cluster}", &v).unwrap(), "${cluster}");
-        assert_eq!(substitute("echo $HOME $1 $", &v).unwrap(), "echo $HOME $1 $");
+        assert_eq!(
+            substitute("echo $HOME $1 $", &v).unwrap(),
+            "echo $HOME $1 $"
+        );
         assert_eq!(substitute("cost: 5$", &v).unwrap(), "cost: 5$");
     }
 

@@ -1,0 +1,439 @@
+//! Weir's kustomize controller: takes the artifact of a `Kustomization`'s source, builds the
+//! manifests under its path, validates the whole set with a server-side dry run, applies what
+//! changed with server-side apply, prunes what left the source, and waits for health.
+//!
+//! A new artifact revision of a GitRepository reconciles every Kustomization that uses it at
+//! once (a watch on sources), not at the next interval.
+
+pub mod apply;
+pub mod build;
+pub mod error;
+pub mod fetch;
+pub mod health;
+pub mod inventory;
+pub mod reconcile;
+pub mod substitute;
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use weir_api::{
+    Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, Outcome,
+    condition, meta::handled_reconcile_at, reasons, types,
+};
+use weir_runtime::{
+    Disposition, Failure, events::EventPublisher, schedule, status::apply_status,
+    trigger::reconcile_trigger,
+};
+
+use crate::{apply::KindCache, error::KustomizeError, fetch::ArtifactFetcher, reconcile::Attempt};
+
+/// The finalizer Flux's controllers use; Weir uses the same so objects move between engines.
+pub const FINALIZER: &str = "finalizers.fluxcd.io";
+/// The field manager of status writes.
+pub const STATUS_FIELD_MANAGER: &str = "weir-kustomize-controller";
+/// The name events are reported under.
+pub const CONTROLLER_NAME: &str = "weir-kustomize-controller";
+
+/// Settings of the kustomize controller (`weir controllers` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// How many Kustomizations are reconciled at once.
+    pub concurrency: u16,
+    /// The `kustomize` binary.
+    pub kustomize_path: PathBuf,
+    /// Where verified artifacts are cached by digest.
+    pub cache_dir: PathBuf,
+    /// How soon a Kustomization whose dependencies are not ready checks again.
+    pub dependency_requeue: Duration,
+}
+
+/// Counters read by tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Reconciles run.
+    pub reconciles: AtomicU64,
+}
+
+/// Shared by the reconciles of one controller; never by two controllers.
+pub struct Context {
+    pub client: Client,
+    /// The controller's own connection settings, from which impersonating clients are made.
+    pub kube_config: kube::Config,
+    pub config: Config,
+    pub fetcher: ArtifactFetcher,
+    pub kinds: KindCache,
+    pub events: EventPublisher,
+    pub backoff: schedule::Backoff,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors that stop the controller from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("cannot prepare the artifact cache: {0}")]
+    Cache(#[source] fetch::FetchError),
+}
+
+/// Errors of the reconcile wrapper itself (talking to the API server), retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// A running kustomize controller.
+#[derive(Debug)]
+pub struct Handle {
+    pub metrics: Arc<Metrics>,
+    controller: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Runs until the controller stops (on SIGTERM/SIGINT when `shutdown_on_signal`).
+    pub async fn wait(mut self) {
+        let controller = std::mem::replace(&mut self.controller, tokio::spawn(async {}));
+        let _ = controller.await;
+    }
+
+    /// Stops the controller.
+    pub fn abort(&self) {
+        self.controller.abort();
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// What of a GitRepository triggers its Kustomizations: a new artifact.
+#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
+fn artifact_trigger(repo: &GitRepository) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    let artifact = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
+    artifact.map(|a| &a.revision).hash(&mut hasher);
+    artifact.map(|a| &a.digest).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Whether `ks` takes its manifests from `repo`.
+fn uses_source(ks: &Kustomization, repo: &GitRepository) -> bool {
+    let ks_ns = ks.namespace().unwrap_or_default();
+    let source_ns = ks.spec.source_ref.namespace.as_deref().unwrap_or(&ks_ns);
+    ks.spec.source_ref.kind == weir_api::SourceKind::GitRepository
+        && ks.spec.source_ref.name == repo.name_any()
+        && Some(source_ns) == repo.namespace().as_deref()
+}
+
+/// Starts the controller. With `shutdown_on_signal`, SIGTERM and SIGINT stop it gracefully.
+#[allow(clippy::unused_async)] // The same shape as `weir_source::start`, so callers start both alike.
+pub async fn start(
+    kube_config: kube::Config,
+    config: Config,
+    shutdown_on_signal: bool,
+) -> Result<Handle, StartError> {
+    let client = Client::try_from(kube_config.clone()).map_err(StartError::Client)?;
+    let fetcher = ArtifactFetcher::new(config.cache_dir.clone()).map_err(StartError::Cache)?;
+    let metrics = Arc::new(Metrics::default());
+    let (ks_api, repo_api): (Api<Kustomization>, Api<GitRepository>) = match &config.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let concurrency = config.concurrency;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        kube_config,
+        config,
+        fetcher,
+        kinds: KindCache::default(),
+        events: EventPublisher::new(client, CONTROLLER_NAME),
+        backoff: schedule::Backoff::default(),
+        metrics: metrics.clone(),
+    });
+    let (reader, writer) = reflector::store();
+    let stream = watcher(ks_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(reconcile_trigger, kube::runtime::PredicateConfig::default());
+    let sources = watcher(repo_api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(artifact_trigger, kube::runtime::PredicateConfig::default());
+    let store = reader.clone();
+    let mut controller = Controller::for_stream(stream, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .watches_stream(sources, move |repo: GitRepository| {
+            store
+                .state()
+                .into_iter()
+                .filter(|ks| uses_source(ks, &repo))
+                .map(|ks| ObjectRef::from_obj(&*ks))
+                .collect::<Vec<_>>()
+        });
+    if shutdown_on_signal {
+        controller = controller.shutdown_on_signal();
+    }
+    let controller = tokio::spawn(async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "reconcile error");
+                }
+            })
+            .await;
+    });
+    tracing::info!("kustomize controller started");
+    Ok(Handle {
+        metrics,
+        controller,
+    })
+}
+
+fn error_policy(ks: Arc<Kustomization>, error: &ControllerError, ctx: Arc<Context>) -> Action {
+    let key = object_key(&ks);
+    tracing::warn!(%error, object = key, "reconcile failed");
+    Action::requeue(ctx.backoff.failed(&key))
+}
+
+fn object_key(ks: &Kustomization) -> String {
+    format!("{}/{}", ks.namespace().unwrap_or_default(), ks.name_any())
+}
+
+#[tracing::instrument(skip_all, fields(object = %object_key(&ks)))]
+async fn reconcile(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let api: Api<Kustomization> =
+        Api::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, ks, |event| async {
+        match event {
+            FinalizerEvent::Apply(ks) => apply(&api, &ks, &ctx).await,
+            FinalizerEvent::Cleanup(ks) => cleanup(&ks, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(inner)
+        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
+        other => ControllerError::Finalizer(other.to_string()),
+    })
+}
+
+/// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while
+/// suspended) the objects are orphaned.
+async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, ControllerError> {
+    if !ks.spec.prune || ks.spec.suspend {
+        return Ok(Action::await_change());
+    }
+    let deleted = reconcile::delete_inventory(ks, ctx)
+        .await
+        .map_err(|e| ControllerError::Finalizer(e.to_string()))?;
+    if deleted.wrote() {
+        tracing::info!(
+            summary = deleted.summary(),
+            "pruned inventory of deleted Kustomization"
+        );
+    }
+    Ok(Action::await_change())
+}
+
+/// One reconcile of a live object: run the steps, summarise, write status once.
+async fn apply(
+    api: &Api<Kustomization>,
+    ks: &Kustomization,
+    ctx: &Context,
+) -> Result<Action, ControllerError> {
+    use std::sync::atomic::Ordering;
+    if ks.spec.suspend {
+        tracing::debug!("suspended");
+        return Ok(Action::await_change());
+    }
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    let previous = ks.status.clone();
+    let mut status = previous.clone().unwrap_or_default();
+
+    let mut attempt = Attempt::default();
+    let result = reconcile::run(ks, ctx, &mut attempt).await;
+
+    status.observed_generation = ks.metadata.generation;
+    status.last_handled_reconcile_at = handled_reconcile_at(
+        ks.annotations().into(),
+        previous
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
+    );
+    if let Some(revision) = &attempt.revision {
+        status.last_attempted_revision = Some(revision.clone());
+    }
+    if let Some(inventory) = attempt.inventory.take() {
+        status.inventory = Some(inventory);
+    }
+    if !checks_health(ks) {
+        condition::remove_condition(&mut status.conditions, types::HEALTHY);
+    }
+    if attempt.changes.wrote() {
+        let summary = attempt.redactor.redact(&attempt.changes.summary());
+        tracing::info!(summary, "applied changes");
+    }
+    let action = match result {
+        Ok(()) => succeeded(ks, ctx, &mut status, &attempt).await,
+        Err(error) => failed(ks, ctx, &mut status, &attempt, &error).await,
+    };
+    apply_status(api, ks, previous.as_ref(), &status, STATUS_FIELD_MANAGER).await?;
+    Ok(action)
+}
+
+fn checks_health(ks: &Kustomization) -> bool {
+    ks.spec.wait || !ks.spec.health_checks.is_empty()
+}
+
+/// The event note: the changes made, then the message.
+fn note(attempt: &Attempt, message: &str) -> String {
+    let summary = attempt.redactor.redact(&attempt.changes.summary());
+    if summary.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{summary}\n{message}")
+    }
+}
+
+/// Records success: Ready=True, Healthy=True when checked, the applied revision; an event when
+/// something was written or the revision is new.
+async fn succeeded(
+    ks: &Kustomization,
+    ctx: &Context,
+    status: &mut KustomizationStatus,
+    attempt: &Attempt,
+) -> Action {
+    let generation = ks.metadata.generation;
+    ctx.backoff.succeeded(&object_key(ks));
+    let revision = attempt.revision.clone().unwrap_or_default();
+    let message = format!("Applied revision: {revision}");
+    if checks_health(ks) {
+        condition::set_condition(
+            &mut status.conditions,
+            Condition::new(
+                types::HEALTHY,
+                ConditionStatus::True,
+                reasons::SUCCEEDED,
+                "Health check passed",
+            )
+            .for_generation(generation),
+        );
+    }
+    condition::summarize(
+        &mut status.conditions,
+        &Outcome::Ready {
+            reason: reasons::RECONCILIATION_SUCCEEDED.to_owned(),
+            message: message.clone(),
+        },
+        generation,
+    );
+    let new_revision = status.last_applied_revision.as_deref() != Some(revision.as_str());
+    status.last_applied_revision = Some(revision);
+    if attempt.changes.wrote() || new_revision {
+        ctx.events
+            .normal(
+                ks,
+                reasons::RECONCILIATION_SUCCEEDED,
+                "Reconcile",
+                &note(attempt, &message),
+            )
+            .await;
+    }
+    Action::requeue(schedule::jittered(ks.spec.interval.as_std()))
+}
+
+/// Records a failure: Ready=False with the error's reason, Reconciling or Stalled, Healthy=False
+/// when health failed, an event; the last applied revision stays.
+async fn failed(
+    ks: &Kustomization,
+    ctx: &Context,
+    status: &mut KustomizationStatus,
+    attempt: &Attempt,
+    error: &KustomizeError,
+) -> Action {
+    let generation = ks.metadata.generation;
+    let reason = error.reason();
+    let message = attempt.redactor.redact(&error.to_string());
+    tracing::warn!(reason, error = message, "reconcile failed");
+    if attempt.healthy == Some(false) {
+        condition::set_condition(
+            &mut status.conditions,
+            Condition::new(types::HEALTHY, ConditionStatus::False, reason, &message)
+                .for_generation(generation),
+        );
+    }
+    let retry = ks
+        .spec
+        .retry_interval
+        .as_ref()
+        .unwrap_or(&ks.spec.interval)
+        .as_std();
+    let (reason_s, message_s) = (reason.to_owned(), message.clone());
+    let (outcome, action) = match error.disposition() {
+        Disposition::Stalled => (
+            Outcome::Stalled {
+                reason: reason_s,
+                message: message_s,
+            },
+            Action::await_change(),
+        ),
+        Disposition::Waiting(after) => (
+            Outcome::Retrying {
+                reason: reason_s,
+                message: message_s,
+            },
+            Action::requeue(after),
+        ),
+        Disposition::Transient => (
+            Outcome::Retrying {
+                reason: reason_s,
+                message: message_s,
+            },
+            Action::requeue(schedule::jittered(retry)),
+        ),
+    };
+    condition::summarize(&mut status.conditions, &outcome, generation);
+    let note = note(attempt, &message);
+    if matches!(error.disposition(), Disposition::Waiting(_)) {
+        ctx.events.normal(ks, reason, "Reconcile", &note).await;
+    } else {
+        ctx.events.warning(ks, reason, "Reconcile", &note).await;
+    }
+    action
+}

@@ -1,0 +1,498 @@
+//! The steps of one Kustomization reconcile: dependencies → source → fetch → build →
+//! substitute → resolve → validate and apply → prune → health. Each returns a typed error;
+//! status is summarised and written once by the caller.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+use weir_api::{
+    GitRepository, Kustomization,
+    condition::{find_condition, types},
+    kustomize::{ObjMetadata, ResourceInventory, SubstituteKind, annotations},
+};
+use weir_runtime::Redactor;
+
+use crate::{
+    Context,
+    apply::{ApplySet, ChangeSet, HealthTarget, Target, resource_from_crd},
+    build::{self, Manifest, SOURCE_DIR},
+    error::KustomizeError,
+    fetch,
+    inventory::{self, InventoryDiff, split_api_version},
+    substitute,
+};
+
+/// What a reconcile did, successful or not; the caller turns it into status and events.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    /// The source revision attempted, once known.
+    pub revision: Option<String>,
+    /// The inventory after this attempt, when it changed.
+    pub inventory: Option<ResourceInventory>,
+    pub changes: ChangeSet,
+    /// `Some(healthy)` when health was checked (wait or healthChecks).
+    pub healthy: Option<bool>,
+    /// Masks the values of substituted secrets in every message.
+    pub redactor: Redactor,
+}
+
+/// Runs the steps; the `Attempt` is filled in as far as they got.
+pub async fn run(
+    ks: &Kustomization,
+    ctx: &Context,
+    attempt: &mut Attempt,
+) -> Result<(), KustomizeError> {
+    let namespace = ks.namespace().unwrap_or_default();
+    let spec = &ks.spec;
+    let retry = spec
+        .retry_interval
+        .as_ref()
+        .unwrap_or(&spec.interval)
+        .as_std();
+    let timeout = spec.timeout.as_ref().unwrap_or(&spec.interval).as_std();
+
+    check_dependencies(ks, ctx).await?;
+
+    let source_ns = spec
+        .source_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace.clone());
+    let source_key = format!(
+        "{}/{source_ns}/{}",
+        spec.source_ref.kind.as_str(),
+        spec.source_ref.name
+    );
+    let source = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
+        .get_opt(&spec.source_ref.name)
+        .await
+        .map_err(|e| KustomizeError::Kube(e.to_string()))?
+        .ok_or_else(|| KustomizeError::SourceNotFound(source_key.clone(), retry))?;
+    let artifact = source
+        .status
+        .and_then(|s| s.artifact)
+        .ok_or_else(|| KustomizeError::ArtifactNotReady(source_key.clone(), retry))?;
+    attempt.revision = Some(artifact.revision.clone());
+
+    let tarball = ctx
+        .fetcher
+        .fetch(&artifact)
+        .await
+        .map_err(KustomizeError::Fetch)?;
+    let work = tempfile::tempdir().map_err(|e| KustomizeError::Build(e.into()))?;
+    let src = work.path().join(SOURCE_DIR);
+    let extract_to = src.clone();
+    tokio::task::spawn_blocking(move || fetch::extract(&tarball, &extract_to))
+        .await
+        .map_err(|e| KustomizeError::Kube(e.to_string()))?
+        .map_err(KustomizeError::Fetch)?;
+    let manifests = build::build(work.path(), spec, &ctx.config.kustomize_path, timeout)
+        .await
+        .map_err(KustomizeError::Build)?;
+
+    let manifests = substitute_variables(ks, ctx, manifests, &mut attempt.redactor).await?;
+
+    let client = impersonated_client(ks, ctx)?;
+    let targets = resolve(ks, ctx, &client, manifests).await?;
+    let set = ApplySet {
+        client: &client,
+        kinds: &ctx.kinds,
+        force: spec.force,
+        timeout,
+    };
+    let old = ks.status.as_ref().and_then(|s| s.inventory.clone());
+    let changes = set
+        .apply(&targets)
+        .await
+        .map_err(|failure| apply_failed(failure, old.as_ref(), attempt))?;
+    attempt.changes = changes;
+    let new_inventory = inventory::inventory(
+        targets
+            .iter()
+            .filter(|t| t_ssa(t) != Some("Ignore"))
+            .map(|t| inventory::entry(&t.meta, &t.api_version)),
+    );
+    attempt.inventory = Some(new_inventory.clone());
+
+    if spec.prune {
+        let diff = InventoryDiff::between(old.as_ref(), &new_inventory);
+        if !diff.is_empty() {
+            match set.prune(&diff.stale, (&ks.name_any(), &namespace)).await {
+                Ok(deleted) => attempt.changes.entries.extend(deleted.entries),
+                Err(message) => {
+                    // Keep the stale entries so the next reconcile tries again.
+                    attempt.inventory = Some(inventory::inventory(
+                        new_inventory.entries.iter().cloned().chain(diff.stale),
+                    ));
+                    return Err(KustomizeError::Prune(message));
+                }
+            }
+        }
+    }
+
+    let health_targets = health_targets(ks, ctx, &client, &targets).await?;
+    if !health_targets.is_empty() {
+        let result = set.wait_healthy(&health_targets).await;
+        attempt.healthy = Some(result.is_ok());
+        result.map_err(|objects| KustomizeError::HealthCheck { timeout, objects })?;
+    }
+    Ok(())
+}
+
+/// Records what a failed apply wrote (so it can be pruned later) and types its error.
+fn apply_failed(
+    failure: crate::apply::ApplyFailure,
+    old: Option<&ResourceInventory>,
+    attempt: &mut Attempt,
+) -> KustomizeError {
+    if !failure.applied.is_empty() {
+        let kept = old.iter().flat_map(|o| o.entries.clone());
+        attempt.inventory = Some(inventory::inventory(kept.chain(failure.applied)));
+    }
+    let message = attempt.redactor.redact(&failure.message);
+    if failure.validation {
+        KustomizeError::Validation(message)
+    } else {
+        KustomizeError::Apply(message)
+    }
+}
+
+fn t_ssa(t: &Target) -> Option<&str> {
+    t.object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(annotations::SSA))
+        .and_then(Value::as_str)
+}
+
+/// Every `dependsOn` Kustomization must be Ready at its latest generation.
+async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), KustomizeError> {
+    let namespace = ks.namespace().unwrap_or_default();
+    for dep in &ks.spec.depends_on {
+        let ns = dep.namespace.clone().unwrap_or_else(|| namespace.clone());
+        let key = format!("{ns}/{}", dep.name);
+        let found = Api::<Kustomization>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&dep.name)
+            .await
+            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+        let ready = found.is_some_and(|d| {
+            let generation = d.metadata.generation;
+            d.status.as_ref().is_some_and(|s| {
+                s.observed_generation == generation
+                    && find_condition(&s.conditions, types::READY)
+                        .is_some_and(|c| c.is_true() && c.observed_generation == generation)
+            })
+        });
+        if !ready {
+            return Err(KustomizeError::DependencyNotReady(
+                key,
+                ctx.config.dependency_requeue,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `postBuild` variables and substitutes them into every object not annotated
+/// `substitute: disabled`. Secret values are registered with the redactor.
+async fn substitute_variables(
+    ks: &Kustomization,
+    ctx: &Context,
+    manifests: Vec<Manifest>,
+    redactor: &mut Redactor,
+) -> Result<Vec<Manifest>, KustomizeError> {
+    let Some(post_build) = &ks.spec.post_build else {
+        return Ok(manifests);
+    };
+    let namespace = ks.namespace().unwrap_or_default();
+    let mut vars = BTreeMap::new();
+    for source in &post_build.substitute_from {
+        let data: Option<BTreeMap<String, String>> = match source.kind {
+            SubstituteKind::ConfigMap => {
+                Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
+                    .get_opt(&source.name)
+                    .await
+                    .map_err(|e| KustomizeError::Kube(e.to_string()))?
+                    .map(|cm| cm.data.unwrap_or_default())
+            }
+            SubstituteKind::Secret => Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&source.name)
+                .await
+                .map_err(|e| KustomizeError::Kube(e.to_string()))?
+                .map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .chain(s.string_data.unwrap_or_default())
+                        .inspect(|(_, v)| redactor.add(v.clone()))
+                        .collect()
+                }),
+        };
+        match data {
+            Some(data) => vars.extend(data),
+            None if source.optional => {}
+            None => {
+                return Err(KustomizeError::SubstituteFromNotFound {
+                    kind: match source.kind {
+                        SubstituteKind::ConfigMap => "ConfigMap",
+                        SubstituteKind::Secret => "Secret",
+                    },
+                    name: source.name.clone(),
+                });
+            }
+        }
+    }
+    vars.extend(post_build.substitute.clone());
+    substitute::validate_names(vars.keys()).map_err(KustomizeError::SubstituteInput)?;
+
+    let mut out = Vec::with_capacity(manifests.len());
+    for manifest in manifests {
+        let disabled = manifest
+            .object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(annotations::SUBSTITUTE))
+            .and_then(Value::as_str)
+            == Some("disabled");
+        if disabled {
+            out.push(manifest);
+            continue;
+        }
+        let object_name = build::object_key(&manifest.object);
+        let err = |source| KustomizeError::Substitute {
+            file: manifest.file.clone(),
+            object: object_name.clone(),
+            source,
+        };
+        let yaml = serde_yaml_ng::to_string(&manifest.object)
+            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+        let substituted = substitute::substitute(&yaml, &vars).map_err(err)?;
+        let object: Value = serde_yaml_ng::from_str(&substituted).map_err(|e| {
+            KustomizeError::Build(build::BuildError::InvalidYaml {
+                file: manifest.file.clone(),
+                message: format!("after substitution in {object_name}: {e}"),
+            })
+        })?;
+        out.push(Manifest {
+            object,
+            file: manifest.file,
+        });
+    }
+    Ok(out)
+}
+
+/// The client applied objects are written with: the controller's own, or one impersonating
+/// `spec.serviceAccountName`.
+fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, KustomizeError> {
+    let Some(sa) = &ks.spec.service_account_name else {
+        return Ok(ctx.client.clone());
+    };
+    let namespace = ks.namespace().unwrap_or_default();
+    let mut config = ctx.kube_config.clone();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
+    config.auth_info.impersonate_groups = None;
+    Client::try_from(config).map_err(|e| KustomizeError::Impersonation(sa.clone(), e.to_string()))
+}
+
+/// Labels every object with its owner, resolves its kind against the API server (or a CRD of
+/// the set), and sets the default namespace. Unknown kinds fail the whole set.
+async fn resolve(
+    ks: &Kustomization,
+    ctx: &Context,
+    client: &Client,
+    manifests: Vec<Manifest>,
+) -> Result<Vec<Target>, KustomizeError> {
+    let namespace = ks.namespace().unwrap_or_default();
+    let crds: Vec<Value> = manifests
+        .iter()
+        .filter(|m| {
+            m.object.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition")
+        })
+        .map(|m| m.object.clone())
+        .collect();
+    let mut targets = Vec::with_capacity(manifests.len());
+    let mut errors = vec![];
+    for Manifest { mut object, file } in manifests {
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let kind = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let (group, version) = split_api_version(&api_version);
+        let served = ctx
+            .kinds
+            .resolve(client, group, version, &kind)
+            .await
+            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+        let from_set = || {
+            crds.iter()
+                .find_map(|crd| resource_from_crd(crd, &api_version, &kind))
+        };
+        let (resource, namespaced, kind_from_set) = if let Some((r, n)) = served {
+            (r, n, false)
+        } else if let Some((r, n)) = from_set() {
+            (r, n, true)
+        } else {
+            errors.push(format!(
+                "{kind}/{name} ({file}): no matches for kind \"{kind}\" in version \"{api_version}\" (is its CRD installed?)"
+            ));
+            continue;
+        };
+        let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let object_ns = if namespaced {
+            let ns = meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&namespace)
+                .to_owned();
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+            ns
+        } else {
+            meta.remove("namespace");
+            String::new()
+        };
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(annotations::NAME_LABEL.into(), Value::String(ks.name_any()));
+            labels.insert(
+                annotations::NAMESPACE_LABEL.into(),
+                Value::String(namespace.clone()),
+            );
+        }
+        targets.push(Target {
+            object,
+            file,
+            meta: ObjMetadata {
+                namespace: object_ns,
+                name,
+                group: group.to_owned(),
+                kind,
+            },
+            api_version,
+            resource,
+            namespaced,
+            kind_from_set,
+        });
+    }
+    if errors.is_empty() {
+        Ok(targets)
+    } else {
+        Err(KustomizeError::Validation(errors.join("\n")))
+    }
+}
+
+/// The objects whose health decides readiness: every applied object with `wait`, otherwise
+/// those of `healthChecks`.
+async fn health_targets(
+    ks: &Kustomization,
+    ctx: &Context,
+    client: &Client,
+    targets: &[Target],
+) -> Result<Vec<HealthTarget>, KustomizeError> {
+    if ks.spec.wait {
+        return Ok(targets
+            .iter()
+            .filter(|t| t_ssa(t) != Some("Ignore"))
+            .map(|t| HealthTarget {
+                meta: t.meta.clone(),
+                resource: t.resource.clone(),
+                namespaced: t.namespaced,
+            })
+            .collect());
+    }
+    let namespace = ks.namespace().unwrap_or_default();
+    let mut out = vec![];
+    for check in &ks.spec.health_checks {
+        let api_version = check.api_version.clone().unwrap_or_else(|| "v1".to_owned());
+        let (group, version) = split_api_version(&api_version);
+        let resolved = ctx
+            .kinds
+            .resolve(client, group, version, &check.kind)
+            .await
+            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+        let Some((resource, namespaced)) = resolved else {
+            return Err(KustomizeError::HealthCheck {
+                timeout: Duration::ZERO,
+                objects: format!("{}/{}: kind not served", check.kind, check.name),
+            });
+        };
+        out.push(HealthTarget {
+            meta: ObjMetadata {
+                namespace: if namespaced {
+                    check.namespace.clone().unwrap_or_else(|| namespace.clone())
+                } else {
+                    String::new()
+                },
+                name: check.name.clone(),
+                group: group.to_owned(),
+                kind: check.kind.clone(),
+            },
+            resource,
+            namespaced,
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes the inventory of a Kustomization being deleted (prune on), as its finalizer does.
+pub async fn delete_inventory(
+    ks: &Kustomization,
+    ctx: &Context,
+) -> Result<ChangeSet, KustomizeError> {
+    let Some(inventory) = ks.status.as_ref().and_then(|s| s.inventory.clone()) else {
+        return Ok(ChangeSet::default());
+    };
+    let client = impersonated_client(ks, ctx)?;
+    let set = ApplySet {
+        client: &client,
+        kinds: &ctx.kinds,
+        force: false,
+        timeout: ks
+            .spec
+            .timeout
+            .as_ref()
+            .unwrap_or(&ks.spec.interval)
+            .as_std(),
+    };
+    let diff = InventoryDiff::between(Some(&inventory), &ResourceInventory::default());
+    set.prune(
+        &diff.stale,
+        (&ks.name_any(), &ks.namespace().unwrap_or_default()),
+    )
+    .await
+    .map_err(KustomizeError::Prune)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substituted_yaml_numbers_become_numbers_again() {
+        let object = serde_json::json!({"spec": {"replicas": "${replicas}", "name": "a-${x:=b}"}});
+        let yaml = serde_yaml_ng::to_string(&object).unwrap();
+        let vars = BTreeMap::from([("replicas".to_owned(), "3".to_owned())]);
+        let out: Value =
+            serde_yaml_ng::from_str(&substitute::substitute(&yaml, &vars).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"spec": {"replicas": 3, "name": "a-b"}})
+        );
+    }
+}

@@ -1,0 +1,650 @@
+//! The kustomize controller against the real harness: manifests pushed to git reach the cluster
+//! through a GitRepository and a Kustomization, atomically, and leave it when removed.
+//!
+//! Each test runs the source and kustomize controllers in-process, scoped to its own namespace.
+
+// A test's helpers fail the test by panicking; that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use weir_api::{
+    Kustomization, condition::find_condition, kustomize::annotations, manifest, reasons, types,
+};
+use weir_e2e::{GitRepo, Harness, TestNamespace, wait_until};
+
+/// A namespace with its own source and kustomize controllers watching only it, and one git
+/// repository with a GitRepository pointing at it.
+struct Fixture {
+    client: Client,
+    ns: TestNamespace,
+    repo: GitRepo,
+    ks: Api<Kustomization>,
+    _source: weir_source::Handle,
+    _kustomize: weir_kustomize::Handle,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Fixture {
+    async fn start(files: &[(&str, &str)]) -> Result<Self> {
+        let harness = Harness::get().await?;
+        let ns = harness.namespace().await?;
+        let client = harness.client()?;
+        let storage = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        let source = weir_source::start(
+            client.clone(),
+            weir_source::Config {
+                storage_path: storage.path().to_path_buf(),
+                storage_addr: "127.0.0.1:0".parse()?,
+                storage_adv_addr: None,
+                artifact_retention: 2,
+                namespace: Some(ns.name().to_owned()),
+                concurrency: 4,
+            },
+            false,
+        )
+        .await?;
+        let kustomize = weir_kustomize::start(
+            harness.kube_config().clone(),
+            weir_kustomize::Config {
+                namespace: Some(ns.name().to_owned()),
+                concurrency: 4,
+                kustomize_path: harness.tool("kustomize"),
+                cache_dir: cache.path().to_path_buf(),
+                dependency_requeue: std::time::Duration::from_secs(2),
+            },
+            false,
+        )
+        .await?;
+        let files: BTreeMap<&str, &str> = files.iter().copied().collect();
+        let repo = harness.git().create_repo("app", &files)?;
+        let git: Api<weir_api::GitRepository> = Api::namespaced(client.clone(), ns.name());
+        let source_obj: weir_api::GitRepository = manifest::from_value(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": { "name": "app", "namespace": ns.name() },
+            "spec": { "url": repo.http_url(), "interval": "2s", "ref": { "branch": "main" } },
+        }))?;
+        git.create(&PostParams::default(), &source_obj).await?;
+        let ks = Api::namespaced(client.clone(), ns.name());
+        Ok(Self {
+            client,
+            ns,
+            repo,
+            ks,
+            _source: source,
+            _kustomize: kustomize,
+            _dirs: (storage, cache),
+        })
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    async fn create_ks(&self, name: &str, spec: Value) -> Result<()> {
+        let mut full = json!({
+            "sourceRef": { "kind": "GitRepository", "name": "app" },
+            "interval": "1m",
+            "retryInterval": "2s",
+            "timeout": "30s",
+            "prune": true,
+        });
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            full.extend(extra.clone());
+        }
+        let ks: Kustomization = manifest::from_value(json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+            "kind": "Kustomization",
+            "metadata": { "name": name, "namespace": self.ns() },
+            "spec": full,
+        }))?;
+        self.ks.create(&PostParams::default(), &ks).await?;
+        Ok(())
+    }
+
+    /// Waits until the Kustomization's Ready condition has `status` and the `check` holds.
+    async fn wait_ks(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Kustomization) -> bool,
+    ) -> Result<Kustomization> {
+        let api = self.ks.clone();
+        let check = &check;
+        Ok(wait_until(&format!("Kustomization {name}: {what}"), || {
+            let api = api.clone();
+            async move {
+                let ks = api.get(name).await.map_err(|e| e.to_string())?;
+                if check(&ks) {
+                    Ok(ks)
+                } else {
+                    Err(format!("status: {:?}", ks.status))
+                }
+            }
+        })
+        .await?)
+    }
+
+    /// Waits for Ready=True with `revision` applied.
+    async fn wait_applied(&self, name: &str, commit: &str) -> Result<Kustomization> {
+        self.wait_ks(name, &format!("Ready with {commit} applied"), |ks| {
+            ready(ks).is_some_and(|(s, _, _)| s == "True")
+                && applied(ks).is_some_and(|r| r.ends_with(commit))
+                && ks.status.as_ref().and_then(|s| s.observed_generation) == ks.metadata.generation
+        })
+        .await
+    }
+
+    /// Waits for Ready=False with `reason` after `commit` was attempted.
+    async fn wait_failed(
+        &self,
+        name: &str,
+        commit: Option<&str>,
+        reason: &str,
+    ) -> Result<Kustomization> {
+        self.wait_ks(name, &format!("Ready=False {reason}"), |ks| {
+            ready(ks).is_some_and(|(s, r, _)| s == "False" && r == reason)
+                && commit.is_none_or(|c| {
+                    ks.status
+                        .as_ref()
+                        .and_then(|s| s.last_attempted_revision.as_deref())
+                        .is_some_and(|r| r.ends_with(c))
+                })
+        })
+        .await
+    }
+
+    async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>> {
+        Ok(Api::<ConfigMap>::namespaced(self.client.clone(), self.ns())
+            .get_opt(name)
+            .await?)
+    }
+
+    /// Deletes the Kustomizations while the controllers still run, so their finalizer is
+    /// handled and the namespace can go.
+    async fn teardown(self) -> Result<()> {
+        for ks in self.ks.list(&ListParams::default()).await? {
+            let name = kube::ResourceExt::name_any(&ks);
+            self.ks.delete(&name, &DeleteParams::default()).await?;
+        }
+        let api = self.ks.clone();
+        wait_until("Kustomizations to be deleted", || {
+            let api = api.clone();
+            async move {
+                let left = api
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if left.items.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{} left", left.items.len()))
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn ready(ks: &Kustomization) -> Option<(String, String, String)> {
+    let status = ks.status.as_ref()?;
+    find_condition(&status.conditions, types::READY).map(|c| {
+        (
+            format!("{:?}", c.status),
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    })
+}
+
+fn applied(ks: &Kustomization) -> Option<&str> {
+    ks.status.as_ref()?.last_applied_revision.as_deref()
+}
+
+fn message(ks: &Kustomization) -> String {
+    ready(ks).map(|(_, _, m)| m).unwrap_or_default()
+}
+
+fn config_map_yaml(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  key: \"{value}\"\n"
+    )
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: registry.invalid/web:1.0.0
+";
+
+#[tokio::test]
+async fn pushed_manifests_are_applied_with_owner_labels_then_changed_and_pruned() -> Result<()> {
+    let cm = config_map_yaml("settings", "one");
+    let old = config_map_yaml("old", "x");
+    let f = Fixture::start(&[
+        ("apps/settings.yaml", &cm),
+        ("apps/nested/old.yaml", &old),
+        ("apps/deploy.yaml", DEPLOYMENT),
+    ])
+    .await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    let head = f.repo.head()?;
+    let ks = f.wait_applied("app", &head).await?;
+
+    let settings = f.config_map("settings").await?.expect("settings applied");
+    let labels = settings.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get(annotations::NAME_LABEL).map(String::as_str),
+        Some("app")
+    );
+    assert_eq!(
+        labels.get(annotations::NAMESPACE_LABEL).map(String::as_str),
+        Some(f.ns())
+    );
+    let deployment = Api::<Deployment>::namespaced(f.client.clone(), f.ns())
+        .get("web")
+        .await?;
+    assert!(
+        deployment
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("kustomize-controller"))
+    );
+    let ids: Vec<String> = ks
+        .status
+        .unwrap()
+        .inventory
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        ids.contains(&format!("{}_web_apps_Deployment", f.ns())),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&format!("{}_old__ConfigMap", f.ns())),
+        "{ids:?}"
+    );
+
+    let second = f
+        .repo
+        .change()
+        .write("apps/settings.yaml", &config_map_yaml("settings", "two"))
+        .delete("apps/nested/old.yaml")
+        .commit("change settings, remove old")?;
+    f.wait_applied("app", &second).await?;
+    let settings = f.config_map("settings").await?.expect("settings kept");
+    assert_eq!(settings.data.unwrap()["key"], "two");
+    wait_until("ConfigMap old to be pruned", || async {
+        match f.config_map("old").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn bad_commits_apply_nothing_and_keep_the_last_good_revision_until_fixed() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    let good = f.repo.head()?;
+    f.wait_applied("app", &good).await?;
+
+    // Invalid YAML: the build fails and names the file.
+    let bad_yaml = f
+        .repo
+        .change()
+        .write("apps/a.yaml", &config_map_yaml("a", "2"))
+        .write("apps/broken.yaml", "kind: [unclosed\n")
+        .commit("broken yaml")?;
+    let ks = f
+        .wait_failed("app", Some(&bad_yaml), reasons::BUILD_FAILED)
+        .await?;
+    assert!(
+        message(&ks).contains("apps/broken.yaml"),
+        "{}",
+        message(&ks)
+    );
+    assert!(applied(&ks).unwrap().ends_with(&good));
+    assert_eq!(
+        f.config_map("a").await?.unwrap().data.unwrap()["key"],
+        "1",
+        "nothing applied"
+    );
+
+    // An unknown field: the dry run fails, naming object, file and the server's message; the
+    // valid new object in the same commit is not applied either.
+    let unknown = f
+        .repo
+        .change()
+        .delete("apps/broken.yaml")
+        .write("apps/new.yaml", &config_map_yaml("new", "n"))
+        .write(
+            "apps/bad.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\nspec:\n  oops: true\n",
+        )
+        .commit("unknown field")?;
+    let ks = f
+        .wait_failed("app", Some(&unknown), reasons::RECONCILIATION_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("ConfigMap/")
+            && m.contains("/bad")
+            && m.contains("apps/bad.yaml")
+            && m.contains(".spec: field not declared in schema"),
+        "{m}"
+    );
+    assert!(f.config_map("new").await?.is_none(), "nothing applied");
+    assert_eq!(f.config_map("a").await?.unwrap().data.unwrap()["key"], "1");
+    assert!(applied(&ks).unwrap().ends_with(&good));
+
+    // A kind without a CRD.
+    let missing = f
+        .repo
+        .change()
+        .delete("apps/bad.yaml")
+        .write(
+            "apps/widget.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
+        )
+        .commit("missing CRD")?;
+    let ks = f
+        .wait_failed("app", Some(&missing), reasons::RECONCILIATION_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("Widget/w") && m.contains("apps/widget.yaml"),
+        "{m}"
+    );
+    assert!(f.config_map("new").await?.is_none(), "nothing applied");
+
+    // Recovery.
+    let fixed = f.repo.change().delete("apps/widget.yaml").commit("fix")?;
+    f.wait_applied("app", &fixed).await?;
+    assert_eq!(f.config_map("a").await?.unwrap().data.unwrap()["key"], "2");
+    assert!(f.config_map("new").await?.is_some());
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> Result<()> {
+    let f = Fixture::start(&[
+        ("apps/a.yaml", &config_map_yaml("a", "1")),
+        ("apps/deploy.yaml", DEPLOYMENT),
+    ])
+    .await?;
+    f.create_ks("app", json!({ "path": "./apps", "interval": "3s" }))
+        .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    let deployments = Api::<Deployment>::namespaced(f.client.clone(), f.ns());
+    let versions = || async {
+        (
+            f.config_map("a")
+                .await
+                .unwrap()
+                .unwrap()
+                .metadata
+                .resource_version,
+            deployments
+                .get("web")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+        )
+    };
+    // Let the Deployment settle (its status moves as kwok rolls it out) before comparing.
+    wait_until("Deployment web to be available", || async {
+        let d = deployments.get("web").await.map_err(|e| e.to_string())?;
+        match d.status.and_then(|s| s.available_replicas) {
+            Some(1) => Ok(()),
+            other => Err(format!("available {other:?}")),
+        }
+    })
+    .await?;
+    let before = versions().await;
+    for token in ["one", "two"] {
+        let patch =
+            json!({ "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": token } } });
+        f.ks.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        f.wait_ks("app", &format!("request {token} handled"), |ks| {
+            ks.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some(token)
+        })
+        .await?;
+    }
+    assert_eq!(
+        versions().await,
+        before,
+        "a reconcile without changes wrote nothing"
+    );
+
+    // A manual edit of an applied field is corrected at the next interval.
+    let edit = json!({ "data": { "key": "edited" } });
+    Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
+        .patch("a", &PatchParams::default(), &Patch::Merge(&edit))
+        .await?;
+    wait_until("the manual edit to be reverted", || async {
+        let cm = f
+            .config_map("a")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        match cm.data.unwrap_or_default().get("key").map(String::as_str) {
+            Some("1") => Ok(()),
+            other => Err(format!("key = {other:?}")),
+        }
+    })
+    .await?;
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn wait_fails_with_health_check_failed_for_a_deployment_that_never_becomes_ready()
+-> Result<()> {
+    let never_ready = DEPLOYMENT.replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector: {weir.dev/no-such-node: \"true\"}\n      containers:",
+    );
+    let f = Fixture::start(&[("apps/deploy.yaml", &never_ready)]).await?;
+    f.create_ks(
+        "app",
+        json!({ "path": "./apps", "wait": true, "timeout": "8s" }),
+    )
+    .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::HEALTH_CHECK_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(m.contains(&format!("Deployment/{}/web", f.ns())), "{m}");
+    let healthy = find_condition(&ks.status.as_ref().unwrap().conditions, types::HEALTHY).unwrap();
+    assert_eq!(format!("{:?}", healthy.status), "False");
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
+    let f = Fixture::start(&[
+        ("base/a.yaml", &config_map_yaml("base", "1")),
+        ("app/b.yaml", &config_map_yaml("app", "1")),
+    ])
+    .await?;
+    f.create_ks(
+        "app",
+        json!({ "path": "./app", "dependsOn": [{ "name": "base" }] }),
+    )
+    .await?;
+    f.wait_failed("app", None, reasons::DEPENDENCY_NOT_READY)
+        .await?;
+    assert!(f.config_map("app").await?.is_none());
+    f.create_ks("base", json!({ "path": "./base" })).await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    assert!(f.config_map("base").await?.is_some());
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn overlays_get_spec_patches_images_and_name_prefix_with_kustomize_semantics() -> Result<()> {
+    let f = Fixture::start(&[
+        ("base/deploy.yaml", DEPLOYMENT),
+        ("base/kustomization.yaml", "resources: [deploy.yaml]\n"),
+        (
+            "overlay/kustomization.yaml",
+            "resources: [../base]\ncommonLabels: {env: prod}\n",
+        ),
+    ])
+    .await?;
+    f.create_ks(
+        "app",
+        json!({
+            "path": "./overlay",
+            "namePrefix": "p-",
+            "images": [{ "name": "registry.invalid/web", "newTag": "2.0.0" }],
+            "patches": [{
+                "target": { "kind": "Deployment" },
+                "patch": "- op: replace\n  path: /spec/replicas\n  value: 3\n",
+            }],
+            "commonMetadata": { "labels": { "team": "blue" } },
+        }),
+    )
+    .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    let d = Api::<Deployment>::namespaced(f.client.clone(), f.ns())
+        .get("p-web")
+        .await?;
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(
+        spec.template.spec.unwrap().containers[0].image.as_deref(),
+        Some("registry.invalid/web:2.0.0")
+    );
+    let labels = d.metadata.labels.unwrap();
+    assert_eq!(labels["env"], "prod");
+    assert_eq!(labels["team"], "blue");
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn post_build_substitutes_variables_from_the_spec_config_maps_and_secrets() -> Result<()> {
+    let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: vars\ndata:\n  cluster: ${cluster}\n  region: ${region:=eu}\n  token: ${token}\n  literal: $${cluster}\n";
+    let off = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: raw\n  annotations:\n    kustomize.toolkit.fluxcd.io/substitute: disabled\ndata:\n  k: ${cluster}\n";
+    let f = Fixture::start(&[("apps/vars.yaml", template), ("apps/raw.yaml", off)]).await?;
+    Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
+        .create(&PostParams::default(), &serde_json::from_value(json!({
+            "metadata": { "name": "cluster-vars" }, "data": { "cluster": "from-cm", "region": "us" }
+        }))?)
+        .await?;
+    Api::<Secret>::namespaced(f.client.clone(), f.ns())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "cluster-secret" }, "stringData": { "token": "s3cr3t" }
+            }))?,
+        )
+        .await?;
+    f.create_ks(
+        "app",
+        json!({
+            "path": "./apps",
+            "postBuild": {
+                "substitute": { "cluster": "prod" },
+                "substituteFrom": [
+                    { "kind": "ConfigMap", "name": "cluster-vars" },
+                    { "kind": "Secret", "name": "cluster-secret" },
+                    { "kind": "ConfigMap", "name": "absent", "optional": true },
+                ],
+            },
+        }),
+    )
+    .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    let data = f.config_map("vars").await?.unwrap().data.unwrap();
+    assert_eq!(data["cluster"], "prod", "spec variables win");
+    assert_eq!(data["region"], "us");
+    assert_eq!(data["token"], "s3cr3t");
+    assert_eq!(data["literal"], "${cluster}");
+    assert_eq!(
+        f.config_map("raw").await?.unwrap().data.unwrap()["k"],
+        "${cluster}"
+    );
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn impersonating_a_service_account_without_rbac_fails_clearly() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    f.create_ks(
+        "app",
+        json!({ "path": "./apps", "serviceAccountName": "nobody" }),
+    )
+    .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::RECONCILIATION_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("forbidden") && m.contains(&format!("system:serviceaccount:{}:nobody", f.ns())),
+        "{m}"
+    );
+    assert!(f.config_map("a").await?.is_none());
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn deleting_a_kustomization_with_prune_removes_its_objects() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    assert!(f.config_map("a").await?.is_some());
+    f.ks.delete("app", &DeleteParams::default()).await?;
+    wait_until(
+        "ConfigMap a to be deleted with its Kustomization",
+        || async {
+            match f.config_map("a").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    f.teardown().await
+}

@@ -36,6 +36,9 @@ pub struct Args {
     /// How many artifacts to keep per object, the current one included.
     #[arg(long = "artifact-retention-records", default_value_t = 2)]
     pub artifact_retention: usize,
+    /// Address of the Prometheus metrics and health endpoints (`/metrics`, `/healthz`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub metrics_addr: SocketAddr,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -90,6 +93,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
     let mut handles = vec![];
     for controller in selected {
         match controller {
@@ -109,6 +115,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
             }
         }
     }
+    let sources: Vec<_> = handles.iter().map(|h| h.metrics.clone()).collect();
+    let render = move || sources.iter().map(|m| m.render()).collect::<String>();
+    tokio::spawn(crate::metrics::serve(metrics_listener, render));
     for handle in handles {
         handle.wait().await;
     }

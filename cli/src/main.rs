@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod controllers;
+mod metrics;
 
 /// A GitOps engine for Kubernetes that speaks Flux's API.
 #[derive(Debug, Parser)]

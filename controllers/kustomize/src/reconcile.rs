@@ -295,8 +295,8 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
     Client::try_from(config).map_err(|e| KustomizeError::Impersonation(sa.clone(), e.to_string()))
 }
 
-/// Labels every object with its owner, resolves its kind against the API server (or a CRD of
-/// the set), and sets the default namespace. Unknown kinds fail the whole set.
+/// Labels every object with its owner and resolves its kind against the API server (or a CRD
+/// of the set). Unknown kinds and namespaced objects without a namespace fail the whole set.
 async fn resolve(
     ks: &Kustomization,
     ctx: &Context,
@@ -352,14 +352,18 @@ async fn resolve(
         let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
             continue;
         };
+        // As Flux does: a namespaced object must name its namespace (or get one from
+        // targetNamespace); guessing one would apply it somewhere its author did not mean.
         let object_ns = if namespaced {
-            let ns = meta
+            let Some(ns) = meta
                 .get("namespace")
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty())
-                .unwrap_or(&namespace)
-                .to_owned();
-            meta.insert("namespace".into(), Value::String(ns.clone()));
+                .map(str::to_owned)
+            else {
+                errors.push(format!("{kind}/{name} ({file}): namespace not specified"));
+                continue;
+            };
             ns
         } else {
             meta.remove("namespace");

@@ -73,6 +73,43 @@ pub struct Metrics {
     pub artifacts_written: AtomicU64,
 }
 
+impl Metrics {
+    /// The counters in Prometheus' text exposition format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "weir_source_reconciles_total",
+                "GitRepository reconciles run.",
+                self.reconciles.load(Relaxed),
+            ),
+            (
+                "weir_source_remote_checks_total",
+                "Remote ref listings (no objects transferred).",
+                self.remote_checks.load(Relaxed),
+            ),
+            (
+                "weir_source_fetches_total",
+                "Fetches (clones) of repository content.",
+                self.fetches.load(Relaxed),
+            ),
+            (
+                "weir_source_artifacts_written_total",
+                "Artifacts written to storage.",
+                self.artifacts_written.load(Relaxed),
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
+        }
+        out
+    }
+}
+
 /// Shared by the reconciles of one controller; never by two controllers.
 pub struct Context {
     pub client: Client,

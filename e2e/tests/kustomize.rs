@@ -67,7 +67,12 @@ impl Fixture {
             false,
         )
         .await?;
-        let files: BTreeMap<&str, &str> = files.iter().copied().collect();
+        // Manifests name their namespace, as Flux requires; `NAMESPACE` stands for the test's.
+        let files: Vec<(&str, String)> = files
+            .iter()
+            .map(|(path, content)| (*path, content.replace("NAMESPACE", ns.name())))
+            .collect();
+        let files: BTreeMap<&str, &str> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
         let repo = harness.git().create_repo("app", &files)?;
         let git: Api<weir_api::GitRepository> = Api::namespaced(client.clone(), ns.name());
         let source_obj: weir_api::GitRepository = manifest::from_value(json!({
@@ -91,6 +96,11 @@ impl Fixture {
 
     fn ns(&self) -> &str {
         self.ns.name()
+    }
+
+    /// A manifest with `NAMESPACE` replaced by the test's namespace.
+    fn yaml(&self, manifest: &str) -> String {
+        manifest.replace("NAMESPACE", self.ns())
     }
 
     async fn create_ks(&self, name: &str, spec: Value) -> Result<()> {
@@ -220,7 +230,7 @@ fn message(ks: &Kustomization) -> String {
 
 fn config_map_yaml(name: &str, value: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  key: \"{value}\"\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: NAMESPACE\ndata:\n  key: \"{value}\"\n"
     )
 }
 
@@ -228,6 +238,7 @@ const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: web
+  namespace: NAMESPACE
 spec:
   replicas: 1
   selector:
@@ -297,7 +308,10 @@ async fn pushed_manifests_are_applied_with_owner_labels_then_changed_and_pruned(
     let second = f
         .repo
         .change()
-        .write("apps/settings.yaml", &config_map_yaml("settings", "two"))
+        .write(
+            "apps/settings.yaml",
+            &f.yaml(&config_map_yaml("settings", "two")),
+        )
         .delete("apps/nested/old.yaml")
         .commit("change settings, remove old")?;
     f.wait_applied("app", &second).await?;
@@ -324,7 +338,7 @@ async fn bad_commits_apply_nothing_and_keep_the_last_good_revision_until_fixed()
     let bad_yaml = f
         .repo
         .change()
-        .write("apps/a.yaml", &config_map_yaml("a", "2"))
+        .write("apps/a.yaml", &f.yaml(&config_map_yaml("a", "2")))
         .write("apps/broken.yaml", "kind: [unclosed\n")
         .commit("broken yaml")?;
     let ks = f
@@ -348,10 +362,10 @@ async fn bad_commits_apply_nothing_and_keep_the_last_good_revision_until_fixed()
         .repo
         .change()
         .delete("apps/broken.yaml")
-        .write("apps/new.yaml", &config_map_yaml("new", "n"))
+        .write("apps/new.yaml", &f.yaml(&config_map_yaml("new", "n")))
         .write(
             "apps/bad.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\nspec:\n  oops: true\n",
+            &f.yaml("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n  namespace: NAMESPACE\nspec:\n  oops: true\n"),
         )
         .commit("unknown field")?;
     let ks = f
@@ -389,8 +403,28 @@ async fn bad_commits_apply_nothing_and_keep_the_last_good_revision_until_fixed()
     );
     assert!(f.config_map("new").await?.is_none(), "nothing applied");
 
+    // A namespaced object that names no namespace, as Flux refuses it.
+    let no_namespace = f
+        .repo
+        .change()
+        .delete("apps/widget.yaml")
+        .write(
+            "apps/loose.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: loose\n",
+        )
+        .commit("no namespace")?;
+    let ks = f
+        .wait_failed("app", Some(&no_namespace), reasons::RECONCILIATION_FAILED)
+        .await?;
+    assert!(
+        message(&ks).contains("ConfigMap/loose (apps/loose.yaml): namespace not specified"),
+        "{}",
+        message(&ks)
+    );
+    assert!(f.config_map("new").await?.is_none(), "nothing applied");
+
     // Recovery.
-    let fixed = f.repo.change().delete("apps/widget.yaml").commit("fix")?;
+    let fixed = f.repo.change().delete("apps/loose.yaml").commit("fix")?;
     f.wait_applied("app", &fixed).await?;
     assert_eq!(f.config_map("a").await?.unwrap().data.unwrap()["key"], "2");
     assert!(f.config_map("new").await?.is_some());
@@ -563,8 +597,8 @@ async fn overlays_get_spec_patches_images_and_name_prefix_with_kustomize_semanti
 
 #[tokio::test]
 async fn post_build_substitutes_variables_from_the_spec_config_maps_and_secrets() -> Result<()> {
-    let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: vars\ndata:\n  cluster: ${cluster}\n  region: ${region:=eu}\n  token: ${token}\n  literal: $${cluster}\n";
-    let off = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: raw\n  annotations:\n    kustomize.toolkit.fluxcd.io/substitute: disabled\ndata:\n  k: ${cluster}\n";
+    let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: vars\n  namespace: NAMESPACE\ndata:\n  cluster: ${cluster}\n  region: ${region:=eu}\n  token: ${token}\n  literal: $${cluster}\n";
+    let off = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: raw\n  namespace: NAMESPACE\n  annotations:\n    kustomize.toolkit.fluxcd.io/substitute: disabled\ndata:\n  k: ${cluster}\n";
     let f = Fixture::start(&[("apps/vars.yaml", template), ("apps/raw.yaml", off)]).await?;
     Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
         .create(&PostParams::default(), &serde_json::from_value(json!({
@@ -646,5 +680,209 @@ async fn deleting_a_kustomization_with_prune_removes_its_objects() -> Result<()>
         },
     )
     .await?;
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn a_crd_its_namespace_and_its_custom_resources_apply_in_one_commit() -> Result<()> {
+    let group = format!("{}.weir.test", weir_e2e::unique_name("crd", 30));
+    let extra_ns = weir_e2e::unique_name("extra", 30);
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {{type: integer}}
+"
+    );
+    let widget = format!(
+        "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\n  namespace: {extra_ns}\nspec:\n  size: 3\n"
+    );
+    let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {extra_ns}\n");
+    let f = Fixture::start(&[
+        ("apps/widget.yaml", &widget),
+        ("apps/crd.yaml", &crd),
+        ("apps/ns.yaml", &namespace),
+    ])
+    .await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    let head = f.repo.head()?;
+    let ks = f.wait_applied("app", &head).await?;
+    let ids: Vec<String> = ks
+        .status
+        .unwrap()
+        .inventory
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        ids.contains(&format!("{extra_ns}_w_{group}_Widget")),
+        "{ids:?}"
+    );
+    let resource = kube::api::ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(f.client.clone(), &extra_ns, &resource);
+    assert_eq!(widgets.get("w").await?.data["spec"]["size"], 3);
+    // Teardown prunes the Widget, then its Namespace and CRD.
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn force_recreates_an_object_whose_immutable_fields_changed() -> Result<()> {
+    let immutable = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\n  namespace: NAMESPACE\n  annotations:\n    kustomize.toolkit.fluxcd.io/force: enabled\nimmutable: true\ndata:\n  key: \"{value}\"\n"
+        )
+    };
+    let f = Fixture::start(&[("apps/frozen.yaml", &immutable("1"))]).await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    let first = f.config_map("frozen").await?.unwrap().metadata.uid;
+    let second = f
+        .repo
+        .change()
+        .write("apps/frozen.yaml", &f.yaml(&immutable("2")))
+        .commit("change immutable data")?;
+    f.wait_applied("app", &second).await?;
+    let frozen = f.config_map("frozen").await?.unwrap();
+    assert_eq!(frozen.data.unwrap()["key"], "2");
+    assert_ne!(frozen.metadata.uid, first, "recreated");
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn annotated_objects_are_created_once_or_kept_when_removed() -> Result<()> {
+    let annotated = |name: &str, annotation: &str, value: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: NAMESPACE\n  annotations:\n    {annotation}\ndata:\n  key: \"{value}\"\n"
+        )
+    };
+    let once = |v: &str| annotated("once", "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent", v);
+    let keep = annotated("keep", "kustomize.toolkit.fluxcd.io/prune: disabled", "1");
+    let f = Fixture::start(&[("apps/once.yaml", &once("1")), ("apps/keep.yaml", &keep)]).await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    let second = f
+        .repo
+        .change()
+        .write("apps/once.yaml", &f.yaml(&once("2")))
+        .delete("apps/keep.yaml")
+        .commit("update once, remove keep")?;
+    f.wait_applied("app", &second).await?;
+    assert_eq!(
+        f.config_map("once").await?.unwrap().data.unwrap()["key"],
+        "1"
+    );
+    assert!(
+        f.config_map("keep").await?.is_some(),
+        "prune: disabled kept it"
+    );
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn a_suspended_kustomization_applies_nothing_until_resumed() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    f.create_ks("app", json!({ "path": "./apps", "suspend": true }))
+        .await?;
+    // The source is ready (so a reconcile would have applied) while the Kustomization waits.
+    let git: Api<weir_api::GitRepository> = Api::namespaced(f.client.clone(), f.ns());
+    wait_until("the GitRepository to have an artifact", || async {
+        let repo = git.get("app").await.map_err(|e| e.to_string())?;
+        repo.status
+            .and_then(|s| s.artifact)
+            .map(drop)
+            .ok_or_else(|| "no artifact".to_owned())
+    })
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(f.config_map("a").await?.is_none());
+    let resume = json!({ "spec": { "suspend": false } });
+    f.ks.patch("app", &PatchParams::default(), &Patch::Merge(&resume))
+        .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    assert!(f.config_map("a").await?.is_some());
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn events_summarise_changes_and_messages_never_show_substituted_secrets() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    Api::<Secret>::namespaced(f.client.clone(), f.ns())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "vars" }, "stringData": { "label": "Top Secret!" }
+            }))?,
+        )
+        .await?;
+    f.create_ks(
+        "app",
+        json!({
+            "path": "./apps",
+            "postBuild": { "substituteFrom": [{ "kind": "Secret", "name": "vars" }] },
+        }),
+    )
+    .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    let expected = format!("ConfigMap/{}/a created", f.ns());
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(f.client.clone(), f.ns());
+    let events = &events;
+    let expected = &expected;
+    wait_until("an event naming the created ConfigMap", || async move {
+        let text = serde_json::to_string(
+            &events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items,
+        )
+        .map_err(|e| e.to_string())?;
+        if text.contains(expected.as_str()) && text.contains(reasons::RECONCILIATION_SUCCEEDED) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await?;
+
+    // The secret value lands in a label, which the API server refuses, echoing the value.
+    let labelled = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: NAMESPACE\n  labels:\n    leak: \"${label}\"\n";
+    let bad = f
+        .repo
+        .change()
+        .write("apps/a.yaml", &f.yaml(labelled))
+        .commit("secret in a label")?;
+    let ks = f
+        .wait_failed("app", Some(&bad), reasons::RECONCILIATION_FAILED)
+        .await?;
+    let status = serde_json::to_string(&ks.status)?;
+    assert!(status.contains("ConfigMap/"), "{status}");
+    assert!(!status.contains("Top Secret!"), "{status}");
+    let text = serde_json::to_string(&events.list(&ListParams::default()).await?.items)?;
+    assert!(!text.contains("Top Secret!"), "{text}");
     f.teardown().await
 }

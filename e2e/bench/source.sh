@@ -14,6 +14,8 @@ ns="bench-source-$RANDOM"
 work=$(mktemp -d)
 pid=""
 cleanup() {
+  # Delete the objects while the controller still runs, so it releases their finalizers.
+  kubectl delete gitrepositories --all -n "$ns" --timeout=300s >/dev/null 2>&1 || true
   [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
   rm -rf "$work" "$WEIR_GIT_ROOT"/"$ns"-*.git

@@ -16,7 +16,13 @@ fn crds_dir() -> std::path::PathBuf {
 
 #[test]
 fn committed_crds_match_the_types() {
-    let mut expected_files = vec![];
+    let committed_index = std::fs::read_to_string(crds_dir().join("kustomization.yaml"))
+        .unwrap_or_else(|e| panic!("crds/kustomization.yaml is missing ({e}); run `make crds`"));
+    assert!(
+        committed_index == weir_api::crd::kustomization_yaml(&weir_api::crd::all()),
+        "crds/kustomization.yaml differs from the types; run `make crds` and commit"
+    );
+    let mut expected_files = vec!["kustomization.yaml".to_owned()];
     for crd in weir_api::crd::all() {
         let name = weir_api::crd::file_name(&crd);
         let committed = std::fs::read_to_string(crds_dir().join(&name))

@@ -683,16 +683,20 @@ EOF
 }
 
 apply_crds() {
-	local dir="$ROOT/crds"
-	if ! compgen -G "$dir/*.yaml" >/dev/null && ! compgen -G "$dir/*.yml" >/dev/null; then
+	local dir="$ROOT/crds" f files=()
+	# Every CRD file; crds/kustomization.yaml only indexes them for kustomize.
+	for f in "$dir"/*.yaml; do
+		[ -e "$f" ] && [ "$(basename "$f")" != kustomization.yaml ] && files+=(-f "$f")
+	done
+	if [ "${#files[@]}" -eq 0 ]; then
 		log "note: no CRD yaml in $dir yet; skipping CRD install"
 		return 0
 	fi
 	kubectl --kubeconfig "$KUBECONFIG_FILE" apply --server-side --force-conflicts \
-		--field-manager=weir-harness -f "$dir" >"$STATE/crds.log" 2>&1 ||
+		--field-manager=weir-harness "${files[@]}" >"$STATE/crds.log" 2>&1 ||
 		die "applying CRDs from $dir failed (log: $STATE/crds.log)"
 	kubectl --kubeconfig "$KUBECONFIG_FILE" wait --for=condition=Established --timeout=60s \
-		-f "$dir" >>"$STATE/crds.log" 2>&1 ||
+		"${files[@]}" >>"$STATE/crds.log" 2>&1 ||
 		die "CRDs from $dir not Established within 60s (log: $STATE/crds.log)"
 	log "CRDs from $dir installed and Established"
 }

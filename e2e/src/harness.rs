@@ -247,6 +247,11 @@ pub(crate) fn read_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
         .map_err(Error::io(format!("listing {}", dir.display())))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        // crds/kustomization.yaml only indexes the CRD files for kustomize.
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name != "kustomization.yaml")
+        })
         .collect();
     files.sort();
     files

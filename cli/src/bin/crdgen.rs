@@ -15,7 +15,13 @@ fn main() -> ExitCode {
         eprintln!("crdgen: cannot create {}: {error}", dir.display());
         return ExitCode::FAILURE;
     }
-    for crd in weir_api::crd::all() {
+    let crds = weir_api::crd::all();
+    let index = dir.join("kustomization.yaml");
+    if let Err(error) = std::fs::write(&index, weir_api::crd::kustomization_yaml(&crds)) {
+        eprintln!("crdgen: cannot write {}: {error}", index.display());
+        return ExitCode::FAILURE;
+    }
+    for crd in crds {
         let path = dir.join(weir_api::crd::file_name(&crd));
         let written = weir_api::crd::to_yaml(&crd)
             .map_err(|e| e.to_string())

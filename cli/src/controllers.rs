@@ -1,7 +1,7 @@
 //! `weir controllers`: runs the selected controllers in one process. Controllers share no
 //! memory; each talks only to the API server.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::ValueEnum;
 
@@ -10,6 +10,8 @@ use clap::ValueEnum;
 pub enum Controller {
     /// GitRepository → artifacts served over HTTP.
     Source,
+    /// Kustomization → built, validated, applied, pruned and health-checked objects.
+    Kustomize,
 }
 
 /// Flags of `weir controllers`.
@@ -36,12 +38,37 @@ pub struct Args {
     /// How many artifacts to keep per object, the current one included.
     #[arg(long = "artifact-retention-records", default_value_t = 2)]
     pub artifact_retention: usize,
+    /// Flags of the kustomize controller.
+    #[command(flatten)]
+    pub kustomize: Box<KustomizeArgs>,
     /// Address of the Prometheus metrics and health endpoints (`/metrics`, `/healthz`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Flags of the kustomize controller (boxed in [`Args`] to keep the command enum small).
+#[derive(Debug, clap::Args)]
+pub struct KustomizeArgs {
+    /// The `kustomize` binary the kustomize controller builds overlays with (looked up on
+    /// `PATH` when it is a bare name).
+    #[arg(long, default_value = "kustomize")]
+    pub kustomize_path: PathBuf,
+    /// Directory where the kustomize controller caches verified artifacts by digest.
+    #[arg(long, default_value = "/var/cache/weir/artifacts")]
+    pub artifact_cache_path: PathBuf,
+    /// How soon a Kustomization whose dependencies are not ready checks them again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub requeue_dependency: Duration,
+}
+
+/// A Go-style duration flag (`30s`, `1m30s`), as Flux's flags take them.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<weir_api::GoDuration>()
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,7 +123,8 @@ async fn run_async(args: &Args) -> Result<(), String> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
-    let mut handles = vec![];
+    let mut renders: Vec<Box<dyn Fn() -> String + Send + Sync>> = vec![];
+    let mut running = vec![];
     for controller in selected {
         match controller {
             Controller::Source => {
@@ -111,15 +139,34 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_source::start(client.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                handles.push(handle);
+                let metrics = handle.metrics.clone();
+                renders.push(Box::new(move || metrics.render()));
+                running.push(tokio::spawn(handle.wait()));
+            }
+            Controller::Kustomize => {
+                let kube_config = kube::Config::infer().await.map_err(|e| {
+                    format!("cannot read the Kubernetes configuration (check KUBECONFIG): {e}")
+                })?;
+                let config = weir_kustomize::Config {
+                    namespace: args.namespace.clone(),
+                    concurrency: args.concurrency,
+                    kustomize_path: args.kustomize.kustomize_path.clone(),
+                    cache_dir: args.kustomize.artifact_cache_path.clone(),
+                    dependency_requeue: args.kustomize.requeue_dependency,
+                };
+                let handle = weir_kustomize::start(kube_config, config, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let metrics = handle.metrics.clone();
+                renders.push(Box::new(move || metrics.render()));
+                running.push(tokio::spawn(handle.wait()));
             }
         }
     }
-    let sources: Vec<_> = handles.iter().map(|h| h.metrics.clone()).collect();
-    let render = move || sources.iter().map(|m| m.render()).collect::<String>();
+    let render = move || renders.iter().map(|r| r()).collect::<String>();
     tokio::spawn(crate::metrics::serve(metrics_listener, render));
-    for handle in handles {
-        handle.wait().await;
+    for controller in running {
+        let _ = controller.await;
     }
     Ok(())
 }

@@ -98,6 +98,18 @@ pub async fn build(
     parse_kustomize_output(&output)
 }
 
+/// The binary at `path`, or for a bare name the first match on this process's `PATH` (builds
+/// run with an empty environment, so the name must be resolved beforehand).
+#[must_use]
+pub fn find_binary(path: &Path) -> Option<PathBuf> {
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(path))
+        .find(|candidate| candidate.is_file())
+}
+
 fn has_kustomization(dir: &Path) -> bool {
     KUSTOMIZATION_FILES.iter().any(|f| dir.join(f).is_file())
 }
@@ -506,6 +518,16 @@ mod tests {
         let c = collect_yaml(dir.path(), dir.path()).unwrap();
         assert_eq!(c.kustomization_dirs, ["base"]);
         assert_eq!(c.manifests.len(), 1);
+    }
+
+    #[test]
+    fn binaries_are_found_by_path_or_on_path() {
+        assert_eq!(
+            find_binary(Path::new("sh")).map(|p| p.is_absolute()),
+            Some(true)
+        );
+        assert!(find_binary(Path::new("no-such-binary-weir")).is_none());
+        assert!(find_binary(Path::new("/no/such/kustomize")).is_none());
     }
 
     #[test]

@@ -72,6 +72,19 @@ pub struct Metrics {
     pub reconciles: AtomicU64,
 }
 
+impl Metrics {
+    /// The counters in Prometheus' text exposition format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let reconciles = self.reconciles.load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "# HELP weir_kustomize_reconciles_total Kustomization reconciles run.\n\
+             # TYPE weir_kustomize_reconciles_total counter\n\
+             weir_kustomize_reconciles_total {reconciles}\n"
+        )
+    }
+}
+
 /// Shared by the reconciles of one controller; never by two controllers.
 pub struct Context {
     pub client: Client,
@@ -100,6 +113,8 @@ pub enum StartError {
     Client(#[source] kube::Error),
     #[error("cannot prepare the artifact cache: {0}")]
     Cache(#[source] fetch::FetchError),
+    #[error("kustomize binary {0:?} not found (set --kustomize-path)")]
+    KustomizeNotFound(PathBuf),
 }
 
 /// Errors of the reconcile wrapper itself (talking to the API server), retried with backoff.
@@ -163,6 +178,9 @@ pub async fn start(
     config: Config,
     shutdown_on_signal: bool,
 ) -> Result<Handle, StartError> {
+    let mut config = config;
+    config.kustomize_path = build::find_binary(&config.kustomize_path)
+        .ok_or_else(|| StartError::KustomizeNotFound(config.kustomize_path.clone()))?;
     let client = Client::try_from(kube_config.clone()).map_err(StartError::Client)?;
     let fetcher = ArtifactFetcher::new(config.cache_dir.clone()).map_err(StartError::Cache)?;
     let metrics = Arc::new(Metrics::default());

@@ -184,7 +184,7 @@ impl Fixture {
 
     /// Deletes the Kustomizations while the controllers still run, so their finalizer is
     /// handled and the namespace can go.
-    async fn teardown(self) -> Result<()> {
+    async fn teardown(&self) -> Result<()> {
         for ks in self.ks.list(&ListParams::default()).await? {
             let name = kube::ResourceExt::name_any(&ks);
             self.ks.delete(&name, &DeleteParams::default()).await?;
@@ -554,13 +554,18 @@ async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
 }
 
 #[tokio::test]
-async fn overlays_get_spec_patches_images_and_name_prefix_with_kustomize_semantics() -> Result<()> {
+async fn overlays_get_spec_patches_images_prefix_and_components_with_kustomize_semantics()
+-> Result<()> {
     let f = Fixture::start(&[
         ("base/deploy.yaml", DEPLOYMENT),
         ("base/kustomization.yaml", "resources: [deploy.yaml]\n"),
         (
             "overlay/kustomization.yaml",
             "resources: [../base]\ncommonLabels: {env: prod}\n",
+        ),
+        (
+            "components/tier/kustomization.yaml",
+            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonAnnotations: {tier: web}\n",
         ),
     ])
     .await?;
@@ -575,6 +580,7 @@ async fn overlays_get_spec_patches_images_and_name_prefix_with_kustomize_semanti
                 "patch": "- op: replace\n  path: /spec/replicas\n  value: 3\n",
             }],
             "commonMetadata": { "labels": { "team": "blue" } },
+            "components": ["../components/tier"],
         }),
     )
     .await?;
@@ -592,6 +598,11 @@ async fn overlays_get_spec_patches_images_and_name_prefix_with_kustomize_semanti
     let labels = d.metadata.labels.unwrap();
     assert_eq!(labels["env"], "prod");
     assert_eq!(labels["team"], "blue");
+    assert_eq!(
+        d.metadata.annotations.unwrap()["tier"],
+        "web",
+        "component applied"
+    );
     f.teardown().await
 }
 
@@ -884,5 +895,93 @@ async fn events_summarise_changes_and_messages_never_show_substituted_secrets() 
     assert!(!status.contains("Top Secret!"), "{status}");
     let text = serde_json::to_string(&events.list(&ListParams::default()).await?.items)?;
     assert!(!text.contains("Top Secret!"), "{text}");
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn deleting_a_kustomization_with_prune_off_orphans_its_objects() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    f.create_ks("app", json!({ "path": "./apps", "prune": false }))
+        .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    f.teardown().await?;
+    assert!(f.config_map("a").await?.is_some(), "orphaned");
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_checks_name_the_listed_objects_that_are_not_ready() -> Result<()> {
+    let never_ready = DEPLOYMENT.replace(
+        "    spec:\n      containers:",
+        "    spec:\n      nodeSelector: {weir.dev/no-such-node: \"true\"}\n      containers:",
+    );
+    let f = Fixture::start(&[
+        ("apps/deploy.yaml", &never_ready),
+        ("apps/a.yaml", &config_map_yaml("a", "1")),
+    ])
+    .await?;
+    f.create_ks(
+        "app",
+        json!({
+            "path": "./apps",
+            "timeout": "6s",
+            "healthChecks": [
+                { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" },
+                { "apiVersion": "v1", "kind": "ConfigMap", "name": "a" },
+            ],
+        }),
+    )
+    .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::HEALTH_CHECK_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(m.contains(&format!("Deployment/{}/web", f.ns())), "{m}");
+    assert!(
+        !m.contains("ConfigMap/"),
+        "a healthy object is not named: {m}"
+    );
+    assert!(
+        f.config_map("a").await?.is_some(),
+        "applied before health was checked"
+    );
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn a_service_account_with_rbac_applies_as_itself() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    let ns = f.ns().to_owned();
+    let rbac: Vec<Value> = vec![
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": "deployer", "namespace": ns } }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": { "name": "configmaps", "namespace": ns },
+                "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"] }] }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": { "name": "deployer", "namespace": ns },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmaps" },
+                "subjects": [{ "kind": "ServiceAccount", "name": "deployer", "namespace": ns }] }),
+    ];
+    for object in rbac {
+        let resource = match object["kind"].as_str() {
+            Some("ServiceAccount") => {
+                kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&())
+            }
+            Some("Role") => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::Role>(&()),
+            _ => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::RoleBinding>(&()),
+        };
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(f.client.clone(), &ns, &resource);
+        api.create(&PostParams::default(), &serde_json::from_value(object)?)
+            .await?;
+    }
+    f.create_ks(
+        "app",
+        json!({ "path": "./apps", "serviceAccountName": "deployer" }),
+    )
+    .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    assert!(f.config_map("a").await?.is_some());
     f.teardown().await
 }

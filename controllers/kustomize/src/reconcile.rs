@@ -108,10 +108,11 @@ pub async fn run(
         .await
         .map_err(|failure| apply_failed(failure, old.as_ref(), attempt))?;
     attempt.changes = changes;
+    // Every object of the set, those left alone by annotation included: an object still in
+    // the source is never pruned.
     let new_inventory = inventory::inventory(
         targets
             .iter()
-            .filter(|t| t_ssa(t) != Some("Ignore"))
             .map(|t| inventory::entry(&t.meta, &t.api_version)),
     );
     attempt.inventory = Some(new_inventory.clone());

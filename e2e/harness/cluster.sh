@@ -71,7 +71,7 @@ REGISTRY_PASSWORD=weir-registry-password
 
 # Stop order (reverse of start).
 COMPONENTS=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd nginx fcgiwrap sshd registry registry-auth)
-PORT_NAMES=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT KWOK_PORT GIT_HTTP_PORT CHARTS_PORT SSH_PORT REGISTRY_PORT REGISTRY_AUTH_PORT)
+PORT_NAMES=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT KWOK_PORT GIT_HTTP_PORT GIT_HTTPS_PORT CHARTS_PORT SSH_PORT REGISTRY_PORT REGISTRY_AUTH_PORT)
 
 export PATH="$BIN:$PATH"
 
@@ -238,6 +238,9 @@ gen_certs() {
 		}
 		leaf apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+		# The git server's HTTPS endpoint, signed by the harness CA (a "private CA" for ca.crt tests).
+		leaf git-https "/CN=weir-git" "extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost"
 		leaf admin "/O=system:masters/CN=weir-admin" "extendedKeyUsage=clientAuth"
 		leaf controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 		leaf scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
@@ -314,6 +317,29 @@ fastcgi_param HTTP_GIT_PROTOCOL \$http_git_protocol;
 fastcgi_read_timeout 300s;
 fastcgi_buffering off;
 EOF
+	# The git locations, served over HTTP and HTTPS.
+	cat >"$n/git-locations.conf" <<EOF
+    location = /healthz { return 200 "ok\n"; }
+    location ~ ^/public(?<git_path>/.*)\$ {
+      include $n/git-fastcgi.conf;
+      fastcgi_param REMOTE_USER "";
+    }
+    location ~ ^/private(?<git_path>/.*)\$ {
+      auth_basic "weir-git";
+      auth_basic_user_file $n/htpasswd;
+      include $n/git-fastcgi.conf;
+      fastcgi_param REMOTE_USER \$remote_user;
+    }
+    location ~ ^/token(?<git_path>/.*)\$ {
+      if (\$http_authorization != "Bearer $GIT_HTTP_TOKEN") {
+        add_header WWW-Authenticate 'Bearer realm="weir-git"' always;
+        return 401;
+      }
+      include $n/git-fastcgi.conf;
+      fastcgi_param REMOTE_USER token;
+    }
+    location / { return 404; }
+EOF
 	cat >"$n/nginx.conf" <<EOF
 daemon off;
 $user_line
@@ -342,26 +368,15 @@ http {
   # Git over smart HTTP (git-http-backend via fcgiwrap); repos under $STATE/git.
   server {
     listen 127.0.0.1:$GIT_HTTP_PORT;
-    location = /healthz { return 200 "ok\n"; }
-    location ~ ^/public(?<git_path>/.*)\$ {
-      include $n/git-fastcgi.conf;
-      fastcgi_param REMOTE_USER "";
-    }
-    location ~ ^/private(?<git_path>/.*)\$ {
-      auth_basic "weir-git";
-      auth_basic_user_file $n/htpasswd;
-      include $n/git-fastcgi.conf;
-      fastcgi_param REMOTE_USER \$remote_user;
-    }
-    location ~ ^/token(?<git_path>/.*)\$ {
-      if (\$http_authorization != "Bearer $GIT_HTTP_TOKEN") {
-        add_header WWW-Authenticate 'Bearer realm="weir-git"' always;
-        return 401;
-      }
-      include $n/git-fastcgi.conf;
-      fastcgi_param REMOTE_USER token;
-    }
-    location / { return 404; }
+    include $n/git-locations.conf;
+  }
+
+  # The same repositories over HTTPS, with a certificate from the harness CA.
+  server {
+    listen 127.0.0.1:$GIT_HTTPS_PORT ssl;
+    ssl_certificate $PKI/git-https.crt;
+    ssl_certificate_key $PKI/git-https.key;
+    include $n/git-locations.conf;
   }
 
   # Helm chart repository (static files).
@@ -455,6 +470,8 @@ env_lines() {
 		WEIR_TOOLS_BIN "$BIN"
 		WEIR_GIT_ROOT "$STATE/git"
 		WEIR_GIT_HTTP_URL "http://127.0.0.1:$GIT_HTTP_PORT"
+		WEIR_GIT_HTTPS_URL "https://127.0.0.1:$GIT_HTTPS_PORT"
+		WEIR_GIT_HTTPS_CA "$PKI/ca.crt"
 		WEIR_GIT_HTTP_USER "$GIT_HTTP_USER"
 		WEIR_GIT_HTTP_PASSWORD "$GIT_HTTP_PASSWORD"
 		WEIR_GIT_HTTP_TOKEN "$GIT_HTTP_TOKEN"

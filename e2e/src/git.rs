@@ -21,6 +21,8 @@ pub struct GitServer {
     pub(crate) http_user: String,
     pub(crate) http_password: String,
     pub(crate) http_token: Option<String>,
+    /// The HTTPS endpoint and the CA that signed its certificate (a private CA).
+    pub(crate) https: Option<(String, PathBuf)>,
     pub(crate) ssh_url: String,
     pub(crate) ssh_identity: PathBuf,
     pub(crate) ssh_known_hosts: PathBuf,
@@ -69,6 +71,7 @@ impl GitServer {
             bare,
             work,
             http_url: self.http_url.clone(),
+            https_url: self.https.as_ref().map(|(url, _)| url.clone()),
             ssh_url: self.ssh_url.clone(),
         };
         run(repo.git().args(["remote", "add", "origin"]).arg(&repo.bare))?;
@@ -128,6 +131,14 @@ impl GitServer {
         )
     }
 
+    /// The PEM file of the CA that signed the HTTPS endpoint's certificate (`WEIR_GIT_HTTPS_CA`).
+    pub fn https_ca(&self) -> Result<&Path, Error> {
+        self.https
+            .as_ref()
+            .map(|(_, ca)| ca.as_path())
+            .ok_or_else(https_missing)
+    }
+
     /// A Secret `name` in Flux's format for the token URLs: `bearerToken`.
     pub fn bearer_token_secret(&self, name: &str) -> Result<Secret, Error> {
         let token = self
@@ -179,7 +190,16 @@ pub struct GitRepo {
     bare: PathBuf,
     work: TempDir,
     http_url: String,
+    https_url: Option<String>,
     ssh_url: String,
+}
+
+fn https_missing() -> Error {
+    Error::HarnessEnvironment {
+        source_name: "the harness".to_owned(),
+        reason: "WEIR_GIT_HTTPS_URL/WEIR_GIT_HTTPS_CA are not set: restart it (make cluster-down cluster-up)"
+            .to_owned(),
+    }
 }
 
 impl GitRepo {
@@ -211,6 +231,12 @@ impl GitRepo {
     #[must_use]
     pub fn token_http_url(&self) -> String {
         format!("{}/token/{}.git", self.http_url, self.name)
+    }
+
+    /// HTTPS URL needing no credentials; its certificate is signed by [`GitServer::https_ca`].
+    pub fn https_url(&self) -> Result<String, Error> {
+        let base = self.https_url.as_ref().ok_or_else(https_missing)?;
+        Ok(format!("{base}/public/{}.git", self.name))
     }
 
     /// SSH URL (`ssh://user@127.0.0.1:port/<path>.git`); see [`GitServer::ssh_command`].

@@ -104,6 +104,9 @@ impl Harness {
                 http_user: env.var("WEIR_GIT_HTTP_USER")?,
                 http_password: env.var("WEIR_GIT_HTTP_PASSWORD")?,
                 http_token: env.optional_var("WEIR_GIT_HTTP_TOKEN"),
+                https: env
+                    .optional_var("WEIR_GIT_HTTPS_URL")
+                    .zip(env.optional_var("WEIR_GIT_HTTPS_CA").map(PathBuf::from)),
                 ssh_url: env.var("WEIR_GIT_SSH_URL")?,
                 ssh_identity: PathBuf::from(env.var("WEIR_GIT_SSH_IDENTITY")?),
                 ssh_known_hosts: PathBuf::from(env.var("WEIR_GIT_SSH_KNOWN_HOSTS")?),

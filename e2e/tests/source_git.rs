@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, io::Read, sync::atomic::Ordering};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -731,5 +731,70 @@ async fn a_suspended_repository_is_left_alone_until_resumed() -> Result<()> {
         )
         .await?;
     f.wait_ready("app", "True").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_from_ca_crt_is_verified() -> Result<()> {
+    let f = Fixture::start().await?;
+    let (harness, git) = harness_repo().await?;
+    let ca = read(harness.git().https_ca()?)?;
+    // Another CA, which did not sign the server's certificate.
+    let dir = tempfile::tempdir()?;
+    let other = dir.path().join("other-ca.crt");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=other-ca", "-keyout"])
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()?;
+    ensure!(
+        status.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    f.secret("ca", &[("ca.crt", &ca)]).await?;
+    f.secret("other-ca", &[("ca.crt", &read(&other)?)]).await?;
+    f.create(
+        "trusted",
+        json!({ "url": git.https_url()?, "interval": "10m", "secretRef": { "name": "ca" } }),
+    )
+    .await?;
+    f.create(
+        "untrusted",
+        json!({ "url": git.https_url()?, "interval": "10m", "secretRef": { "name": "other-ca" } }),
+    )
+    .await?;
+    f.create(
+        "no-ca",
+        json!({ "url": git.https_url()?, "interval": "10m" }),
+    )
+    .await?;
+
+    let trusted = f.wait_ready("trusted", "True").await?;
+    assert_eq!(revision(&trusted), format!("main@sha1:{}", git.head()?));
+    let untrusted = f.wait_ready("untrusted", "False").await?;
+    assert_eq!(ready_reason(&untrusted), reasons::AUTHENTICATION_FAILED);
+    let message = find_condition(&untrusted.status.as_ref().unwrap().conditions, types::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("not signed by ca.crt"), "{message}");
+    let no_ca = f.wait_ready("no-ca", "False").await?;
+    assert!(
+        revision(&no_ca).is_empty(),
+        "the system trust store does not know the harness CA"
+    );
     Ok(())
 }

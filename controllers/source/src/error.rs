@@ -66,9 +66,9 @@ impl Failure for SourceError {
             Self::InvalidUrl { .. } => reasons::URL_INVALID,
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
-            | Self::Git(GitError::Authentication(_) | GitError::HostKey(_)) => {
-                reasons::AUTHENTICATION_FAILED
-            }
+            | Self::Git(
+                GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
+            ) => reasons::AUTHENTICATION_FAILED,
             Self::Archive(_) => reasons::ARCHIVE_OPERATION_FAILED,
             Self::Storage(_) => reasons::WRITE_OPERATION_FAILED,
             _ => reasons::GIT_OPERATION_FAILED,

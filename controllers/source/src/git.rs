@@ -27,6 +27,9 @@ pub struct Credentials {
     pub ssh_passphrase: Option<String>,
     /// `known_hosts`: required for SSH.
     pub known_hosts: Option<KnownHosts>,
+    /// `ca.crt`: a PEM CA bundle the HTTPS server's certificate must chain to, instead of the
+    /// system's trust store.
+    pub ca_cert: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for Credentials {
                 &self.ssh_passphrase.as_ref().map(|_| "*****"),
             )
             .field("known_hosts", &self.known_hosts.is_some())
+            .field("ca_cert", &self.ca_cert.is_some())
             .finish()
     }
 }
@@ -57,6 +61,7 @@ impl Credentials {
             ssh_passphrase: identity.as_ref().and_then(|_| text("password")),
             ssh_identity: identity,
             known_hosts: text("known_hosts").map(|k| KnownHosts::parse(&k)),
+            ca_cert: data.get("ca.crt").cloned(),
         }
     }
 
@@ -89,6 +94,8 @@ pub enum GitError {
     Authentication(String),
     #[error("ssh host key verification failed: {0}")]
     HostKey(#[from] HostKeyError),
+    #[error("TLS certificate verification failed: {0}")]
+    Certificate(String),
     #[error("git operation timed out")]
     Timeout,
     #[error("{0}")]
@@ -99,6 +106,7 @@ pub enum GitError {
 #[derive(Default)]
 struct CallbackState {
     host_key: RefCell<Option<HostKeyError>>,
+    certificate: RefCell<Option<String>>,
     auth_failure: RefCell<Option<String>>,
     credential_requests: Cell<u32>,
     timed_out: Cell<bool>,
@@ -109,6 +117,9 @@ impl CallbackState {
     fn error(&self, e: &git2::Error) -> GitError {
         if let Some(hk) = self.host_key.borrow_mut().take() {
             return GitError::HostKey(hk);
+        }
+        if let Some(why) = self.certificate.borrow_mut().take() {
+            return GitError::Certificate(why);
         }
         if self.timed_out.get() {
             return GitError::Timeout;
@@ -161,7 +172,17 @@ fn callbacks<'a>(remote: &'a Remote<'a>, state: &'a CallbackState) -> RemoteCall
                 }
             };
         }
-        // TLS: let libgit2 verify the chain against the system's trust store.
+        // TLS with ca.crt: the chain must lead to that CA. Without it, libgit2 verifies the chain
+        // against the system's trust store.
+        if let (Some(ca), Some(x509)) = (&remote.credentials.ca_cert, cert.as_x509()) {
+            return match crate::tls::verify_server_certificate(ca, x509.data(), host) {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(why) => {
+                    *state.certificate.borrow_mut() = Some(why.clone());
+                    Err(git2::Error::from_str(&why))
+                }
+            };
+        }
         Ok(CertificateCheckStatus::CertificatePassthrough)
     });
     cb.credentials(move |_url, username, allowed| {

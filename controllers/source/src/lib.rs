@@ -7,6 +7,7 @@ pub mod git;
 pub mod known_hosts;
 pub mod reconcile;
 pub mod storage;
+pub mod tls;
 
 use std::{
     net::SocketAddr,

@@ -176,6 +176,16 @@ impl Fixture {
         .await
     }
 
+    async fn create_secret(&self, name: &str, string_data: Value) -> Result<()> {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": name }, "stringData": string_data
+        }))?;
+        Api::<Secret>::namespaced(self.client.clone(), self.ns())
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
+    }
+
     async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>> {
         Ok(Api::<ConfigMap>::namespaced(self.client.clone(), self.ns())
             .get_opt(name)
@@ -616,13 +626,7 @@ async fn post_build_substitutes_variables_from_the_spec_config_maps_and_secrets(
             "metadata": { "name": "cluster-vars" }, "data": { "cluster": "from-cm", "region": "us" }
         }))?)
         .await?;
-    Api::<Secret>::namespaced(f.client.clone(), f.ns())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": "cluster-secret" }, "stringData": { "token": "s3cr3t" }
-            }))?,
-        )
+    f.create_secret("cluster-secret", json!({ "token": "s3cr3t" }))
         .await?;
     f.create_ks(
         "app",
@@ -842,13 +846,7 @@ async fn a_suspended_kustomization_applies_nothing_until_resumed() -> Result<()>
 #[tokio::test]
 async fn events_summarise_changes_and_messages_never_show_substituted_secrets() -> Result<()> {
     let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
-    Api::<Secret>::namespaced(f.client.clone(), f.ns())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": "vars" }, "stringData": { "label": "Top Secret!" }
-            }))?,
-        )
+    f.create_secret("vars", json!({ "label": "Top Secret!" }))
         .await?;
     f.create_ks(
         "app",

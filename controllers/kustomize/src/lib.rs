@@ -37,7 +37,7 @@ use weir_api::{
     condition, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
-    Disposition, Failure, events::EventPublisher, schedule, status::apply_status,
+    ControllerError, Disposition, Failure, events::EventPublisher, schedule, status::apply_status,
     trigger::reconcile_trigger,
 };
 
@@ -115,15 +115,6 @@ pub enum StartError {
     Cache(#[source] fetch::FetchError),
     #[error("kustomize binary {0:?} not found (set --kustomize-path)")]
     KustomizeNotFound(PathBuf),
-}
-
-/// Errors of the reconcile wrapper itself (talking to the API server), retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
 }
 
 /// A running kustomize controller.
@@ -264,11 +255,7 @@ async fn reconcile(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Action, 
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(inner)
-        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
-        other => ControllerError::Finalizer(other.to_string()),
-    })
+    .map_err(ControllerError::from)
 }
 
 /// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while
@@ -422,30 +409,10 @@ async fn failed(
         .as_ref()
         .unwrap_or(&ks.spec.interval)
         .as_std();
-    let (reason_s, message_s) = (reason.to_owned(), message.clone());
-    let (outcome, action) = match error.disposition() {
-        Disposition::Stalled => (
-            Outcome::Stalled {
-                reason: reason_s,
-                message: message_s,
-            },
-            Action::await_change(),
-        ),
-        Disposition::Waiting(after) => (
-            Outcome::Retrying {
-                reason: reason_s,
-                message: message_s,
-            },
-            Action::requeue(after),
-        ),
-        Disposition::Transient => (
-            Outcome::Retrying {
-                reason: reason_s,
-                message: message_s,
-            },
-            Action::requeue(schedule::jittered(retry)),
-        ),
-    };
+    let (outcome, action) =
+        error
+            .disposition()
+            .outcome(reason, &message, schedule::jittered(retry));
     condition::summarize(&mut status.conditions, &outcome, generation);
     let note = note(attempt, &message);
     if matches!(error.disposition(), Disposition::Waiting(_)) {

@@ -20,3 +20,80 @@ pub trait Failure: std::error::Error {
     /// Whether to stall, wait or retry.
     fn disposition(&self) -> Disposition;
 }
+
+impl Disposition {
+    /// The kstatus outcome of a failure with this disposition, and when to reconcile again:
+    /// Stalled waits for a change of the object, Waiting checks again after its delay, Transient
+    /// retries after `retry`.
+    #[must_use]
+    pub fn outcome(
+        self,
+        reason: &str,
+        message: &str,
+        retry: Duration,
+    ) -> (weir_api::Outcome, kube::runtime::controller::Action) {
+        use kube::runtime::controller::Action;
+        use weir_api::Outcome;
+        let (reason, message) = (reason.to_owned(), message.to_owned());
+        match self {
+            Self::Stalled => (Outcome::Stalled { reason, message }, Action::await_change()),
+            Self::Waiting(after) => (
+                Outcome::Retrying { reason, message },
+                Action::requeue(after),
+            ),
+            Self::Transient => (
+                Outcome::Retrying { reason, message },
+                Action::requeue(retry),
+            ),
+        }
+    }
+}
+
+/// Errors of a controller's reconcile wrapper itself (talking to the API server, running the
+/// finalizer), as opposed to the typed failures of its steps; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl From<kube::runtime::finalizer::Error<ControllerError>> for ControllerError {
+    /// The inner error of a failed apply or cleanup; the finalizer's own errors as text.
+    fn from(e: kube::runtime::finalizer::Error<ControllerError>) -> Self {
+        use kube::runtime::finalizer::Error;
+        match e {
+            Error::ApplyFailed(inner) | Error::CleanupFailed(inner) => inner,
+            other => Self::Finalizer(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions_map_to_kstatus_outcomes_and_requeues() {
+        use kube::runtime::controller::Action;
+        use weir_api::Outcome;
+        let retry = Duration::from_secs(7);
+        let (outcome, action) = Disposition::Stalled.outcome("InvalidSpec", "bad", retry);
+        assert!(matches!(outcome, Outcome::Stalled { .. }));
+        assert_eq!(action, Action::await_change());
+        let wait = Duration::from_secs(2);
+        let (outcome, action) =
+            Disposition::Waiting(wait).outcome("DependencyNotReady", "m", retry);
+        assert_eq!(
+            outcome,
+            Outcome::Retrying {
+                reason: "DependencyNotReady".into(),
+                message: "m".into()
+            }
+        );
+        assert_eq!(action, Action::requeue(wait));
+        let (_, action) = Disposition::Transient.outcome("BuildFailed", "m", retry);
+        assert_eq!(action, Action::requeue(retry));
+    }
+}

@@ -12,5 +12,5 @@ pub mod semver_range;
 pub mod status;
 pub mod trigger;
 
-pub use failure::{Disposition, Failure};
+pub use failure::{ControllerError, Disposition, Failure};
 pub use redact::Redactor;

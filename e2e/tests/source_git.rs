@@ -798,3 +798,35 @@ async fn https_with_a_private_ca_from_ca_crt_is_verified() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreachable_or_silent_server_fails_within_the_timeout() -> Result<()> {
+    let f = Fixture::start().await?;
+    // A port nobody listens on, and a server that accepts connections and never answers.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    let holder = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    f.create(
+        "unreachable",
+        json!({ "url": format!("http://{closed}/repo.git"), "interval": "10m" }),
+    )
+    .await?;
+    f.create("silent", json!({ "url": format!("http://{silent_addr}/repo.git"), "interval": "10m", "timeout": "2s" })).await?;
+
+    let unreachable = f.wait_ready("unreachable", "False").await?;
+    assert_eq!(ready_reason(&unreachable), reasons::GIT_OPERATION_FAILED);
+    let silent = f.wait_ready("silent", "False").await?;
+    let message = find_condition(&silent.status.as_ref().unwrap().conditions, types::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("timed out after 2s"), "{message}");
+    holder.abort();
+    Ok(())
+}

@@ -983,3 +983,46 @@ async fn a_service_account_with_rbac_applies_as_itself() -> Result<()> {
     assert!(f.config_map("a").await?.is_some());
     f.teardown().await
 }
+
+#[tokio::test]
+async fn kustomize_builds_refuse_files_outside_their_root_and_exec_functions() -> Result<()> {
+    let f = Fixture::start(&[
+        ("other/o.yaml", &config_map_yaml("o", "1")),
+        ("app/kustomization.yaml", "resources: [../other/o.yaml]\n"),
+    ])
+    .await?;
+    f.create_ks("app", json!({ "path": "./app" })).await?;
+    let ks = f.wait_failed("app", None, reasons::BUILD_FAILED).await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("security; file 'other/o.yaml' is not in or below 'app'"),
+        "{m}"
+    );
+
+    let exec = "transformers:
+- |-
+  apiVersion: example.com/v1
+  kind: Touch
+  metadata:
+    name: x
+    annotations:
+      config.kubernetes.io/function: |
+        exec:
+          path: /usr/bin/touch
+";
+    let commit = f
+        .repo
+        .change()
+        .write("app/kustomization.yaml", exec)
+        .commit("an exec function")?;
+    let ks = f
+        .wait_failed("app", Some(&commit), reasons::BUILD_FAILED)
+        .await?;
+    assert!(
+        message(&ks).contains("external plugins disabled"),
+        "{}",
+        message(&ks)
+    );
+    assert!(f.config_map("o").await?.is_none());
+    f.teardown().await
+}

@@ -73,7 +73,8 @@ pub async fn build(
 ) -> Result<Vec<Manifest>, BuildError> {
     let root = work.join(SOURCE_DIR);
     let path = spec.path.as_deref().unwrap_or("./");
-    let dir = contained_path(&root, Path::new(path))
+    // A leading `/` means the artifact root, as in Flux.
+    let dir = contained_path(&root, Path::new(path.trim_start_matches('/')))
         .map_err(|_| BuildError::UnsafePath(path.to_owned()))?;
     if !dir.is_dir() {
         return Err(BuildError::PathNotFound(path.to_owned()));

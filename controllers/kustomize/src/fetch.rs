@@ -283,6 +283,67 @@ mod tests {
         assert!(err.to_string().contains("links outside"), "{err}");
     }
 
+    /// Serves `body` to every HTTP request on a local port; returns the artifact URL.
+    fn serve(body: Vec<u8>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+                std::io::Write::write_all(&mut stream, &body).unwrap();
+            }
+        });
+        format!("http://{addr}/artifact.tar.gz")
+    }
+
+    fn artifact(url: String, digest: &str) -> Artifact {
+        serde_json::from_value(serde_json::json!({
+            "path": "a", "url": url, "revision": "main@sha1:0", "digest": digest,
+            "lastUpdateTime": "2024-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn artifacts_are_verified_by_digest_and_cached() {
+        let data = archive(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            b.append_data(&mut h, "a.yaml", &b"x"[..]).unwrap();
+        });
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let url = serve(data.clone());
+        let cache = tempfile::tempdir().unwrap();
+        let fetcher = ArtifactFetcher::new(cache.path().to_path_buf()).unwrap();
+
+        let path = fetcher
+            .fetch(&artifact(url.clone(), &digest))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Cached by digest: a dead URL with the same digest still resolves.
+        let again = fetcher
+            .fetch(&artifact("http://127.0.0.1:9/gone".into(), &digest))
+            .await
+            .unwrap();
+        assert_eq!(again, path);
+
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = fetcher.fetch(&artifact(url, &wrong)).await.unwrap_err();
+        assert!(matches!(err, FetchError::DigestMismatch { .. }), "{err}");
+        let err = fetcher
+            .fetch(&artifact("http://127.0.0.1:9/x".into(), "md5:abc"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::UnsupportedDigest(_)), "{err}");
+    }
+
     #[test]
     fn contained_paths_allow_inner_dot_dot_only() {
         let root = Path::new("/r");

@@ -52,6 +52,25 @@ pub mod reasons {
     pub const DIRECTORY_CREATION_FAILED: &str = "DirectoryCreationFailed";
     pub const GARBAGE_COLLECTION_FAILED: &str = "GarbageCollectionFailed";
     pub const GARBAGE_COLLECTION_SUCCEEDED: &str = "GarbageCollectionSucceeded";
+    // Image reasons.
+    /// `spec.image` is not an image repository reference.
+    pub const IMAGE_URL_INVALID: &str = "ImageURLInvalid";
+    /// Reading the registry (tags, digests) failed.
+    pub const READ_OPERATION_FAILED: &str = "ReadOperationFailed";
+    /// A policy's range, pattern or extract is invalid.
+    pub const INVALID_POLICY: &str = "InvalidPolicy";
+    /// No tag of the repository is allowed by the policy.
+    pub const NO_MATCHING_TAG: &str = "NoMatchingTag";
+    /// The automation's source is missing, of the wrong kind, or has no usable ref.
+    pub const INVALID_SOURCE_CONFIGURATION: &str = "InvalidSourceConfiguration";
+    /// `spec.policySelector` is not a valid label selector.
+    pub const INVALID_POLICY_SELECTOR: &str = "InvalidPolicySelector";
+    /// The commit message template cannot be rendered.
+    pub const INVALID_MESSAGE_TEMPLATE: &str = "InvalidMessageTemplate";
+    /// A `$imagepolicy` marker is malformed or names no policy.
+    pub const INVALID_MARKER: &str = "InvalidMarker";
+    /// The push was rejected after every retry (the branch kept moving).
+    pub const PUSH_REJECTED: &str = "PushRejected";
 }
 
 /// Status of a condition.

@@ -3,12 +3,18 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{GitRepository, Kustomization};
+use crate::{GitRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation, Kustomization};
 
 /// Every CRD Weir serves, in a stable order.
 #[must_use]
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![GitRepository::crd(), Kustomization::crd()]
+    vec![
+        GitRepository::crd(),
+        Kustomization::crd(),
+        ImageRepository::crd(),
+        ImagePolicy::crd(),
+        ImageUpdateAutomation::crd(),
+    ]
 }
 
 /// The file a CRD is written to: `<plural>.<group>.yaml`, which is also its name.

@@ -5,6 +5,7 @@
 pub mod condition;
 pub mod crd;
 pub mod duration;
+pub mod image;
 pub mod kustomize;
 pub mod manifest;
 pub mod meta;
@@ -12,6 +13,11 @@ pub mod source;
 
 pub use condition::{Condition, ConditionStatus, KStatus, Outcome, reasons, types};
 pub use duration::{DurationError, GoDuration};
+pub use image::{
+    ImagePolicy, ImagePolicySpec, ImagePolicyStatus, ImageRef, ImageRepository,
+    ImageRepositorySpec, ImageRepositoryStatus, ImageUpdateAutomation, ImageUpdateAutomationSpec,
+    ImageUpdateAutomationStatus,
+};
 pub use kustomize::{Kustomization, KustomizationSpec, KustomizationStatus};
 pub use meta::{
     Artifact, CrossNamespaceSourceReference, LocalObjectReference,

@@ -227,3 +227,77 @@ fn schemas_are_structural_and_validate_what_flux_validates() {
         assert!(required.contains(&field.to_owned()), "{field} is required");
     }
 }
+
+#[test]
+fn image_crds_have_fluxs_names_and_columns() {
+    for (file, kind, short, extra) in [
+        (
+            "imagerepositories.image.toolkit.fluxcd.io.yaml",
+            "ImageRepository",
+            "imgrepo",
+            ("Tags", ".status.lastScanResult.tagCount"),
+        ),
+        (
+            "imagepolicies.image.toolkit.fluxcd.io.yaml",
+            "ImagePolicy",
+            "imgpol",
+            ("Image", ".status.latestRef.name"),
+        ),
+        (
+            "imageupdateautomations.image.toolkit.fluxcd.io.yaml",
+            "ImageUpdateAutomation",
+            "iua",
+            ("Last run", ".status.lastAutomationRunTime"),
+        ),
+    ] {
+        let crd = read_crd(file);
+        assert_eq!(crd.spec.group, "image.toolkit.fluxcd.io");
+        assert_eq!(crd.spec.names.kind, kind);
+        assert_eq!(crd.spec.versions[0].name, "v1");
+        assert!(
+            crd.spec
+                .names
+                .short_names
+                .as_deref()
+                .unwrap()
+                .contains(&short.to_owned()),
+            "{kind} short names"
+        );
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["fluxcd".to_owned()][..])
+        );
+        assert_structural(schema(&crd), kind);
+        let cols = columns(&crd);
+        for (name, path) in [
+            ("Age", ".metadata.creationTimestamp"),
+            ("Ready", READY),
+            ("Status", STATUS),
+            extra,
+        ] {
+            assert!(
+                cols.contains(&(name.to_owned(), path.to_owned())),
+                "{kind}: missing column {name}: {cols:?}"
+            );
+        }
+        let conds = prop(schema(&crd), &["status", "conditions"]);
+        assert_eq!(conds.x_kubernetes_list_type.as_deref(), Some("map"));
+    }
+    let policy = read_crd("imagepolicies.image.toolkit.fluxcd.io.yaml");
+    assert_eq!(
+        prop(schema(&policy), &["spec", "policy"])
+            .one_of
+            .as_ref()
+            .map(Vec::len),
+        Some(3),
+        "exactly one of semver, alphabetical, numerical"
+    );
+    let repo = read_crd("imagerepositories.image.toolkit.fluxcd.io.yaml");
+    assert_eq!(
+        prop(schema(&repo), &["spec", "exclusionList"])
+            .default
+            .as_ref()
+            .map(|d| d.0.clone()),
+        Some(serde_json::json!([r"^.*\.sig$"]))
+    );
+}

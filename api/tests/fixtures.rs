@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use weir_api::{GitRepository, Kustomization, manifest};
+use weir_api::{
+    GitRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation, Kustomization, manifest,
+};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,6 +35,15 @@ fn round_trip(yaml: &str) -> Result<Value, manifest::ManifestError> {
         }
         Some("Kustomization") => {
             Ok(serde_json::to_value(manifest::from_yaml::<Kustomization>(yaml)?).unwrap())
+        }
+        Some("ImageRepository") => {
+            Ok(serde_json::to_value(manifest::from_yaml::<ImageRepository>(yaml)?).unwrap())
+        }
+        Some("ImagePolicy") => {
+            Ok(serde_json::to_value(manifest::from_yaml::<ImagePolicy>(yaml)?).unwrap())
+        }
+        Some("ImageUpdateAutomation") => {
+            Ok(serde_json::to_value(manifest::from_yaml::<ImageUpdateAutomation>(yaml)?).unwrap())
         }
         other => panic!("fixture of unknown kind {other:?}"),
     }
@@ -102,4 +113,32 @@ fn defaults_are_fluxs() {
     let repo: GitRepository = manifest::from_yaml(&yaml).unwrap();
     assert_eq!(repo.spec.timeout.as_str(), "60s");
     assert!(!repo.spec.suspend);
+}
+
+#[test]
+fn image_defaults_are_fluxs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let repo: ImageRepository = manifest::from_yaml(
+        &std::fs::read_to_string(dir.join("imagerepository-basic.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(repo.spec.exclusion_list, [r"^.*\.sig$"]);
+    assert!(!repo.spec.insecure && !repo.spec.suspend);
+    assert_eq!(repo.spec.scan_timeout(), repo.spec.interval.as_std());
+    let policy: ImagePolicy = manifest::from_yaml(
+        &std::fs::read_to_string(dir.join("imagepolicy-filter-numerical.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        policy.spec.digest_reflection_policy,
+        weir_api::image::ReflectionPolicy::Never
+    );
+    let auto: ImageUpdateAutomation = manifest::from_yaml(
+        &std::fs::read_to_string(dir.join("imageupdateautomation-basic.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        auto.spec.update.unwrap().strategy,
+        weir_api::image::UpdateStrategyName::Setters
+    );
 }

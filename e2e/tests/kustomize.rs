@@ -6,7 +6,7 @@
 // A test's helpers fail the test by panicking; that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use anyhow::Result;
 use k8s_openapi::api::{
@@ -31,7 +31,7 @@ struct Fixture {
     repo: GitRepo,
     ks: Api<Kustomization>,
     _source: weir_source::Handle,
-    _kustomize: weir_kustomize::Handle,
+    kustomize: weir_kustomize::Handle,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -89,7 +89,7 @@ impl Fixture {
             repo,
             ks,
             _source: source,
-            _kustomize: kustomize,
+            kustomize,
             _dirs: (storage, cache),
         })
     }
@@ -479,6 +479,14 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
     })
     .await?;
     let before = versions().await;
+    let writes = || {
+        let m = &f.kustomize.metrics;
+        (
+            m.object_writes.load(Ordering::Relaxed),
+            m.status_writes.load(Ordering::Relaxed),
+        )
+    };
+    let writes_before = writes();
     for token in ["one", "two"] {
         let patch =
             json!({ "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": token } } });
@@ -496,6 +504,13 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
         versions().await,
         before,
         "a reconcile without changes wrote nothing"
+    );
+    let (objects, statuses) = writes();
+    assert_eq!(objects, writes_before.0, "no object was written");
+    assert_eq!(
+        statuses,
+        writes_before.1 + 2,
+        "the only status writes record the two handled requests"
     );
 
     // A manual edit of an applied field is corrected at the next interval.

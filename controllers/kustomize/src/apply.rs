@@ -20,6 +20,7 @@ use serde_json::Value;
 use weir_api::kustomize::{ObjMetadata, ResourceRef, annotations};
 
 use crate::{
+    Metrics,
     health::{Health, object_health},
     inventory::{is_definition, split_api_version},
 };
@@ -45,6 +46,7 @@ impl KindCache {
     pub async fn resolve(
         &self,
         client: &Client,
+        metrics: &Metrics,
         group: &str,
         version: &str,
         kind: &str,
@@ -54,6 +56,7 @@ impl KindCache {
             return Ok(Some(found.clone()));
         }
         let gvk = GroupVersionKind::gvk(group, version, kind);
+        metrics.request();
         match discovery::pinned_kind(client, &gvk).await {
             Ok((resource, caps)) => {
                 let found = (resource, caps.scope == Scope::Namespaced);
@@ -179,6 +182,7 @@ pub struct ApplyFailure {
 pub struct ApplySet<'a> {
     pub client: &'a Client,
     pub kinds: &'a KindCache,
+    pub metrics: &'a Metrics,
     /// `spec.force`: recreate objects whose immutable fields changed.
     pub force: bool,
     pub timeout: Duration,
@@ -385,6 +389,7 @@ impl ApplySet<'_> {
     /// alone, otherwise whether applying would change anything.
     async fn plan(&self, index: usize, target: &Target) -> Result<Option<Plan>, kube::Error> {
         let api = self.api(target);
+        self.metrics.request();
         let live = match api.get_opt(&target.meta.name).await {
             Ok(live) => live.map(|l| serde_json::to_value(l).unwrap_or_default()),
             // The namespace may not exist yet; the dry run says so more precisely.
@@ -403,6 +408,7 @@ impl ApplySet<'_> {
         {
             return Ok(None);
         }
+        self.metrics.request();
         let dry_run = api
             .patch(
                 &target.meta.name,
@@ -449,13 +455,17 @@ impl ApplySet<'_> {
         let err =
             |e: &kube::Error| format!("{} ({}): {}", target.display(), target.file, api_message(e));
         if plan.recreate {
+            self.metrics.write();
             match api.delete(name, &DeleteParams::foreground()).await {
                 Ok(_) => {}
                 Err(e) if is_code(&e, 404) => {}
                 Err(e) => return Err(err(&e)),
             }
             let deadline = Instant::now() + self.timeout;
-            while api.get_opt(name).await.map_err(|e| err(&e))?.is_some() {
+            while {
+                self.metrics.request();
+                api.get_opt(name).await.map_err(|e| err(&e))?.is_some()
+            } {
                 if Instant::now() > deadline {
                     return Err(format!(
                         "{}: still being deleted for recreation",
@@ -465,6 +475,7 @@ impl ApplySet<'_> {
                 tokio::time::sleep(POLL).await;
             }
         }
+        self.metrics.write();
         api.patch(name, &Self::params(false), &Patch::Apply(&target.object))
             .await
             .map_err(|e| err(&e))?;
@@ -475,6 +486,7 @@ impl ApplySet<'_> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let deadline = Instant::now() + self.timeout;
         loop {
+            self.metrics.request();
             let established = crds
                 .get_opt(name)
                 .await
@@ -513,7 +525,7 @@ impl ApplySet<'_> {
             };
             let resolved = self
                 .kinds
-                .resolve(self.client, &meta.group, &entry.v, &meta.kind)
+                .resolve(self.client, self.metrics, &meta.group, &entry.v, &meta.kind)
                 .await
                 .map_err(|e| e.to_string())?;
             // A kind no longer served has no objects left to delete.
@@ -525,6 +537,7 @@ impl ApplySet<'_> {
             } else {
                 Api::all_with(self.client.clone(), &resource)
             };
+            self.metrics.request();
             let live = match api.get_opt(&meta.name).await {
                 Ok(Some(live)) => serde_json::to_value(live).unwrap_or_default(),
                 Ok(None) => continue,
@@ -545,6 +558,7 @@ impl ApplySet<'_> {
                 propagation_policy: Some(PropagationPolicy::Background),
                 ..DeleteParams::default()
             };
+            self.metrics.write();
             match api.delete(&meta.name, &params).await {
                 Ok(_) => changes.entries.push((display(&meta), Change::Deleted)),
                 Err(e) if is_code(&e, 404) => {}
@@ -576,6 +590,7 @@ impl ApplySet<'_> {
                 } else {
                     Api::all_with(self.client.clone(), &object.resource)
                 };
+                self.metrics.request();
                 let health = match api.get_opt(&object.meta.name).await {
                     Ok(Some(live)) => {
                         object_health(&serde_json::to_value(live).unwrap_or_default())

@@ -17,7 +17,10 @@ pub mod substitute;
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
     path::PathBuf,
-    sync::{Arc, atomic::AtomicU64},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -65,23 +68,66 @@ pub struct Config {
     pub dependency_requeue: Duration,
 }
 
-/// Counters read by tests and benchmarks.
+/// Counters read by tests and benchmarks, served at `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Reconciles run.
     pub reconciles: AtomicU64,
+    /// Requests reconciles made to the API server (reads, dry runs and writes; Events and the
+    /// watches excluded).
+    pub api_requests: AtomicU64,
+    /// Objects created, changed or deleted.
+    pub object_writes: AtomicU64,
+    /// Writes of Kustomization status.
+    pub status_writes: AtomicU64,
 }
 
 impl Metrics {
+    /// Counts one read or dry run.
+    pub fn request(&self) {
+        self.api_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one write of an applied object (also a request).
+    pub fn write(&self) {
+        self.request();
+        self.object_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters in Prometheus' text exposition format.
     #[must_use]
     pub fn render(&self) -> String {
-        let reconciles = self.reconciles.load(std::sync::atomic::Ordering::Relaxed);
-        format!(
-            "# HELP weir_kustomize_reconciles_total Kustomization reconciles run.\n\
-             # TYPE weir_kustomize_reconciles_total counter\n\
-             weir_kustomize_reconciles_total {reconciles}\n"
-        )
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "weir_kustomize_reconciles_total",
+                "Kustomization reconciles run.",
+                &self.reconciles,
+            ),
+            (
+                "weir_kustomize_api_requests_total",
+                "API requests made by reconciles (events and watches excluded).",
+                &self.api_requests,
+            ),
+            (
+                "weir_kustomize_object_writes_total",
+                "Objects created, changed or deleted.",
+                &self.object_writes,
+            ),
+            (
+                "weir_kustomize_status_writes_total",
+                "Kustomization status writes.",
+                &self.status_writes,
+            ),
+        ] {
+            let value = value.load(Ordering::Relaxed);
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
+        }
+        out
     }
 }
 
@@ -282,7 +328,6 @@ async fn apply(
     ks: &Kustomization,
     ctx: &Context,
 ) -> Result<Action, ControllerError> {
-    use std::sync::atomic::Ordering;
     if ks.spec.suspend {
         tracing::debug!("suspended");
         return Ok(Action::await_change());
@@ -318,7 +363,10 @@ async fn apply(
         Ok(()) => succeeded(ks, ctx, &mut status, &attempt).await,
         Err(error) => failed(ks, ctx, &mut status, &attempt, &error).await,
     };
-    apply_status(api, ks, previous.as_ref(), &status, STATUS_FIELD_MANAGER).await?;
+    if apply_status(api, ks, previous.as_ref(), &status, STATUS_FIELD_MANAGER).await? {
+        ctx.metrics.request();
+        ctx.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(action)
 }
 

@@ -65,6 +65,7 @@ pub async fn run(
         spec.source_ref.kind.as_str(),
         spec.source_ref.name
     );
+    ctx.metrics.request();
     let source = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
         .get_opt(&spec.source_ref.name)
         .await
@@ -99,6 +100,7 @@ pub async fn run(
     let set = ApplySet {
         client: &client,
         kinds: &ctx.kinds,
+        metrics: &ctx.metrics,
         force: spec.force,
         timeout,
     };
@@ -173,6 +175,7 @@ async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), Kus
     for dep in &ks.spec.depends_on {
         let ns = dep.namespace.clone().unwrap_or_else(|| namespace.clone());
         let key = format!("{ns}/{}", dep.name);
+        ctx.metrics.request();
         let found = Api::<Kustomization>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&dep.name)
             .await
@@ -209,6 +212,7 @@ async fn substitute_variables(
     let namespace = ks.namespace().unwrap_or_default();
     let mut vars = BTreeMap::new();
     for source in &post_build.substitute_from {
+        ctx.metrics.request();
         let data: Option<BTreeMap<String, String>> = match source.kind {
             SubstituteKind::ConfigMap => {
                 Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
@@ -333,7 +337,7 @@ async fn resolve(
         let (group, version) = split_api_version(&api_version);
         let served = ctx
             .kinds
-            .resolve(client, group, version, &kind)
+            .resolve(client, &ctx.metrics, group, version, &kind)
             .await
             .map_err(|e| KustomizeError::Kube(e.to_string()))?;
         let from_set = || {
@@ -428,7 +432,7 @@ async fn health_targets(
         let (group, version) = split_api_version(&api_version);
         let resolved = ctx
             .kinds
-            .resolve(client, group, version, &check.kind)
+            .resolve(client, &ctx.metrics, group, version, &check.kind)
             .await
             .map_err(|e| KustomizeError::Kube(e.to_string()))?;
         let Some((resource, namespaced)) = resolved else {
@@ -467,6 +471,7 @@ pub async fn delete_inventory(
     let set = ApplySet {
         client: &client,
         kinds: &ctx.kinds,
+        metrics: &ctx.metrics,
         force: false,
         timeout: ks
             .spec

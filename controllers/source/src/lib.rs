@@ -31,7 +31,7 @@ use weir_api::{
     types,
 };
 use weir_runtime::{
-    Disposition, Failure, events::EventPublisher, schedule, status::apply_status,
+    ControllerError, Failure, events::EventPublisher, schedule, status::apply_status,
     trigger::reconcile_trigger,
 };
 
@@ -141,15 +141,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// Errors of the reconcile wrapper itself (talking to the API server), retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
 }
 
 /// A running source controller.
@@ -288,11 +279,7 @@ async fn reconcile(repo: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(inner)
-        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
-        other => ControllerError::Finalizer(other.to_string()),
-    })
+    .map_err(ControllerError::from)
 }
 
 /// Deleting a GitRepository removes all its artifacts.
@@ -419,33 +406,11 @@ async fn failed(
         )
         .for_generation(generation),
     );
-    let (outcome, action) = match error.disposition() {
-        Disposition::Stalled => (
-            Outcome::Stalled {
-                reason: reason.to_owned(),
-                message: message.clone(),
-            },
-            Action::await_change(),
-        ),
-        Disposition::Waiting(after) => (
-            Outcome::Retrying {
-                reason: reason.to_owned(),
-                message: message.clone(),
-            },
-            Action::requeue(after),
-        ),
-        Disposition::Transient => (
-            Outcome::Retrying {
-                reason: reason.to_owned(),
-                message: message.clone(),
-            },
-            Action::requeue(
-                ctx.backoff
-                    .failed(key)
-                    .min(repo.spec.interval.as_std().max(Duration::from_secs(1))),
-            ),
-        ),
-    };
+    let retry = ctx
+        .backoff
+        .failed(key)
+        .min(repo.spec.interval.as_std().max(Duration::from_secs(1)));
+    let (outcome, action) = error.disposition().outcome(reason, &message, retry);
     condition::summarize(&mut status.conditions, &outcome, generation);
     ctx.events.warning(repo, reason, "Fetch", &message).await;
     action

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Kustomize controller benchmark (issue 5): N Kustomizations (default 100; 1000 with
+# WEIR_BENCH_KUSTOMIZATIONS=1000), each applying a small app (Deployment, Service, ConfigMap)
+# from its own path of one GitRepository, reconciled by one `weir controllers --controllers
+# source,kustomize` process. Reports the seconds from creation until all are Ready, the
+# controller's peak RSS, API requests per Kustomization, and one steady-state interval with no
+# change upstream (object and status writes: must be zero).
+# Needs: the harness env (KUBECONFIG, WEIR_GIT_*, WEIR_TOOLS_BIN), WEIR_BIN; run through `make bench`.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/harness-lib.sh"
+
+n=${WEIR_BENCH_KUSTOMIZATIONS:-100}
+concurrency=${WEIR_BENCH_CONCURRENCY:-8}
+interval=${WEIR_BENCH_INTERVAL:-30s}
+ns="bench-kustomize-$RANDOM"
+work=$(mktemp -d)
+pid=""
+cleanup() {
+  # Delete the objects while the controller still runs, so it releases their finalizers (and,
+  # with prune on, deletes what they applied).
+  kubectl delete kustomizations,gitrepositories --all -n "$ns" --timeout=600s >/dev/null 2>&1 || true
+  [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+  rm -rf "$work" "$WEIR_GIT_ROOT/$ns.git"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
+metric() { curl -fsS "http://127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+count_ready() {
+  kubectl get kustomizations -n "$ns" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true
+}
+wait_for() { # wait_for <what> <command> <target>
+  local deadline=$((SECONDS + 3600))
+  until [[ "$($2)" -ge "$3" ]]; do
+    ((SECONDS < deadline)) || { echo "timed out waiting for $1 ($($2)/$3)" >&2; exit 1; }
+    sleep 1
+  done
+}
+
+# One repository with a directory per app.
+repo="$work/repo"
+git init -q --initial-branch main "$repo"
+for i in $(seq 1 "$n"); do
+  mkdir -p "$repo/apps/app-$i"
+  cat >"$repo/apps/app-$i/app.yaml" <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app-$i, namespace: $ns}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: app-$i}}
+  template:
+    metadata: {labels: {app: app-$i}}
+    spec: {containers: [{name: app, image: registry.invalid/app:1.0.0}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app-$i, namespace: $ns}
+spec:
+  selector: {app: app-$i}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-$i, namespace: $ns}
+data: {greeting: hello}
+YAML
+done
+git -C "$repo" add -A
+git -C "$repo" -c user.name=bench -c user.email=bench@weir.dev commit -q -m init
+git clone -q --bare "$repo" "$WEIR_GIT_ROOT/$ns.git"
+
+kubectl create namespace "$ns" >/dev/null
+metrics_port=$(free_port)
+RUST_LOG=warn "$WEIR_BIN" controllers --controllers source,kustomize --namespace "$ns" \
+  --storage-path "$work/storage" --storage-addr 127.0.0.1:0 \
+  --kustomize-path "$WEIR_TOOLS_BIN/kustomize" --artifact-cache-path "$work/cache" \
+  --metrics-addr "127.0.0.1:$metrics_port" --concurrency "$concurrency" >"$work/controller.log" 2>&1 &
+pid=$!
+until curl -fsS "http://127.0.0.1:$metrics_port/healthz" >/dev/null 2>&1; do sleep 0.2; done
+rss_idle=$(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")
+
+{
+  cat <<YAML
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: apps, namespace: $ns}
+spec:
+  url: $WEIR_GIT_HTTP_URL/public/$ns.git
+  interval: 1h
+  ref: {branch: main}
+YAML
+  for i in $(seq 1 "$n"); do
+    cat <<YAML
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: app-$i, namespace: $ns}
+spec:
+  sourceRef: {kind: GitRepository, name: apps}
+  path: ./apps/app-$i
+  interval: $interval
+  prune: true
+YAML
+  done
+} >"$work/objects.yaml"
+
+t0=$(now)
+kubectl create -f "$work/objects.yaml" >/dev/null
+wait_for "all $n Kustomizations Ready" count_ready "$n"
+t_ready=$(now)
+requests_ready=$(metric weir_kustomize_api_requests_total)
+reconciles_ready=$(metric weir_kustomize_reconciles_total)
+writes_ready=$(metric weir_kustomize_object_writes_total)
+status_ready=$(metric weir_kustomize_status_writes_total)
+
+# One steady-state interval: every Kustomization reconciles again with nothing changed.
+steady_reconciles() { echo $(($(metric weir_kustomize_reconciles_total) - reconciles_ready)); }
+wait_for "one more interval of reconciles" steady_reconciles "$n"
+requests_steady=$(metric weir_kustomize_api_requests_total)
+reconciles_steady=$(metric weir_kustomize_reconciles_total)
+# Let the round's last reconciles finish their writes, if any, before reading again.
+sleep 5
+writes_after=$(metric weir_kustomize_object_writes_total)
+status_after=$(metric weir_kustomize_status_writes_total)
+rss_peak=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+
+per() { python3 -c "print(f'{$1 / $2:.1f}')"; }
+cat <<REPORT
+kustomize controller, $n Kustomizations (Deployment + Service + ConfigMap each, one GitRepository), concurrency $concurrency
+  creation → all Ready:                              $(secs "$t0" "$t_ready") s
+  reconciles to get there:                           $reconciles_ready
+  API requests per Kustomization to get there:       $(per "$requests_ready" "$n") (events and watches excluded)
+  steady-state interval ($interval): reconciles:        $((reconciles_steady - reconciles_ready))
+  API requests per no-change reconcile:              $(per "$((requests_steady - requests_ready))" "$((reconciles_steady - reconciles_ready))")
+  object writes in the steady-state interval:        $((writes_after - writes_ready)) (must be 0)
+  status writes in the steady-state interval:        $((status_after - status_ready)) (must be 0)
+  controller RSS idle / peak:                        $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB
+REPORT

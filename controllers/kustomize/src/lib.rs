@@ -4,6 +4,23 @@
 //!
 //! A new artifact revision of a GitRepository reconciles every Kustomization that uses it at
 //! once (a watch on sources), not at the next interval.
+//!
+//! Behaviour worth knowing (Flux's, unless said otherwise):
+//! - Namespaced objects must name their namespace, or get one from `spec.targetNamespace`.
+//! - Objects are applied with server-side apply under the field manager `kustomize-controller`
+//!   (Flux's), with strict field validation; an object whose dry run equals the live object is
+//!   not written at all, so a reconcile without changes issues no write.
+//! - Validation is atomic: every object is dry-run before any is applied. Objects whose kind or
+//!   namespace is created by the same set (a CRD and its resources, a Namespace and its
+//!   contents) can only be validated once those definitions exist, so definitions are applied
+//!   first and these objects validated after; a failure then leaves only the definitions applied.
+//! - Objects annotated `kustomize.toolkit.fluxcd.io/ssa: Ignore` or `reconcile: disabled` are
+//!   left alone but stay in the inventory, so they are never pruned while still in the source.
+//! - `postBuild` substitutes only the braced forms (`${var}`, `${var:=default}`,
+//!   `${var:-default}`); a bare `$var` is left as written. Values of Secrets read through
+//!   `substituteFrom` are masked in every message, event and log line.
+//! - The `kustomize` binary builds overlays with no plugins or exec functions, the root-only load
+//!   restrictor, an empty environment and no network; plain directories are read natively.
 
 pub mod apply;
 pub mod build;

@@ -87,7 +87,7 @@ pub async fn run(
     let extract_to = src.clone();
     tokio::task::spawn_blocking(move || fetch::extract(&tarball, &extract_to))
         .await
-        .map_err(|e| KustomizeError::Kube(e.to_string()))?
+        .map_err(|e| KustomizeError::Fetch(fetch::FetchError::Extract(e.to_string())))?
         .map_err(KustomizeError::Fetch)?;
     let manifests = build::build(work.path(), spec, &ctx.config.kustomize_path, timeout)
         .await

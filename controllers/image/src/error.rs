@@ -1,0 +1,88 @@
+//! The typed failures of the image controller's reconciles, each with its condition reason and
+//! disposition.
+
+use std::time::Duration;
+
+use weir_api::reasons;
+use weir_runtime::{Disposition, Failure};
+
+use crate::policy::PolicyError;
+
+/// Why an ImageRepository, ImagePolicy or ImageUpdateAutomation reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image {image:?}: {why}")]
+    InvalidImage { image: String, why: String },
+    #[error("invalid exclusionList entry {pattern:?}: {why}")]
+    InvalidExclusion { pattern: String, why: String },
+    #[error("secret '{namespace}/{name}' not found")]
+    SecretNotFound { namespace: String, name: String },
+    #[error("cannot read secret '{name}': {message}")]
+    SecretUnreadable { name: String, message: String },
+    #[error("secret '{name}': {why}")]
+    SecretInvalid { name: String, why: String },
+    #[error("authentication to the registry of {image} failed: {message}")]
+    RegistryAuthentication { image: String, message: String },
+    #[error("cannot read {image} from its registry: {message}")]
+    Registry { image: String, message: String },
+    #[error("scanning {image} timed out after {after:?}")]
+    ScanTimeout { image: String, after: Duration },
+    #[error("ImagePolicy: {0}")]
+    InvalidPolicy(#[from] PolicyError),
+    #[error("ImageRepository '{0}' has no scan result yet")]
+    RepositoryNotReady(String),
+    #[error("no tag of {image} (of {count}) is allowed by the policy")]
+    NoMatchingTag { image: String, count: usize },
+    #[error("{0}")]
+    InvalidSource(String),
+    #[error("invalid policySelector: {0}")]
+    InvalidSelector(String),
+    #[error("git: {0}")]
+    Git(#[source] weir_source::git::GitError),
+    #[error("push to branch '{branch}' was rejected {attempts} times: the branch kept moving")]
+    PushRejected { branch: String, attempts: u32 },
+    #[error("git operation timed out after {0:?}")]
+    GitTimeout(Duration),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Failure for ImageError {
+    fn reason(&self) -> &'static str {
+        use weir_source::git::GitError;
+        match self {
+            Self::InvalidImage { .. } => reasons::IMAGE_URL_INVALID,
+            Self::InvalidExclusion { .. } => reasons::INVALID_SPEC,
+            Self::SecretNotFound { .. }
+            | Self::SecretUnreadable { .. }
+            | Self::SecretInvalid { .. }
+            | Self::RegistryAuthentication { .. }
+            | Self::Git(
+                GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
+            ) => reasons::AUTHENTICATION_FAILED,
+            Self::Registry { .. } | Self::ScanTimeout { .. } => reasons::READ_OPERATION_FAILED,
+            Self::InvalidPolicy(_) => reasons::INVALID_POLICY,
+            Self::RepositoryNotReady(_) => reasons::DEPENDENCY_NOT_READY,
+            Self::NoMatchingTag { .. } => reasons::NO_MATCHING_TAG,
+            Self::InvalidSource(_) => reasons::INVALID_SOURCE_CONFIGURATION,
+            Self::InvalidSelector(_) => reasons::INVALID_POLICY_SELECTOR,
+            Self::PushRejected { .. } => reasons::PUSH_REJECTED,
+            Self::Git(_) | Self::GitTimeout(_) => reasons::GIT_OPERATION_FAILED,
+            Self::Kube(_) | Self::Internal(_) => reasons::RECONCILIATION_FAILED,
+        }
+    }
+
+    fn disposition(&self) -> Disposition {
+        match self {
+            // Only a change of the object's spec fixes these.
+            Self::InvalidImage { .. }
+            | Self::InvalidExclusion { .. }
+            | Self::InvalidPolicy(_)
+            | Self::InvalidSelector(_) => Disposition::Stalled,
+            Self::RepositoryNotReady(_) => Disposition::Waiting(Duration::from_secs(5)),
+            _ => Disposition::Transient,
+        }
+    }
+}

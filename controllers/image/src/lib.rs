@@ -1,0 +1,353 @@
+//! Weir's image controller: `ImageRepository` scans a registry's tags into a shared, compact tag
+//! list; `ImagePolicy` picks the latest allowed tag from it; `ImageUpdateAutomation` writes the
+//! picks into git at the `$imagepolicy` markers, commits and pushes.
+//!
+//! The three reconcilers run in one process and share one thing: the [`store::TagStore`], so a
+//! repository's tags are held once however many policies read them.
+
+pub mod error;
+pub mod policy;
+mod policy_controller;
+mod repository_controller;
+pub mod scan;
+pub mod store;
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use weir_api::{Condition, ImagePolicy, ImageRepository, Outcome, condition};
+use weir_runtime::{ControllerError, Failure, Redactor, events::EventPublisher, schedule};
+
+use crate::{error::ImageError, store::TagStore};
+
+/// The finalizer Flux's controllers use; Weir uses the same so objects move between engines.
+pub const FINALIZER: &str = "finalizers.fluxcd.io";
+/// The field manager of status writes.
+pub const FIELD_MANAGER: &str = "weir-image-controller";
+/// The name events are reported under.
+pub const CONTROLLER_NAME: &str = "weir-image-controller";
+
+/// Settings of the image controller (`weir controllers` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// How many objects of each kind are reconciled at once.
+    pub concurrency: u16,
+    /// How many tags to ask a registry for per page of the tag list.
+    pub tag_page_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            concurrency: 4,
+            tag_page_size: scan::PAGE_SIZE,
+        }
+    }
+}
+
+/// Counters read by tests and benchmarks, exported as Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// ImageRepository scans run.
+    pub scans: AtomicU64,
+    /// Pages of tag lists read from registries.
+    pub tag_pages: AtomicU64,
+    /// ImagePolicy evaluations run.
+    pub policy_evaluations: AtomicU64,
+    /// ImageUpdateAutomation runs.
+    pub automation_runs: AtomicU64,
+    /// Commits pushed by automations.
+    pub pushes: AtomicU64,
+    /// Pushes rejected because the branch moved, then retried.
+    pub push_retries: AtomicU64,
+}
+
+impl Metrics {
+    /// The counters in Prometheus' text exposition format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "weir_image_scans_total",
+                "ImageRepository scans run.",
+                &self.scans,
+            ),
+            (
+                "weir_image_tag_pages_total",
+                "Pages of tag lists read from registries.",
+                &self.tag_pages,
+            ),
+            (
+                "weir_image_policy_evaluations_total",
+                "ImagePolicy evaluations run.",
+                &self.policy_evaluations,
+            ),
+            (
+                "weir_image_automation_runs_total",
+                "ImageUpdateAutomation runs.",
+                &self.automation_runs,
+            ),
+            (
+                "weir_image_pushes_total",
+                "Commits pushed by ImageUpdateAutomations.",
+                &self.pushes,
+            ),
+            (
+                "weir_image_push_retries_total",
+                "Pushes rejected because the branch moved, then retried.",
+                &self.push_retries,
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Shared by the reconciles of the image controller.
+pub struct Context {
+    pub client: Client,
+    pub events: EventPublisher,
+    pub backoff: schedule::Backoff,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<TagStore>,
+    pub tag_page_size: usize,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Errors that stop the controller from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running image controller.
+#[derive(Debug)]
+pub struct Handle {
+    pub metrics: Arc<Metrics>,
+    /// The scanned tag lists (read by tests and benchmarks).
+    pub store: Arc<TagStore>,
+    controllers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Runs until the controllers stop (on SIGTERM/SIGINT when `shutdown_on_signal`).
+    pub async fn wait(mut self) {
+        for task in std::mem::take(&mut self.controllers) {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops the controllers.
+    pub fn abort(&self) {
+        for task in &self.controllers {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Starts the ImageRepository, ImagePolicy and ImageUpdateAutomation controllers. With
+/// `shutdown_on_signal`, SIGTERM and SIGINT stop them gracefully.
+// Async like the other controllers' `start`, so `weir controllers` starts them all alike.
+#[allow(clippy::unused_async)]
+pub async fn start(
+    client: Client,
+    config: Config,
+    shutdown_on_signal: bool,
+) -> Result<Handle, StartError> {
+    if config.concurrency == 0 || config.tag_page_size == 0 {
+        return Err(StartError::Config(
+            "concurrency and tag_page_size must be at least 1".into(),
+        ));
+    }
+    // oci-client compiles rustls's aws-lc-rs provider next to kube's ring; with two providers
+    // rustls picks none, so choose one for the process. An error means one is already chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(TagStore::default());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
+        backoff: schedule::Backoff::default(),
+        metrics: metrics.clone(),
+        store: store.clone(),
+        tag_page_size: config.tag_page_size,
+    });
+    let ns = config.namespace.as_deref();
+    let controller_config = controller::Config::default().concurrency(config.concurrency);
+
+    let (repo_reader, repo_writer) = reflector::store::<ImageRepository>();
+    let repo_stream = watcher(
+        api::<ImageRepository>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(repo_writer)
+    .applied_objects()
+    .predicate_filter(
+        weir_runtime::trigger::reconcile_trigger,
+        kube::runtime::PredicateConfig::default(),
+    );
+    let mut repositories =
+        Controller::for_stream(repo_stream, repo_reader).with_config(controller_config.clone());
+
+    let (policy_reader, policy_writer) = reflector::store::<ImagePolicy>();
+    let policy_stream = watcher(api::<ImagePolicy>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(
+            weir_runtime::trigger::reconcile_trigger,
+            kube::runtime::PredicateConfig::default(),
+        );
+    let policies_of_repo = policy_reader.clone();
+    let mut policies = Controller::for_stream(policy_stream, policy_reader)
+        .with_config(controller_config)
+        // A new scan (the repository's status changes) re-evaluates its policies.
+        .watches(
+            api::<ImageRepository>(&client, ns),
+            watcher::Config::default(),
+            move |repo| {
+                let (namespace, name) = (repo.namespace(), repo.name_any());
+                policies_of_repo
+                    .state()
+                    .into_iter()
+                    .filter(|p| {
+                        p.namespace() == namespace && p.spec.image_repository_ref.name == name
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        );
+    if shutdown_on_signal {
+        repositories = repositories.shutdown_on_signal();
+        policies = policies.shutdown_on_signal();
+    }
+    let repo_ctx = ctx.clone();
+    let repo_task = tokio::spawn(async move {
+        repositories
+            .run(
+                repository_controller::reconcile,
+                error_policy::<ImageRepository>,
+                repo_ctx,
+            )
+            .for_each(log_result)
+            .await;
+    });
+    let policy_ctx = ctx.clone();
+    let policy_task = tokio::spawn(async move {
+        policies
+            .run(
+                policy_controller::reconcile,
+                error_policy::<ImagePolicy>,
+                policy_ctx,
+            )
+            .for_each(log_result)
+            .await;
+    });
+    tracing::info!("image controller started");
+    Ok(Handle {
+        metrics,
+        store,
+        controllers: vec![repo_task, policy_task],
+    })
+}
+
+async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "reconcile error");
+    }
+}
+
+fn error_policy<K: Resource>(obj: Arc<K>, error: &ControllerError, ctx: Arc<Context>) -> Action {
+    let key = object_key(&*obj);
+    tracing::warn!(%error, object = key, "reconcile failed");
+    Action::requeue(ctx.backoff.failed(&key))
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Records a failed reconcile in `conditions` (Ready=False plus Reconciling or Stalled), with
+/// the message redacted; publishes a Warning event; returns when to reconcile again. Retries back
+/// off, but never wait longer than `interval`.
+async fn failed<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    ctx: &Context,
+    conditions: &mut Vec<Condition>,
+    error: &ImageError,
+    redactor: &Redactor,
+    interval: std::time::Duration,
+    action_name: &str,
+) -> Action {
+    let generation = obj.meta().generation;
+    let reason = error.reason();
+    let message = redactor.redact(&error.to_string());
+    tracing::warn!(reason, error = message, "reconcile failed");
+    let retry = ctx
+        .backoff
+        .failed(&object_key(obj))
+        .min(interval.max(std::time::Duration::from_secs(1)));
+    let (outcome, action) = error.disposition().outcome(reason, &message, retry);
+    condition::summarize(conditions, &outcome, generation);
+    ctx.events.warning(obj, reason, action_name, &message).await;
+    action
+}
+
+/// Records a successful reconcile: Ready=True with `message`.
+fn succeeded<K: Resource>(obj: &K, ctx: &Context, conditions: &mut Vec<Condition>, message: &str) {
+    ctx.backoff.succeeded(&object_key(obj));
+    condition::summarize(
+        conditions,
+        &Outcome::Ready {
+            reason: weir_api::reasons::SUCCEEDED.to_owned(),
+            message: message.to_owned(),
+        },
+        obj.meta().generation,
+    );
+}

@@ -1,0 +1,140 @@
+//! The ImagePolicy reconcile: `compile → repository's tags → choose → digest`, then status once.
+//! The last good `latestRef` stays when a step fails.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use kube::{Api, ResourceExt, runtime::controller::Action};
+use oci_client::{Reference, secrets::RegistryAuth};
+use weir_api::{
+    ImagePolicy, ImageRef, image::ReflectionPolicy, meta::handled_reconcile_at, reasons,
+};
+use weir_runtime::{ControllerError, Redactor, status::apply_status};
+
+use crate::{
+    Context, FIELD_MANAGER, error::ImageError, failed, object_key, policy::Policy, succeeded,
+};
+
+/// How often a failed policy is retried at most, when nothing else changes.
+const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn choose(
+    policy: &ImagePolicy,
+    ctx: &Context,
+    redactor: &mut Redactor,
+) -> Result<ImageRef, ImageError> {
+    let compiled = Policy::compile(&policy.spec)?;
+    let namespace = policy.namespace().unwrap_or_default();
+    let repo_name = &policy.spec.image_repository_ref.name;
+    let scan = ctx
+        .store
+        .get(&namespace, repo_name)
+        .ok_or_else(|| ImageError::RepositoryNotReady(repo_name.clone()))?;
+    if let RegistryAuth::Basic(_, password) = &scan.access.auth {
+        redactor.add(password.clone());
+    }
+    let tag = compiled
+        .latest(&scan.tags)
+        .ok_or_else(|| ImageError::NoMatchingTag {
+            image: scan.canonical_image_name.clone(),
+            count: scan.tags.len(),
+        })?;
+    let mut chosen = ImageRef {
+        name: scan.canonical_image_name.clone(),
+        tag: tag.to_owned(),
+        digest: None,
+    };
+    if policy.spec.digest_reflection_policy == ReflectionPolicy::IfNotPresent {
+        let previous = policy.status.as_ref().and_then(|s| s.latest_ref.as_ref());
+        chosen.digest = match previous {
+            Some(p) if p.name == chosen.name && p.tag == chosen.tag && p.digest.is_some() => {
+                p.digest.clone()
+            }
+            _ => {
+                let reference: Reference = scan
+                    .canonical_image_name
+                    .parse()
+                    .map_err(|e| ImageError::Internal(format!("{e}")))?;
+                let reference = Reference::with_tag(
+                    reference.registry().to_owned(),
+                    reference.repository().to_owned(),
+                    chosen.tag.clone(),
+                );
+                Some(
+                    scan.access
+                        .client()
+                        .fetch_manifest_digest(&reference, &scan.access.auth)
+                        .await
+                        .map_err(|e| ImageError::Registry {
+                            image: chosen.reference(),
+                            message: e.to_string(),
+                        })?,
+                )
+            }
+        };
+    }
+    Ok(chosen)
+}
+
+#[tracing::instrument(skip_all, fields(object = %object_key(&*policy)))]
+pub(crate) async fn reconcile(
+    policy: Arc<ImagePolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let api: Api<ImagePolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    ctx.metrics
+        .policy_evaluations
+        .fetch_add(1, Ordering::Relaxed);
+    let previous = policy.status.clone();
+    let mut status = previous.clone().unwrap_or_default();
+    status.observed_generation = policy.metadata.generation;
+    status.last_handled_reconcile_at = handled_reconcile_at(
+        policy.annotations().into(),
+        previous
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
+    );
+    let mut redactor = Redactor::default();
+    let action = match choose(&policy, &ctx, &mut redactor).await {
+        Ok(chosen) => {
+            let message = format!(
+                "Latest image tag for {} resolved to {}",
+                chosen.name, chosen.tag
+            );
+            if status.latest_ref.as_ref() != Some(&chosen) {
+                if let Some(old) = status.latest_ref.take() {
+                    ctx.events
+                        .normal(
+                            &*policy,
+                            reasons::SUCCEEDED,
+                            "Policy",
+                            &format!("{message} (previously {})", old.tag),
+                        )
+                        .await;
+                    status.observed_previous_ref = Some(old);
+                } else {
+                    ctx.events
+                        .normal(&*policy, reasons::SUCCEEDED, "Policy", &message)
+                        .await;
+                }
+                status.latest_ref = Some(chosen);
+            }
+            succeeded(&*policy, &ctx, &mut status.conditions, &message);
+            Action::await_change()
+        }
+        Err(error) => {
+            failed(
+                &*policy,
+                &ctx,
+                &mut status.conditions,
+                &error,
+                &redactor,
+                RETRY_CAP,
+                "Policy",
+            )
+            .await
+        }
+    };
+    apply_status(&api, &*policy, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    Ok(action)
+}

@@ -1,0 +1,579 @@
+//! The image controller against the real harness: ImageRepositories scan the harness's
+//! registries (anonymous and with htpasswd auth, over plain HTTP), ImagePolicies choose from the
+//! scanned tags, and failures give their reasons without leaking credentials.
+
+// A test's helpers fail the test by panicking; that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use weir_api::{
+    Condition, ImagePolicy, ImageRepository, condition::find_condition, manifest, reasons, types,
+};
+use weir_e2e::{Harness, TestNamespace, unique_name, wait_until};
+
+/// A namespace with its own image controller watching only it.
+struct Fixture {
+    client: Client,
+    ns: TestNamespace,
+    controller: weir_image::Handle,
+}
+
+/// Anything with status conditions and an observed generation.
+trait Observed {
+    fn conditions(&self) -> Vec<Condition>;
+    fn observed_generation(&self) -> Option<i64>;
+}
+
+impl Observed for ImageRepository {
+    fn conditions(&self) -> Vec<Condition> {
+        self.status.clone().unwrap_or_default().conditions
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref().and_then(|s| s.observed_generation)
+    }
+}
+
+impl Observed for ImagePolicy {
+    fn conditions(&self) -> Vec<Condition> {
+        self.status.clone().unwrap_or_default().conditions
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref().and_then(|s| s.observed_generation)
+    }
+}
+
+impl Fixture {
+    async fn start() -> Result<Self> {
+        Self::start_with_page_size(weir_image::scan::PAGE_SIZE).await
+    }
+
+    async fn start_with_page_size(tag_page_size: usize) -> Result<Self> {
+        let harness = Harness::get().await?;
+        let ns = harness.namespace().await?;
+        let client = harness.client()?;
+        let config = weir_image::Config {
+            namespace: Some(ns.name().to_owned()),
+            concurrency: 4,
+            tag_page_size,
+        };
+        let controller = weir_image::start(client.clone(), config, false).await?;
+        Ok(Self {
+            client,
+            ns,
+            controller,
+        })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    async fn create<K>(&self, kind: &str, name: &str, spec: serde_json::Value) -> Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + serde::Serialize
+            + Clone
+            + std::fmt::Debug,
+    {
+        let obj: K = manifest::from_value(json!({
+            "apiVersion": "image.toolkit.fluxcd.io/v1",
+            "kind": kind,
+            "metadata": { "name": name, "namespace": self.ns.name() },
+            "spec": spec,
+        }))?;
+        Ok(self.api::<K>().create(&PostParams::default(), &obj).await?)
+    }
+
+    async fn repository(&self, name: &str, spec: serde_json::Value) -> Result<ImageRepository> {
+        self.create("ImageRepository", name, spec).await
+    }
+
+    async fn policy(&self, name: &str, spec: serde_json::Value) -> Result<ImagePolicy> {
+        self.create("ImagePolicy", name, spec).await
+    }
+
+    /// Waits until `Ready` has `status` (and `reason`, when given) at the current generation.
+    async fn wait_ready<K>(&self, name: &str, status: &str, reason: Option<&str>) -> Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug
+            + Observed,
+    {
+        let api = self.api::<K>();
+        let kind = K::kind(&()).to_string();
+        Ok(
+            wait_until(&format!("{kind} {name} Ready={status} {reason:?}"), || {
+                let api = api.clone();
+                async move {
+                    let obj = api.get(name).await.map_err(|e| e.to_string())?;
+                    let conditions = obj.conditions();
+                    let ready = find_condition(&conditions, types::READY);
+                    match ready {
+                        Some(c)
+                            if format!("{:?}", c.status) == status
+                                && reason.is_none_or(|r| r == c.reason)
+                                && obj.observed_generation() == obj.meta().generation =>
+                        {
+                            Ok(obj)
+                        }
+                        other => Err(format!("Ready is {other:?}")),
+                    }
+                }
+            })
+            .await?,
+        )
+    }
+
+    async fn latest_tag(&self, policy: &str, tag: &str) -> Result<ImagePolicy> {
+        let api = self.api::<ImagePolicy>();
+        Ok(
+            wait_until(&format!("ImagePolicy {policy} to choose {tag}"), || {
+                let api = api.clone();
+                async move {
+                    let p = api.get(policy).await.map_err(|e| e.to_string())?;
+                    let latest = p.status.as_ref().and_then(|s| s.latest_ref.clone());
+                    match latest {
+                        Some(r) if r.tag == tag => Ok(p),
+                        other => Err(format!("latestRef is {other:?}")),
+                    }
+                }
+            })
+            .await?,
+        )
+    }
+
+    async fn request_reconcile<K>(&self, name: &str, token: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let patch =
+            json!({ "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": token } } });
+        self.api::<K>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Pushes `tags` of a new repository to the anonymous registry; returns `host/name`.
+async fn push_tags(name: &str, tags: &[&str]) -> Result<String> {
+    let registry = Harness::get().await?.registry();
+    let image = unique_name(name, 50);
+    let mut repository = String::new();
+    for tag in tags {
+        repository = registry.push_image(&image, tag).await?.repository;
+    }
+    Ok(repository)
+}
+
+#[tokio::test]
+async fn semver_policy_picks_the_highest_tag_in_range_and_follows_new_tags() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = push_tags(
+        "semver",
+        &["1.0.0", "1.2.0", "v1.3.0", "2.0.0", "1.4.0-rc.1", "latest"],
+    )
+    .await?;
+    f.repository(
+        "app",
+        json!({ "image": image, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    let repo: ImageRepository = f.wait_ready("app", "True", None).await?;
+    let scan = repo.status.clone().unwrap();
+    assert_eq!(scan.canonical_image_name.as_deref(), Some(image.as_str()));
+    let result = scan.last_scan_result.unwrap();
+    assert_eq!(result.tag_count, 6);
+    assert_eq!(result.latest_tags[0], "v1.3.0", "descending alphabetical");
+    assert_eq!(scan.observed_exclusion_list, [r"^.*\.sig$"]);
+
+    f.policy(
+        "app",
+        json!({
+            "imageRepositoryRef": { "name": "app" },
+            "policy": { "semver": { "range": ">=1.0.0 <2.0.0" } },
+        }),
+    )
+    .await?;
+    let policy = f.latest_tag("app", "v1.3.0").await?;
+    let latest = policy.status.clone().unwrap().latest_ref.unwrap();
+    assert_eq!(latest.name, image);
+    assert_eq!(latest.digest, None, "no digest unless reflection is on");
+    f.wait_ready::<ImagePolicy>("app", "True", Some(reasons::SUCCEEDED))
+        .await?;
+
+    // A new tag in range: rescan on request, and the policy follows with its previous pick kept.
+    Harness::get()
+        .await?
+        .registry()
+        .push_image(image.rsplit_once('/').unwrap().1, "1.5.0")
+        .await?;
+    f.request_reconcile::<ImageRepository>("app", "rescan-1")
+        .await?;
+    let policy = f.latest_tag("app", "1.5.0").await?;
+    assert_eq!(
+        policy.status.unwrap().observed_previous_ref.unwrap().tag,
+        "v1.3.0"
+    );
+    assert!(
+        f.controller
+            .metrics
+            .policy_evaluations
+            .load(Ordering::Relaxed)
+            >= 2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn digest_reflection_records_the_digest_of_the_chosen_tag() -> Result<()> {
+    let f = Fixture::start().await?;
+    let registry = Harness::get().await?.registry();
+    let name = unique_name("digest", 50);
+    registry.push_image(&name, "1.0.0").await?;
+    let pushed = registry.push_image(&name, "1.1.0").await?;
+    f.repository(
+        "app",
+        json!({ "image": pushed.repository, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.policy(
+        "app",
+        json!({
+            "imageRepositoryRef": { "name": "app" },
+            "digestReflectionPolicy": "IfNotPresent",
+            "policy": { "semver": { "range": "1.x" } },
+        }),
+    )
+    .await?;
+    let policy = f.latest_tag("app", "1.1.0").await?;
+    assert_eq!(
+        policy.status.unwrap().latest_ref.unwrap().digest,
+        Some(pushed.digest)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn alphabetical_and_numerical_policies_with_filter_and_extract() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = push_tags(
+        "filter",
+        &[
+            "main-abc123-1700000005",
+            "main-def456-1700000010",
+            "main-fff999-900000000",
+            "dev-aaa111-1800000000",
+            "RELEASE.2024-01-01T00-00-00Z",
+            "RELEASE.2024-03-01T00-00-00Z",
+        ],
+    )
+    .await?;
+    f.repository(
+        "app",
+        json!({ "image": image, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.policy(
+        "numeric",
+        json!({
+            "imageRepositoryRef": { "name": "app" },
+            "filterTags": { "pattern": "^main-[a-f0-9]+-(?P<ts>[0-9]+)$", "extract": "$ts" },
+            "policy": { "numerical": { "order": "asc" } },
+        }),
+    )
+    .await?;
+    f.policy(
+        "oldest",
+        json!({
+            "imageRepositoryRef": { "name": "app" },
+            "filterTags": { "pattern": "^main-[a-f0-9]+-(?P<ts>[0-9]+)$", "extract": "$ts" },
+            "policy": { "numerical": { "order": "desc" } },
+        }),
+    )
+    .await?;
+    f.policy(
+        "release",
+        json!({
+            "imageRepositoryRef": { "name": "app" },
+            "filterTags": { "pattern": "^RELEASE\\.(?P<timestamp>.*)Z$", "extract": "$timestamp" },
+            "policy": { "alphabetical": { "order": "asc" } },
+        }),
+    )
+    .await?;
+    f.latest_tag("numeric", "main-def456-1700000010").await?;
+    f.latest_tag("oldest", "main-fff999-900000000").await?;
+    f.latest_tag("release", "RELEASE.2024-03-01T00-00-00Z")
+        .await?;
+    // Three policies share the one tag list of the repository.
+    let scan = f.controller.store.get(f.ns.name(), "app").unwrap();
+    assert_eq!(scan.tags.len(), 6);
+    assert!(std::sync::Arc::strong_count(&scan.tags) >= 1);
+    Ok(())
+}
+
+/// The harness's registry (Distribution 2.8) ignores `n` and `last` on tag lists and always
+/// sends the whole list: the scan must take it as the last page, not ask again or count twice.
+#[tokio::test]
+async fn a_registry_that_ignores_the_page_size_gives_every_tag_once() -> Result<()> {
+    let f = Fixture::start_with_page_size(5).await?;
+    let tags: Vec<String> = (0..13).map(|i| format!("1.0.{i}")).collect();
+    let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let image = push_tags("pages", &refs).await?;
+    f.repository(
+        "app",
+        json!({ "image": image, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    let repo: ImageRepository = f.wait_ready("app", "True", None).await?;
+    assert_eq!(repo.status.unwrap().last_scan_result.unwrap().tag_count, 13);
+    assert_eq!(
+        f.controller.metrics.tag_pages.load(Ordering::Relaxed),
+        1,
+        "one request: the longer-than-asked page is the whole list"
+    );
+    f.policy(
+        "app",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": ">=1.0.0" } } }),
+    )
+    .await?;
+    f.latest_tag("app", "1.0.12").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exclusion_list_drops_matching_tags() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = push_tags("exclude", &["1.0.0", "1.1.0", "sha256-abc.sig", "1.2.0"]).await?;
+    f.repository(
+        "default",
+        json!({ "image": image, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.repository(
+        "custom",
+        json!({ "image": image, "interval": "1h", "insecure": true, "exclusionList": ["^1\\.2\\."] }),
+    )
+    .await?;
+    let d: ImageRepository = f.wait_ready("default", "True", None).await?;
+    assert_eq!(d.status.unwrap().last_scan_result.unwrap().tag_count, 3);
+    let c: ImageRepository = f.wait_ready("custom", "True", None).await?;
+    let c = c.status.unwrap();
+    assert_eq!(c.observed_exclusion_list, ["^1\\.2\\."]);
+    assert_eq!(
+        c.last_scan_result.unwrap().tag_count,
+        3,
+        "a custom list replaces the default: the .sig tag is kept, 1.2.0 dropped"
+    );
+    f.policy(
+        "custom",
+        json!({ "imageRepositoryRef": { "name": "custom" }, "policy": { "semver": { "range": "*" } } }),
+    )
+    .await?;
+    f.latest_tag("custom", "1.1.0").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn registry_with_auth_needs_the_docker_config_secret() -> Result<()> {
+    let f = Fixture::start().await?;
+    let registry = Harness::get().await?.registry_with_auth();
+    let name = unique_name("auth", 50);
+    let pushed = registry.push_image(&name, "1.0.0").await?;
+    let password = registry.credentials().unwrap().password.clone();
+
+    f.repository(
+        "anonymous",
+        json!({ "image": pushed.repository, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    let anon: ImageRepository = f
+        .wait_ready("anonymous", "False", Some(reasons::AUTHENTICATION_FAILED))
+        .await?;
+    assert!(anon.status.unwrap().last_scan_result.is_none());
+
+    f.repository(
+        "missing-secret",
+        json!({ "image": pushed.repository, "interval": "1h", "insecure": true,
+                "secretRef": { "name": "nope" } }),
+    )
+    .await?;
+    let missing: ImageRepository = f
+        .wait_ready(
+            "missing-secret",
+            "False",
+            Some(reasons::AUTHENTICATION_FAILED),
+        )
+        .await?;
+    let ready = find_condition(&missing.conditions(), types::READY)
+        .cloned()
+        .unwrap();
+    assert!(ready.message.contains("nope"), "{}", ready.message);
+
+    let secret = registry.docker_config_secret("regcred")?;
+    f.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    f.repository(
+        "app",
+        json!({ "image": pushed.repository, "interval": "1h", "insecure": true,
+                "secretRef": { "name": "regcred" } }),
+    )
+    .await?;
+    f.wait_ready::<ImageRepository>("app", "True", None).await?;
+    f.policy(
+        "app",
+        json!({ "imageRepositoryRef": { "name": "app" },
+                "digestReflectionPolicy": "IfNotPresent",
+                "policy": { "semver": { "range": "1.x" } } }),
+    )
+    .await?;
+    let policy = f.latest_tag("app", "1.0.0").await?;
+    assert_eq!(
+        policy.status.unwrap().latest_ref.unwrap().digest,
+        Some(pushed.digest),
+        "the digest is read with the same credentials"
+    );
+
+    // The password is nowhere in status or events.
+    for name in ["anonymous", "missing-secret", "app"] {
+        let text = serde_json::to_string(&f.api::<ImageRepository>().get(name).await?)?;
+        assert!(!text.contains(&password), "{name} leaks the password");
+    }
+    let events =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(f.client.clone(), f.ns.name())
+            .list(&kube::api::ListParams::default())
+            .await?;
+    assert!(!serde_json::to_string(&events)?.contains(&password));
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_http_registry_needs_insecure() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = push_tags("https", &["1.0.0"]).await?;
+    f.repository(
+        "app",
+        json!({ "image": image, "interval": "1h", "timeout": "10s" }),
+    )
+    .await?;
+    let repo: ImageRepository = f
+        .wait_ready("app", "False", Some(reasons::READ_OPERATION_FAILED))
+        .await?;
+    let ready = find_condition(&repo.conditions(), types::READY)
+        .cloned()
+        .unwrap();
+    assert!(ready.message.contains(&image), "{}", ready.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_inputs_give_their_reasons() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = push_tags("bad", &["1.0.0", "1.1.0"]).await?;
+    f.repository(
+        "app",
+        json!({ "image": image, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.repository(
+        "tagged",
+        json!({ "image": format!("{image}:1.0.0"), "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.repository(
+        "unreachable",
+        json!({ "image": "127.0.0.1:1/nothing/here", "interval": "1h", "insecure": true, "timeout": "10s" }),
+    )
+    .await?;
+    f.repository(
+        "bad-exclusion",
+        json!({ "image": image, "interval": "1h", "insecure": true, "exclusionList": ["(unclosed"] }),
+    )
+    .await?;
+    f.policy(
+        "bad-range",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": "one point oh" } } }),
+    )
+    .await?;
+    f.policy(
+        "bad-pattern",
+        json!({ "imageRepositoryRef": { "name": "app" },
+                "filterTags": { "pattern": "(unclosed" },
+                "policy": { "alphabetical": {} } }),
+    )
+    .await?;
+    f.policy(
+        "no-match",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": ">=5.0.0" } } }),
+    )
+    .await?;
+    f.policy(
+        "no-repo",
+        json!({ "imageRepositoryRef": { "name": "absent" }, "policy": { "semver": { "range": "*" } } }),
+    )
+    .await?;
+
+    let tagged: ImageRepository = f
+        .wait_ready("tagged", "False", Some(reasons::IMAGE_URL_INVALID))
+        .await?;
+    assert!(find_condition(&tagged.conditions(), types::STALLED).is_some());
+    f.wait_ready::<ImageRepository>("unreachable", "False", Some(reasons::READ_OPERATION_FAILED))
+        .await?;
+    f.wait_ready::<ImageRepository>("bad-exclusion", "False", Some(reasons::INVALID_SPEC))
+        .await?;
+    let range: ImagePolicy = f
+        .wait_ready("bad-range", "False", Some(reasons::INVALID_POLICY))
+        .await?;
+    assert!(find_condition(&range.conditions(), types::STALLED).is_some());
+    let pattern: ImagePolicy = f
+        .wait_ready("bad-pattern", "False", Some(reasons::INVALID_POLICY))
+        .await?;
+    let message = find_condition(&pattern.conditions(), types::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("filterTags.pattern"), "{message}");
+    f.wait_ready::<ImagePolicy>("no-match", "False", Some(reasons::NO_MATCHING_TAG))
+        .await?;
+    f.wait_ready::<ImagePolicy>("no-repo", "False", Some(reasons::DEPENDENCY_NOT_READY))
+        .await?;
+
+    // A policy that was good keeps its last pick when its range turns bad.
+    f.policy(
+        "good",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": "1.x" } } }),
+    )
+    .await?;
+    f.latest_tag("good", "1.1.0").await?;
+    f.api::<ImagePolicy>()
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "policy": { "semver": { "range": "bad range" } } } })),
+        )
+        .await?;
+    let good: ImagePolicy = f
+        .wait_ready("good", "False", Some(reasons::INVALID_POLICY))
+        .await?;
+    assert_eq!(good.status.unwrap().latest_ref.unwrap().tag, "1.1.0");
+    Ok(())
+}

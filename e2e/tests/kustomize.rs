@@ -443,9 +443,12 @@ async fn bad_commits_apply_nothing_and_keep_the_last_good_revision_until_fixed()
 
 #[tokio::test]
 async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> Result<()> {
+    // A Secret written with stringData: the server stores it as data, and that is no change.
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: NAMESPACE\nstringData:\n  password: hunter2\n";
     let f = Fixture::start(&[
         ("apps/a.yaml", &config_map_yaml("a", "1")),
         ("apps/deploy.yaml", DEPLOYMENT),
+        ("apps/secret.yaml", secret),
     ])
     .await?;
     f.create_ks("app", json!({ "path": "./apps", "interval": "3s" }))
@@ -463,6 +466,12 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
                 .resource_version,
             deployments
                 .get("web")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            Api::<Secret>::namespaced(f.client.clone(), f.ns())
+                .get("s")
                 .await
                 .unwrap()
                 .metadata

@@ -223,10 +223,16 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
-/// Without `managedFields`, which a no-op apply may still touch.
+/// What an apply can change: without `managedFields` (a no-op apply may still touch them),
+/// `status` (not applied, and moved by controllers between the read and the dry run) and
+/// `resourceVersion` (which moves with it).
 fn comparable(mut v: Value) -> Value {
+    if let Some(object) = v.as_object_mut() {
+        object.remove("status");
+    }
     if let Some(meta) = v.pointer_mut("/metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
+        meta.remove("resourceVersion");
     }
     v
 }
@@ -670,6 +676,15 @@ mod tests {
             ("widgets", "v1", true)
         );
         assert!(resource_from_crd(&crd, "other.com/v1", "Widget").is_none());
+    }
+
+    #[test]
+    fn status_and_resource_version_do_not_count_as_changes() {
+        let a = json!({"metadata": {"resourceVersion": "1"}, "spec": {"x": 1}, "status": {"r": 1}});
+        let b = json!({"metadata": {"resourceVersion": "2"}, "spec": {"x": 1}, "status": {"r": 2}});
+        assert_eq!(comparable(a.clone()), comparable(b));
+        let c = json!({"metadata": {"resourceVersion": "1"}, "spec": {"x": 2}});
+        assert_ne!(comparable(a), comparable(c));
     }
 
     #[test]

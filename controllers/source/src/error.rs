@@ -35,6 +35,8 @@ pub enum SourceError {
     },
     #[error("git operation timed out after {0}")]
     Timeout(String),
+    #[error("the previous git operation (timed out after {0}) is still waiting on the server")]
+    StillRunning(String),
     #[error("failed to archive the tree: {0}")]
     Archive(#[source] ArchiveError),
     #[error("failed to write the artifact: {0}")]

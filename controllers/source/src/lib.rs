@@ -118,6 +118,7 @@ pub struct Context {
     pub events: EventPublisher,
     pub backoff: schedule::Backoff,
     pub metrics: Arc<Metrics>,
+    pub in_flight: reconcile::InFlight,
 }
 
 impl std::fmt::Debug for Context {
@@ -219,6 +220,7 @@ pub async fn start(
         events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
         backoff: schedule::Backoff::default(),
         metrics: metrics.clone(),
+        in_flight: reconcile::InFlight::default(),
     });
     let api: Api<GitRepository> = match &config.namespace {
         Some(ns) => Api::namespaced(client, ns),

@@ -213,20 +213,149 @@ fn resolve(reference: &ResolvedRef<'_>, refs: Option<&RemoteRefs>) -> Result<Tar
     }
 }
 
-/// Runs `f` on a blocking thread within the spec's timeout.
+/// Objects with a git operation still running on a blocking thread. libgit2 cannot be
+/// interrupted while it waits on a silent server, so a timed-out operation may keep its thread;
+/// this keeps it to one such thread per object instead of one per retry.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+/// Marks an object's git operation as running until dropped (when its thread ends).
+#[derive(Debug)]
+pub struct InFlightGuard {
+    set: InFlight,
+    key: String,
+}
+
+impl InFlight {
+    fn start(&self, key: &str) -> Option<InFlightGuard> {
+        let mut set = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(key.to_owned()).then(|| InFlightGuard {
+            set: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Runs `f` on a blocking thread within the spec's timeout, at most one per object at a time.
 async fn blocking<T: Send + 'static>(
+    ctx: &Context,
+    key: &str,
     timeout: std::time::Duration,
     label: String,
     f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
 ) -> Result<T, SourceError> {
-    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
+    let Some(guard) = ctx.in_flight.start(key) else {
+        return Err(SourceError::StillRunning(label));
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        f()
+    });
+    match tokio::time::timeout(timeout, task).await {
         Err(_) => Err(SourceError::Timeout(label)),
         Ok(Err(join)) => Err(SourceError::Internal(join.to_string())),
         Ok(Ok(result)) => result,
     }
 }
 
-/// The main steps. `current` is the artifact in status, if any.
+/// Step: list the remote's refs (`ls-remote`), counted in `remote_checks`.
+async fn list_remote(
+    ctx: &Context,
+    key: &str,
+    spec: &weir_api::GitRepositorySpec,
+    url: String,
+    credentials: Credentials,
+) -> Result<RemoteRefs, SourceError> {
+    ctx.metrics.remote_checks.fetch_add(1, Ordering::Relaxed);
+    let timeout = spec.timeout.as_std();
+    let deadline = Instant::now() + timeout;
+    blocking(ctx, key, timeout, spec.timeout.to_string(), move || {
+        let scratch = tempfile::tempdir().map_err(SourceError::Storage)?;
+        let remote = Remote {
+            url: &url,
+            credentials: &credentials,
+            deadline,
+        };
+        git::ls_remote(&remote, scratch.path()).map_err(map_git_error(&spec_timeout_text(timeout)))
+    })
+    .await
+}
+
+/// What [`fetch_and_store`] produced besides the artifact's path and commit.
+struct Stored {
+    archive: crate::archive::ArchiveSummary,
+    commit_summary: String,
+}
+
+/// Step: fetch the target, archive its tree into storage and collect old artifacts; counted in
+/// `fetches` and `artifacts_written`.
+async fn fetch_and_store(
+    ctx: &Context,
+    key: &str,
+    spec: &weir_api::GitRepositorySpec,
+    target: Target,
+    url: String,
+    credentials: Credentials,
+    object_dir: String,
+) -> Result<(String, Stored, Oid), SourceError> {
+    ctx.metrics.fetches.fetch_add(1, Ordering::Relaxed);
+    let storage = ctx.storage.clone();
+    let ignore = spec.ignore.clone();
+    let timeout = spec.timeout.as_std();
+    let deadline = Instant::now() + timeout;
+    let stored = blocking(ctx, key, timeout, spec.timeout.to_string(), move || {
+        let scratch = tempfile::tempdir().map_err(SourceError::Storage)?;
+        let remote = Remote {
+            url: &url,
+            credentials: &credentials,
+            deadline,
+        };
+        let repo = git::fetch(&remote, scratch.path(), &target.refspecs, target.depth)
+            .map_err(map_git_error(&spec_timeout_text(timeout)))?;
+        let commit = find_commit(&repo, &target)?;
+        let commit_summary = repo
+            .find_commit(commit)
+            .ok()
+            .and_then(|c| c.summary().ok().flatten().map(str::to_owned))
+            .unwrap_or_default();
+        let path = format!("{object_dir}/{commit}.tar.gz");
+        let archive = storage.write_atomic(&path, |file| {
+            write_archive(&repo, commit, ignore.as_deref(), file).map_err(SourceError::Archive)
+        })?;
+        if let Err(error) = storage.collect_garbage(&object_dir, &path) {
+            tracing::warn!(%error, object_dir, "artifact garbage collection failed");
+        }
+        Ok((
+            path,
+            Stored {
+                archive,
+                commit_summary,
+            },
+            commit,
+        ))
+    })
+    .await?;
+    ctx.metrics
+        .artifacts_written
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(stored)
+}
+
+/// The main steps: list the remote, resolve the ref, stop if the stored artifact is current,
+/// otherwise fetch, archive and store. `current` is the artifact in status, if any.
 pub async fn reconcile_source(
     repo: &GitRepository,
     ctx: &Context,
@@ -236,27 +365,17 @@ pub async fn reconcile_source(
     let spec = &repo.spec;
     let current = repo.status.as_ref().and_then(|s| s.artifact.clone());
     let observed_ignore = repo.status.as_ref().and_then(|s| s.observed_ignore.clone());
-    let timeout = spec.timeout.as_std();
     let reference = spec.resolved_ref();
     let needs_remote_list = !matches!(reference, ResolvedRef::Commit { .. });
+    let in_flight_key = format!(
+        "{}/{}",
+        repo.namespace().unwrap_or_default(),
+        repo.name_any()
+    );
 
     // Ask the remote for its refs first: no clone when nothing moved.
     let refs = if needs_remote_list {
-        ctx.metrics.remote_checks.fetch_add(1, Ordering::Relaxed);
-        let (url, creds) = (url.clone(), credentials.clone());
-        let deadline = Instant::now() + timeout;
-        let refs = blocking(timeout, spec.timeout.to_string(), move || {
-            let scratch = tempfile::tempdir().map_err(SourceError::Storage)?;
-            let remote = Remote {
-                url: &url,
-                credentials: &creds,
-                deadline,
-            };
-            git::ls_remote(&remote, scratch.path())
-                .map_err(map_git_error(&spec_timeout_text(timeout)))
-        })
-        .await?;
-        Some(refs)
+        Some(list_remote(ctx, &in_flight_key, spec, url.clone(), credentials.clone()).await?)
     } else {
         None
     };
@@ -275,52 +394,28 @@ pub async fn reconcile_source(
         return Ok(SourceOutcome::Unchanged(artifact));
     }
 
-    // Fetch and archive.
     let revision_prefix = target.revision_prefix.clone();
-    ctx.metrics.fetches.fetch_add(1, Ordering::Relaxed);
-    let storage = ctx.storage.clone();
-    let ignore = spec.ignore.clone();
-    let deadline = Instant::now() + timeout;
-    let (artifact_path, summary, commit, commit_summary) =
-        blocking(timeout, spec.timeout.to_string(), move || {
-            let scratch = tempfile::tempdir().map_err(SourceError::Storage)?;
-            let remote = Remote {
-                url: &url,
-                credentials: &credentials,
-                deadline,
-            };
-            let repo = git::fetch(&remote, scratch.path(), &target.refspecs, target.depth)
-                .map_err(map_git_error(&spec_timeout_text(timeout)))?;
-            let commit = find_commit(&repo, &target)?;
-            let commit_summary = repo
-                .find_commit(commit)
-                .ok()
-                .and_then(|c| c.summary().ok().flatten().map(str::to_owned))
-                .unwrap_or_default();
-            let path = format!("{object_dir}/{commit}.tar.gz");
-            let summary = storage.write_atomic(&path, |file| {
-                write_archive(&repo, commit, ignore.as_deref(), file).map_err(SourceError::Archive)
-            })?;
-            if let Err(error) = storage.collect_garbage(&object_dir, &path) {
-                tracing::warn!(%error, object_dir, "artifact garbage collection failed");
-            }
-            Ok((path, summary, commit, commit_summary))
-        })
-        .await?;
-    ctx.metrics
-        .artifacts_written
-        .fetch_add(1, Ordering::Relaxed);
-
+    let (artifact_path, summary, commit) = fetch_and_store(
+        ctx,
+        &in_flight_key,
+        spec,
+        target,
+        url,
+        credentials,
+        object_dir,
+    )
+    .await?;
     let revision = format!("{revision_prefix}sha1:{commit}");
     let artifact = Artifact {
         url: ctx.storage.url(&artifact_path),
         path: artifact_path,
         revision,
-        digest: Some(summary.digest),
+        digest: Some(summary.archive.digest),
         last_update_time: Time(Timestamp::now()),
-        size: i64::try_from(summary.size).ok(),
+        size: i64::try_from(summary.archive.size).ok(),
         metadata: std::collections::BTreeMap::new(),
     };
+    let commit_summary = summary.commit_summary;
     if current
         .as_ref()
         .is_some_and(|c| c.revision == artifact.revision && c.digest == artifact.digest)

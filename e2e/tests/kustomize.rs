@@ -62,7 +62,9 @@ impl Fixture {
                 concurrency: 4,
                 kustomize_path: harness.tool("kustomize"),
                 cache_dir: cache.path().to_path_buf(),
-                dependency_requeue: std::time::Duration::from_secs(2),
+                // Long, so dependsOn tests prove that a dependency becoming Ready starts its
+                // dependents at once.
+                dependency_requeue: std::time::Duration::from_secs(600),
             },
             false,
         )

@@ -216,6 +216,30 @@ fn artifact_trigger(repo: &GitRepository) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// What of a Kustomization starts its dependents: its readiness at its generation.
+#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
+fn readiness_trigger(ks: &Kustomization) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    let ready = ks
+        .status
+        .as_ref()
+        .and_then(|s| condition::find_condition(&s.conditions, types::READY));
+    ready
+        .map(|c| (c.status, c.observed_generation))
+        .hash(&mut hasher);
+    ks.metadata.generation.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Whether `ks` lists `dependency` in `dependsOn`.
+fn depends_on(ks: &Kustomization, dependency: &Kustomization) -> bool {
+    let ks_ns = ks.namespace().unwrap_or_default();
+    ks.spec.depends_on.iter().any(|d| {
+        d.name == dependency.name_any()
+            && Some(d.namespace.as_deref().unwrap_or(&ks_ns)) == dependency.namespace().as_deref()
+    })
+}
+
 /// Whether `ks` takes its manifests from `repo`.
 fn uses_source(ks: &Kustomization, repo: &GitRepository) -> bool {
     let ks_ns = ks.namespace().unwrap_or_default();
@@ -245,6 +269,7 @@ pub async fn start(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let dependency_api = ks_api.clone();
     let concurrency = config.concurrency;
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -266,14 +291,28 @@ pub async fn start(
         .default_backoff()
         .applied_objects()
         .predicate_filter(artifact_trigger, kube::runtime::PredicateConfig::default());
-    let store = reader.clone();
+    let dependencies = watcher(dependency_api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(readiness_trigger, kube::runtime::PredicateConfig::default());
+    let (by_source, by_dependency) = (reader.clone(), reader.clone());
     let mut controller = Controller::for_stream(stream, reader)
         .with_config(controller::Config::default().concurrency(concurrency))
         .watches_stream(sources, move |repo: GitRepository| {
-            store
+            by_source
                 .state()
                 .into_iter()
                 .filter(|ks| uses_source(ks, &repo))
+                .map(|ks| ObjectRef::from_obj(&*ks))
+                .collect::<Vec<_>>()
+        })
+        // A dependency that becomes Ready starts its dependents at once; the dependency requeue
+        // is only the fallback.
+        .watches_stream(dependencies, move |dependency: Kustomization| {
+            by_dependency
+                .state()
+                .into_iter()
+                .filter(|ks| depends_on(ks, &dependency))
                 .map(|ks| ObjectRef::from_obj(&*ks))
                 .collect::<Vec<_>>()
         });

@@ -6,7 +6,7 @@ use std::time::Duration;
 use weir_api::reasons;
 use weir_runtime::{Disposition, Failure};
 
-use crate::policy::PolicyError;
+use crate::{policy::PolicyError, setters::MarkerError, template::TemplateError};
 
 /// Why an ImageRepository, ImagePolicy or ImageUpdateAutomation reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,12 @@ pub enum ImageError {
     InvalidSource(String),
     #[error("invalid policySelector: {0}")]
     InvalidSelector(String),
+    #[error("{0}")]
+    Marker(#[from] MarkerError),
+    #[error("commit message template: {0}")]
+    Template(#[from] TemplateError),
+    #[error("invalid update.path {0:?}: it must stay inside the repository")]
+    InvalidUpdatePath(String),
     #[error("git: {0}")]
     Git(#[source] weir_source::git::GitError),
     #[error("push to branch '{branch}' was rejected {attempts} times: the branch kept moving")]
@@ -54,7 +60,7 @@ impl Failure for ImageError {
         use weir_source::git::GitError;
         match self {
             Self::InvalidImage { .. } => reasons::IMAGE_URL_INVALID,
-            Self::InvalidExclusion { .. } => reasons::INVALID_SPEC,
+            Self::InvalidExclusion { .. } | Self::InvalidUpdatePath(_) => reasons::INVALID_SPEC,
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
             | Self::SecretInvalid { .. }
@@ -69,6 +75,8 @@ impl Failure for ImageError {
             Self::InvalidSource(_) => reasons::INVALID_SOURCE_CONFIGURATION,
             Self::InvalidSelector(_) => reasons::INVALID_POLICY_SELECTOR,
             Self::PushRejected { .. } => reasons::PUSH_REJECTED,
+            Self::Marker(_) => reasons::INVALID_MARKER,
+            Self::Template(_) => reasons::INVALID_MESSAGE_TEMPLATE,
             Self::Git(_) | Self::GitTimeout(_) => reasons::GIT_OPERATION_FAILED,
             Self::Kube(_) | Self::Internal(_) => reasons::RECONCILIATION_FAILED,
         }
@@ -80,7 +88,9 @@ impl Failure for ImageError {
             Self::InvalidImage { .. }
             | Self::InvalidExclusion { .. }
             | Self::InvalidPolicy(_)
-            | Self::InvalidSelector(_) => Disposition::Stalled,
+            | Self::InvalidSelector(_)
+            | Self::Template(_)
+            | Self::InvalidUpdatePath(_) => Disposition::Stalled,
             Self::RepositoryNotReady(_) => Disposition::Waiting(Duration::from_secs(5)),
             _ => Disposition::Transient,
         }

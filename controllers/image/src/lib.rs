@@ -10,7 +10,9 @@ pub mod policy;
 mod policy_controller;
 mod repository_controller;
 pub mod scan;
+pub mod setters;
 pub mod store;
+pub mod template;
 
 use std::sync::{Arc, atomic::AtomicU64};
 

@@ -95,6 +95,9 @@ pub async fn run(
 
     let manifests = substitute_variables(ks, ctx, manifests, &mut attempt.redactor).await?;
 
+    for manifest in &manifests {
+        register_secret_values(&manifest.object, &mut attempt.redactor);
+    }
     let client = impersonated_client(ks, ctx)?;
     let targets = resolve(ks, ctx, &client, manifests).await?;
     let set = ApplySet {
@@ -167,6 +170,32 @@ fn t_ssa(t: &Target) -> Option<&str> {
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(annotations::SSA))
         .and_then(Value::as_str)
+}
+
+/// Registers the values of a Secret manifest with the redactor, as written (`data` is base64)
+/// and decoded, so an API server message that echoes one never reaches status or events.
+fn register_secret_values(object: &Value, redactor: &mut Redactor) {
+    use base64::Engine as _;
+    let is_secret = object.get("apiVersion").and_then(Value::as_str) == Some("v1")
+        && object.get("kind").and_then(Value::as_str) == Some("Secret");
+    if !is_secret {
+        return;
+    }
+    for field in ["data", "stringData"] {
+        let values = object
+            .get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten();
+        for value in values.filter_map(|(_, v)| v.as_str()) {
+            redactor.add(value);
+            if field == "data"
+                && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value)
+            {
+                redactor.add(String::from_utf8_lossy(&decoded).into_owned());
+            }
+        }
+    }
 }
 
 /// Every `dependsOn` Kustomization must be Ready at its latest generation.
@@ -492,6 +521,26 @@ pub async fn delete_inventory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_of_secret_manifests_are_masked() {
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "data": {"a": "aHVudGVyMg=="}, "stringData": {"b": "swordfish"}});
+        let mut redactor = Redactor::default();
+        register_secret_values(&secret, &mut redactor);
+        let text = redactor.redact("a=aHVudGVyMg== (hunter2) b=swordfish");
+        assert!(
+            !text.contains("hunter2")
+                && !text.contains("aHVudGVyMg")
+                && !text.contains("swordfish"),
+            "{text}"
+        );
+        let config_map =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "public"}});
+        let mut redactor = Redactor::default();
+        register_secret_values(&config_map, &mut redactor);
+        assert_eq!(redactor.redact("public"), "public");
+    }
 
     #[test]
     fn substituted_yaml_numbers_become_numbers_again() {

@@ -590,10 +590,10 @@ async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
 }
 
 #[tokio::test]
-async fn overlays_get_spec_patches_images_prefix_and_components_with_kustomize_semantics()
--> Result<()> {
+async fn overlays_get_the_spec_kustomize_fields_with_kustomize_semantics() -> Result<()> {
     let f = Fixture::start(&[
-        ("base/deploy.yaml", DEPLOYMENT),
+        // No namespace in the base: targetNamespace gives it one.
+        ("base/deploy.yaml", &DEPLOYMENT.replace("  namespace: NAMESPACE\n", "")),
         ("base/kustomization.yaml", "resources: [deploy.yaml]\n"),
         (
             "overlay/kustomization.yaml",
@@ -609,12 +609,19 @@ async fn overlays_get_spec_patches_images_prefix_and_components_with_kustomize_s
         "app",
         json!({
             "path": "./overlay",
+            "targetNamespace": f.ns(),
             "namePrefix": "p-",
+            "nameSuffix": "-s",
             "images": [{ "name": "registry.invalid/web", "newTag": "2.0.0" }],
-            "patches": [{
-                "target": { "kind": "Deployment" },
-                "patch": "- op: replace\n  path: /spec/replicas\n  value: 3\n",
-            }],
+            "patches": [
+                {
+                    "target": { "kind": "Deployment" },
+                    "patch": "- op: replace\n  path: /spec/replicas\n  value: 3\n",
+                },
+                {
+                    "patch": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  annotations:\n    patched: strategic-merge\n",
+                },
+            ],
             "commonMetadata": { "labels": { "team": "blue" } },
             "components": ["../components/tier"],
         }),
@@ -623,7 +630,7 @@ async fn overlays_get_spec_patches_images_prefix_and_components_with_kustomize_s
     let head = f.repo.head()?;
     f.wait_applied("app", &head).await?;
     let d = Api::<Deployment>::namespaced(f.client.clone(), f.ns())
-        .get("p-web")
+        .get("p-web-s")
         .await?;
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(3));
@@ -634,11 +641,9 @@ async fn overlays_get_spec_patches_images_prefix_and_components_with_kustomize_s
     let labels = d.metadata.labels.unwrap();
     assert_eq!(labels["env"], "prod");
     assert_eq!(labels["team"], "blue");
-    assert_eq!(
-        d.metadata.annotations.unwrap()["tier"],
-        "web",
-        "component applied"
-    );
+    let annotations = d.metadata.annotations.unwrap();
+    assert_eq!(annotations["tier"], "web", "component applied");
+    assert_eq!(annotations["patched"], "strategic-merge");
     f.teardown().await
 }
 

@@ -43,6 +43,8 @@ pub enum KustomizeError {
     Prune(String),
     #[error("health check failed after {timeout:?}: {objects}")]
     HealthCheck { timeout: Duration, objects: String },
+    #[error("healthChecks: {0}")]
+    HealthCheckKind(String),
     #[error("kubernetes API: {0}")]
     Kube(String),
 }
@@ -59,7 +61,7 @@ impl Failure for KustomizeError {
             | Self::SubstituteInput(_)
             | Self::SubstituteFromNotFound { .. } => reasons::BUILD_FAILED,
             Self::Prune(_) => reasons::PRUNE_FAILED,
-            Self::HealthCheck { .. } => reasons::HEALTH_CHECK_FAILED,
+            Self::HealthCheck { .. } | Self::HealthCheckKind(_) => reasons::HEALTH_CHECK_FAILED,
             Self::Impersonation(..) | Self::Validation(_) | Self::Apply(_) | Self::Kube(_) => {
                 reasons::RECONCILIATION_FAILED
             }

@@ -2,7 +2,7 @@
 //! substitute → resolve → validate and apply → prune → health. Each returns a typed error;
 //! status is summarised and written once by the caller.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
@@ -465,10 +465,17 @@ async fn health_targets(
             .await
             .map_err(|e| KustomizeError::Kube(e.to_string()))?;
         let Some((resource, namespaced)) = resolved else {
-            return Err(KustomizeError::HealthCheck {
-                timeout: Duration::ZERO,
-                objects: format!("{}/{}: kind not served", check.kind, check.name),
-            });
+            return Err(KustomizeError::HealthCheckKind(format!(
+                "{}/{}: the API server does not serve kind {} in {api_version}{}",
+                check.kind,
+                check.name,
+                check.kind,
+                if check.api_version.is_none() {
+                    " (apiVersion not set)"
+                } else {
+                    ""
+                }
+            )));
         };
         out.push(HealthTarget {
             meta: ObjMetadata {

@@ -64,32 +64,64 @@ pub enum BuildError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds `spec.path` of the artifact extracted at `<work>/src`.
-pub async fn build(
-    work: &Path,
-    spec: &KustomizationSpec,
-    kustomize: &Path,
-    timeout: Duration,
-) -> Result<Vec<Manifest>, BuildError> {
-    let root = work.join(SOURCE_DIR);
+/// How a path is built.
+#[derive(Debug)]
+pub enum BuildPlan {
+    /// A plain directory, read natively: the objects.
+    Native(Vec<Manifest>),
+    /// kustomize builds a private copy of the artifact; `generated` is the kustomization to
+    /// write for a plain directory (one that also needs kustomize).
+    Kustomize {
+        relative_path: PathBuf,
+        generated: Option<Collected>,
+    },
+}
+
+/// Decides how to build `spec.path` of the extracted artifact `tree`, reading (never writing)
+/// it; plain directories are read right away.
+pub fn plan(tree: &Path, spec: &KustomizationSpec) -> Result<BuildPlan, BuildError> {
     let path = spec.path.as_deref().unwrap_or("./");
     // A leading `/` means the artifact root, as in Flux.
-    let dir = contained_path(&root, Path::new(path.trim_start_matches('/')))
+    let dir = contained_path(tree, Path::new(path.trim_start_matches('/')))
         .map_err(|_| BuildError::UnsafePath(path.to_owned()))?;
     if !dir.is_dir() {
         return Err(BuildError::PathNotFound(path.to_owned()));
     }
-    let has_kustomization = has_kustomization(&dir);
-    if !has_kustomization {
-        let collected = collect_yaml(&root, &dir)?;
-        if collected.kustomization_dirs.is_empty() && !uses_kustomize_fields(spec) {
-            return Ok(collected.manifests);
-        }
-        write_generated_kustomization(&dir, &collected)?;
+    let relative_path = dir
+        .strip_prefix(tree)
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
+    if has_kustomization(&dir) {
+        return Ok(BuildPlan::Kustomize {
+            relative_path,
+            generated: None,
+        });
+    }
+    let collected = collect_yaml(tree, &dir)?;
+    if collected.kustomization_dirs.is_empty() && !uses_kustomize_fields(spec) {
+        return Ok(BuildPlan::Native(collected.manifests));
+    }
+    Ok(BuildPlan::Kustomize {
+        relative_path,
+        generated: Some(collected),
+    })
+}
+
+/// Runs kustomize on a private copy of the artifact extracted at `<work>/src`.
+pub async fn kustomize_build(
+    work: &Path,
+    spec: &KustomizationSpec,
+    relative_path: &Path,
+    generated: Option<&Collected>,
+    kustomize: &Path,
+    timeout: Duration,
+) -> Result<Vec<Manifest>, BuildError> {
+    let root = work.join(SOURCE_DIR);
+    if let Some(collected) = generated {
+        write_generated_kustomization(&root.join(relative_path), collected)?;
     }
     let wrapper = work.join(WRAPPER_DIR);
     std::fs::create_dir_all(&wrapper)?;
-    let relative_path = dir.strip_prefix(&root).unwrap_or(Path::new(""));
     let wrapper_doc = wrapper_kustomization(spec, relative_path, &root)?;
     std::fs::write(
         wrapper.join("kustomization.yaml"),

@@ -93,23 +93,62 @@ impl ArtifactFetcher {
         Ok(cached)
     }
 
-    /// Keeps the newest [`CACHE_ENTRIES`] artifacts. Failures only cost a later download.
+    /// The verified tarball of `artifact` and its tree, extracted once per digest and shared by
+    /// every build of that artifact: the tree must never be written to.
+    pub async fn extracted(&self, artifact: &Artifact) -> Result<Artifacts, FetchError> {
+        let tarball = self.fetch(artifact).await?;
+        let tree = tarball.with_extension("").with_extension("");
+        if !tree.is_dir() {
+            let (from, to, cache) = (tarball.clone(), tree.clone(), self.cache_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                let temp = tempfile::Builder::new()
+                    .prefix(".extract-")
+                    .tempdir_in(&cache)
+                    .map_err(FetchError::Cache)?;
+                extract(&from, temp.path())?;
+                // Another reconcile may have won the race: its tree is the same.
+                if std::fs::rename(temp.path(), &to).is_ok() {
+                    std::mem::forget(temp);
+                }
+                Ok::<(), FetchError>(())
+            })
+            .await
+            .map_err(|e| FetchError::Extract(e.to_string()))??;
+        }
+        Ok(Artifacts { tarball, tree })
+    }
+
+    /// Keeps the newest [`CACHE_ENTRIES`] artifacts (tarballs and trees); extractions in
+    /// progress are left alone.
     fn trim_cache(&self) {
         let Ok(dir) = std::fs::read_dir(&self.cache_dir) else {
             return;
         };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = dir
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = dir
             .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
-        if files.len() <= CACHE_ENTRIES {
+        let keep = 2 * CACHE_ENTRIES;
+        if entries.len() <= keep {
             return;
         }
-        files.sort();
-        for (_, path) in &files[..files.len() - CACHE_ENTRIES] {
-            let _ = std::fs::remove_file(path);
+        entries.sort();
+        for (_, path) in &entries[..entries.len() - keep] {
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
         }
     }
+}
+
+/// A cached artifact: the verified tarball and the tree extracted from it.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub tarball: PathBuf,
+    pub tree: PathBuf,
 }
 
 /// Joins a relative archive path onto `root`, refusing absolute paths and `..` that climbs out.
@@ -333,6 +372,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, path);
+        let extracted = fetcher
+            .extracted(&artifact("http://127.0.0.1:9/gone".into(), &digest))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(extracted.tree.join("a.yaml")).unwrap(),
+            "x"
+        );
+        assert_eq!(
+            extracted.tree,
+            cache.path().join(&digest["sha256:".len()..])
+        );
 
         let wrong = format!("sha256:{}", "0".repeat(64));
         let err = fetcher.fetch(&artifact(url, &wrong)).await.unwrap_err();

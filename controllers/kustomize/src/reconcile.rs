@@ -17,7 +17,7 @@ use weir_runtime::Redactor;
 use crate::{
     Context,
     apply::{ApplySet, ChangeSet, HealthTarget, Target, resource_from_crd},
-    build::{self, Manifest, SOURCE_DIR},
+    build::{self, BuildPlan, Manifest, SOURCE_DIR},
     error::KustomizeError,
     fetch,
     inventory::{self, InventoryDiff, split_api_version},
@@ -77,22 +77,7 @@ pub async fn run(
         .ok_or_else(|| KustomizeError::ArtifactNotReady(source_key.clone(), retry))?;
     attempt.revision = Some(artifact.revision.clone());
 
-    let tarball = ctx
-        .fetcher
-        .fetch(&artifact)
-        .await
-        .map_err(KustomizeError::Fetch)?;
-    let work = tempfile::tempdir().map_err(|e| KustomizeError::Build(e.into()))?;
-    let src = work.path().join(SOURCE_DIR);
-    let extract_to = src.clone();
-    tokio::task::spawn_blocking(move || fetch::extract(&tarball, &extract_to))
-        .await
-        .map_err(|e| KustomizeError::Fetch(fetch::FetchError::Extract(e.to_string())))?
-        .map_err(KustomizeError::Fetch)?;
-    let manifests = build::build(work.path(), spec, &ctx.config.kustomize_path, timeout)
-        .await
-        .map_err(KustomizeError::Build)?;
-
+    let manifests = fetch_and_build(ctx, spec, &artifact, timeout).await?;
     let manifests = substitute_variables(ks, ctx, manifests, &mut attempt.redactor).await?;
 
     for manifest in &manifests {
@@ -145,6 +130,47 @@ pub async fn run(
         result.map_err(|objects| KustomizeError::HealthCheck { timeout, objects })?;
     }
     Ok(())
+}
+
+/// Fetches the artifact (cached by digest) and builds the path: natively from the shared
+/// extracted tree, or with kustomize on a private copy.
+async fn fetch_and_build(
+    ctx: &Context,
+    spec: &weir_api::KustomizationSpec,
+    artifact: &weir_api::Artifact,
+    timeout: std::time::Duration,
+) -> Result<Vec<Manifest>, KustomizeError> {
+    let artifacts = ctx
+        .fetcher
+        .extracted(artifact)
+        .await
+        .map_err(KustomizeError::Fetch)?;
+    let manifests = match build::plan(&artifacts.tree, spec).map_err(KustomizeError::Build)? {
+        BuildPlan::Native(manifests) => manifests,
+        BuildPlan::Kustomize {
+            relative_path,
+            generated,
+        } => {
+            // kustomize gets its own copy: generated files must not touch the shared tree.
+            let work = tempfile::tempdir().map_err(|e| KustomizeError::Build(e.into()))?;
+            let (tarball, src) = (artifacts.tarball.clone(), work.path().join(SOURCE_DIR));
+            tokio::task::spawn_blocking(move || fetch::extract(&tarball, &src))
+                .await
+                .map_err(|e| KustomizeError::Fetch(fetch::FetchError::Extract(e.to_string())))?
+                .map_err(KustomizeError::Fetch)?;
+            build::kustomize_build(
+                work.path(),
+                spec,
+                &relative_path,
+                generated.as_ref(),
+                &ctx.config.kustomize_path,
+                timeout,
+            )
+            .await
+            .map_err(KustomizeError::Build)?
+        }
+    };
+    Ok(manifests)
 }
 
 /// Records what a failed apply wrote (so it can be pruned later) and types its error.

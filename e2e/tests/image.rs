@@ -577,3 +577,347 @@ async fn bad_inputs_give_their_reasons() -> Result<()> {
     assert_eq!(good.status.unwrap().latest_ref.unwrap().tag, "1.1.0");
     Ok(())
 }
+
+// ImageUpdateAutomation: markers rewritten in git, committed and pushed.
+
+/// A deployment manifest with a marker, comments and a second document.
+const DEPLOY: &str = r#"# The app. Comments, quoting and order stay as written.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+  namespace: apps   # trailing comment
+spec:
+  template:
+    spec:
+      containers:
+        - name: app
+          image: "IMAGE:1.0.0" # {"$imagepolicy": "NS:app"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: versions}
+data:
+  tag: '1.0.0'   # {"$imagepolicy": "NS:app:tag"}
+  untouched: "IMAGE:1.0.0"
+"#;
+
+fn git_in(repo: &weir_e2e::GitRepo, args: &[&str]) -> String {
+    let out = weir_e2e::git_command()
+        .arg("--git-dir")
+        .arg(repo.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Fixture {
+    /// A git repository holding `files`, a GitRepository for it (basic auth, so pushes are
+    /// allowed), and its secret.
+    async fn git_source(&self, files: &[(&str, &str)]) -> Result<weir_e2e::GitRepo> {
+        let harness = Harness::get().await?;
+        let repo = harness
+            .git()
+            .create_repo("auto", &files.iter().copied().collect())?;
+        self.api::<Secret>()
+            .create(
+                &PostParams::default(),
+                &harness.git().basic_auth_secret("git-auth"),
+            )
+            .await?;
+        let source: weir_api::GitRepository = manifest::from_value(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": { "name": "fleet", "namespace": self.ns.name() },
+            "spec": {
+                "url": repo.private_http_url(),
+                "interval": "1h",
+                "secretRef": { "name": "git-auth" },
+                "ref": { "branch": "main" },
+            },
+        }))?;
+        self.api::<weir_api::GitRepository>()
+            .create(&PostParams::default(), &source)
+            .await?;
+        Ok(repo)
+    }
+
+    /// An image repository with `tags`, an ImageRepository and a semver ImagePolicy `app` on it.
+    async fn image_and_policy(&self, tags: &[&str], range: &str) -> Result<String> {
+        let image = push_tags("auto", tags).await?;
+        self.repository(
+            "app",
+            json!({ "image": image, "interval": "1h", "insecure": true }),
+        )
+        .await?;
+        self.policy(
+            "app",
+            json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": range } } }),
+        )
+        .await?;
+        Ok(image)
+    }
+
+    async fn automation(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        self.create::<weir_api::ImageUpdateAutomation>("ImageUpdateAutomation", name, spec)
+            .await?;
+        Ok(())
+    }
+
+    async fn wait_pushed(&self, name: &str, branch_head: impl Fn() -> String) -> Result<String> {
+        let api = self.api::<weir_api::ImageUpdateAutomation>();
+        Ok(
+            wait_until(&format!("ImageUpdateAutomation {name} to push"), || {
+                let api = api.clone();
+                let head = branch_head();
+                async move {
+                    let a = api.get(name).await.map_err(|e| e.to_string())?;
+                    let pushed = a.status.as_ref().and_then(|s| s.last_push_commit.clone());
+                    match pushed {
+                        Some(c) if c == head => Ok(c),
+                        other => Err(format!("lastPushCommit {other:?}, head {head}")),
+                    }
+                }
+            })
+            .await?,
+        )
+    }
+}
+
+fn automation_spec(message_template: Option<&str>) -> serde_json::Value {
+    let mut commit = json!({ "author": { "name": "Weir Bot", "email": "bot@weir.invalid" } });
+    if let Some(t) = message_template {
+        commit["messageTemplate"] = json!(t);
+    }
+    json!({
+        "interval": "1h",
+        "sourceRef": { "kind": "GitRepository", "name": "fleet" },
+        "git": { "checkout": { "ref": { "branch": "main" } }, "commit": commit },
+        "update": { "path": "./apps", "strategy": "Setters" },
+    })
+}
+
+#[tokio::test]
+async fn automation_rewrites_only_the_marked_values_and_pushes_one_commit() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = f
+        .image_and_policy(&["1.0.0", "1.1.0", "2.0.0"], "1.x")
+        .await?;
+    let before = DEPLOY.replace("IMAGE", &image).replace("NS", f.ns.name());
+    let outside = "image: x:1 # {\"$imagepolicy\": \"NS:app\"}\n".replace("NS", f.ns.name());
+    let repo = f
+        .git_source(&[
+            ("apps/deploy.yaml", &before),
+            ("other/outside.yaml", &outside),
+        ])
+        .await?;
+    let initial = repo.head()?;
+    f.latest_tag("app", "1.1.0").await?;
+    f.automation(
+        "auto",
+        automation_spec(Some(
+            "Update {{ .AutomationObject }}\n{{ range .Changed.Changes }}\n- {{ .Setter }}: {{ .OldValue }} -> {{ .NewValue }}{{ end }}\n",
+        )),
+    )
+    .await?;
+    let pushed = f.wait_pushed("auto", || repo.head().unwrap()).await?;
+
+    // Exactly the marked values changed, byte for byte; the file outside update.path did not.
+    let expected = before
+        .replace(
+            &format!("\"{image}:1.0.0\" #"),
+            &format!("\"{image}:1.1.0\" #"),
+        )
+        .replace("tag: '1.0.0'", "tag: '1.1.0'");
+    assert_eq!(git_in(&repo, &["show", "main:apps/deploy.yaml"]), expected);
+    assert_eq!(git_in(&repo, &["show", "main:other/outside.yaml"]), outside);
+    // One commit on top of the initial one, by the configured author, with the rendered message.
+    assert_eq!(git_in(&repo, &["rev-parse", "main~1"]).trim(), initial);
+    let log = git_in(&repo, &["log", "-1", "--format=%an <%ae>%n%B", "main"]);
+    let ns = f.ns.name();
+    assert_eq!(
+        log,
+        format!(
+            "Weir Bot <bot@weir.invalid>\nUpdate {ns}/auto\n\n- {ns}:app: {image}:1.0.0 -> {image}:1.1.0\n- {ns}:app:tag: 1.0.0 -> 1.1.0\n\n"
+        )
+    );
+    let auto = f
+        .wait_ready::<weir_api::ImageUpdateAutomation>("auto", "True", None)
+        .await?;
+    let status = auto.status.unwrap();
+    assert_eq!(status.last_push_commit.as_deref(), Some(pushed.as_str()));
+    assert_eq!(
+        status.observed_policies[ns_key(ns, "app").as_str()].tag,
+        "1.1.0"
+    );
+    assert!(status.last_push_time.is_some() && status.last_automation_run_time.is_some());
+
+    // Nothing changed: a new run commits nothing.
+    f.request_reconcile::<weir_api::ImageUpdateAutomation>("auto", "again")
+        .await?;
+    let api = f.api::<weir_api::ImageUpdateAutomation>();
+    wait_until("the second run to be handled", || {
+        let api = api.clone();
+        async move {
+            let a = api.get("auto").await.map_err(|e| e.to_string())?;
+            let s = a.status.unwrap_or_default();
+            let ready = find_condition(&s.conditions, types::READY).cloned();
+            match (s.last_handled_reconcile_at.as_deref(), ready) {
+                (Some("again"), Some(c)) if c.message == "repository up-to-date" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await?;
+    assert_eq!(repo.head()?, pushed, "no commit when nothing changed");
+    assert_eq!(f.controller.metrics.pushes.load(Ordering::Relaxed), 1);
+    Ok(())
+}
+
+fn ns_key(ns: &str, name: &str) -> String {
+    format!("{ns}:{name}")
+}
+
+/// A pre-receive hook that, on the first push only, lands someone else's commit on `main`
+/// first (outside the push's quarantine), so that push is rejected because the branch moved.
+const RACE_HOOK: &str = r#"#!/bin/sh
+[ -e "$GIT_DIR/weir-raced" ] && exit 0
+touch "$GIT_DIR/weir-raced"
+unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
+old=$(git rev-parse refs/heads/main)
+blob=$(echo "someone else's change" | git hash-object -w --stdin)
+tree=$( (git ls-tree "$old"; printf '100644 blob %s\tOTHER.md\n' "$blob") | git mktree)
+new=$(echo "Someone else's commit" | GIT_AUTHOR_NAME=Other GIT_AUTHOR_EMAIL=other@weir.invalid \
+  GIT_COMMITTER_NAME=Other GIT_COMMITTER_EMAIL=other@weir.invalid git commit-tree "$tree" -p "$old")
+git update-ref refs/heads/main "$new" "$old"
+exit 0
+"#;
+
+#[tokio::test]
+async fn a_push_race_ends_with_both_commits_in_history() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::start().await?;
+    let image = f.image_and_policy(&["1.0.0", "1.2.0"], "*").await?;
+    let before = DEPLOY.replace("IMAGE", &image).replace("NS", f.ns.name());
+    let repo = f.git_source(&[("apps/deploy.yaml", &before)]).await?;
+    let hook = repo.path().join("hooks/pre-receive");
+    std::fs::write(&hook, RACE_HOOK)?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    f.latest_tag("app", "1.2.0").await?;
+    f.automation("auto", automation_spec(None)).await?;
+    f.wait_pushed("auto", || repo.head().unwrap()).await?;
+
+    let log = git_in(&repo, &["log", "--format=%an: %s", "main"]);
+    assert_eq!(
+        log,
+        "Weir Bot: Update from image update automation\nOther: Someone else's commit\nWeir E2E: Initial commit\n",
+        "never forced: the other commit stays, the update lands on top of it"
+    );
+    assert!(git_in(&repo, &["show", "main:apps/deploy.yaml"]).contains(&format!("{image}:1.2.0")));
+    assert!(git_in(&repo, &["show", "main:OTHER.md"]).contains("someone else"));
+    assert_eq!(f.controller.metrics.push_retries.load(Ordering::Relaxed), 1);
+    let body = git_in(&repo, &["log", "-1", "--format=%b", "main"]);
+    assert!(
+        body.contains(&format!(
+            "apps/deploy.yaml:12 {}:app: {image}:1.0.0 -> {image}:1.2.0",
+            f.ns.name()
+        )),
+        "the default message says which policy changed what: {body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn automation_pushes_to_another_branch_when_asked() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = f.image_and_policy(&["1.0.0", "1.3.0"], "*").await?;
+    let before = DEPLOY.replace("IMAGE", &image).replace("NS", f.ns.name());
+    let repo = f.git_source(&[("apps/deploy.yaml", &before)]).await?;
+    let main = repo.head()?;
+    f.latest_tag("app", "1.3.0").await?;
+    let mut spec = automation_spec(None);
+    spec["git"]["push"] = json!({ "branch": "image-updates" });
+    f.automation("auto", spec).await?;
+    f.wait_pushed("auto", || {
+        repo.branch_head("image-updates").unwrap_or_default()
+    })
+    .await?;
+    assert_eq!(repo.head()?, main, "main is left alone");
+    assert_eq!(
+        git_in(&repo, &["rev-parse", "image-updates~1"]).trim(),
+        main
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn automation_failures_give_their_reasons() -> Result<()> {
+    let f = Fixture::start().await?;
+    f.image_and_policy(&["1.0.0"], "*").await?;
+    let bad_marker =
+        "kind: X\nimage: x # {\"$imagepolicy\": \"NS:app:size\"}\n".replace("NS", f.ns.name());
+    let repo = f.git_source(&[("apps/bad.yaml", &bad_marker)]).await?;
+    let head = repo.head()?;
+    f.latest_tag("app", "1.0.0").await?;
+
+    f.automation("marker", automation_spec(None)).await?;
+    let a: weir_api::ImageUpdateAutomation =
+        f.wait_ready_any("marker", reasons::INVALID_MARKER).await?;
+    let message = ready_message(&a.status.unwrap().conditions);
+    assert!(message.contains("apps/bad.yaml:2"), "{message}");
+
+    f.automation("template", automation_spec(Some("{{ .Updated.Images }}")))
+        .await?;
+    let a = f
+        .wait_ready_any("template", reasons::INVALID_MESSAGE_TEMPLATE)
+        .await?;
+    let message = ready_message(&a.status.unwrap().conditions);
+    assert!(message.contains("Updated"), "{message}");
+
+    let mut spec = automation_spec(None);
+    spec["sourceRef"]["name"] = json!("absent");
+    f.automation("no-source", spec).await?;
+    f.wait_ready_any("no-source", reasons::INVALID_SOURCE_CONFIGURATION)
+        .await?;
+
+    let mut spec = automation_spec(None);
+    spec["update"]["path"] = json!("../outside");
+    f.automation("bad-path", spec).await?;
+    f.wait_ready_any("bad-path", reasons::INVALID_SPEC).await?;
+
+    assert_eq!(repo.head()?, head, "nothing was pushed");
+    let password = Harness::get().await?.git().http_password().to_owned();
+    let all = f
+        .api::<weir_api::ImageUpdateAutomation>()
+        .list(&kube::api::ListParams::default())
+        .await?;
+    assert!(!serde_json::to_string(&all)?.contains(&password));
+    Ok(())
+}
+
+fn ready_message(conditions: &[Condition]) -> String {
+    find_condition(conditions, types::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+impl Observed for weir_api::ImageUpdateAutomation {
+    fn conditions(&self) -> Vec<Condition> {
+        self.status.clone().unwrap_or_default().conditions
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref().and_then(|s| s.observed_generation)
+    }
+}
+
+impl Fixture {
+    async fn wait_ready_any(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Result<weir_api::ImageUpdateAutomation> {
+        self.wait_ready(name, "False", Some(reason)).await
+    }
+}

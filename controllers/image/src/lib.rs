@@ -5,6 +5,7 @@
 //! The three reconcilers run in one process and share one thing: the [`store::TagStore`], so a
 //! repository's tags are held once however many policies read them.
 
+mod automation_controller;
 pub mod error;
 pub mod policy;
 mod policy_controller;
@@ -13,6 +14,7 @@ pub mod scan;
 pub mod setters;
 pub mod store;
 pub mod template;
+pub mod update;
 
 use std::sync::{Arc, atomic::AtomicU64};
 
@@ -26,7 +28,9 @@ use kube::{
         watcher,
     },
 };
-use weir_api::{Condition, ImagePolicy, ImageRepository, Outcome, condition};
+use weir_api::{
+    Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation, Outcome, condition,
+};
 use weir_runtime::{ControllerError, Failure, Redactor, events::EventPublisher, schedule};
 
 use crate::{error::ImageError, store::TagStore};
@@ -216,54 +220,45 @@ pub async fn start(
         tag_page_size: config.tag_page_size,
     });
     let ns = config.namespace.as_deref();
-    let controller_config = controller::Config::default().concurrency(config.concurrency);
 
-    let (repo_reader, repo_writer) = reflector::store::<ImageRepository>();
-    let repo_stream = watcher(
+    let concurrency = config.concurrency;
+    let mut repositories = controller_for::<ImageRepository>(&client, ns, concurrency);
+    let policies_of_repo = controller_for::<ImagePolicy>(&client, ns, concurrency);
+    let policy_store = policies_of_repo.store();
+    // A new scan (the repository's status changes) re-evaluates its policies.
+    let mut policies = policies_of_repo.watches(
         api::<ImageRepository>(&client, ns),
         watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(repo_writer)
-    .applied_objects()
-    .predicate_filter(
-        weir_runtime::trigger::reconcile_trigger,
-        kube::runtime::PredicateConfig::default(),
+        move |repo| {
+            let (namespace, name) = (repo.namespace(), repo.name_any());
+            policy_store
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == namespace && p.spec.image_repository_ref.name == name)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        },
     );
-    let mut repositories =
-        Controller::for_stream(repo_stream, repo_reader).with_config(controller_config.clone());
-
-    let (policy_reader, policy_writer) = reflector::store::<ImagePolicy>();
-    let policy_stream = watcher(api::<ImagePolicy>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .reflect(policy_writer)
-        .applied_objects()
-        .predicate_filter(
-            weir_runtime::trigger::reconcile_trigger,
-            kube::runtime::PredicateConfig::default(),
-        );
-    let policies_of_repo = policy_reader.clone();
-    let mut policies = Controller::for_stream(policy_stream, policy_reader)
-        .with_config(controller_config)
-        // A new scan (the repository's status changes) re-evaluates its policies.
-        .watches(
-            api::<ImageRepository>(&client, ns),
-            watcher::Config::default(),
-            move |repo| {
-                let (namespace, name) = (repo.namespace(), repo.name_any());
-                policies_of_repo
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.namespace() == namespace && p.spec.image_repository_ref.name == name
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        );
+    let automations_of_ns = controller_for::<ImageUpdateAutomation>(&client, ns, concurrency);
+    let automation_store = automations_of_ns.store();
+    // A policy's new pick runs the automations of its namespace.
+    let mut automations = automations_of_ns.watches(
+        api::<ImagePolicy>(&client, ns),
+        watcher::Config::default(),
+        move |policy| {
+            let namespace = policy.namespace();
+            automation_store
+                .state()
+                .into_iter()
+                .filter(|a| a.namespace() == namespace)
+                .map(|a| ObjectRef::from_obj(&*a))
+                .collect::<Vec<_>>()
+        },
+    );
     if shutdown_on_signal {
         repositories = repositories.shutdown_on_signal();
         policies = policies.shutdown_on_signal();
+        automations = automations.shutdown_on_signal();
     }
     let repo_ctx = ctx.clone();
     let repo_task = tokio::spawn(async move {
@@ -287,12 +282,48 @@ pub async fn start(
             .for_each(log_result)
             .await;
     });
+    let auto_ctx = ctx.clone();
+    let auto_task = tokio::spawn(async move {
+        automations
+            .run(
+                automation_controller::reconcile,
+                error_policy::<ImageUpdateAutomation>,
+                auto_ctx,
+            )
+            .for_each(log_result)
+            .await;
+    });
     tracing::info!("image controller started");
     Ok(Handle {
         metrics,
         store,
-        controllers: vec![repo_task, policy_task],
+        controllers: vec![repo_task, policy_task, auto_task],
     })
+}
+
+/// A controller of `K` whose reconciles start only on changes that ask for one (spec,
+/// `requestedAt`, finalizers, deletion), never on its own status writes.
+fn controller_for<K>(client: &Client, namespace: Option<&str>, concurrency: u16) -> Controller<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(api::<K>(client, namespace), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            weir_runtime::trigger::reconcile_trigger,
+            kube::runtime::PredicateConfig::default(),
+        );
+    Controller::for_stream(stream, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
 }
 
 async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {

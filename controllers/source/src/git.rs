@@ -10,7 +10,7 @@ use std::{
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid,
-    RemoteCallbacks, Repository,
+    PushOptions, RemoteCallbacks, Repository,
 };
 
 use crate::known_hosts::{HostKeyError, KnownHosts};
@@ -98,6 +98,9 @@ pub enum GitError {
     Certificate(String),
     #[error("git operation timed out")]
     Timeout,
+    /// The remote refused a push that is not a fast-forward: the branch moved.
+    #[error("push rejected: {0}")]
+    Rejected(String),
     #[error("{0}")]
     Git(String),
 }
@@ -344,6 +347,50 @@ pub fn fetch(
             .map_err(|e| state.error(&e))?;
     }
     Ok(repo)
+}
+
+/// Pushes `refspec` from `repo` to the remote with the same credentials and host-key checks as
+/// fetches. Never forced: a refspec starting with `+` is refused, and a push the remote (or
+/// libgit2) finds is not a fast-forward is [`GitError::Rejected`].
+pub fn push(remote: &Remote<'_>, repo: &Repository, refspec: &str) -> Result<(), GitError> {
+    if refspec.starts_with('+') {
+        return Err(GitError::Git(format!("refusing to force-push {refspec}")));
+    }
+    let mut git_remote = repo
+        .remote_anonymous(remote.url)
+        .map_err(|e| GitError::Git(e.message().to_owned()))?;
+    let state = CallbackState::default();
+    let rejected: RefCell<Option<String>> = RefCell::new(None);
+    let header = bearer_header(remote);
+    let result = {
+        let mut cb = callbacks(remote, &state);
+        cb.push_update_reference(|name, status| {
+            if let Some(why) = status {
+                *rejected.borrow_mut() = Some(format!("{name}: {why}"));
+            }
+            Ok(())
+        });
+        let mut options = PushOptions::new();
+        options.remote_callbacks(cb);
+        if let Some(h) = &header {
+            options.custom_headers(&[h.as_str()]);
+        }
+        git_remote.push(&[refspec], Some(&mut options))
+    };
+    if let Err(e) = result {
+        let lower = e.message().to_lowercase();
+        if e.code() == git2::ErrorCode::NotFastForward
+            || lower.contains("non-fast")
+            || lower.contains("fetch first")
+        {
+            return Err(GitError::Rejected(e.message().to_owned()));
+        }
+        return Err(state.error(&e));
+    }
+    if let Some(why) = rejected.take() {
+        return Err(GitError::Rejected(why));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,6 +36,15 @@ pub async fn load_credentials(
     repo: &GitRepository,
     ctx: &Context,
 ) -> Result<(String, Credentials, Redactor), SourceError> {
+    git_credentials(&ctx.client, repo).await
+}
+
+/// [`load_credentials`] for any controller that talks to a GitRepository's remote (the image
+/// automation pushes with the same credentials).
+pub async fn git_credentials(
+    client: &kube::Client,
+    repo: &GitRepository,
+) -> Result<(String, Credentials, Redactor), SourceError> {
     let namespace = repo.namespace().unwrap_or_default();
     let mut redactor = Redactor::default();
     redactor.add_url_credentials(&repo.spec.url);
@@ -45,7 +54,7 @@ pub async fn load_credentials(
     let mut credentials = match &repo.spec.secret_ref {
         None => Credentials::default(),
         Some(r) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
             let secret =
                 secrets
                     .get_opt(&r.name)

@@ -96,9 +96,10 @@ fn deployment(obj: &Value) -> Health {
     if available < want {
         return Health::InProgress(format!("{available} of {want} replicas available"));
     }
+    // A Deployment scaled to zero is done once rolled out, whatever Available says.
     match condition(obj, "Available") {
-        Some(("True", _, _)) | None if want == 0 => Health::Current,
         Some(("True", _, _)) => Health::Current,
+        _ if want == 0 => Health::Current,
         _ => Health::InProgress("not Available".to_owned()),
     }
 }

@@ -816,6 +816,21 @@ async fn force_recreates_an_object_whose_immutable_fields_changed() -> Result<()
     let frozen = f.config_map("frozen").await?.unwrap();
     assert_eq!(frozen.data.unwrap()["key"], "2");
     assert_ne!(frozen.metadata.uid, first, "recreated");
+
+    // An invalid object is an error even with force: the live one is not deleted for it.
+    let invalid = immutable("3").replace(
+        "metadata:\n",
+        "metadata:\n  labels: {bad: \"not valid!\"}\n",
+    );
+    let third = f
+        .repo
+        .change()
+        .write("apps/frozen.yaml", &f.yaml(&invalid))
+        .commit("invalid label")?;
+    f.wait_failed("app", Some(&third), reasons::RECONCILIATION_FAILED)
+        .await?;
+    let kept = f.config_map("frozen").await?.expect("not deleted");
+    assert_eq!(kept.metadata.uid, frozen.metadata.uid);
     f.teardown().await
 }
 

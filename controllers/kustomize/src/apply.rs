@@ -223,6 +223,14 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// Whether the server refused a change of immutable fields (which `force` answers by
+/// recreating the object). Other invalid objects are errors: deleting them first would lose
+/// the live object for nothing.
+fn is_immutable_change(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422
+        && (s.message.contains("immutable") || s.message.contains("Forbidden: updates to")))
+}
+
 /// What an apply can change: without `managedFields` (a no-op apply may still touch them),
 /// `status` (not applied, and moved by controllers between the read and the dry run) and
 /// `resourceVersion` (which moves with it).
@@ -424,7 +432,10 @@ impl ApplySet<'_> {
             .await;
         let result = match dry_run {
             Ok(result) => result,
-            Err(e) if is_code(&e, 422) && live.is_some() && self.wants_force(target) => {
+            Err(e) if is_immutable_change(&e) && live.is_some() && self.wants_force(target) => {
+                // Recreate only an object the server would accept as new; anything else stays
+                // an error, and the live object stays.
+                self.validate_as_new(&api, target).await?;
                 return Ok(Some(Plan {
                     index,
                     change: Change::Configured,
@@ -449,6 +460,34 @@ impl ApplySet<'_> {
             change,
             recreate: false,
         }))
+    }
+
+    /// Dry-runs creating the object under a scratch name, so a forced recreation never
+    /// deletes a live object for a replacement the server would refuse.
+    async fn validate_as_new(
+        &self,
+        api: &Api<DynamicObject>,
+        target: &Target,
+    ) -> Result<(), kube::Error> {
+        let name = &target.meta.name;
+        let prefix: String = name.chars().take(40).collect();
+        let scratch = format!("{}-weir-force-check", prefix.trim_end_matches(['-', '.']));
+        let mut object = target.object.clone();
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("name".into(), Value::String(scratch.clone()));
+        }
+        self.metrics.request();
+        match api
+            .patch(&scratch, &Self::params(true), &Patch::Apply(&object))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(mut status)) => {
+                status.message = status.message.replace(&scratch, name);
+                Err(kube::Error::Api(status))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Applies one planned object (nothing when unchanged); recreates it when forced.

@@ -730,7 +730,7 @@ async fn deleting_a_kustomization_with_prune_removes_its_objects() -> Result<()>
 }
 
 #[tokio::test]
-async fn a_crd_its_namespace_and_its_custom_resources_apply_in_one_commit() -> Result<()> {
+async fn crds_apply_before_the_resources_that_need_them_in_the_same_commit() -> Result<()> {
     let group = format!("{}.weir.test", weir_e2e::unique_name("crd", 30));
     let extra_ns = weir_e2e::unique_name("extra", 30);
     let crd = format!(
@@ -792,6 +792,38 @@ spec:
     let widgets: Api<kube::api::DynamicObject> =
         Api::namespaced_with(f.client.clone(), &extra_ns, &resource);
     assert_eq!(widgets.get("w").await?.data["spec"]["size"], 3);
+
+    // A new schema field and a resource using it, in one commit: the CRD goes first.
+    let second = f
+        .repo
+        .change()
+        .write(
+            "apps/crd.yaml",
+            &crd.replace(
+                "              size: {type: integer}\n",
+                "              size: {type: integer}\n              color: {type: string}\n",
+            ),
+        )
+        .write("apps/widget.yaml", &format!("{widget}  color: blue\n"))
+        .commit("add a color")?;
+    f.wait_applied("app", &second).await?;
+    assert_eq!(widgets.get("w").await?.data["spec"]["color"], "blue");
+
+    // A field the schema does not have is refused as before, with nothing applied.
+    let third = f
+        .repo
+        .change()
+        .write("apps/widget.yaml", &format!("{widget}  shade: dark\n"))
+        .commit("an unknown field")?;
+    let ks = f
+        .wait_failed("app", Some(&third), reasons::RECONCILIATION_FAILED)
+        .await?;
+    assert!(
+        message(&ks).contains(".spec.shade: field not declared in schema"),
+        "{}",
+        message(&ks)
+    );
+    assert_eq!(widgets.get("w").await?.data["spec"]["color"], "blue");
     // Teardown prunes the Widget, then its Namespace and CRD.
     f.teardown().await
 }

@@ -87,6 +87,8 @@ pub struct Target {
     pub namespaced: bool,
     /// The kind is defined by a CRD in the same set that the server does not serve yet.
     pub kind_from_set: bool,
+    /// The name of the CRD of the same set that defines this kind, if any.
+    pub defining_crd: Option<String>,
 }
 
 impl Target {
@@ -203,6 +205,36 @@ struct Validated {
     plans: Vec<Plan>,
     deferred: Vec<usize>,
     skipped: Vec<usize>,
+    /// Failures of objects whose CRD is in the set: deferred when that CRD changes (the
+    /// failure may be the old schema's), errors otherwise.
+    pending: Vec<(usize, String)>,
+}
+
+/// Decides the first pass's pending failures: objects whose defining CRD changes in this set
+/// are validated again after it is applied; the others' failures stand.
+fn settle_pending(targets: &[Target], first_pass: &mut Validated) -> Result<(), Vec<String>> {
+    let changing_crds: HashSet<&str> = first_pass
+        .plans
+        .iter()
+        .filter(|p| p.change != Change::Unchanged)
+        .map(|p| &targets[p.index])
+        .filter(|t| t.meta.kind == "CustomResourceDefinition")
+        .map(|t| t.meta.name.as_str())
+        .collect();
+    let mut errors = vec![];
+    for (index, message) in std::mem::take(&mut first_pass.pending) {
+        let crd = targets[index].defining_crd.as_deref().unwrap_or_default();
+        if changing_crds.contains(crd) {
+            first_pass.deferred.push(index);
+        } else {
+            errors.push(message);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// One object's plan after validation.
@@ -286,9 +318,11 @@ impl ApplySet<'_> {
             .collect();
 
         let mut changes: BTreeMap<usize, Change> = BTreeMap::new();
-        let first_pass = self
+        let mut first_pass = self
             .validate(targets, 0..targets.len(), Some(&set_namespaces))
             .await
+            .map_err(|errors| fail(errors.join("\n"), true, vec![]))?;
+        settle_pending(targets, &mut first_pass)
             .map_err(|errors| fail(errors.join("\n"), true, vec![]))?;
         changes.extend(first_pass.skipped.iter().map(|i| (*i, Change::Skipped)));
 
@@ -384,12 +418,19 @@ impl ApplySet<'_> {
                 {
                     out.deferred.push(index);
                 }
-                Err(e) => errors.push(format!(
-                    "{} ({}): {}",
-                    target.display(),
-                    target.file,
-                    api_message(&e)
-                )),
+                Err(e) => {
+                    let message = format!(
+                        "{} ({}): {}",
+                        target.display(),
+                        target.file,
+                        api_message(&e)
+                    );
+                    if set_namespaces.is_some() && target.defining_crd.is_some() {
+                        out.pending.push((index, message));
+                    } else {
+                        errors.push(message);
+                    }
+                }
             }
         }
         if errors.is_empty() {

@@ -11,9 +11,10 @@
 //!   (Flux's), with strict field validation; an object whose dry run equals the live object is
 //!   not written at all, so a reconcile without changes issues no write.
 //! - Validation is atomic: every object is dry-run before any is applied. Objects whose kind or
-//!   namespace is created by the same set (a CRD and its resources, a Namespace and its
-//!   contents) can only be validated once those definitions exist, so definitions are applied
-//!   first and these objects validated after; a failure then leaves only the definitions applied.
+//!   namespace is created or changed by the same set (a CRD and its resources, a new schema
+//!   field and its first use, a Namespace and its contents) can only be validated once those
+//!   definitions are in place, so definitions are applied first and these objects validated
+//!   after; a failure then leaves only the definitions applied.
 //! - Objects annotated `kustomize.toolkit.fluxcd.io/ssa: Ignore` or `reconcile: disabled` are
 //!   left alone but stay in the inventory, so they are never pruned while still in the source.
 //! - `postBuild` substitutes only the braced forms (`${var}`, `${var:=default}`,

@@ -395,19 +395,20 @@ async fn resolve(
             .resolve(client, &ctx.metrics, group, version, &kind)
             .await
             .map_err(|e| KustomizeError::Kube(e.to_string()))?;
-        let from_set = || {
-            crds.iter()
-                .find_map(|crd| resource_from_crd(crd, &api_version, &kind))
-        };
-        let (resource, namespaced, kind_from_set) = if let Some((r, n)) = served {
-            (r, n, false)
-        } else if let Some((r, n)) = from_set() {
-            (r, n, true)
-        } else {
-            errors.push(format!(
-                "{kind}/{name} ({file}): no matches for kind \"{kind}\" in version \"{api_version}\" (is its CRD installed?)"
-            ));
-            continue;
+        let in_set = crds.iter().find_map(|crd| {
+            let name = crd.pointer("/metadata/name").and_then(Value::as_str)?;
+            resource_from_crd(crd, &api_version, &kind).map(|r| (r, name.to_owned()))
+        });
+        let defining_crd = in_set.as_ref().map(|(_, name)| name.clone());
+        let (resource, namespaced, kind_from_set) = match (served, in_set) {
+            (Some((r, n)), _) => (r, n, false),
+            (None, Some(((r, n), _))) => (r, n, true),
+            (None, None) => {
+                errors.push(format!(
+                    "{kind}/{name} ({file}): no matches for kind \"{kind}\" in version \"{api_version}\" (is its CRD installed?)"
+                ));
+                continue;
+            }
         };
         let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
             continue;
@@ -452,6 +453,7 @@ async fn resolve(
             resource,
             namespaced,
             kind_from_set,
+            defining_crd,
         });
     }
     if errors.is_empty() {

@@ -867,7 +867,7 @@ async fn force_recreates_an_object_whose_immutable_fields_changed() -> Result<()
 }
 
 #[tokio::test]
-async fn annotated_objects_are_created_once_or_kept_when_removed() -> Result<()> {
+async fn annotated_objects_are_created_once_ignored_paused_or_kept_when_removed() -> Result<()> {
     let annotated = |name: &str, annotation: &str, value: &str| {
         format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: NAMESPACE\n  annotations:\n    {annotation}\ndata:\n  key: \"{value}\"\n"
@@ -875,15 +875,32 @@ async fn annotated_objects_are_created_once_or_kept_when_removed() -> Result<()>
     };
     let once = |v: &str| annotated("once", "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent", v);
     let keep = annotated("keep", "kustomize.toolkit.fluxcd.io/prune: disabled", "1");
-    let f = Fixture::start(&[("apps/once.yaml", &once("1")), ("apps/keep.yaml", &keep)]).await?;
+    let ignored = annotated("ignored", "kustomize.toolkit.fluxcd.io/ssa: Ignore", "1");
+    let f = Fixture::start(&[
+        ("apps/once.yaml", &once("1")),
+        ("apps/keep.yaml", &keep),
+        ("apps/ignored.yaml", &ignored),
+        ("apps/paused.yaml", &config_map_yaml("paused", "1")),
+    ])
+    .await?;
     f.create_ks("app", json!({ "path": "./apps" })).await?;
     f.wait_applied("app", &f.repo.head()?).await?;
+    assert!(
+        f.config_map("ignored").await?.is_none(),
+        "ssa: Ignore is never applied"
+    );
+    // Someone pauses reconciliation of one object in the cluster.
+    let pause = json!({ "metadata": { "annotations": { "kustomize.toolkit.fluxcd.io/reconcile": "disabled" } } });
+    Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
+        .patch("paused", &PatchParams::default(), &Patch::Merge(&pause))
+        .await?;
     let second = f
         .repo
         .change()
         .write("apps/once.yaml", &f.yaml(&once("2")))
+        .write("apps/paused.yaml", &f.yaml(&config_map_yaml("paused", "2")))
         .delete("apps/keep.yaml")
-        .commit("update once, remove keep")?;
+        .commit("update once and paused, remove keep")?;
     f.wait_applied("app", &second).await?;
     assert_eq!(
         f.config_map("once").await?.unwrap().data.unwrap()["key"],
@@ -892,6 +909,11 @@ async fn annotated_objects_are_created_once_or_kept_when_removed() -> Result<()>
     assert!(
         f.config_map("keep").await?.is_some(),
         "prune: disabled kept it"
+    );
+    assert_eq!(
+        f.config_map("paused").await?.unwrap().data.unwrap()["key"],
+        "1",
+        "reconcile: disabled in the cluster left it alone"
     );
     f.teardown().await
 }

@@ -359,6 +359,68 @@ mod tests {
         assert!(docker_config_auth(b"nope", "quay.io", "s").is_err());
     }
 
+    /// A registry that pages its tag list the way the distribution spec says: tags in lexical
+    /// order, at most `n`, after `last`.
+    async fn paging_registry(tags: Vec<String>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let mut tags = tags.clone();
+            async move {
+                if !uri.path().ends_with("/tags/list") {
+                    return "{}".to_owned();
+                }
+                let query: BTreeMap<&str, &str> = uri
+                    .query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .collect();
+                tags.sort();
+                let n: usize = query.get("n").map_or(usize::MAX, |n| n.parse().unwrap());
+                let page: Vec<_> = tags
+                    .into_iter()
+                    .filter(|t| query.get("last").is_none_or(|l| t.as_str() > *l))
+                    .take(n)
+                    .collect();
+                serde_json::json!({ "name": "app", "tags": page }).to_string()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_with_n_and_last_until_a_short_page() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let all: Vec<String> = (0..23).map(|i| format!("t{i:02}")).collect();
+        let addr = paging_registry(all).await;
+        let access = RegistryAccess {
+            insecure: true,
+            ca_pem: None,
+            auth: RegistryAuth::Anonymous,
+        };
+        let reference = parse_image(&format!("{addr}/app")).unwrap();
+        let pages = std::sync::atomic::AtomicU64::new(0);
+        // Excluding tags must not disturb paging: `last` is the page's last tag, excluded or not.
+        let excluded = exclusions(&["^t1".into()]).unwrap();
+        let tags = list_all_tags(&access, &reference, &excluded, 5, &pages)
+            .await
+            .unwrap();
+        assert_eq!(pages.into_inner(), 5, "23 tags in pages of 5");
+        assert_eq!(tags.len(), 13);
+        assert_eq!(&*tags[0], "t00");
+        assert_eq!(&*tags[12], "t22");
+        // A list that fills its last page exactly ends with an empty page.
+        let pages = std::sync::atomic::AtomicU64::new(0);
+        let addr = paging_registry((0..10).map(|i| format!("v{i}")).collect()).await;
+        let reference = parse_image(&format!("{addr}/app")).unwrap();
+        let tags = list_all_tags(&access, &reference, &[], 5, &pages)
+            .await
+            .unwrap();
+        assert_eq!((tags.len(), pages.into_inner()), (10, 3));
+    }
+
     #[test]
     fn revisions_and_latest_tags() {
         let tags: Vec<Box<str>> = ["a", "b", "c"].iter().map(|t| (*t).into()).collect();

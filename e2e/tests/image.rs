@@ -749,10 +749,7 @@ async fn automation_rewrites_only_the_marked_values_and_pushes_one_commit() -> R
         .await?;
     let status = auto.status.unwrap();
     assert_eq!(status.last_push_commit.as_deref(), Some(pushed.as_str()));
-    assert_eq!(
-        status.observed_policies[ns_key(ns, "app").as_str()].tag,
-        "1.1.0"
-    );
+    assert_eq!(status.observed_policies["app"].tag, "1.1.0");
     assert!(status.last_push_time.is_some() && status.last_automation_run_time.is_some());
 
     // Nothing changed: a new run commits nothing.
@@ -775,10 +772,6 @@ async fn automation_rewrites_only_the_marked_values_and_pushes_one_commit() -> R
     assert_eq!(repo.head()?, pushed, "no commit when nothing changed");
     assert_eq!(f.controller.metrics.pushes.load(Ordering::Relaxed), 1);
     Ok(())
-}
-
-fn ns_key(ns: &str, name: &str) -> String {
-    format!("{ns}:{name}")
 }
 
 /// A pre-receive hook that, on the first push only, lands someone else's commit on `main`

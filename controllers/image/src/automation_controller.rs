@@ -90,16 +90,14 @@ async fn prepare(
         .map(Selector::try_from)
         .transpose()
         .map_err(|e| ImageError::InvalidSelector(e.to_string()))?;
+    // By policy name, as `status.observedPolicies` holds them.
     let policies: BTreeMap<String, ImageRef> =
         Api::<ImagePolicy>::namespaced(ctx.client.clone(), &namespace)
             .list(&ListParams::default())
             .await?
             .into_iter()
             .filter(|p| selector.as_ref().is_none_or(|s| s.matches(p.labels())))
-            .filter_map(|p| {
-                let latest = p.status.as_ref()?.latest_ref.clone()?;
-                Some((format!("{namespace}:{}", p.name_any()), latest))
-            })
+            .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.latest_ref.clone()?)))
             .collect();
     let template = git_spec
         .commit
@@ -107,7 +105,7 @@ async fn prepare(
         .as_deref()
         .map(Template::parse)
         .transpose()?;
-    let automation = (namespace, auto.name_any());
+    let automation = (namespace.clone(), auto.name_any());
     if let Some(t) = &template {
         update::check_template(t, &automation)?;
     }
@@ -119,7 +117,11 @@ async fn prepare(
         checkout_branch,
         push_branch: git_spec.push.as_ref().and_then(|p| p.branch.clone()),
         path: update::normalize_path(auto.spec.update.as_ref().and_then(|u| u.path.as_deref()))?,
-        policies: policies.clone(),
+        // Markers name policies as `namespace:name`.
+        policies: policies
+            .iter()
+            .map(|(name, image)| (format!("{namespace}:{name}"), image.clone()))
+            .collect(),
         author_name: author
             .name
             .clone()

@@ -114,7 +114,8 @@ fn find_marker(line: &str, file: &str, number: usize) -> Result<Option<Marker>, 
     }))
 }
 
-/// Where the value sits in `before` (the line up to the comment): after `key: ` or `- `.
+/// Where the value sits in `before` (the line up to the comment): after `key: ` or `- `;
+/// `None` when there is no value there.
 fn value_span(before: &str) -> Option<(usize, usize)> {
     let end = before.trim_end().len();
     let start = if let Some(i) = before.find(": ") {
@@ -124,7 +125,7 @@ fn value_span(before: &str) -> Option<(usize, usize)> {
         before[indent..].strip_prefix("- ").map(|_| indent + 2)?
     };
     let start = start + (before[start..].len() - before[start..].trim_start().len());
-    (start <= end).then_some((start, end))
+    (start < end).then_some((start, end))
 }
 
 /// The object of each line: `(first line, identity)` per YAML document.
@@ -220,13 +221,7 @@ pub fn apply_setters(
             continue;
         }
         out.push_str(&line[..start]);
-        if start == end && end == before.trim_end().len() && !before[..start].ends_with(' ') {
-            out.push(' ');
-        }
         out.push_str(&new_value);
-        if start == end && !line[end..].starts_with(' ') {
-            out.push(' ');
-        }
         out.push_str(&line[end..]);
         let object = docs
             .iter()
@@ -347,6 +342,10 @@ list:
                 "has none",
             ),
             ("\"$imagepolicy\": \"apps:app\"", "not in a comment"),
+            (
+                "image: # {\"$imagepolicy\": \"apps:app\"}",
+                "not on a `key: value`",
+            ),
         ] {
             let text = format!("kind: X\n{line}\n");
             let err = apply_setters("deploy.yaml", &text, &policies())

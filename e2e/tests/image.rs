@@ -916,6 +916,125 @@ impl Fixture {
     }
 }
 
+#[tokio::test]
+async fn automation_pushes_over_ssh_with_the_sources_identity() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = f.image_and_policy(&["1.0.0", "1.4.0"], "*").await?;
+    let before = DEPLOY.replace("IMAGE", &image).replace("NS", f.ns.name());
+    let repo = f.git_source(&[("apps/deploy.yaml", &before)]).await?;
+    let git = Harness::get().await?.git();
+    f.api::<Secret>()
+        .create(&PostParams::default(), &git.ssh_secret("ssh-auth")?)
+        .await?;
+    f.api::<weir_api::GitRepository>()
+        .patch(
+            "fleet",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({ "spec": { "url": repo.ssh_url(), "secretRef": { "name": "ssh-auth" } } }),
+            ),
+        )
+        .await?;
+    f.latest_tag("app", "1.4.0").await?;
+    f.automation("auto", automation_spec(None)).await?;
+    f.wait_pushed("auto", || repo.head().unwrap()).await?;
+    assert!(git_in(&repo, &["show", "main:apps/deploy.yaml"]).contains(&format!("{image}:1.4.0")));
+    let identity = std::fs::read_to_string(git.ssh_identity())?;
+    let key_line = identity.lines().nth(1).unwrap_or_default().to_owned();
+    let events =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(f.client.clone(), f.ns.name())
+            .list(&kube::api::ListParams::default())
+            .await?;
+    assert!(
+        !serde_json::to_string(&events)?.contains(&key_line),
+        "the key leaked into an event"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn policy_selector_limits_the_policies_an_automation_applies() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = f.image_and_policy(&["1.0.0", "1.5.0"], "*").await?;
+    f.policy(
+        "pinned",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": "1.0.x" } } }),
+    )
+    .await?;
+    f.api::<ImagePolicy>()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "metadata": { "labels": { "automate": "yes" } } })),
+        )
+        .await?;
+    let ns = f.ns.name();
+    let files = format!(
+        "a: {image}:0.1 # {{\"$imagepolicy\": \"{ns}:app\"}}\nb: {image}:0.1 # {{\"$imagepolicy\": \"{ns}:pinned\"}}\n"
+    );
+    let repo = f.git_source(&[("apps/images.yaml", &files)]).await?;
+    f.latest_tag("app", "1.5.0").await?;
+    f.latest_tag("pinned", "1.0.0").await?;
+    let mut spec = automation_spec(None);
+    spec["policySelector"] = json!({ "matchLabels": { "automate": "yes" } });
+    f.automation("auto", spec).await?;
+    f.wait_pushed("auto", || repo.head().unwrap()).await?;
+    assert_eq!(
+        git_in(&repo, &["show", "main:apps/images.yaml"]),
+        files.replacen(&format!("{image}:0.1"), &format!("{image}:1.5.0"), 1),
+        "only the selected policy's marker changed"
+    );
+    let auto = f
+        .api::<weir_api::ImageUpdateAutomation>()
+        .get("auto")
+        .await?;
+    let observed = auto.status.unwrap().observed_policies;
+    assert_eq!(observed.keys().collect::<Vec<_>>(), ["app"]);
+    Ok(())
+}
+
+/// A pre-receive hook that lands another commit before every push, so every push is rejected.
+const ALWAYS_RACE_HOOK: &str = r#"#!/bin/sh
+unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
+old=$(git rev-parse refs/heads/main)
+new=$(echo "Busy" | GIT_AUTHOR_NAME=Other GIT_AUTHOR_EMAIL=other@weir.invalid \
+  GIT_COMMITTER_NAME=Other GIT_COMMITTER_EMAIL=other@weir.invalid \
+  git commit-tree "$(git rev-parse "$old^{tree}")" -p "$old")
+git update-ref refs/heads/main "$new" "$old"
+exit 0
+"#;
+
+#[tokio::test]
+async fn a_branch_that_keeps_moving_gives_push_rejected_and_is_never_forced() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::start().await?;
+    let image = f.image_and_policy(&["1.0.0", "1.6.0"], "*").await?;
+    let before = DEPLOY.replace("IMAGE", &image).replace("NS", f.ns.name());
+    let repo = f.git_source(&[("apps/deploy.yaml", &before)]).await?;
+    let hook = repo.path().join("hooks/pre-receive");
+    std::fs::write(&hook, ALWAYS_RACE_HOOK)?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    f.latest_tag("app", "1.6.0").await?;
+    f.automation("auto", automation_spec(None)).await?;
+    let auto = f.wait_ready_any("auto", reasons::PUSH_REJECTED).await?;
+    let message = ready_message(&auto.status.unwrap().conditions);
+    assert!(
+        message.contains("'main'") && message.contains("5 times"),
+        "{message}"
+    );
+    let authors = git_in(&repo, &["log", "--format=%an", "main"]);
+    assert!(
+        !authors.contains("Weir Bot"),
+        "nothing of ours landed: {authors}"
+    );
+    assert_eq!(
+        authors.lines().filter(|a| *a == "Other").count(),
+        5,
+        "{authors}"
+    );
+    Ok(())
+}
+
 /// The source and kustomize controllers of an end-to-end test, and their directories.
 type SyncControllers = (
     weir_source::Handle,

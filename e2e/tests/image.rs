@@ -1027,9 +1027,9 @@ async fn a_branch_that_keeps_moving_gives_push_rejected_and_is_never_forced() ->
         !authors.contains("Weir Bot"),
         "nothing of ours landed: {authors}"
     );
-    assert_eq!(
-        authors.lines().filter(|a| *a == "Other").count(),
-        5,
+    // Five attempts, each beaten by another commit (more once the automation retries later).
+    assert!(
+        authors.lines().filter(|a| *a == "Other").count() >= 5,
         "{authors}"
     );
     Ok(())

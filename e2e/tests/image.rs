@@ -244,6 +244,71 @@ async fn semver_policy_picks_the_highest_tag_in_range_and_follows_new_tags() -> 
 }
 
 #[tokio::test]
+async fn a_restarted_controller_keeps_policies_ready_while_it_rescans() -> Result<()> {
+    let mut f = Fixture::start().await?;
+    let image = push_tags("restart", &["1.0.0", "1.1.0"]).await?;
+    f.repository(
+        "app",
+        json!({ "image": image, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.policy(
+        "app",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": "*" } } }),
+    )
+    .await?;
+    f.latest_tag("app", "1.1.0").await?;
+    let ready = |p: &ImagePolicy| {
+        find_condition(&p.conditions(), types::READY)
+            .cloned()
+            .unwrap()
+    };
+    let before: ImagePolicy = f.wait_ready("app", "True", None).await?;
+    let scanned_before = f.api::<ImageRepository>().get("app").await?.status.unwrap();
+
+    // A new process: its tag lists are empty until the repositories are scanned again. (Scan
+    // times have whole seconds: let one pass so the rescan is seen.)
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    f.controller.abort();
+    f.controller = weir_image::start(
+        f.client.clone(),
+        weir_image::Config {
+            namespace: Some(f.ns.name().to_owned()),
+            ..weir_image::Config::default()
+        },
+        false,
+    )
+    .await?;
+    let api = f.api::<ImageRepository>();
+    let previous_scan = scanned_before.last_scan_result.unwrap().scan_time;
+    wait_until("the repository to be scanned again", || {
+        let api = api.clone();
+        let previous_scan = previous_scan.clone();
+        async move {
+            let r = api.get("app").await.map_err(|e| e.to_string())?;
+            let scan = r
+                .status
+                .and_then(|s| s.last_scan_result)
+                .and_then(|s| s.scan_time);
+            if scan == previous_scan {
+                Err("not rescanned".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let after: ImagePolicy = f.wait_ready("app", "True", None).await?;
+    assert_eq!(
+        ready(&after).last_transition_time,
+        ready(&before).last_transition_time,
+        "Ready never left True"
+    );
+    assert_eq!(after.status.unwrap().latest_ref.unwrap().tag, "1.1.0");
+    Ok(())
+}
+
+#[tokio::test]
 async fn digest_reflection_records_the_digest_of_the_chosen_tag() -> Result<()> {
     let f = Fixture::start().await?;
     let registry = Harness::get().await?.registry();

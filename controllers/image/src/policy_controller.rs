@@ -6,7 +6,8 @@ use std::sync::{Arc, atomic::Ordering};
 use kube::{Api, ResourceExt, runtime::controller::Action};
 use oci_client::{Reference, secrets::RegistryAuth};
 use weir_api::{
-    ImagePolicy, ImageRef, image::ReflectionPolicy, meta::handled_reconcile_at, reasons,
+    ImagePolicy, ImageRef, ImageRepository, image::ReflectionPolicy, meta::handled_reconcile_at,
+    reasons,
 };
 use weir_runtime::{ControllerError, Redactor, status::apply_status};
 
@@ -14,6 +15,8 @@ use crate::{
     Context, FIELD_MANAGER, error::ImageError, failed, object_key, policy::Policy, succeeded,
 };
 
+/// How soon a policy whose repository is not scanned yet (after a restart) looks again.
+const SCAN_PENDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a failed policy is retried at most, when nothing else changes.
 const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -95,6 +98,20 @@ pub(crate) async fn reconcile(
             .and_then(|s| s.last_handled_reconcile_at.as_deref()),
     );
     let mut redactor = Redactor::default();
+    // After a restart the tag lists are empty until the repositories are scanned again (at
+    // once, on start). A policy that has a pick keeps it, and its conditions, meanwhile.
+    let repo_name = &policy.spec.image_repository_ref.name;
+    let namespace = policy.namespace().unwrap_or_default();
+    if ctx.store.get(&namespace, repo_name).is_none()
+        && status.latest_ref.is_some()
+        && previous.as_ref().map(|s| s.observed_generation) == Some(policy.metadata.generation)
+        && Api::<ImageRepository>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(repo_name)
+            .await?
+            .is_some()
+    {
+        return Ok(Action::requeue(SCAN_PENDING_RECHECK));
+    }
     let action = match choose(&policy, &ctx, &mut redactor).await {
         Ok(chosen) => {
             let message = format!(

@@ -384,3 +384,19 @@ fn succeeded<K: Resource>(obj: &K, ctx: &Context, conditions: &mut Vec<Condition
         obj.meta().generation,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_as_prometheus_counters() {
+        let m = Metrics::default();
+        m.pushes.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE weir_image_pushes_total counter\nweir_image_pushes_total 2\n")
+        );
+        assert_eq!(text.matches("# HELP ").count(), 6);
+    }
+}

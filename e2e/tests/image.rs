@@ -551,6 +551,37 @@ async fn plain_http_registry_needs_insecure() -> Result<()> {
 }
 
 #[tokio::test]
+async fn an_unusable_ca_names_its_secret() -> Result<()> {
+    let f = Fixture::start().await?;
+    let image = push_tags("ca", &["1.0.0"]).await?;
+    let ca = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("bad-ca".to_owned()),
+            ..Default::default()
+        },
+        string_data: Some([("ca.crt".to_owned(), "not a certificate".to_owned())].into()),
+        ..Default::default()
+    };
+    f.api::<Secret>()
+        .create(&PostParams::default(), &ca)
+        .await?;
+    f.repository(
+        "bad-ca",
+        json!({ "image": image, "interval": "1h", "certSecretRef": { "name": "bad-ca" } }),
+    )
+    .await?;
+    let bad_ca: ImageRepository = f
+        .wait_ready("bad-ca", "False", Some(reasons::AUTHENTICATION_FAILED))
+        .await?;
+    let message = ready_message(&bad_ca.conditions());
+    assert!(
+        message.contains("'bad-ca'") && message.contains("ca.crt"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_inputs_give_their_reasons() -> Result<()> {
     let f = Fixture::start().await?;
     let image = push_tags("bad", &["1.0.0", "1.1.0"]).await?;

@@ -64,7 +64,7 @@ async fn choose(
                 );
                 Some(
                     scan.access
-                        .client()
+                        .client()?
                         .fetch_manifest_digest(&reference, &scan.access.auth)
                         .await
                         .map_err(|e| ImageError::Registry {

@@ -47,10 +47,19 @@ impl std::fmt::Debug for RegistryAccess {
 }
 
 impl RegistryAccess {
-    /// An oci-client for this registry.
-    #[must_use]
-    pub fn client(&self) -> oci_client::Client {
-        oci_client::Client::new(ClientConfig {
+    /// An oci-client for this registry. (Not `Client::new`, which falls back to a default
+    /// client, HTTPS and system roots, when the configuration is unusable: a bad CA must fail.)
+    pub fn client(&self) -> Result<oci_client::Client, ImageError> {
+        let ca_error = |why: String| ImageError::SecretInvalid {
+            name: "certSecretRef".to_owned(),
+            why,
+        };
+        if let Some(pem) = &self.ca_pem
+            && !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
+        {
+            return Err(ca_error("ca.crt holds no PEM certificate".to_owned()));
+        }
+        oci_client::Client::try_from(ClientConfig {
             protocol: if self.insecure {
                 ClientProtocol::Http
             } else {
@@ -66,6 +75,7 @@ impl RegistryAccess {
                 .collect(),
             ..ClientConfig::default()
         })
+        .map_err(|e| ca_error(format!("cannot use ca.crt: {e}")))
     }
 }
 
@@ -216,14 +226,21 @@ pub async fn registry_access(
                 })?,
         );
     }
-    Ok((
-        RegistryAccess {
-            insecure: repo.spec.insecure,
-            ca_pem,
-            auth,
-        },
-        redactor,
-    ))
+    let access = RegistryAccess {
+        insecure: repo.spec.insecure,
+        ca_pem,
+        auth,
+    };
+    // A CA the client cannot use is the cert secret's fault: name it.
+    if let (Err(ImageError::SecretInvalid { why, .. }), Some(r)) =
+        (access.client(), &repo.spec.cert_secret_ref)
+    {
+        return Err(ImageError::SecretInvalid {
+            name: r.name.clone(),
+            why,
+        });
+    }
+    Ok((access, redactor))
 }
 
 /// Compiles `spec.exclusionList`.
@@ -268,7 +285,7 @@ pub async fn list_all_tags(
     page_size: usize,
     pages: &std::sync::atomic::AtomicU64,
 ) -> Result<Vec<Box<str>>, ImageError> {
-    let client = access.client();
+    let client = access.client()?;
     let image = canonical_name(reference);
     let mut tags: Vec<Box<str>> = vec![];
     let mut last: Option<String> = None;
@@ -419,6 +436,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((tags.len(), pages.into_inner()), (10, 3));
+    }
+
+    #[test]
+    fn an_unusable_ca_is_an_error_not_a_silent_default() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut access = RegistryAccess {
+            insecure: false,
+            ca_pem: Some(b"not a certificate".to_vec()),
+            auth: RegistryAuth::Anonymous,
+        };
+        let err = access.client().err().unwrap().to_string();
+        assert!(err.contains("ca.crt"), "{err}");
+        access.ca_pem =
+            Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec());
+        assert!(access.client().is_err());
+        access.ca_pem = None;
+        assert!(access.client().is_ok());
     }
 
     #[test]

@@ -101,6 +101,12 @@ impl Target {
     fn annotation(&self, key: &str) -> Option<&str> {
         annotation(&self.object, key)
     }
+
+    /// Annotated `kustomize.toolkit.fluxcd.io/ssa: Ignore`: never applied.
+    #[must_use]
+    pub fn is_ignored(&self) -> bool {
+        self.annotation(annotations::SSA) == Some("Ignore")
+    }
 }
 
 /// `Kind/namespace/name` (or `Kind/name` when cluster-scoped).

@@ -191,13 +191,6 @@ fn apply_failed(
     }
 }
 
-fn t_ssa(t: &Target) -> Option<&str> {
-    t.object
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(annotations::SSA))
-        .and_then(Value::as_str)
-}
-
 /// Registers the values of a Secret manifest with the redactor, as written (`data` is base64)
 /// and decoded, so an API server message that echoes one never reaches status or events.
 fn register_secret_values(object: &Value, redactor: &mut Redactor) {
@@ -474,7 +467,7 @@ async fn health_targets(
     if ks.spec.wait {
         return Ok(targets
             .iter()
-            .filter(|t| t_ssa(t) != Some("Ignore"))
+            .filter(|t| !t.is_ignored())
             .map(|t| HealthTarget {
                 meta: t.meta.clone(),
                 resource: t.resource.clone(),

@@ -186,6 +186,10 @@ pub struct ImagePolicySpec {
     /// Whether to look up and record the digest of the chosen tag.
     #[serde(default)]
     pub digest_reflection_policy: ReflectionPolicy,
+    /// How often to look the digest up again; required with `digestReflectionPolicy: Always`
+    /// and only allowed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<GoDuration>,
 }
 
 /// Exactly one way of ordering tags.
@@ -256,6 +260,8 @@ pub enum ReflectionPolicy {
     Never,
     /// Looked up once per chosen tag, and kept while the tag stays chosen.
     IfNotPresent,
+    /// Looked up again every `spec.interval`, so a tag pushed again is followed.
+    Always,
 }
 
 /// The observed state of an `ImagePolicy`.

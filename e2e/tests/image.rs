@@ -338,6 +338,77 @@ async fn digest_reflection_records_the_digest_of_the_chosen_tag() -> Result<()> 
 }
 
 #[tokio::test]
+async fn digest_reflection_always_follows_a_tag_pushed_again() -> Result<()> {
+    let f = Fixture::start().await?;
+    let registry = Harness::get().await?.registry();
+    let name = unique_name("always", 50);
+    let first = registry.push_image(&name, "1.0.0").await?;
+    let other = registry.push_image(&name, "other").await?;
+    f.repository(
+        "app",
+        json!({ "image": first.repository, "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    for (policy, reflection) in [("always", "Always"), ("once", "IfNotPresent")] {
+        let mut spec = json!({
+            "imageRepositoryRef": { "name": "app" },
+            "digestReflectionPolicy": reflection,
+            "policy": { "semver": { "range": "1.x" } },
+        });
+        if reflection == "Always" {
+            spec["interval"] = json!("1s");
+        }
+        f.policy(policy, spec).await?;
+        let p = f.latest_tag(policy, "1.0.0").await?;
+        assert_eq!(
+            p.status.unwrap().latest_ref.unwrap().digest.as_ref(),
+            Some(&first.digest)
+        );
+    }
+
+    // Push the other image's manifest as 1.0.0.
+    let client = weir_e2e::Registry::client();
+    let auth = oci_client::secrets::RegistryAuth::Anonymous;
+    let at = |tag: &str| {
+        oci_client::Reference::with_tag(registry.host().to_owned(), name.clone(), tag.to_owned())
+    };
+    let (manifest, _) = client.pull_manifest(&at("other"), &auth).await?;
+    client.push_manifest(&at("1.0.0"), &manifest).await?;
+
+    let api = f.api::<ImagePolicy>();
+    let moved = wait_until("the Always policy to see the new digest", || {
+        let api = api.clone();
+        let want = other.digest.clone();
+        async move {
+            let p = api.get("always").await.map_err(|e| e.to_string())?;
+            let digest = p
+                .status
+                .clone()
+                .and_then(|s| s.latest_ref)
+                .and_then(|r| r.digest);
+            if digest.as_ref() == Some(&want) {
+                Ok(p)
+            } else {
+                Err(format!("digest {digest:?}"))
+            }
+        }
+    })
+    .await?;
+    let status = moved.status.unwrap();
+    assert_eq!(
+        status.observed_previous_ref.unwrap().digest,
+        Some(first.digest.clone())
+    );
+    let once = f.api::<ImagePolicy>().get("once").await?;
+    assert_eq!(
+        once.status.unwrap().latest_ref.unwrap().digest,
+        Some(first.digest),
+        "IfNotPresent keeps the digest it found"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn alphabetical_and_numerical_policies_with_filter_and_extract() -> Result<()> {
     let f = Fixture::start().await?;
     let image = push_tags(

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 
 use regex::Regex;
 use semver::Version;
-use weir_api::image::{ImagePolicyChoice, ImagePolicySpec, SortOrder};
+use weir_api::image::{ImagePolicyChoice, ImagePolicySpec, ReflectionPolicy, SortOrder};
 use weir_runtime::semver_range::{self, Range};
 
 /// Why a policy cannot be compiled.
@@ -25,6 +25,8 @@ pub enum PolicyError {
     Extract { extract: String, group: String },
     #[error("filterTags.extract is set but filterTags.pattern is not")]
     ExtractWithoutPattern,
+    #[error("digestReflectionPolicy: Always needs spec.interval, and spec.interval needs it")]
+    Interval,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,10 @@ impl Key {
 impl Policy {
     /// Compiles a spec's policy and tag filter.
     pub fn compile(spec: &ImagePolicySpec) -> Result<Self, PolicyError> {
+        let always = spec.digest_reflection_policy == ReflectionPolicy::Always;
+        if always != spec.interval.is_some() {
+            return Err(PolicyError::Interval);
+        }
         let order = match &spec.policy {
             ImagePolicyChoice::Semver(s) => Order::Semver(
                 Range::parse(&s.range).map_err(|e| PolicyError::Range(e.to_string()))?,
@@ -210,9 +216,7 @@ fn referenced_groups(template: &str) -> Vec<&str> {
 mod tests {
     use super::*;
     use weir_api::LocalObjectReference;
-    use weir_api::image::{
-        AlphabeticalPolicy, NumericalPolicy, ReflectionPolicy, SemVerPolicy, TagFilter,
-    };
+    use weir_api::image::{AlphabeticalPolicy, NumericalPolicy, SemVerPolicy, TagFilter};
 
     fn spec(policy: ImagePolicyChoice, filter: Option<(&str, &str)>) -> ImagePolicySpec {
         ImagePolicySpec {
@@ -223,6 +227,7 @@ mod tests {
                 extract: Some(e.into()).filter(|e: &String| !e.is_empty()),
             }),
             digest_reflection_policy: ReflectionPolicy::Never,
+            interval: None,
         }
     }
 
@@ -347,6 +352,13 @@ mod tests {
             Policy::compile(&spec(alpha(), Some(("", "$ts")))).unwrap_err(),
             PolicyError::ExtractWithoutPattern
         );
+        let mut always = spec(alpha(), None);
+        always.digest_reflection_policy = ReflectionPolicy::Always;
+        assert_eq!(Policy::compile(&always).unwrap_err(), PolicyError::Interval);
+        always.interval = Some("1m".parse().unwrap());
+        assert!(Policy::compile(&always).is_ok());
+        always.digest_reflection_policy = ReflectionPolicy::IfNotPresent;
+        assert_eq!(Policy::compile(&always).unwrap_err(), PolicyError::Interval);
     }
 
     #[test]

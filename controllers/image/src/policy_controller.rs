@@ -46,10 +46,16 @@ async fn choose(
         tag: tag.to_owned(),
         digest: None,
     };
-    if policy.spec.digest_reflection_policy == ReflectionPolicy::IfNotPresent {
+    let reflection = policy.spec.digest_reflection_policy;
+    if reflection != ReflectionPolicy::Never {
         let previous = policy.status.as_ref().and_then(|s| s.latest_ref.as_ref());
         chosen.digest = match previous {
-            Some(p) if p.name == chosen.name && p.tag == chosen.tag && p.digest.is_some() => {
+            Some(p)
+                if reflection == ReflectionPolicy::IfNotPresent
+                    && p.name == chosen.name
+                    && p.tag == chosen.tag
+                    && p.digest.is_some() =>
+            {
                 p.digest.clone()
             }
             _ => {
@@ -137,7 +143,14 @@ pub(crate) async fn reconcile(
                 status.latest_ref = Some(chosen);
             }
             succeeded(&*policy, &ctx, &mut status.conditions, &message);
-            Action::await_change()
+            // With `Always`, the digest is looked up again every interval; otherwise only a new
+            // scan or a change of the policy starts a new evaluation.
+            match &policy.spec.interval {
+                Some(interval) => {
+                    Action::requeue(weir_runtime::schedule::jittered(interval.as_std()))
+                }
+                None => Action::await_change(),
+            }
         }
         Err(error) => {
             failed(

@@ -6,6 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The finalizer Flux's controllers put on their objects; Weir's controllers use the same, so
+/// objects move between the engines.
+pub const FINALIZER: &str = "finalizers.fluxcd.io";
+
 /// Set to any new value (usually a timestamp) to ask for an immediate reconcile, as
 /// `flux reconcile` does; the controller answers with `status.lastHandledReconcileAt`.
 pub const RECONCILE_REQUESTED_AT_ANNOTATION: &str = "reconcile.fluxcd.io/requestedAt";

@@ -64,8 +64,7 @@ use weir_runtime::{
 
 use crate::{apply::KindCache, error::KustomizeError, fetch::ArtifactFetcher, reconcile::Attempt};
 
-/// The finalizer Flux's controllers use; Weir uses the same so objects move between engines.
-pub const FINALIZER: &str = "finalizers.fluxcd.io";
+pub use weir_api::meta::FINALIZER;
 /// The field manager of status writes.
 pub const STATUS_FIELD_MANAGER: &str = "weir-kustomize-controller";
 /// The name events are reported under.

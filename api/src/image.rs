@@ -406,6 +406,9 @@ pub struct CommitSpec {
     /// a fixed message naming the automation when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_template: Option<String>,
+    /// Values the template reads as `.Values.<key>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub message_template_values: BTreeMap<String, String>,
 }
 
 /// A git identity.

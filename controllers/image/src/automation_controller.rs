@@ -104,7 +104,11 @@ async fn prepare(
         .message_template
         .as_deref()
         .map(Template::parse)
-        .transpose()?;
+        .transpose()?
+        .map(|template| update::MessageTemplate {
+            template,
+            values: git_spec.commit.message_template_values.clone(),
+        });
     let automation = (namespace.clone(), auto.name_any());
     if let Some(t) = &template {
         update::check_template(t, &automation)?;

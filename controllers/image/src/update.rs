@@ -37,13 +37,20 @@ pub struct UpdateRequest {
     pub policies: BTreeMap<String, ImageRef>,
     pub author_name: String,
     pub author_email: String,
-    pub template: Option<Template>,
+    pub template: Option<MessageTemplate>,
     /// `namespace/name` of the automation, for the message.
     pub automation: (String, String),
     /// How many pushes to try when the branch keeps moving.
     pub max_attempts: u32,
     /// First delay between attempts; doubles each time.
     pub retry_delay: Duration,
+}
+
+/// `git.commit.messageTemplate`, parsed, with `messageTemplateValues`.
+#[derive(Debug)]
+pub struct MessageTemplate {
+    pub template: Template,
+    pub values: BTreeMap<String, String>,
 }
 
 /// What a run did.
@@ -126,9 +133,13 @@ fn yaml_files(
     Ok(files)
 }
 
-/// What the template reads: `.AutomationObject` and `.Changed` (`FileChanges`, `Objects`,
-/// `Changes`), as in Flux's documentation.
-fn template_data(automation: &(String, String), changes: &[(String, Change)]) -> Value {
+/// What the template reads: `.AutomationObject`, `.Changed` (`FileChanges`, `Objects`,
+/// `Changes`) and `.Values`, as in Flux's documentation.
+fn template_data(
+    automation: &(String, String),
+    changes: &[(String, Change)],
+    values: &BTreeMap<String, String>,
+) -> Value {
     let s = |v: &str| Value::Str(v.to_owned());
     let change = |c: &Change| {
         Value::Struct(
@@ -197,6 +208,10 @@ fn template_data(automation: &(String, String), changes: &[(String, Change)]) ->
                     String::new(),
                 ),
             ),
+            (
+                "Values",
+                Value::map(values.iter().map(|(k, v)| (s(k), s(v))).collect()),
+            ),
         ],
         String::new(),
     )
@@ -205,12 +220,14 @@ fn template_data(automation: &(String, String), changes: &[(String, Change)]) ->
 /// The commit message: the rendered template, or a fixed first line with one line per change
 /// (file, line, policy, old and new value), so the history says what changed what.
 pub fn commit_message(
-    template: Option<&Template>,
+    template: Option<&MessageTemplate>,
     automation: &(String, String),
     changes: &[(String, Change)],
 ) -> Result<String, ImageError> {
     if let Some(t) = template {
-        return Ok(t.render(&template_data(automation, changes))?);
+        return Ok(t
+            .template
+            .render(&template_data(automation, changes, &t.values))?);
     }
     let mut message = String::from("Update from image update automation\n\n");
     for (file, c) in changes {
@@ -226,7 +243,7 @@ pub fn commit_message(
 /// Renders `template` once against a sample change, so a template that cannot render is a spec
 /// error found before any git work, whatever the repository holds.
 pub fn check_template(
-    template: &Template,
+    template: &MessageTemplate,
     automation: &(String, String),
 ) -> Result<(), ImageError> {
     let sample = Change {
@@ -407,6 +424,45 @@ mod tests {
     }
 
     #[test]
+    fn fluxs_documented_template_renders() {
+        let auto: weir_api::ImageUpdateAutomation = weir_api::manifest::from_yaml(include_str!(
+            "../../../api/tests/fixtures/imageupdateautomation-full.yaml"
+        ))
+        .unwrap();
+        let commit = auto.spec.git.unwrap().commit;
+        let template = MessageTemplate {
+            template: Template::parse(&commit.message_template.unwrap()).unwrap(),
+            values: commit.message_template_values,
+        };
+        let automation = ("flux-system".to_owned(), "flux-system".to_owned());
+        check_template(&template, &automation).unwrap();
+        let change = Change {
+            line: 3,
+            setter: "flux-system:podinfo".into(),
+            old_value: "ghcr.io/stefanprodan/podinfo:6.4.0".into(),
+            new_value: "ghcr.io/stefanprodan/podinfo:6.5.0".into(),
+            object: ObjectId {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                namespace: "apps".into(),
+                name: "podinfo".into(),
+            },
+        };
+        let message = commit_message(
+            Some(&template),
+            &automation,
+            &[("clusters/my-cluster/podinfo.yaml".into(), change)],
+        )
+        .unwrap();
+        assert_eq!(
+            message,
+            "Automated image update (production)\n\nAutomation name: flux-system/flux-system\n\n\
+             Files:\n- clusters/my-cluster/podinfo.yaml\nObjects:\n- Deployment podinfo\n  Changes:\n    \
+             - ghcr.io/stefanprodan/podinfo:6.4.0 -> ghcr.io/stefanprodan/podinfo:6.5.0\n"
+        );
+    }
+
+    #[test]
     fn default_message_lists_every_change() {
         let change = Change {
             line: 7,
@@ -425,10 +481,13 @@ mod tests {
             message,
             "Update from image update automation\n\n- deploy.yaml:7 apps:app: r/app:1.0.0 -> r/app:1.1.0\n"
         );
-        let template = Template::parse(
-            "{{ .AutomationObject }}: {{ range .Changed.Changes }}{{ .Setter }} {{ .NewValue }}{{ end }}",
-        )
-        .unwrap();
+        let template = MessageTemplate {
+            template: Template::parse(
+                "{{ .AutomationObject }} ({{ .Values.env }}): {{ range .Changed.Changes }}{{ .Setter }} {{ .NewValue }}{{ end }}",
+            )
+            .unwrap(),
+            values: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+        };
         assert_eq!(
             commit_message(
                 Some(&template),
@@ -436,7 +495,7 @@ mod tests {
                 &[("deploy.yaml".into(), change)]
             )
             .unwrap(),
-            "apps/auto: apps:app r/app:1.1.0"
+            "apps/auto (prod): apps:app r/app:1.1.0"
         );
     }
 }

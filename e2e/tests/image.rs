@@ -459,10 +459,9 @@ async fn alphabetical_and_numerical_policies_with_filter_and_extract() -> Result
     f.latest_tag("oldest", "main-fff999-900000000").await?;
     f.latest_tag("release", "RELEASE.2024-03-01T00-00-00Z")
         .await?;
-    // Three policies share the one tag list of the repository.
+    // The three policies read the repository's one tag list.
     let scan = f.controller.store.get(f.ns.name(), "app").unwrap();
     assert_eq!(scan.tags.len(), 6);
-    assert!(std::sync::Arc::strong_count(&scan.tags) >= 1);
     Ok(())
 }
 

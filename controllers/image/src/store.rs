@@ -70,3 +70,36 @@ impl TagStore {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_share_one_tag_list_and_keep_it_across_a_rescan() {
+        let store = TagStore::default();
+        let scan = |tags: &[&str]| ScannedTags {
+            canonical_image_name: "reg/app".into(),
+            tags: tags.iter().map(|t| Box::<str>::from(*t)).collect(),
+            revision: String::new(),
+            access: RegistryAccess {
+                insecure: true,
+                ca_pem: None,
+                auth: oci_client::secrets::RegistryAuth::Anonymous,
+            },
+        };
+        store.put("ns", "app", scan(&["1.0.0", "1.1.0"]));
+        let a = store.get("ns", "app").unwrap();
+        let b = store.get("ns", "app").unwrap();
+        assert!(
+            Arc::ptr_eq(&a.tags, &b.tags),
+            "one list, not a copy per policy"
+        );
+        store.put("ns", "app", scan(&["2.0.0"]));
+        assert_eq!(a.tags.len(), 2, "a reader keeps the list it holds");
+        assert_eq!(store.get("ns", "app").unwrap().tags.len(), 1);
+        assert_eq!(store.tag_count(), 1);
+        store.remove("ns", "app");
+        assert!(store.get("ns", "app").is_none());
+    }
+}

@@ -12,6 +12,8 @@ pub enum Controller {
     Source,
     /// Kustomization → built, validated, applied, pruned and health-checked objects.
     Kustomize,
+    /// ImageRepository, ImagePolicy, ImageUpdateAutomation → new images committed to git.
+    Image,
 }
 
 /// Flags of `weir controllers`.
@@ -117,6 +119,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
     } else {
         args.controllers.clone()
     };
+    // kube uses ring and oci-client also compiles aws-lc-rs; with two providers rustls picks none,
+    // so choose one for the process before any client exists. An error means one is chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
@@ -155,6 +160,19 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     dependency_requeue: args.kustomize.requeue_dependency,
                 };
                 let handle = weir_kustomize::start(kube_config, config, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let metrics = handle.metrics.clone();
+                renders.push(Box::new(move || metrics.render()));
+                running.push(tokio::spawn(handle.wait()));
+            }
+            Controller::Image => {
+                let config = weir_image::Config {
+                    namespace: args.namespace.clone(),
+                    concurrency: args.concurrency,
+                    ..weir_image::Config::default()
+                };
+                let handle = weir_image::start(client.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
                 let metrics = handle.metrics.clone();

@@ -35,8 +35,7 @@ use weir_runtime::{ControllerError, Failure, Redactor, events::EventPublisher, s
 
 use crate::{error::ImageError, store::TagStore};
 
-/// The finalizer Flux's controllers use; Weir uses the same so objects move between engines.
-pub const FINALIZER: &str = "finalizers.fluxcd.io";
+pub use weir_api::meta::FINALIZER;
 /// The field manager of status writes.
 pub const FIELD_MANAGER: &str = "weir-image-controller";
 /// The name events are reported under.

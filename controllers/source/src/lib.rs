@@ -37,8 +37,7 @@ use weir_runtime::{
 
 use crate::{error::SourceError, reconcile::SourceOutcome, storage::Storage};
 
-/// The finalizer Flux's controllers use; Weir uses the same so objects move between engines.
-pub const FINALIZER: &str = "finalizers.fluxcd.io";
+pub use weir_api::meta::FINALIZER;
 /// The field manager of status writes.
 pub const FIELD_MANAGER: &str = "weir-source-controller";
 /// The name events are reported under.

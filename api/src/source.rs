@@ -96,11 +96,13 @@ pub struct GitRepositoryRef {
     pub commit: Option<String>,
 }
 
+/// The branch a GitRepository without a ref follows, as Flux documents (not the remote's
+/// `HEAD`: a repository whose default branch is `main` needs `ref.branch: main`).
+pub const DEFAULT_BRANCH: &str = "master";
+
 /// What a `GitRepositoryRef` resolves to, after precedence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResolvedRef<'a> {
-    /// The remote's default branch (`HEAD`).
-    DefaultBranch,
     Branch(&'a str),
     Tag(&'a str),
     Semver(&'a str),
@@ -134,7 +136,7 @@ impl GitRepositoryRef {
         } else if let Some(branch) = nonempty(self.branch.as_ref()) {
             ResolvedRef::Branch(branch)
         } else {
-            ResolvedRef::DefaultBranch
+            ResolvedRef::Branch(DEFAULT_BRANCH)
         }
     }
 }
@@ -145,7 +147,7 @@ impl GitRepositorySpec {
     pub fn resolved_ref(&self) -> ResolvedRef<'_> {
         self.reference
             .as_ref()
-            .map_or(ResolvedRef::DefaultBranch, GitRepositoryRef::resolve)
+            .map_or(ResolvedRef::Branch(DEFAULT_BRANCH), GitRepositoryRef::resolve)
     }
 }
 
@@ -213,7 +215,7 @@ mod tests {
         assert_eq!(no_tag.resolve(), ResolvedRef::Branch("main"));
         assert_eq!(
             GitRepositoryRef::default().resolve(),
-            ResolvedRef::DefaultBranch
+            ResolvedRef::Branch("master")
         );
     }
 }

@@ -51,7 +51,20 @@ impl Fixture {
         })
     }
 
-    async fn create(&self, name: &str, spec: serde_json::Value) -> Result<GitRepository> {
+    /// Creates a GitRepository following the harness repositories' `main` branch unless `spec`
+    /// names a ref.
+    async fn create(&self, name: &str, mut spec: serde_json::Value) -> Result<GitRepository> {
+        if spec.get("ref").is_none() {
+            spec["ref"] = json!({ "branch": "main" });
+        }
+        self.create_as_written(name, spec).await
+    }
+
+    async fn create_as_written(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<GitRepository> {
         let repo: GitRepository = manifest::from_value(json!({
             "apiVersion": "source.toolkit.fluxcd.io/v1",
             "kind": "GitRepository",
@@ -240,13 +253,20 @@ async fn a_branch_becomes_an_artifact_served_with_the_advertised_digest() -> Res
 }
 
 #[tokio::test]
-async fn without_a_ref_the_remote_default_branch_is_used() -> Result<()> {
+async fn without_a_ref_the_master_branch_is_followed_as_in_flux() -> Result<()> {
     let f = Fixture::start().await?;
+    // The remote's default branch is `main`: Flux follows `master` all the same.
     let (_, git) = harness_repo().await?;
-    f.create("app", json!({ "url": git.http_url(), "interval": "10m" }))
+    f.create_as_written("app", json!({ "url": git.http_url(), "interval": "10m" }))
         .await?;
+    let repo = f.wait_ready("app", "False").await?;
+    let ready = find_condition(&repo.status.as_ref().unwrap().conditions, types::READY).unwrap();
+    assert!(ready.message.contains("master"), "{}", ready.message);
+
+    let master = git.create_branch("master")?;
+    f.request_reconcile("app", "master-created").await?;
     let repo = f.wait_ready("app", "True").await?;
-    assert_eq!(revision(&repo), format!("main@sha1:{}", git.head()?));
+    assert_eq!(revision(&repo), format!("master@sha1:{master}"));
     Ok(())
 }
 

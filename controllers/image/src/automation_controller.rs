@@ -60,7 +60,6 @@ async fn prepare(
     let checkout_branch = match git_spec.checkout.as_ref() {
         Some(c) => Some(c.reference.branch.clone()),
         None => match repo.spec.resolved_ref() {
-            ResolvedRef::DefaultBranch => None,
             ResolvedRef::Branch(b) => Some(b.to_owned()),
             _ => {
                 return Err(ImageError::InvalidSource(format!(

@@ -24,8 +24,6 @@ pub enum SourceError {
     TagNotFound(String),
     #[error("reference '{0}' not found in the remote")]
     RefNotFound(String),
-    #[error("the remote has no default branch (is the repository empty?)")]
-    NoDefaultBranch,
     #[error("no tag matches the semver range '{0}'")]
     NoMatchingTag(String),
     #[error("commit '{commit}' not found{}", branch.as_ref().map(|b| format!(" on branch '{b}'")).unwrap_or_default())]

@@ -169,10 +169,6 @@ fn resolve(reference: &ResolvedRef<'_>, refs: Option<&RemoteRefs>) -> Result<Tar
     let refs_or_empty = RemoteRefs::default();
     let refs = refs.unwrap_or(&refs_or_empty);
     match reference {
-        ResolvedRef::DefaultBranch => {
-            let head = refs.head.as_deref().ok_or(SourceError::NoDefaultBranch)?;
-            branch_target(head.strip_prefix("refs/heads/").unwrap_or(head), refs)
-        }
         ResolvedRef::Branch(b) => branch_target(b, refs),
         ResolvedRef::Tag(t) => tag_target(t, refs),
         ResolvedRef::Semver(range) => {

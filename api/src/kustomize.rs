@@ -129,6 +129,20 @@ pub struct KustomizationSpec {
     pub components: Vec<String>,
 }
 
+impl KustomizationSpec {
+    /// How long a build, apply and health check may take: `timeout`, or when unset the
+    /// interval less 30 seconds, never less than 30 seconds (Flux's `GetTimeout`).
+    #[must_use]
+    pub fn timeout(&self) -> std::time::Duration {
+        const FLOOR: std::time::Duration = std::time::Duration::from_secs(30);
+        let duration = self.timeout.as_ref().map_or_else(
+            || self.interval.as_std().saturating_sub(FLOOR),
+            GoDuration::as_std,
+        );
+        duration.max(FLOOR)
+    }
+}
+
 /// A reference to an object by kind, name and namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -295,28 +309,35 @@ pub struct ObjMetadata {
 }
 
 impl ObjMetadata {
-    /// `<namespace>_<name>_<group>_<kind>` (empty namespace for cluster-scoped, empty group for core).
+    /// `<namespace>_<name>_<group>_<kind>` (empty namespace for cluster-scoped, empty group for
+    /// core), with `:` in the name (RBAC names such as `system:controller`) written `__`, as
+    /// Flux's cli-utils writes it.
     #[must_use]
     pub fn id(&self) -> String {
         format!(
             "{}_{}_{}_{}",
-            self.namespace, self.name, self.group, self.kind
+            self.namespace,
+            self.name.replace(':', "__"),
+            self.group,
+            self.kind
         )
     }
 
-    /// Parses an inventory id. Names and namespaces cannot contain `_`, kinds and groups neither,
-    /// so splitting on it is unambiguous.
+    /// Parses an inventory id as cli-utils does: the namespace up to the first `_`, the kind and
+    /// group after the last two, and the name in between with `__` read back as `:`. Nothing
+    /// else may hold a `_`.
     #[must_use]
     pub fn parse(id: &str) -> Option<Self> {
-        let mut parts = id.split('_');
-        let (namespace, name, group, kind) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || name.is_empty() || kind.is_empty() {
+        let (namespace, rest) = id.split_once('_')?;
+        let (rest, kind) = rest.rsplit_once('_')?;
+        let (name, group) = rest.rsplit_once('_')?;
+        let name = name.replace("__", ":");
+        if name.is_empty() || kind.is_empty() || name.contains('_') {
             return None;
         }
         Some(Self {
             namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            name,
             group: group.to_owned(),
             kind: kind.to_owned(),
         })
@@ -326,6 +347,28 @@ impl ObjMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeout_defaults_as_fluxs_get_timeout() {
+        let spec = |interval: &str, timeout: Option<&str>| -> KustomizationSpec {
+            let mut v = serde_json::json!({
+                "sourceRef": {"kind": "GitRepository", "name": "r"},
+                "interval": interval, "prune": false,
+            });
+            if let Some(t) = timeout {
+                v["timeout"] = serde_json::json!(t);
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let secs = std::time::Duration::from_secs;
+        // Unset: the interval less 30 s, at least 30 s.
+        assert_eq!(spec("10m", None).timeout(), secs(570));
+        assert_eq!(spec("1m", None).timeout(), secs(30));
+        assert_eq!(spec("10s", None).timeout(), secs(30));
+        // Set: as written, at least 30 s.
+        assert_eq!(spec("10m", Some("2m")).timeout(), secs(120));
+        assert_eq!(spec("10m", Some("5s")).timeout(), secs(30));
+    }
 
     #[test]
     fn inventory_ids_round_trip() {
@@ -346,5 +389,19 @@ mod tests {
         assert_eq!(ns.id(), "_apps__Namespace");
         assert_eq!(ObjMetadata::parse("_apps__Namespace"), Some(ns));
         assert_eq!(ObjMetadata::parse("a_b_c"), None);
+        assert_eq!(ObjMetadata::parse("a_b_c_d_e"), None, "a `_` in the name");
+    }
+
+    #[test]
+    fn colons_in_names_are_transcoded_as_in_flux_inventories() {
+        let role = ObjMetadata {
+            namespace: String::new(),
+            name: "system:weir:reader".into(),
+            group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+        };
+        let id = "_system__weir__reader_rbac.authorization.k8s.io_ClusterRole";
+        assert_eq!(role.id(), id);
+        assert_eq!(ObjMetadata::parse(id), Some(role));
     }
 }

@@ -145,9 +145,10 @@ impl GitRepositorySpec {
     /// The reference to check out, after precedence and defaults.
     #[must_use]
     pub fn resolved_ref(&self) -> ResolvedRef<'_> {
-        self.reference
-            .as_ref()
-            .map_or(ResolvedRef::Branch(DEFAULT_BRANCH), GitRepositoryRef::resolve)
+        self.reference.as_ref().map_or(
+            ResolvedRef::Branch(DEFAULT_BRANCH),
+            GitRepositoryRef::resolve,
+        )
     }
 }
 

@@ -37,6 +37,15 @@ struct Fixture {
 
 impl Fixture {
     async fn start(files: &[(&str, &str)]) -> Result<Self> {
+        let kustomize = Harness::get().await?.tool("kustomize");
+        Self::start_with_kustomize(files, kustomize).await
+    }
+
+    /// A fixture whose kustomize controller runs the `kustomize` binary at `kustomize_path`.
+    async fn start_with_kustomize(
+        files: &[(&str, &str)],
+        kustomize_path: std::path::PathBuf,
+    ) -> Result<Self> {
         let harness = Harness::get().await?;
         let ns = harness.namespace().await?;
         let client = harness.client()?;
@@ -60,7 +69,7 @@ impl Fixture {
             weir_kustomize::Config {
                 namespace: Some(ns.name().to_owned()),
                 concurrency: 4,
-                kustomize_path: harness.tool("kustomize"),
+                kustomize_path,
                 cache_dir: cache.path().to_path_buf(),
                 // Long, so dependsOn tests prove that a dependency becoming Ready starts its
                 // dependents at once.
@@ -590,15 +599,17 @@ async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
 }
 
 #[tokio::test]
-async fn overlays_get_the_spec_kustomize_fields_with_kustomize_semantics() -> Result<()> {
+async fn spec_kustomize_fields_merge_into_the_overlay_as_flux_merges_them() -> Result<()> {
     let f = Fixture::start(&[
         // No namespace in the base: targetNamespace gives it one.
         ("base/deploy.yaml", &DEPLOYMENT.replace("  namespace: NAMESPACE\n", "")),
         ("base/kustomization.yaml", "resources: [deploy.yaml]\n"),
+        // The overlay has a prefix and a patch of its own, and loads a file beside its base.
         (
             "overlay/kustomization.yaml",
-            "resources: [../base]\ncommonLabels: {env: prod}\n",
+            "namePrefix: git-\nresources: [../base, ../common/cm.yaml]\ncommonLabels: {env: prod}\npatches:\n- patch: |\n    - op: add\n      path: /spec/template/metadata/annotations\n      value: {from: overlay}\n  target: {kind: Deployment, name: web}\n",
         ),
+        ("common/cm.yaml", &config_map_yaml("settings", "1").replace("  namespace: NAMESPACE\n", "")),
         (
             "components/tier/kustomization.yaml",
             "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonAnnotations: {tier: web}\n",
@@ -615,27 +626,34 @@ async fn overlays_get_the_spec_kustomize_fields_with_kustomize_semantics() -> Re
             "images": [{ "name": "registry.invalid/web", "newTag": "2.0.0" }],
             "patches": [
                 {
-                    "target": { "kind": "Deployment" },
+                    // Targets the name in git, as the overlay's own patch does.
+                    "target": { "kind": "Deployment", "name": "web" },
                     "patch": "- op: replace\n  path: /spec/replicas\n  value: 3\n",
                 },
                 {
                     "patch": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  annotations:\n    patched: strategic-merge\n",
                 },
             ],
-            "commonMetadata": { "labels": { "team": "blue" } },
+            "commonMetadata": { "labels": { "team": "blue" }, "annotations": { "owner": "ops" } },
             "components": ["../components/tier"],
         }),
     )
     .await?;
     let head = f.repo.head()?;
     f.wait_applied("app", &head).await?;
+    // The spec's prefix replaces the overlay's: `p-web-s`, never `p-git-web-s`.
     let d = Api::<Deployment>::namespaced(f.client.clone(), f.ns())
         .get("p-web-s")
         .await?;
     let spec = d.spec.unwrap();
-    assert_eq!(spec.replicas, Some(3));
     assert_eq!(
-        spec.template.spec.unwrap().containers[0].image.as_deref(),
+        spec.replicas,
+        Some(3),
+        "the spec's patch, by the name in git"
+    );
+    let template = spec.template;
+    assert_eq!(
+        template.spec.unwrap().containers[0].image.as_deref(),
         Some("registry.invalid/web:2.0.0")
     );
     let labels = d.metadata.labels.unwrap();
@@ -644,6 +662,67 @@ async fn overlays_get_the_spec_kustomize_fields_with_kustomize_semantics() -> Re
     let annotations = d.metadata.annotations.unwrap();
     assert_eq!(annotations["tier"], "web", "component applied");
     assert_eq!(annotations["patched"], "strategic-merge");
+    assert_eq!(annotations["owner"], "ops");
+    // commonMetadata is metadata only, as in Flux: not the pod template, not the selector.
+    let template_metadata = template.metadata.unwrap();
+    assert_eq!(
+        template_metadata.annotations.unwrap()["from"],
+        "overlay",
+        "the overlay's own patch"
+    );
+    let template_labels = template_metadata.labels.unwrap();
+    assert!(!template_labels.contains_key("team"), "{template_labels:?}");
+    assert!(
+        !spec.selector.match_labels.unwrap().contains_key("team"),
+        "selector untouched"
+    );
+    let cm = f
+        .config_map("p-settings-s")
+        .await?
+        .expect("the file beside the base");
+    assert_eq!(cm.metadata.labels.unwrap()["team"], "blue");
+    assert!(f.config_map("p-git-settings-s").await?.is_none());
+    f.teardown().await
+}
+
+#[tokio::test]
+async fn a_plain_directory_with_target_namespace_is_built_without_kustomize() -> Result<()> {
+    // kustomize fails every build here: only a native build can get this Ready.
+    let f = Fixture::start_with_kustomize(
+        &[
+            (
+                "apps/cm.yaml",
+                &config_map_yaml("plain", "1").replace("  namespace: NAMESPACE\n", ""),
+            ),
+            (
+                "apps/deploy.yaml",
+                &DEPLOYMENT.replace("NAMESPACE", "elsewhere"),
+            ),
+        ],
+        // A binary that fails whatever it is asked.
+        "/usr/bin/false".into(),
+    )
+    .await?;
+    f.create_ks(
+        "app",
+        json!({
+            "path": "./apps",
+            "targetNamespace": f.ns(),
+            "commonMetadata": { "labels": { "team": "blue" } },
+        }),
+    )
+    .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    let cm = f
+        .config_map("plain")
+        .await?
+        .expect("given the target namespace");
+    assert_eq!(cm.metadata.labels.unwrap()["team"], "blue");
+    // An object naming another namespace is moved, as kustomize's namespace transformer does.
+    Api::<Deployment>::namespaced(f.client.clone(), f.ns())
+        .get("web")
+        .await?;
     f.teardown().await
 }
 
@@ -1085,18 +1164,55 @@ async fn a_service_account_with_rbac_applies_as_itself() -> Result<()> {
 }
 
 #[tokio::test]
-async fn kustomize_builds_refuse_files_outside_their_root_and_exec_functions() -> Result<()> {
+async fn kustomize_builds_load_any_file_of_the_artifact_but_nothing_outside_it() -> Result<()> {
     let f = Fixture::start(&[
         ("other/o.yaml", &config_map_yaml("o", "1")),
         ("app/kustomization.yaml", "resources: [../other/o.yaml]\n"),
     ])
     .await?;
     f.create_ks("app", json!({ "path": "./app" })).await?;
-    let ks = f.wait_failed("app", None, reasons::BUILD_FAILED).await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    assert!(
+        f.config_map("o").await?.is_some(),
+        "a file beside the overlay"
+    );
+
+    let commit = f
+        .repo
+        .change()
+        .write(
+            "app/kustomization.yaml",
+            "resources: [../other/o.yaml, ../../../etc/passwd]\n",
+        )
+        .commit("a path out of the artifact")?;
+    let ks = f
+        .wait_failed("app", Some(&commit), reasons::BUILD_FAILED)
+        .await?;
     let m = message(&ks);
     assert!(
-        m.contains("security; file 'other/o.yaml' is not in or below 'app'"),
+        m.contains("app/kustomization.yaml")
+            && m.contains("resources[1]")
+            && m.contains("../../../etc/passwd"),
         "{m}"
+    );
+
+    // A remote base is refused before kustomize runs, naming the URL (builds have no network).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/base.yaml", listener.local_addr()?);
+    let commit = f
+        .repo
+        .change()
+        .write("app/kustomization.yaml", &format!("resources: [{url}]\n"))
+        .commit("a remote base")?;
+    let ks = f
+        .wait_failed("app", Some(&commit), reasons::BUILD_FAILED)
+        .await?;
+    assert!(message(&ks).contains(&url), "{}", message(&ks));
+    listener.set_nonblocking(true)?;
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the remote base's server"
     );
 
     let exec = "transformers:
@@ -1123,6 +1239,155 @@ async fn kustomize_builds_refuse_files_outside_their_root_and_exec_functions() -
         "{}",
         message(&ks)
     );
-    assert!(f.config_map("o").await?.is_none());
     f.teardown().await
+}
+
+#[tokio::test]
+async fn an_inventory_written_by_flux_is_read_and_its_rbac_objects_pruned() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let f = Fixture::start(&[("apps/cm.yaml", &config_map_yaml("kept", "1"))]).await?;
+    // An object Flux applied: its labels, and a name with colons, as RBAC names often have.
+    let role_name = format!("system:weir-e2e:{}", f.ns());
+    let roles = Api::<ClusterRole>::all(f.client.clone());
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {
+            "name": role_name,
+            "labels": {
+                annotations::NAME_LABEL: "app",
+                annotations::NAMESPACE_LABEL: f.ns(),
+            },
+        },
+        "rules": [],
+    }))?;
+    roles.create(&PostParams::default(), &role).await?;
+    f.create_ks("app", json!({ "path": "./apps", "suspend": true }))
+        .await?;
+    // The inventory as Flux's cli-utils writes it: `:` in the name is `__`.
+    let flux_id = format!(
+        "_{}_rbac.authorization.k8s.io_ClusterRole",
+        role_name.replace(':', "__")
+    );
+    f.ks.patch_status(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({ "status": { "inventory": { "entries": [{ "id": flux_id, "v": "v1" }] } } }),
+        ),
+    )
+    .await?;
+    f.ks.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "suspend": false } })),
+    )
+    .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("app", &head).await?;
+    wait_until("the role Flux applied to be pruned", || {
+        let roles = roles.clone();
+        let name = role_name.clone();
+        async move {
+            match roles.get_opt(&name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(r) if r.metadata.deletion_timestamp.is_some() => Ok(()),
+                Some(_) => Err("still there".to_owned()),
+            }
+        }
+    })
+    .await?;
+    assert!(f.config_map("kept").await?.is_some());
+    f.teardown().await
+}
+
+/// Objects of every shape `native::set_namespace` treats differently, one file per shape.
+const NAMESPACE_SHAPES: &[(&str, &str)] = &[
+    (
+        "apps.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: elsewhere}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n",
+    ),
+    (
+        "namespace.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: old}\n",
+    ),
+    (
+        "cluster.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: reader}\nrules: []\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n---\napiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: fast}\nprovisioner: example.com/fast\n---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: edge}\nspec: {controller: example.com/edge}\n---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {name: disk}\nspec: {capacity: {storage: 1Gi}, accessModes: [ReadWriteOnce], hostPath: {path: /tmp}}\n",
+    ),
+    (
+        "bindings.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: readers}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reader}\nsubjects:\n- {kind: ServiceAccount, name: default, namespace: other}\n- {kind: ServiceAccount, name: robot, namespace: other}\n- {kind: Group, name: default}\n- {kind: User, name: alice}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: local}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: reader}\nsubjects:\n- {kind: ServiceAccount, name: default}\n- {kind: ServiceAccount, name: robot}\n",
+    ),
+    (
+        "extensions.yaml",
+        "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1.metrics.example.com}\nspec:\n  group: metrics.example.com\n  version: v1\n  groupPriorityMinimum: 100\n  versionPriority: 100\n  service: {name: metrics}\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec:\n  group: example.com\n  names: {kind: Widget, plural: widgets}\n  scope: Namespaced\n  versions: [{name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object}}}]\n  conversion:\n    strategy: Webhook\n    webhook:\n      conversionReviewVersions: [v1]\n      clientConfig: {service: {name: convert, namespace: other}}\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.example.com}\nspec:\n  group: example.com\n  names: {kind: Gadget, plural: gadgets}\n  scope: Namespaced\n  versions: [{name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object}}}]\n  conversion:\n    strategy: Webhook\n    webhook:\n      conversionReviewVersions: [v1]\n      clientConfig: {url: https://convert.example.com}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: check}\nwebhooks:\n- name: check.example.com\n  sideEffects: None\n  admissionReviewVersions: [v1]\n  clientConfig: {service: {name: check, namespace: other}}\n",
+    ),
+    (
+        "custom/widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {name: newer-than-the-schema}\nspec: {validations: [{expression: 'true'}]}\n",
+    ),
+];
+
+/// The native `targetNamespace` of a plain directory gives exactly what kustomize gives for the
+/// kustomization Flux generates, object for object, with the real kustomize the harness pins.
+#[tokio::test]
+async fn native_namespaces_equal_kustomizes() -> Result<()> {
+    use weir_kustomize::{build, native};
+    let kustomize = Harness::get().await?.tool("kustomize");
+    let tree = tempfile::tempdir()?;
+    for (path, content) in NAMESPACE_SHAPES {
+        let file = tree.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap())?;
+        std::fs::write(file, content)?;
+    }
+    let spec: weir_api::kustomize::KustomizationSpec = serde_json::from_value(json!({
+        "interval": "5m",
+        "prune": true,
+        "sourceRef": {"kind": "GitRepository", "name": "repo"},
+        "targetNamespace": "target",
+    }))?;
+    let collected = build::collect_yaml(tree.path(), tree.path())?;
+    let mut native_built = collected.manifests.clone();
+    native::set_namespace(&mut native_built, "target");
+
+    let work = tempfile::tempdir()?;
+    let kustomized = build::kustomize_build(
+        work.path(),
+        tree.path(),
+        &spec,
+        std::path::Path::new(""),
+        Some(&collected),
+        &kustomize,
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
+
+    let by_key = |manifests: Vec<build::Manifest>| -> BTreeMap<String, build::Manifest> {
+        manifests
+            .into_iter()
+            .map(|m| (build::object_key(&m.object), m))
+            .collect()
+    };
+    let (native_built, kustomized) = (by_key(native_built), by_key(kustomized));
+    assert_eq!(
+        native_built.keys().collect::<Vec<_>>(),
+        kustomized.keys().collect::<Vec<_>>()
+    );
+    for (key, built) in &native_built {
+        assert_eq!(
+            built, &kustomized[key],
+            "{key} differs from kustomize's build"
+        );
+    }
+    // Not vacuous: the shapes were moved, renamed and left alone.
+    assert!(
+        native_built
+            .keys()
+            .any(|k| k.contains("target") && k.contains("Deployment"))
+    );
+    assert!(
+        native_built
+            .values()
+            .any(|m| m.object["kind"] == "Namespace" && m.object["metadata"]["name"] == "target")
+    );
+    Ok(())
 }

@@ -1,13 +1,19 @@
 //! Building a Kustomization's path into objects.
 //!
-//! A plain directory (no kustomization file, no spec-level kustomize fields) is built natively:
-//! every YAML file below it, recursively, sorted by path. Otherwise the real `kustomize` binary
-//! builds a generated wrapper kustomization that points at the path and carries the spec's
-//! `targetNamespace`, `namePrefix`, `nameSuffix`, `commonMetadata`, `images`, `patches` and
-//! `components`, so they get kustomize's exact semantics. kustomize runs with the root-only load
-//! restrictor, no plugins or exec functions, an empty environment, no `git` on `PATH` and an
-//! unreachable proxy, so a build cannot reach the network. The wrapper asks kustomize for origin
-//! annotations, which tell each object's file; they are removed before anything is applied.
+//! A plain directory (no kustomization file, no kustomization subdirectories) whose spec asks
+//! for no more than `targetNamespace` is built natively: every YAML file below it, recursively,
+//! sorted by path, with kustomize's namespace transformer applied in-process (see
+//! [`crate::native`]) — no process, no copy. Otherwise the real `kustomize` binary builds the
+//! path's own kustomization (or the one Flux generates for a plain directory) with the spec's
+//! fields merged in as Flux merges them (see [`crate::generator`]), in a private view of the
+//! shared artifact (see [`crate::view`]).
+//!
+//! Load rules are Flux's: a build may load any file inside the artifact root, and nothing
+//! outside it. kustomize runs with no load restrictor, so every kustomization the build can
+//! reach is checked first (see [`crate::references`]); it also runs with no plugins or exec
+//! functions, an empty environment, no `git` on `PATH` and an unreachable proxy, so a build
+//! cannot reach the network. Origin annotations tell each object's file; they are removed
+//! before anything is applied unless the kustomization asked for them.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,18 +21,17 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use weir_api::KustomizationSpec;
 
-use crate::fetch::contained_path;
+use crate::{fetch::contained_path, generator, references, view};
 
 /// The annotation kustomize records an object's origin in.
 const ORIGIN_ANNOTATION: &str = "config.kubernetes.io/origin";
 /// The names kustomize accepts for a kustomization file.
 const KUSTOMIZATION_FILES: &[&str] = &["kustomization.yaml", "kustomization.yml", "Kustomization"];
-/// The artifact is extracted to `<work>/src`; the wrapper lives in `<work>/wrapper`.
+/// The private view of the artifact is laid out in `<work>/src`.
 pub const SOURCE_DIR: &str = "src";
-const WRAPPER_DIR: &str = "wrapper";
 
 /// One built object and the file it came from (relative to the artifact root).
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +61,12 @@ pub enum BuildError {
         first: String,
         second: String,
     },
+    #[error("{file}: {field} must be a list")]
+    NotAList { file: String, field: String },
+    #[error("{0}")]
+    Reference(#[from] references::ReferenceError),
+    #[error("cannot write the kustomization: {0}")]
+    Serialize(#[source] serde_yaml_ng::Error),
     #[error("kustomize build failed: {0}")]
     Kustomize(String),
     #[error("kustomize build timed out after {0:?}")]
@@ -69,8 +80,8 @@ pub enum BuildError {
 pub enum BuildPlan {
     /// A plain directory, read natively: the objects.
     Native(Vec<Manifest>),
-    /// kustomize builds a private copy of the artifact; `generated` is the kustomization to
-    /// write for a plain directory (one that also needs kustomize).
+    /// kustomize builds `relative_path` in a private view of the artifact: its kustomization
+    /// file (`generated` is `None`), or the one generated for a plain directory.
     Kustomize {
         relative_path: PathBuf,
         generated: Option<Collected>,
@@ -78,7 +89,8 @@ pub enum BuildPlan {
 }
 
 /// Decides how to build `spec.path` of the extracted artifact `tree`, reading (never writing)
-/// it; plain directories are read right away.
+/// it; plain directories are read right away, and every kustomization a kustomize build can
+/// reach is checked to stay inside the artifact.
 pub fn plan(tree: &Path, spec: &KustomizationSpec) -> Result<BuildPlan, BuildError> {
     let path = spec.path.as_deref().unwrap_or("./");
     // A leading `/` means the artifact root, as in Flux.
@@ -91,44 +103,107 @@ pub fn plan(tree: &Path, spec: &KustomizationSpec) -> Result<BuildPlan, BuildErr
         .strip_prefix(tree)
         .unwrap_or(Path::new(""))
         .to_path_buf();
-    if has_kustomization(&dir) {
+    if kustomization_file(&dir).is_some() {
+        references::check(tree, &dir)?;
+        check_components(tree, &relative_path, spec)?;
         return Ok(BuildPlan::Kustomize {
             relative_path,
             generated: None,
         });
     }
-    let collected = collect_yaml(tree, &dir)?;
-    if collected.kustomization_dirs.is_empty() && !uses_kustomize_fields(spec) {
+    let mut collected = collect_yaml(tree, &dir)?;
+    if collected.kustomization_dirs.is_empty() && natively_buildable(spec) {
+        if let Some(namespace) = &spec.target_namespace {
+            crate::native::set_namespace(&mut collected.manifests, namespace);
+            // Moved into one namespace, two objects may become one, as kustomize reports too.
+            check_unique(&collected.manifests)?;
+        }
         return Ok(BuildPlan::Native(collected.manifests));
     }
+    for sub in &collected.kustomization_dirs {
+        references::check(tree, &dir.join(sub))?;
+    }
+    check_components(tree, &relative_path, spec)?;
     Ok(BuildPlan::Kustomize {
         relative_path,
         generated: Some(collected),
     })
 }
 
-/// Runs kustomize on a private copy of the artifact extracted at `<work>/src`.
+/// Each of the spec's components stays inside the artifact, and so does what it loads.
+fn check_components(
+    tree: &Path,
+    relative_path: &Path,
+    spec: &KustomizationSpec,
+) -> Result<(), BuildError> {
+    for component in &spec.components {
+        let dir = contained_path(tree, &relative_path.join(component))
+            .map_err(|_| BuildError::UnsafePath(component.clone()))?;
+        if kustomization_file(&dir).is_some() {
+            references::check(tree, &dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs kustomize on `relative_path` of the shared artifact `tree`, in a private view laid out
+/// in `<work>/src`; the spec's fields are merged into the build directory's kustomization.
 pub async fn kustomize_build(
     work: &Path,
+    tree: &Path,
     spec: &KustomizationSpec,
     relative_path: &Path,
     generated: Option<&Collected>,
     kustomize: &Path,
     timeout: Duration,
 ) -> Result<Vec<Manifest>, BuildError> {
-    let root = work.join(SOURCE_DIR);
-    if let Some(collected) = generated {
-        write_generated_kustomization(&root.join(relative_path), collected)?;
-    }
-    let wrapper = work.join(WRAPPER_DIR);
-    std::fs::create_dir_all(&wrapper)?;
-    let wrapper_doc = wrapper_kustomization(spec, relative_path, &root)?;
+    let (name, mut doc) = match generated {
+        Some(collected) => {
+            let resources: Vec<&str> = collected
+                .files
+                .iter()
+                .chain(&collected.kustomization_dirs)
+                .map(String::as_str)
+                .collect();
+            (KUSTOMIZATION_FILES[0], generator::generated(&resources))
+        }
+        None => read_kustomization(tree, relative_path)?,
+    };
+    let file = relative_path.join(name).to_string_lossy().into_owned();
+    let remove_origin = generator::merge_spec(&mut doc, spec, &file)?;
+    let view_root = work.join(SOURCE_DIR);
+    let dir = view::lay_out(tree, relative_path, &view_root, name.as_ref())?;
     std::fs::write(
-        wrapper.join("kustomization.yaml"),
-        serde_yaml_ng::to_string(&wrapper_doc).map_err(|e| BuildError::Kustomize(e.to_string()))?,
+        dir.join(name),
+        serde_yaml_ng::to_string(&doc).map_err(BuildError::Serialize)?,
     )?;
-    let output = run_kustomize(kustomize, &wrapper, work, timeout).await?;
-    parse_kustomize_output(&output)
+    let output = run_kustomize(kustomize, &dir, work, &[&view_root, tree], timeout).await?;
+    parse_kustomize_output(&output, relative_path, remove_origin)
+}
+
+/// The build directory's kustomization file: its name and its mapping.
+fn read_kustomization(
+    tree: &Path,
+    relative_path: &Path,
+) -> Result<(&'static str, Map<String, Value>), BuildError> {
+    let dir = tree.join(relative_path);
+    let name = kustomization_file(&dir)
+        .ok_or_else(|| BuildError::PathNotFound(relative_path.display().to_string()))?;
+    let file = relative_path.join(name).to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(dir.join(name))?;
+    let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| BuildError::InvalidYaml {
+        file: file.clone(),
+        message: e.to_string(),
+    })?;
+    match value {
+        Value::Object(doc) => Ok((name, doc)),
+        Value::Null => Ok((name, Map::new())),
+        _ => Err(BuildError::NotAnObject {
+            file,
+            index: 1,
+            why: "a kustomization must be a mapping".to_owned(),
+        }),
+    }
 }
 
 /// The binary at `path`, or for a bare name the first match on this process's `PATH` (builds
@@ -143,19 +218,27 @@ pub fn find_binary(path: &Path) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn has_kustomization(dir: &Path) -> bool {
-    KUSTOMIZATION_FILES.iter().any(|f| dir.join(f).is_file())
+/// The name of `dir`'s kustomization file, in kustomize's order of preference.
+fn kustomization_file(dir: &Path) -> Option<&'static str> {
+    KUSTOMIZATION_FILES
+        .iter()
+        .copied()
+        .find(|f| dir.join(f).is_file())
 }
 
-/// Whether the spec asks for anything only kustomize does.
-fn uses_kustomize_fields(spec: &KustomizationSpec) -> bool {
-    spec.target_namespace.is_some()
-        || spec.name_prefix.is_some()
-        || spec.name_suffix.is_some()
-        || spec.common_metadata.is_some()
-        || !spec.images.is_empty()
-        || !spec.patches.is_empty()
-        || !spec.components.is_empty()
+fn has_kustomization(dir: &Path) -> bool {
+    kustomization_file(dir).is_some()
+}
+
+/// Whether Weir builds a plain directory with this spec exactly as kustomize would, without
+/// kustomize: namespaces are set natively, and `commonMetadata` is applied after every build
+/// (as Flux does); prefixes, suffixes, images, patches and components need kustomize.
+fn natively_buildable(spec: &KustomizationSpec) -> bool {
+    spec.name_prefix.is_none()
+        && spec.name_suffix.is_none()
+        && spec.images.is_empty()
+        && spec.patches.is_empty()
+        && spec.components.is_empty()
 }
 
 /// What a plain directory holds.
@@ -172,7 +255,6 @@ pub struct Collected {
 /// kustomization file are listed, not read. Files are named relative to `root`.
 pub fn collect_yaml(root: &Path, dir: &Path) -> Result<Collected, BuildError> {
     let mut collected = Collected::default();
-    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut stack = vec![dir.to_path_buf()];
     let mut files: Vec<PathBuf> = vec![];
     while let Some(d) = stack.pop() {
@@ -205,14 +287,6 @@ pub fn collect_yaml(root: &Path, dir: &Path) -> Result<Collected, BuildError> {
         let mut any = false;
         for (index, object) in parse_documents(&text, &file)?.into_iter().enumerate() {
             let object = check_object(object, &file, index + 1)?;
-            let id = object_key(&object);
-            if let Some(first) = seen.insert(id.clone(), file.clone()) {
-                return Err(BuildError::Duplicate {
-                    id,
-                    first,
-                    second: file,
-                });
-            }
             any = true;
             collected.manifests.push(Manifest {
                 object,
@@ -223,7 +297,24 @@ pub fn collect_yaml(root: &Path, dir: &Path) -> Result<Collected, BuildError> {
             collected.files.push(relative(dir, &path));
         }
     }
+    check_unique(&collected.manifests)?;
     Ok(collected)
+}
+
+/// No object may be defined twice; the error names both files.
+fn check_unique(manifests: &[Manifest]) -> Result<(), BuildError> {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for manifest in manifests {
+        let id = object_key(&manifest.object);
+        if let Some(first) = seen.insert(id.clone(), &manifest.file) {
+            return Err(BuildError::Duplicate {
+                id,
+                first: first.to_owned(),
+                second: manifest.file.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn relative(base: &Path, path: &Path) -> String {
@@ -301,103 +392,21 @@ pub fn object_key(object: &Value) -> String {
     }
 }
 
-/// Writes the kustomization Flux generates for a plain directory: its files and its
-/// kustomization subdirectories as resources.
-fn write_generated_kustomization(dir: &Path, collected: &Collected) -> Result<(), BuildError> {
-    let resources: Vec<&String> = collected
-        .files
-        .iter()
-        .chain(&collected.kustomization_dirs)
-        .collect();
-    let doc = json!({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": resources,
-    });
-    std::fs::write(
-        dir.join("kustomization.yaml"),
-        serde_yaml_ng::to_string(&doc).map_err(|e| BuildError::Kustomize(e.to_string()))?,
-    )?;
-    Ok(())
-}
-
-/// The wrapper kustomization: the path as its one resource, plus the spec's kustomize fields.
-fn wrapper_kustomization(
-    spec: &KustomizationSpec,
-    relative_path: &Path,
-    root: &Path,
-) -> Result<Value, BuildError> {
-    let source = Path::new("..").join(SOURCE_DIR).join(relative_path);
-    let mut doc = Map::new();
-    doc.insert(
-        "apiVersion".into(),
-        json!("kustomize.config.k8s.io/v1beta1"),
-    );
-    doc.insert("kind".into(), json!("Kustomization"));
-    doc.insert("resources".into(), json!([source.to_string_lossy()]));
-    doc.insert("buildMetadata".into(), json!(["originAnnotations"]));
-    if let Some(ns) = &spec.target_namespace {
-        doc.insert("namespace".into(), json!(ns));
-    }
-    if let Some(prefix) = &spec.name_prefix {
-        doc.insert("namePrefix".into(), json!(prefix));
-    }
-    if let Some(suffix) = &spec.name_suffix {
-        doc.insert("nameSuffix".into(), json!(suffix));
-    }
-    if let Some(meta) = &spec.common_metadata {
-        if !meta.labels.is_empty() {
-            doc.insert(
-                "labels".into(),
-                json!([{ "pairs": meta.labels, "includeSelectors": false }]),
-            );
-        }
-        if !meta.annotations.is_empty() {
-            doc.insert("commonAnnotations".into(), json!(meta.annotations));
-        }
-    }
-    if !spec.images.is_empty() {
-        doc.insert(
-            "images".into(),
-            serde_json::to_value(&spec.images).unwrap_or_default(),
-        );
-    }
-    if !spec.patches.is_empty() {
-        doc.insert(
-            "patches".into(),
-            serde_json::to_value(&spec.patches).unwrap_or_default(),
-        );
-    }
-    if !spec.components.is_empty() {
-        let mut components = vec![];
-        for component in &spec.components {
-            let joined = relative_path.join(component);
-            contained_path(root, &joined).map_err(|_| BuildError::UnsafePath(component.clone()))?;
-            components.push(
-                Path::new("..")
-                    .join(SOURCE_DIR)
-                    .join(joined)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
-        doc.insert("components".into(), json!(components));
-    }
-    Ok(Value::Object(doc))
-}
-
-/// Runs `kustomize build` on `dir` without plugins, exec functions, environment or network.
+/// Runs `kustomize build` on `dir` without load restrictor (the references were checked),
+/// plugins, exec functions, environment or network. Paths under `roots` are named relative to
+/// them in errors.
 async fn run_kustomize(
     kustomize: &Path,
     dir: &Path,
     work: &Path,
+    roots: &[&Path],
     timeout: Duration,
 ) -> Result<String, BuildError> {
     let mut command = tokio::process::Command::new(kustomize);
     command
         .arg("build")
         .arg("--load-restrictor")
-        .arg("LoadRestrictionsRootOnly")
+        .arg("LoadRestrictionsNone")
         .arg(dir)
         .env_clear()
         .env("HOME", work)
@@ -413,40 +422,46 @@ async fn run_kustomize(
         .await
         .map_err(|_| BuildError::Timeout(timeout))??;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        // kustomize names files by their absolute paths in the work directory; show them
-        // relative to the artifact root.
-        let src = format!("{}/", work.join(SOURCE_DIR).display());
-        let wrapper = format!("{}/", work.join(WRAPPER_DIR).display());
-        return Err(BuildError::Kustomize(
-            stderr
-                .trim()
-                .replace(&src, "")
-                .replace(&wrapper, "")
-                .replace(&format!("../{SOURCE_DIR}/"), ""),
-        ));
+        // kustomize names files by their absolute paths; show them relative to the artifact.
+        let mut message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        for root in roots {
+            message = message.replace(&format!("{}/", root.display()), "");
+        }
+        return Err(BuildError::Kustomize(message));
     }
     String::from_utf8(output.stdout).map_err(|e| BuildError::Kustomize(e.to_string()))
 }
 
-/// The objects of kustomize's output, with their origin file taken from (and removed from)
-/// the origin annotation.
-fn parse_kustomize_output(output: &str) -> Result<Vec<Manifest>, BuildError> {
+/// The objects of kustomize's output for the build directory `relative_path`, with their
+/// origin file taken from the origin annotation (removed when Weir asked for it).
+fn parse_kustomize_output(
+    output: &str,
+    relative_path: &Path,
+    remove_origin: bool,
+) -> Result<Vec<Manifest>, BuildError> {
     let documents = parse_documents(output, "kustomize output")?;
     let mut manifests = Vec::with_capacity(documents.len());
     for (index, mut object) in documents.into_iter().enumerate() {
-        let file = take_origin(&mut object).unwrap_or_else(|| "kustomization".to_owned());
+        let file = origin(&mut object, remove_origin)
+            .and_then(|path| normalize(&relative_path.join(path)))
+            .unwrap_or_else(|| relative_path.join("kustomization").display().to_string());
         let object = check_object(object, &file, index + 1)?;
         manifests.push(Manifest { object, file });
     }
     Ok(manifests)
 }
 
-fn take_origin(object: &mut Value) -> Option<String> {
+/// The `path` of an object's origin annotation (relative to the build directory), the
+/// annotation removed when `remove`.
+fn origin(object: &mut Value, remove: bool) -> Option<String> {
     let annotations = object
         .pointer_mut("/metadata/annotations")?
         .as_object_mut()?;
-    let origin = annotations.remove(ORIGIN_ANNOTATION);
+    let origin = if remove {
+        annotations.remove(ORIGIN_ANNOTATION)?
+    } else {
+        annotations.get(ORIGIN_ANNOTATION)?.clone()
+    };
     if annotations.is_empty()
         && let Some(meta) = object
             .pointer_mut("/metadata")
@@ -454,10 +469,23 @@ fn take_origin(object: &mut Value) -> Option<String> {
     {
         meta.remove("annotations");
     }
-    let origin: Value = serde_yaml_ng::from_str(origin?.as_str()?).ok()?;
-    let path = origin.get("path")?.as_str()?;
-    let prefix = format!("../{SOURCE_DIR}/");
-    Some(path.strip_prefix(&prefix).unwrap_or(path).to_owned())
+    let origin: Value = serde_yaml_ng::from_str(origin.as_str()?).ok()?;
+    Some(origin.get("path")?.as_str()?.to_owned())
+}
+
+/// `path` with `.` and `..` resolved, as a relative path string; `None` if it climbs out.
+fn normalize(path: &Path) -> Option<String> {
+    let mut parts: Vec<&std::ffi::OsStr> = vec![];
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(part) => parts.push(part),
+            std::path::Component::ParentDir => {
+                parts.pop()?;
+            }
+            _ => {}
+        }
+    }
+    Some(parts.iter().collect::<PathBuf>().display().to_string())
 }
 
 #[cfg(test)]
@@ -564,32 +592,19 @@ mod tests {
     }
 
     #[test]
-    fn origin_annotations_name_the_file_and_are_removed() {
-        let out = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  annotations:\n    config.kubernetes.io/origin: |\n      path: ../src/apps/cm.yaml\n";
-        let m = parse_kustomize_output(out).unwrap();
-        assert_eq!(m[0].file, "apps/cm.yaml");
+    fn origin_annotations_name_the_file_relative_to_the_artifact_and_are_removed() {
+        let out = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  annotations:\n    config.kubernetes.io/origin: |\n      path: ../base/cm.yaml\n";
+        let m = parse_kustomize_output(out, Path::new("apps/web"), true).unwrap();
+        assert_eq!(m[0].file, "apps/base/cm.yaml");
         assert!(m[0].object.pointer("/metadata/annotations").is_none());
-    }
-
-    #[test]
-    fn the_wrapper_carries_the_spec_fields_and_refuses_escaping_components() {
-        let spec: KustomizationSpec = serde_json::from_value(json!({
-            "sourceRef": {"kind": "GitRepository", "name": "r"}, "interval": "1m", "prune": true,
-            "targetNamespace": "t", "namePrefix": "p-",
-            "images": [{"name": "nginx", "newTag": "2"}],
-            "commonMetadata": {"labels": {"team": "a"}},
-            "components": ["../comp"]
-        }))
-        .unwrap();
-        let root = Path::new("/w/src");
-        let doc = wrapper_kustomization(&spec, Path::new("apps"), root).unwrap();
-        assert_eq!(doc["resources"], json!(["../src/apps"]));
-        assert_eq!(doc["namespace"], json!("t"));
-        assert_eq!(doc["images"], json!([{"name": "nginx", "newTag": "2"}]));
-        assert_eq!(doc["components"], json!(["../src/apps/../comp"]));
-        assert_eq!(doc["labels"][0]["includeSelectors"], json!(false));
-        let mut escaping = spec.clone();
-        escaping.components = vec!["../../etc".to_owned()];
-        assert!(wrapper_kustomization(&escaping, Path::new("apps"), root).is_err());
+        let kept = parse_kustomize_output(out, Path::new("apps/web"), false).unwrap();
+        assert_eq!(kept[0].file, "apps/base/cm.yaml");
+        assert!(
+            kept[0]
+                .object
+                .pointer("/metadata/annotations/config.kubernetes.io~1origin")
+                .is_some(),
+            "asked for by the kustomization, so kept"
+        );
     }
 }

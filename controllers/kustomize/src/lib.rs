@@ -20,17 +20,26 @@
 //! - `postBuild` substitutes only the braced forms (`${var}`, `${var:=default}`,
 //!   `${var:-default}`); a bare `$var` is left as written. Values of Secrets read through
 //!   `substituteFrom` are masked in every message, event and log line.
-//! - The `kustomize` binary builds overlays with no plugins or exec functions, the root-only load
-//!   restrictor, an empty environment and no network; plain directories are read natively.
+//! - The spec's kustomize fields are merged into the path's own kustomization as Flux merges
+//!   them (prefixes replace, patches append and target the names in git). A build may load any
+//!   file inside the artifact and nothing outside it. The `kustomize` binary runs with no
+//!   plugins or exec functions, an empty environment and no network, in a private view of the
+//!   shared artifact (never a copy of it); plain directories with no more than
+//!   `targetNamespace` are built natively. `commonMetadata` goes on the built objects' metadata
+//!   only, as in Flux.
 
 pub mod apply;
 pub mod build;
 pub mod error;
 pub mod fetch;
+pub mod generator;
 pub mod health;
 pub mod inventory;
+pub mod native;
 pub mod reconcile;
+pub mod references;
 pub mod substitute;
+pub mod view;
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},

@@ -17,11 +17,10 @@ use weir_runtime::Redactor;
 use crate::{
     Context,
     apply::{ApplySet, ChangeSet, HealthTarget, Target, resource_from_crd},
-    build::{self, BuildPlan, Manifest, SOURCE_DIR},
+    build::{self, BuildPlan, Manifest},
     error::KustomizeError,
-    fetch,
     inventory::{self, InventoryDiff, split_api_version},
-    substitute,
+    native, substitute,
 };
 
 /// What a reconcile did, successful or not; the caller turns it into status and events.
@@ -51,7 +50,7 @@ pub async fn run(
         .as_ref()
         .unwrap_or(&spec.interval)
         .as_std();
-    let timeout = spec.timeout.as_ref().unwrap_or(&spec.interval).as_std();
+    let timeout = spec.timeout();
 
     check_dependencies(ks, ctx).await?;
 
@@ -133,7 +132,7 @@ pub async fn run(
 }
 
 /// Fetches the artifact (cached by digest) and builds the path: natively from the shared
-/// extracted tree, or with kustomize on a private copy.
+/// extracted tree, or with kustomize in a private view of it; then sets `commonMetadata`.
 async fn fetch_and_build(
     ctx: &Context,
     spec: &weir_api::KustomizationSpec,
@@ -145,21 +144,16 @@ async fn fetch_and_build(
         .extracted(artifact)
         .await
         .map_err(KustomizeError::Fetch)?;
-    let manifests = match build::plan(&artifacts.tree, spec).map_err(KustomizeError::Build)? {
+    let mut manifests = match build::plan(&artifacts.tree, spec).map_err(KustomizeError::Build)? {
         BuildPlan::Native(manifests) => manifests,
         BuildPlan::Kustomize {
             relative_path,
             generated,
         } => {
-            // kustomize gets its own copy: generated files must not touch the shared tree.
             let work = tempfile::tempdir().map_err(|e| KustomizeError::Build(e.into()))?;
-            let (tarball, src) = (artifacts.tarball.clone(), work.path().join(SOURCE_DIR));
-            tokio::task::spawn_blocking(move || fetch::extract(&tarball, &src))
-                .await
-                .map_err(|e| KustomizeError::Fetch(fetch::FetchError::Extract(e.to_string())))?
-                .map_err(KustomizeError::Fetch)?;
             build::kustomize_build(
                 work.path(),
+                &artifacts.tree,
                 spec,
                 &relative_path,
                 generated.as_ref(),
@@ -170,6 +164,9 @@ async fn fetch_and_build(
             .map_err(KustomizeError::Build)?
         }
     };
+    if let Some(meta) = &spec.common_metadata {
+        native::set_common_metadata(&mut manifests, &meta.labels, &meta.annotations);
+    }
     Ok(manifests)
 }
 
@@ -530,12 +527,7 @@ pub async fn delete_inventory(
         kinds: &ctx.kinds,
         metrics: &ctx.metrics,
         force: false,
-        timeout: ks
-            .spec
-            .timeout
-            .as_ref()
-            .unwrap_or(&ks.spec.interval)
-            .as_std(),
+        timeout: ks.spec.timeout(),
     };
     let diff = InventoryDiff::between(Some(&inventory), &ResourceInventory::default());
     set.prune(

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Kustomize controller benchmark (issue 5): N Kustomizations (default 100; 1000 with
+# Kustomize controller benchmark: N Kustomizations (default 100; 1000 with
 # WEIR_BENCH_KUSTOMIZATIONS=1000), each applying a small app (Deployment, Service, ConfigMap)
 # from its own path of one GitRepository, reconciled by one `weir controllers --controllers
-# source,kustomize` process. Reports the seconds from creation until all are Ready, the
-# controller's peak RSS, API requests per Kustomization, and one steady-state interval with no
-# change upstream (object and status writes: must be zero).
+# source,kustomize` process. Like Flux's benchmark, each sets `targetNamespace`, `prune` and
+# `wait: true`. WEIR_BENCH_DIRS (default N) sets how many app directories the repository has, to
+# show how the cost of a reconcile grows with the repository; WEIR_BENCH_OVERLAY=1 gives every
+# app a kustomization.yaml (so kustomize builds it) instead of a plain directory.
+# Reports the seconds from creation until all are Ready, the controller's peak RSS, API requests
+# per Kustomization, and one steady-state interval with no change upstream (object and status
+# writes: must be zero).
 # Needs: the harness env (KUBECONFIG, WEIR_GIT_*, WEIR_TOOLS_BIN), WEIR_BIN; run through `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/harness-lib.sh"
 
 n=${WEIR_BENCH_KUSTOMIZATIONS:-100}
+dirs=${WEIR_BENCH_DIRS:-$n}
+overlay=${WEIR_BENCH_OVERLAY:-0}
+((dirs >= n)) || { echo "WEIR_BENCH_DIRS must be at least WEIR_BENCH_KUSTOMIZATIONS" >&2; exit 2; }
 concurrency=${WEIR_BENCH_CONCURRENCY:-8}
 interval=${WEIR_BENCH_INTERVAL:-30s}
 ns="bench-kustomize-$RANDOM"
@@ -42,14 +49,15 @@ wait_for() { # wait_for <what> <command> <target>
 # One repository with a directory per app.
 repo="$work/repo"
 git init -q --initial-branch main "$repo"
-for i in $(seq 1 "$n"); do
+for i in $(seq 1 "$dirs"); do
   mkdir -p "$repo/apps/app-$i"
+  ((overlay == 0)) || echo "resources: [app.yaml]" >"$repo/apps/app-$i/kustomization.yaml"
   cat >"$repo/apps/app-$i/app.yaml" <<YAML
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: app-$i, namespace: $ns}
+metadata: {name: app-$i}
 spec:
-  replicas: 1
+  replicas: 0
   selector: {matchLabels: {app: app-$i}}
   template:
     metadata: {labels: {app: app-$i}}
@@ -57,14 +65,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: app-$i, namespace: $ns}
+metadata: {name: app-$i}
 spec:
   selector: {app: app-$i}
   ports: [{port: 80}]
 ---
 apiVersion: v1
 kind: ConfigMap
-metadata: {name: app-$i, namespace: $ns}
+metadata: {name: app-$i}
 data: {greeting: hello}
 YAML
 done
@@ -102,7 +110,10 @@ spec:
   sourceRef: {kind: GitRepository, name: apps}
   path: ./apps/app-$i
   interval: $interval
+  targetNamespace: $ns
   prune: true
+  wait: true
+  timeout: 5m
 YAML
   done
 } >"$work/objects.yaml"
@@ -129,7 +140,7 @@ rss_peak=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 
 per() { python3 -c "print(f'{$1 / $2:.1f}')"; }
 cat <<REPORT
-kustomize controller, $n Kustomizations (Deployment + Service + ConfigMap each, one GitRepository), concurrency $concurrency
+kustomize controller, $n Kustomizations (Deployment scaled to 0 + Service + ConfigMap each; targetNamespace, prune, wait), one GitRepository of $dirs $( ((overlay)) && echo "kustomize overlays" || echo "plain directories"), concurrency $concurrency
   creation → all Ready:                              $(secs "$t0" "$t_ready") s
   reconciles to get there:                           $reconciles_ready
   API requests per Kustomization to get there:       $(per "$requests_ready" "$n") (events and watches excluded)

@@ -1548,3 +1548,106 @@ async fn bench_ten_thousand_tags() -> Result<()> {
     );
     Ok(())
 }
+
+impl Fixture {
+    /// Waits until `name` carries Flux's finalizer.
+    async fn wait_finalizer<K>(&self, name: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let api = self.api::<K>();
+        let kind = K::kind(&()).to_string();
+        wait_until(&format!("{kind} {name} to carry {FLUX_FINALIZER}"), || {
+            let api = api.clone();
+            async move {
+                let object = api.get(name).await.map_err(|e| e.to_string())?;
+                let finalizers = object.meta().finalizers.clone().unwrap_or_default();
+                if finalizers.iter().any(|f| f == FLUX_FINALIZER) {
+                    Ok(())
+                } else {
+                    Err(format!("finalizers {finalizers:?}"))
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes `name` and waits until it is gone.
+    async fn delete_and_wait_gone<K>(&self, name: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let api = self.api::<K>();
+        api.delete(name, &kube::api::DeleteParams::default())
+            .await?;
+        let kind = K::kind(&()).to_string();
+        wait_until(&format!("{kind} {name} to be deleted"), || {
+            let api = api.clone();
+            async move {
+                match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(object) => Err(format!(
+                        "still there with finalizers {:?}",
+                        object.meta().finalizers
+                    )),
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The finalizer Flux's image controllers put on every image kind.
+const FLUX_FINALIZER: &str = "finalizers.fluxcd.io";
+
+#[tokio::test]
+async fn policies_and_automations_carry_fluxs_finalizer_and_are_deleted_with_it() -> Result<()> {
+    let f = Fixture::start().await?;
+    f.image_and_policy(&["1.0.0"], "*").await?;
+    f.git_source(&[("apps/app.yaml", "kind: X\n")]).await?;
+    f.automation("auto", automation_spec(None)).await?;
+    // As Flux leaves them behind when Weir takes over: the finalizer set, one suspended.
+    let written_by_flux = |name: &str, suspend: bool| -> Result<weir_api::ImageUpdateAutomation> {
+        let mut spec = automation_spec(None);
+        spec["suspend"] = json!(suspend);
+        Ok(manifest::from_value(json!({
+            "apiVersion": "image.toolkit.fluxcd.io/v1",
+            "kind": "ImageUpdateAutomation",
+            "metadata": {
+                "name": name,
+                "namespace": f.ns.name(),
+                "finalizers": [FLUX_FINALIZER],
+            },
+            "spec": spec,
+        }))?)
+    };
+    let automations = f.api::<weir_api::ImageUpdateAutomation>();
+    for (name, suspend) in [("from-flux", false), ("suspended-from-flux", true)] {
+        automations
+            .create(&PostParams::default(), &written_by_flux(name, suspend)?)
+            .await?;
+    }
+
+    // Weir adds it as Flux does, so either engine can delete what the other created.
+    f.wait_finalizer::<ImagePolicy>("app").await?;
+    f.wait_finalizer::<weir_api::ImageUpdateAutomation>("auto")
+        .await?;
+    f.latest_tag("app", "1.0.0").await?;
+    f.wait_ready::<weir_api::ImageUpdateAutomation>("from-flux", "True", None)
+        .await?;
+
+    f.delete_and_wait_gone::<ImagePolicy>("app").await?;
+    for name in ["auto", "from-flux", "suspended-from-flux"] {
+        f.delete_and_wait_gone::<weir_api::ImageUpdateAutomation>(name)
+            .await?;
+    }
+    Ok(())
+}

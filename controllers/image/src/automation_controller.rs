@@ -12,7 +12,10 @@ use kube::{
     Api, ResourceExt,
     api::ListParams,
     core::{Selector, SelectorExt},
-    runtime::controller::Action,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as FinalizerEvent, finalizer},
+    },
 };
 use weir_api::{
     GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, meta::handled_reconcile_at,
@@ -22,7 +25,7 @@ use weir_runtime::{ControllerError, Redactor, schedule, status::apply_status};
 use weir_source::error::SourceError;
 
 use crate::{
-    Context, FIELD_MANAGER,
+    Context, FIELD_MANAGER, FINALIZER,
     error::ImageError,
     failed, object_key, succeeded,
     template::Template,
@@ -167,11 +170,25 @@ pub(crate) async fn reconcile(
     auto: Arc<ImageUpdateAutomation>,
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
-    if auto.spec.suspend {
-        return Ok(Action::await_change());
-    }
     let api: Api<ImageUpdateAutomation> =
         Api::namespaced(ctx.client.clone(), &auto.namespace().unwrap_or_default());
+    // Flux's finalizer, added and removed even while suspended, as Flux does: an automation
+    // holds nothing to clean up, but one written by Flux carries it and must still be deletable.
+    Ok(finalizer(&api, FINALIZER, auto, |event| async {
+        match event {
+            FinalizerEvent::Apply(auto) if auto.spec.suspend => Ok(Action::await_change()),
+            FinalizerEvent::Apply(auto) => automate(&api, auto, &ctx).await,
+            FinalizerEvent::Cleanup(_) => Ok(Action::await_change()),
+        }
+    })
+    .await?)
+}
+
+async fn automate(
+    api: &Api<ImageUpdateAutomation>,
+    auto: Arc<ImageUpdateAutomation>,
+    ctx: &Context,
+) -> Result<Action, ControllerError> {
     ctx.metrics.automation_runs.fetch_add(1, Ordering::Relaxed);
     let previous = auto.status.clone();
     let mut status = previous.clone().unwrap_or_default();
@@ -184,7 +201,7 @@ pub(crate) async fn reconcile(
     );
     let interval = auto.spec.interval.as_std();
     let mut redactor = Redactor::default();
-    let action = match run(&auto, &ctx, &mut redactor).await {
+    let action = match run(&auto, ctx, &mut redactor).await {
         Ok((outcome, policies)) => {
             let now = Time(Timestamp::now());
             status.last_automation_run_time = Some(now.clone());
@@ -213,13 +230,13 @@ pub(crate) async fn reconcile(
                     summary
                 }
             };
-            succeeded(&*auto, &ctx, &mut status.conditions, &message);
+            succeeded(&*auto, ctx, &mut status.conditions, &message);
             Action::requeue(schedule::jittered(interval))
         }
         Err(error) => {
             failed(
                 &*auto,
-                &ctx,
+                ctx,
                 &mut status.conditions,
                 &error,
                 &redactor,
@@ -229,6 +246,6 @@ pub(crate) async fn reconcile(
             .await
         }
     };
-    apply_status(&api, &*auto, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    apply_status(api, &*auto, previous.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
 }

@@ -3,7 +3,13 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as FinalizerEvent, finalizer},
+    },
+};
 use oci_client::{Reference, secrets::RegistryAuth};
 use weir_api::{
     ImagePolicy, ImageRef, ImageRepository, image::ReflectionPolicy, meta::handled_reconcile_at,
@@ -12,7 +18,8 @@ use weir_api::{
 use weir_runtime::{ControllerError, Redactor, status::apply_status};
 
 use crate::{
-    Context, FIELD_MANAGER, error::ImageError, failed, object_key, policy::Policy, succeeded,
+    Context, FIELD_MANAGER, FINALIZER, error::ImageError, failed, object_key, policy::Policy,
+    succeeded,
 };
 
 /// How soon a policy whose repository is not scanned yet (after a restart) looks again.
@@ -91,6 +98,22 @@ pub(crate) async fn reconcile(
 ) -> Result<Action, ControllerError> {
     let api: Api<ImagePolicy> =
         Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    // Flux's finalizer, as on every image kind: a policy holds nothing to clean up, but one
+    // written by Flux carries it and must still be deletable.
+    Ok(finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            FinalizerEvent::Apply(policy) => evaluate(&api, policy, &ctx).await,
+            FinalizerEvent::Cleanup(_) => Ok(Action::await_change()),
+        }
+    })
+    .await?)
+}
+
+async fn evaluate(
+    api: &Api<ImagePolicy>,
+    policy: Arc<ImagePolicy>,
+    ctx: &Context,
+) -> Result<Action, ControllerError> {
     ctx.metrics
         .policy_evaluations
         .fetch_add(1, Ordering::Relaxed);
@@ -118,7 +141,7 @@ pub(crate) async fn reconcile(
     {
         return Ok(Action::requeue(SCAN_PENDING_RECHECK));
     }
-    let action = match choose(&policy, &ctx, &mut redactor).await {
+    let action = match choose(&policy, ctx, &mut redactor).await {
         Ok(chosen) => {
             let message = format!(
                 "Latest image tag for {} resolved to {}",
@@ -142,7 +165,7 @@ pub(crate) async fn reconcile(
                 }
                 status.latest_ref = Some(chosen);
             }
-            succeeded(&*policy, &ctx, &mut status.conditions, &message);
+            succeeded(&*policy, ctx, &mut status.conditions, &message);
             // With `Always`, the digest is looked up again every interval; otherwise only a new
             // scan or a change of the policy starts a new evaluation.
             match &policy.spec.interval {
@@ -155,7 +178,7 @@ pub(crate) async fn reconcile(
         Err(error) => {
             failed(
                 &*policy,
-                &ctx,
+                ctx,
                 &mut status.conditions,
                 &error,
                 &redactor,
@@ -165,6 +188,6 @@ pub(crate) async fn reconcile(
             .await
         }
     };
-    apply_status(&api, &*policy, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    apply_status(api, &*policy, previous.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
 }

@@ -83,7 +83,7 @@ pub enum ConditionStatus {
 
 /// One observation of an object's state, shaped like `metav1.Condition`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Type of condition in CamelCase.
     #[schemars(

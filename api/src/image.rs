@@ -56,7 +56,7 @@ pub const DEFAULT_EXCLUSION_LIST: &[&str] = &[r"^.*\.sig$"];
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageRepositorySpec {
     /// The image repository to scan, such as `ghcr.io/org/app` (no tag or digest).
     pub image: String,
@@ -102,7 +102,7 @@ impl ImageRepositorySpec {
 
 /// The observed state of an `ImageRepository`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageRepositoryStatus {
     /// The last generation reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +128,7 @@ pub struct ImageRepositoryStatus {
 
 /// What a scan found.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ScanResult {
     /// A digest of the recorded tag list (`sha256:<hex>`); it changes exactly when the list does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,7 +174,7 @@ pub struct ScanResult {
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImagePolicySpec {
     /// The ImageRepository (in the same namespace) whose tags are chosen from.
     pub image_repository_ref: LocalObjectReference,
@@ -194,7 +194,7 @@ pub struct ImagePolicySpec {
 
 /// Exactly one way of ordering tags.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub enum ImagePolicyChoice {
     /// The highest version matching a semver range.
     Semver(SemVerPolicy),
@@ -206,7 +206,7 @@ pub enum ImagePolicyChoice {
 
 /// Tags parsed as semantic versions, the highest in the range chosen.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SemVerPolicy {
     /// A range in Masterminds' constraint syntax, such as `>=1.0.0 <2.0.0` or `5.1.x`.
     pub range: String,
@@ -214,7 +214,7 @@ pub struct SemVerPolicy {
 
 /// Tags ordered alphabetically.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AlphabeticalPolicy {
     /// `asc` picks the last tag (Z over A); `desc` the first.
     #[serde(default)]
@@ -223,7 +223,7 @@ pub struct AlphabeticalPolicy {
 
 /// Tags ordered as numbers.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NumericalPolicy {
     /// `asc` picks the highest number; `desc` the lowest.
     #[serde(default)]
@@ -241,7 +241,7 @@ pub enum SortOrder {
 
 /// Which tags take part in a policy, and what of each is compared.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TagFilter {
     /// A regular expression a tag must match; it may name groups for `extract`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,7 +266,7 @@ pub enum ReflectionPolicy {
 
 /// The observed state of an `ImagePolicy`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImagePolicyStatus {
     /// The last generation reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,7 +288,7 @@ pub struct ImagePolicyStatus {
 
 /// An image: repository name, tag and optionally digest.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageRef {
     /// The image repository, such as `ghcr.io/org/app`.
     pub name: String,
@@ -345,7 +345,7 @@ impl ImageRef {
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageUpdateAutomationSpec {
     /// The GitRepository whose URL and credentials the automation clones and pushes with.
     pub source_ref: CrossNamespaceSourceReference,
@@ -367,7 +367,7 @@ pub struct ImageUpdateAutomationSpec {
 
 /// Git settings of an automation.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GitSpec {
     /// The branch to check out; the GitRepository's branch (or its default branch) when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -381,7 +381,7 @@ pub struct GitSpec {
 
 /// What to check out.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GitCheckoutSpec {
     /// The reference to check out.
     #[serde(rename = "ref")]
@@ -390,7 +390,7 @@ pub struct GitCheckoutSpec {
 
 /// The branch an automation works on.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GitCheckoutRef {
     /// The branch to check out.
     pub branch: String,
@@ -398,7 +398,7 @@ pub struct GitCheckoutRef {
 
 /// How an automation writes its commits.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CommitSpec {
     /// The commit's author (and committer).
     pub author: CommitUser,
@@ -413,7 +413,7 @@ pub struct CommitSpec {
 
 /// A git identity.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CommitUser {
     /// The name; `FluxBot` when not set, as in Flux.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,7 +424,7 @@ pub struct CommitUser {
 
 /// Where commits are pushed.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PushSpec {
     /// The branch to push to; created from the checked-out commit when it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -433,7 +433,7 @@ pub struct PushSpec {
 
 /// How an automation updates files.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct UpdateStrategy {
     /// The only strategy: rewrite the values marked with `$imagepolicy` setter comments.
     #[serde(default)]
@@ -453,7 +453,7 @@ pub enum UpdateStrategyName {
 
 /// The observed state of an `ImageUpdateAutomation`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageUpdateAutomationStatus {
     /// The last generation reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -64,7 +64,7 @@ pub mod annotations {
         priority = 1
     )
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[allow(clippy::struct_excessive_bools)] // Flux's API: prune, wait, suspend and force are booleans.
 pub struct KustomizationSpec {
     /// The source whose artifact holds the manifests.
@@ -145,7 +145,7 @@ impl KustomizationSpec {
 
 /// A reference to an object by kind, name and namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NamespacedObjectKindReference {
     /// API version of the referent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,7 +161,7 @@ pub struct NamespacedObjectKindReference {
 
 /// A Kustomization this one depends on.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DependencyReference {
     /// Name of the referent.
     pub name: String,
@@ -172,7 +172,7 @@ pub struct DependencyReference {
 
 /// Variable substitution applied after the build.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PostBuild {
     /// Variables by name; these win over `substituteFrom`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -191,7 +191,7 @@ pub enum SubstituteKind {
 
 /// A ConfigMap or Secret holding substitution variables.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SubstituteReference {
     /// `ConfigMap` or `Secret`.
     pub kind: SubstituteKind,
@@ -205,7 +205,7 @@ pub struct SubstituteReference {
 
 /// A patch and the objects it targets.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Patch {
     /// A strategic-merge patch or a JSON6902 patch, as YAML or JSON.
     pub patch: String,
@@ -216,7 +216,7 @@ pub struct Patch {
 
 /// Selects objects by group, version, kind, name, namespace and selectors (kustomize semantics).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Selector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -236,7 +236,7 @@ pub struct Selector {
 
 /// An image override: every container image named `name` gets the new name, tag or digest.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Image {
     /// The image name to match, without tag.
     pub name: String,
@@ -251,7 +251,7 @@ pub struct Image {
 
 /// Labels and annotations put on every applied object.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CommonMetadata {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -261,7 +261,7 @@ pub struct CommonMetadata {
 
 /// The observed state of a `Kustomization`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct KustomizationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -284,7 +284,6 @@ pub struct KustomizationStatus {
 
 /// The objects a Kustomization applied.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct ResourceInventory {
     pub entries: Vec<ResourceRef>,
 }
@@ -293,7 +292,6 @@ pub struct ResourceInventory {
 #[derive(
     Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
 )]
-#[serde(deny_unknown_fields)]
 pub struct ResourceRef {
     pub id: String,
     pub v: String,

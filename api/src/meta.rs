@@ -19,7 +19,6 @@ pub const DIGEST_PATTERN: &str = r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]
 
 /// A reference to an object in the same namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct LocalObjectReference {
     /// Name of the referent.
     pub name: String,
@@ -44,7 +43,7 @@ impl SourceKind {
 
 /// A reference to a source, optionally in another namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CrossNamespaceSourceReference {
     /// API version of the referent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,7 +60,7 @@ pub struct CrossNamespaceSourceReference {
 
 /// The output of a source reconcile: a tarball other controllers download and verify.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Artifact {
     /// Path of the artifact relative to the storage root.
     pub path: String,

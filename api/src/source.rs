@@ -45,7 +45,7 @@ pub const SOURCE_GROUP: &str = "source.toolkit.fluxcd.io";
         priority = 1
     )
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GitRepositorySpec {
     /// The repository URL: `http://`, `https://` or `ssh://`.
     #[schemars(regex(pattern = r"^(http|https|ssh)://.*$"))]
@@ -77,7 +77,7 @@ fn default_timeout() -> GoDuration {
 /// The git reference to check out. When several are set, the most specific wins:
 /// `commit`, then `name`, then `semver`, then `tag`, then `branch` (Flux's precedence).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GitRepositoryRef {
     /// Branch to check out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +154,7 @@ impl GitRepositorySpec {
 
 /// The observed state of a `GitRepository`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct GitRepositoryStatus {
     /// The last generation reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -142,3 +142,39 @@ fn image_defaults_are_fluxs() {
         weir_api::image::UpdateStrategyName::Setters
     );
 }
+
+/// Objects from a newer Flux read as the controllers read them (plain serde, as kube's watches
+/// decode): fields Weir does not know are skipped, in spec and status alike. Validating a
+/// manifest still names them.
+#[test]
+fn fields_from_a_newer_flux_are_read_past_by_controllers_and_named_by_validation() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (file, kind) in [
+        ("kustomization-with-status.yaml", "Kustomization"),
+        ("gitrepository-with-status.yaml", "GitRepository"),
+        ("imagepolicy-alphabetical-with-status.yaml", "ImagePolicy"),
+        ("imagerepository-with-status.yaml", "ImageRepository"),
+        ("imageupdateautomation-full.yaml", "ImageUpdateAutomation"),
+    ] {
+        let mut object: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        assert_eq!(object["kind"], kind);
+        object["spec"]["newerField"] = serde_json::json!(true);
+        object["status"]["history"] = serde_json::json!([{"digest": "sha256:0"}]);
+        let read = match kind {
+            "Kustomization" => serde_json::from_value::<Kustomization>(object.clone()).err(),
+            "GitRepository" => serde_json::from_value::<GitRepository>(object.clone()).err(),
+            "ImagePolicy" => serde_json::from_value::<ImagePolicy>(object.clone()).err(),
+            "ImageRepository" => serde_json::from_value::<ImageRepository>(object.clone()).err(),
+            _ => serde_json::from_value::<ImageUpdateAutomation>(object.clone()).err(),
+        };
+        assert!(read.is_none(), "{file}: {read:?}");
+        let err = round_trip(&serde_yaml_ng::to_string(&object).unwrap())
+            .expect_err(&format!("{file}: validation accepted an unknown field"));
+        assert!(
+            err.to_string().contains("unknown field `newerField`")
+                || err.to_string().contains("unknown field `history`"),
+            "{file}: {err}"
+        );
+    }
+}

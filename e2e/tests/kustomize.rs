@@ -1391,3 +1391,77 @@ async fn native_namespaces_equal_kustomizes() -> Result<()> {
     );
     Ok(())
 }
+
+/// A Kustomization written by a newer Flux, with a status field Weir does not know, is
+/// reconciled, and so are the others of its kind: one object Weir cannot fully read must not
+/// blind its watch. The harness's CRD gains the field as a newer Flux's CRD has it (Flux 2.5's
+/// `status.history`); an added optional field changes nothing for the other tests.
+#[tokio::test]
+async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let f = Fixture::start(&[
+        ("apps/a/cm.yaml", &config_map_yaml("from-newer", "1")),
+        ("apps/b/cm.yaml", &config_map_yaml("from-other", "1")),
+    ])
+    .await?;
+    let crds = Api::<CustomResourceDefinition>::all(f.client.clone());
+    let history = json!({
+        "type": "array",
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+    });
+    crds.patch(
+        "kustomizations.kustomize.toolkit.fluxcd.io",
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(json!([{
+            "op": "add",
+            "path": "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/history",
+            "value": history,
+        }]))?),
+    )
+    .await?;
+
+    f.create_ks("newer", json!({ "path": "./apps/a", "suspend": true }))
+        .await?;
+    // The API server takes the new schema a moment after the CRD changes.
+    let entry = json!({ "digest": "sha256:0123", "totalReconciliations": 3 });
+    let raw = Api::<kube::api::DynamicObject>::namespaced_with(
+        f.client.clone(),
+        f.ns(),
+        &kube::api::ApiResource::erase::<Kustomization>(&()),
+    );
+    wait_until("the status to keep a history", || {
+        let (ks, raw, entry) = (f.ks.clone(), raw.clone(), entry.clone());
+        async move {
+            ks.patch_status(
+                "newer",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "history": [entry] } })),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let read = raw.get("newer").await.map_err(|e| e.to_string())?;
+            match read.data.pointer("/status/history/0") {
+                Some(kept) if *kept == entry => Ok(()),
+                other => Err(format!("history read back as {other:?}")),
+            }
+        }
+    })
+    .await?;
+    f.ks.patch(
+        "newer",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "suspend": false } })),
+    )
+    .await?;
+    f.create_ks("other", json!({ "path": "./apps/b" })).await?;
+
+    let head = f.repo.head()?;
+    f.wait_applied("newer", &head).await?;
+    f.wait_applied("other", &head).await?;
+    assert!(f.config_map("from-newer").await?.is_some());
+    assert!(f.config_map("from-other").await?.is_some());
+    // Weir's status writes leave the field it does not know alone.
+    let read = raw.get("newer").await?;
+    assert_eq!(read.data.pointer("/status/history/0"), Some(&entry));
+    f.teardown().await
+}

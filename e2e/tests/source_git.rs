@@ -820,16 +820,25 @@ async fn https_with_a_private_ca_from_ca_crt_is_verified() -> Result<()> {
 }
 
 #[tokio::test]
-async fn an_unreachable_or_silent_server_fails_within_the_timeout() -> Result<()> {
+async fn unreachable_or_silent_servers_time_out_release_their_thread_and_hold_back_no_fix()
+-> Result<()> {
     let f = Fixture::start().await?;
     // A port nobody listens on, and a server that accepts connections and never answers.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let silent_addr = silent.local_addr()?;
+    // Counts the connections the client gave up on (closed its end).
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = released.clone();
     let holder = tokio::spawn(async move {
-        let mut held = vec![];
-        while let Ok((conn, _)) = silent.accept().await {
-            held.push(conn);
+        while let Ok((mut conn, _)) = silent.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut sink = vec![];
+                // Reads what the client sends, answers nothing, until the client closes.
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut sink).await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
         }
     });
     f.create(
@@ -865,6 +874,39 @@ async fn an_unreachable_or_silent_server_fails_within_the_timeout() -> Result<()
         events.contains("git operation timed out after 2s"),
         "the timeout was reported as an event"
     );
+
+    // The URL fixed, the repository is Ready at once: the operation still stuck on the silent
+    // server holds back only that server's URL.
+    let (_, git) = harness_repo().await?;
+    f.api
+        .patch(
+            "silent",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "spec": { "url": git.http_url() } })),
+        )
+        .await?;
+    let fixed = f.wait_ready("silent", "True").await?;
+    assert!(
+        revision(&fixed).ends_with(&git.head()?),
+        "{}",
+        revision(&fixed)
+    );
+    assert_eq!(
+        released.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the fix did not wait for the stuck operation"
+    );
+    // And the stuck operation's thread is released: libgit2 gives up on the silent socket.
+    wait_until("the silent connection to be given up", || {
+        let released = released.clone();
+        async move {
+            match released.load(std::sync::atomic::Ordering::SeqCst) {
+                0 => Err("still held"),
+                _ => Ok(()),
+            }
+        }
+    })
+    .await?;
     holder.abort();
     Ok(())
 }

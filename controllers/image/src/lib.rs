@@ -208,6 +208,8 @@ pub async fn start(
     // oci-client compiles rustls's aws-lc-rs provider next to kube's ring; with two providers
     // rustls picks none, so choose one for the process. An error means one is already chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Automation pushes through libgit2 too: a silent server must not keep their threads.
+    weir_source::git::bound_socket_waits();
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(TagStore::default());
     let ctx = Arc::new(Context {

@@ -79,6 +79,34 @@ impl Credentials {
     }
 }
 
+/// How long libgit2 waits on a silent socket (connecting, or for the next bytes) before it fails
+/// the operation: Flux's default `spec.timeout`. A transfer that makes progress is bounded by
+/// its own deadline instead (checked in the progress callback), but a server that accepts and
+/// never answers gives no progress, and without this bound the blocking thread would wait until
+/// the OS drops the socket.
+pub const SOCKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bounds every libgit2 socket wait of this process by [`SOCKET_TIMEOUT`] (HTTP(S) and SSH, the
+/// latter through libssh2's session timeout). Called by each controller's start, before it
+/// runs any git operation; only the first call sets the options.
+pub fn bound_socket_waits() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let ms = i32::try_from(SOCKET_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the options are process-wide integers libgit2 reads when it opens a socket.
+        // They are written once, before this process's controllers start any git operation, so
+        // no libgit2 thread reads them while they change.
+        #[allow(unsafe_code)]
+        let set = unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(ms)
+                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms))
+        };
+        if let Err(error) = set {
+            tracing::error!(%error, "cannot bound libgit2's socket waits");
+        }
+    });
+}
+
 /// A remote to talk to: a URL without credentials, how to authenticate, and a deadline.
 #[derive(Debug)]
 pub struct Remote<'a> {

@@ -180,6 +180,7 @@ pub async fn start(
     config: Config,
     shutdown_on_signal: bool,
 ) -> Result<Handle, StartError> {
+    git::bound_socket_waits();
     let listener =
         storage::bind(config.storage_addr)
             .await

@@ -218,9 +218,10 @@ fn resolve(reference: &ResolvedRef<'_>, refs: Option<&RemoteRefs>) -> Result<Tar
     }
 }
 
-/// Objects with a git operation still running on a blocking thread. libgit2 cannot be
-/// interrupted while it waits on a silent server, so a timed-out operation may keep its thread;
-/// this keeps it to one such thread per object instead of one per retry.
+/// Objects (by name and URL) with a git operation still running on a blocking thread. libgit2
+/// cannot be interrupted while it waits on a silent server, so a timed-out operation may keep
+/// its thread until [`crate::git::SOCKET_TIMEOUT`] passes; this keeps it to one such thread per
+/// object and URL instead of one per retry, and a changed URL starts at once.
 #[derive(Debug, Default, Clone)]
 pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
 
@@ -372,8 +373,9 @@ pub async fn reconcile_source(
     let observed_ignore = repo.status.as_ref().and_then(|s| s.observed_ignore.clone());
     let reference = spec.resolved_ref();
     let needs_remote_list = !matches!(reference, ResolvedRef::Commit { .. });
+    // By URL too: an operation stuck on a silent server does not hold back the fixed URL.
     let in_flight_key = format!(
-        "{}/{}",
+        "{}/{} {url}",
         repo.namespace().unwrap_or_default(),
         repo.name_any()
     );

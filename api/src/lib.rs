@@ -10,6 +10,7 @@ pub mod kustomize;
 pub mod manifest;
 pub mod meta;
 pub mod source;
+pub mod status;
 
 pub use condition::{Condition, ConditionStatus, KStatus, Outcome, reasons, types};
 pub use duration::{DurationError, GoDuration};

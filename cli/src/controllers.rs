@@ -128,7 +128,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
-    let mut renders: Vec<Box<dyn Fn() -> String + Send + Sync>> = vec![];
+    let mut registry = prometheus_client::registry::Registry::default();
+    weir_runtime::metrics::register(&mut registry);
+    let mut synced = weir_runtime::controller::Synced::default();
     let mut running = vec![];
     for controller in selected {
         match controller {
@@ -144,8 +146,8 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_source::start(client.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                let metrics = handle.metrics.clone();
-                renders.push(Box::new(move || metrics.render()));
+                registry.register_collector(Box::new(handle.metrics.clone()));
+                synced.extend(&handle.synced);
                 running.push(tokio::spawn(handle.wait()));
             }
             Controller::Kustomize => {
@@ -162,8 +164,8 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_kustomize::start(kube_config, config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                let metrics = handle.metrics.clone();
-                renders.push(Box::new(move || metrics.render()));
+                registry.register_collector(Box::new(handle.metrics.clone()));
+                synced.extend(&handle.synced);
                 running.push(tokio::spawn(handle.wait()));
             }
             Controller::Image => {
@@ -175,14 +177,13 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_image::start(client.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                let metrics = handle.metrics.clone();
-                renders.push(Box::new(move || metrics.render()));
+                registry.register_collector(Box::new(handle.metrics.clone()));
+                synced.extend(&handle.synced);
                 running.push(tokio::spawn(handle.wait()));
             }
         }
     }
-    let render = move || renders.iter().map(|r| r()).collect::<String>();
-    tokio::spawn(crate::metrics::serve(metrics_listener, render));
+    tokio::spawn(crate::metrics::serve(metrics_listener, registry, synced));
     for controller in running {
         let _ = controller.await;
     }

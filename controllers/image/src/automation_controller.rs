@@ -174,14 +174,15 @@ pub(crate) async fn reconcile(
         Api::namespaced(ctx.client.clone(), &auto.namespace().unwrap_or_default());
     // Flux's finalizer, added and removed even while suspended, as Flux does: an automation
     // holds nothing to clean up, but one written by Flux carries it and must still be deletable.
-    Ok(finalizer(&api, FINALIZER, auto, |event| async {
+    let observed = auto.clone();
+    let reconciled = finalizer(&api, FINALIZER, auto, |event| async {
         match event {
             FinalizerEvent::Apply(auto) if auto.spec.suspend => Ok(Action::await_change()),
             FinalizerEvent::Apply(auto) => automate(&api, auto, &ctx).await,
             FinalizerEvent::Cleanup(_) => Ok(Action::await_change()),
         }
-    })
-    .await?)
+    });
+    Ok(weir_runtime::metrics::measured(&*observed, reconciled).await?)
 }
 
 async fn automate(

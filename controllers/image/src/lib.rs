@@ -31,7 +31,9 @@ use kube::{
 use weir_api::{
     Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation, Outcome, condition,
 };
-use weir_runtime::{ControllerError, Failure, Redactor, events::EventPublisher, schedule};
+use weir_runtime::{
+    ControllerError, Failure, Redactor, controller::Synced, events::EventPublisher, schedule,
+};
 
 use crate::{error::ImageError, store::TagStore};
 
@@ -79,51 +81,47 @@ pub struct Metrics {
     pub push_retries: AtomicU64,
 }
 
-impl Metrics {
-    /// The counters in Prometheus' text exposition format.
-    #[must_use]
-    pub fn render(&self) -> String {
-        use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
-        let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "weir_image_scans_total",
-                "ImageRepository scans run.",
-                &self.scans,
-            ),
-            (
-                "weir_image_tag_pages_total",
-                "Pages of tag lists read from registries.",
-                &self.tag_pages,
-            ),
-            (
-                "weir_image_policy_evaluations_total",
-                "ImagePolicy evaluations run.",
-                &self.policy_evaluations,
-            ),
-            (
-                "weir_image_automation_runs_total",
-                "ImageUpdateAutomation runs.",
-                &self.automation_runs,
-            ),
-            (
-                "weir_image_pushes_total",
-                "Commits pushed by ImageUpdateAutomations.",
-                &self.pushes,
-            ),
-            (
-                "weir_image_push_retries_total",
-                "Pushes rejected because the branch moved, then retried.",
-                &self.push_retries,
-            ),
-        ] {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                value.load(Relaxed)
-            );
-        }
-        out
+/// Served at `/metrics` by `weir controllers`, as Prometheus counters.
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        weir_runtime::metrics::encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "weir_image_scans_total",
+                    "ImageRepository scans run.",
+                    &self.scans,
+                ),
+                (
+                    "weir_image_tag_pages_total",
+                    "Pages of tag lists read from registries.",
+                    &self.tag_pages,
+                ),
+                (
+                    "weir_image_policy_evaluations_total",
+                    "ImagePolicy evaluations run.",
+                    &self.policy_evaluations,
+                ),
+                (
+                    "weir_image_automation_runs_total",
+                    "ImageUpdateAutomation runs.",
+                    &self.automation_runs,
+                ),
+                (
+                    "weir_image_pushes_total",
+                    "Commits pushed by ImageUpdateAutomations.",
+                    &self.pushes,
+                ),
+                (
+                    "weir_image_push_retries_total",
+                    "Pushes rejected because the branch moved, then retried.",
+                    &self.push_retries,
+                ),
+            ],
+        )
     }
 }
 
@@ -154,6 +152,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Handle {
     pub metrics: Arc<Metrics>,
+    /// Whether the controllers' caches have synced.
+    pub synced: Synced,
     /// The scanned tag lists (read by tests and benchmarks).
     pub store: Arc<TagStore>,
     controllers: Vec<tokio::task::JoinHandle<()>>,
@@ -208,7 +208,6 @@ pub async fn start(
     // oci-client compiles rustls's aws-lc-rs provider next to kube's ring; with two providers
     // rustls picks none, so choose one for the process. An error means one is already chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Automation pushes through libgit2 too: a silent server must not keep their threads.
     weir_source::git::bound_socket_waits();
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(TagStore::default());
@@ -220,11 +219,10 @@ pub async fn start(
         store: store.clone(),
         tag_page_size: config.tag_page_size,
     });
-    let ns = config.namespace.as_deref();
-
-    let concurrency = config.concurrency;
-    let mut repositories = controller_for::<ImageRepository>(&client, ns, concurrency);
-    let policies_of_repo = controller_for::<ImagePolicy>(&client, ns, concurrency);
+    let (ns, concurrency) = (config.namespace.as_deref(), config.concurrency);
+    let mut synced = Synced::default();
+    let mut repositories = controller_for::<ImageRepository>(&client, ns, concurrency, &mut synced);
+    let policies_of_repo = controller_for::<ImagePolicy>(&client, ns, concurrency, &mut synced);
     let policy_store = policies_of_repo.store();
     // A new scan (the repository's status changes) re-evaluates its policies.
     let mut policies = policies_of_repo.watches(
@@ -240,7 +238,8 @@ pub async fn start(
                 .collect::<Vec<_>>()
         },
     );
-    let automations_of_ns = controller_for::<ImageUpdateAutomation>(&client, ns, concurrency);
+    let automations_of_ns =
+        controller_for::<ImageUpdateAutomation>(&client, ns, concurrency, &mut synced);
     let automation_store = automations_of_ns.store();
     // A policy's new pick runs the automations of its namespace.
     let mut automations = automations_of_ns.watches(
@@ -269,7 +268,7 @@ pub async fn start(
                 error_policy::<ImageRepository>,
                 repo_ctx,
             )
-            .for_each(log_result)
+            .for_each(weir_runtime::controller::report)
             .await;
     });
     let policy_ctx = ctx.clone();
@@ -280,7 +279,7 @@ pub async fn start(
                 error_policy::<ImagePolicy>,
                 policy_ctx,
             )
-            .for_each(log_result)
+            .for_each(weir_runtime::controller::report)
             .await;
     });
     let auto_ctx = ctx.clone();
@@ -291,12 +290,13 @@ pub async fn start(
                 error_policy::<ImageUpdateAutomation>,
                 auto_ctx,
             )
-            .for_each(log_result)
+            .for_each(weir_runtime::controller::report)
             .await;
     });
     tracing::info!("image controller started");
     Ok(Handle {
         metrics,
+        synced,
         store,
         controllers: vec![repo_task, policy_task, auto_task],
     })
@@ -304,7 +304,12 @@ pub async fn start(
 
 /// A controller of `K` whose reconciles start only on changes that ask for one (spec,
 /// `requestedAt`, finalizers, deletion), never on its own status writes.
-fn controller_for<K>(client: &Client, namespace: Option<&str>, concurrency: u16) -> Controller<K>
+fn controller_for<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    concurrency: u16,
+    synced: &mut Synced,
+) -> Controller<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -315,9 +320,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
+    let flag = synced.flag();
     let stream = watcher(api::<K>(client, namespace), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| flag.observe(event))
         .applied_objects()
         .predicate_filter(
             weir_runtime::trigger::reconcile_trigger,
@@ -325,12 +332,6 @@ where
         );
     Controller::for_stream(stream, reader)
         .with_config(controller::Config::default().concurrency(concurrency))
-}
-
-async fn log_result<T, E: std::fmt::Display>(result: Result<T, E>) {
-    if let Err(error) = result {
-        tracing::debug!(%error, "reconcile error");
-    }
 }
 
 fn error_policy<K: Resource>(obj: Arc<K>, error: &ControllerError, ctx: Arc<Context>) -> Action {
@@ -392,11 +393,14 @@ mod tests {
 
     #[test]
     fn metrics_render_as_prometheus_counters() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.pushes.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-        let text = m.render();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(m));
+        let text = weir_runtime::metrics::render(&registry);
         assert!(
-            text.contains("# TYPE weir_image_pushes_total counter\nweir_image_pushes_total 2\n")
+            text.contains("# TYPE weir_image_pushes counter\nweir_image_pushes_total 2\n"),
+            "{text}"
         );
         assert_eq!(text.matches("# HELP ").count(), 6);
     }

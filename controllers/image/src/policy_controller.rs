@@ -100,13 +100,14 @@ pub(crate) async fn reconcile(
         Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
     // Flux's finalizer, as on every image kind: a policy holds nothing to clean up, but one
     // written by Flux carries it and must still be deletable.
-    Ok(finalizer(&api, FINALIZER, policy, |event| async {
+    let observed = policy.clone();
+    let reconciled = finalizer(&api, FINALIZER, policy, |event| async {
         match event {
             FinalizerEvent::Apply(policy) => evaluate(&api, policy, &ctx).await,
             FinalizerEvent::Cleanup(_) => Ok(Action::await_change()),
         }
-    })
-    .await?)
+    });
+    Ok(weir_runtime::metrics::measured(&*observed, reconciled).await?)
 }
 
 async fn evaluate(

@@ -26,7 +26,8 @@ pub(crate) async fn reconcile(
 ) -> Result<Action, ControllerError> {
     let api: Api<ImageRepository> =
         Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
-    Ok(finalizer(&api, FINALIZER, repo, |event| async {
+    let observed = repo.clone();
+    let reconciled = finalizer(&api, FINALIZER, repo, |event| async {
         match event {
             FinalizerEvent::Apply(repo) => apply(&api, &repo, &ctx).await,
             FinalizerEvent::Cleanup(repo) => {
@@ -35,8 +36,8 @@ pub(crate) async fn reconcile(
                 Ok(Action::await_change())
             }
         }
-    })
-    .await?)
+    });
+    Ok(weir_runtime::metrics::measured(&*observed, reconciled).await?)
 }
 
 /// What a scan found, before it is written to status.

@@ -67,8 +67,8 @@ use weir_api::{
     condition, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
-    ControllerError, Disposition, Failure, events::EventPublisher, schedule, status::apply_status,
-    trigger::reconcile_trigger,
+    ControllerError, Disposition, Failure, controller::Synced, events::EventPublisher, schedule,
+    status::apply_status, trigger::reconcile_trigger,
 };
 
 use crate::{apply::KindCache, error::KustomizeError, fetch::ArtifactFetcher, reconcile::Attempt};
@@ -119,41 +119,39 @@ impl Metrics {
         self.request();
         self.object_writes.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// The counters in Prometheus' text exposition format.
-    #[must_use]
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "weir_kustomize_reconciles_total",
-                "Kustomization reconciles run.",
-                &self.reconciles,
-            ),
-            (
-                "weir_kustomize_api_requests_total",
-                "API requests made by reconciles (events and watches excluded).",
-                &self.api_requests,
-            ),
-            (
-                "weir_kustomize_object_writes_total",
-                "Objects created, changed or deleted.",
-                &self.object_writes,
-            ),
-            (
-                "weir_kustomize_status_writes_total",
-                "Kustomization status writes.",
-                &self.status_writes,
-            ),
-        ] {
-            let value = value.load(Ordering::Relaxed);
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            );
-        }
-        out
+/// Served at `/metrics` by `weir controllers`, as Prometheus counters.
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        weir_runtime::metrics::encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "weir_kustomize_reconciles_total",
+                    "Kustomization reconciles run.",
+                    &self.reconciles,
+                ),
+                (
+                    "weir_kustomize_api_requests_total",
+                    "API requests made by reconciles (events and watches excluded).",
+                    &self.api_requests,
+                ),
+                (
+                    "weir_kustomize_object_writes_total",
+                    "Objects created, changed or deleted.",
+                    &self.object_writes,
+                ),
+                (
+                    "weir_kustomize_status_writes_total",
+                    "Kustomization status writes.",
+                    &self.status_writes,
+                ),
+            ],
+        )
     }
 }
 
@@ -193,6 +191,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Handle {
     pub metrics: Arc<Metrics>,
+    /// Whether the controller's cache has synced.
+    pub synced: Synced,
     controller: tokio::task::JoinHandle<()>,
 }
 
@@ -291,9 +291,12 @@ pub async fn start(
         metrics: metrics.clone(),
     });
     let (reader, writer) = reflector::store();
+    let mut synced = Synced::default();
+    let flag = synced.flag();
     let stream = watcher(ks_api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| flag.observe(event))
         .applied_objects()
         .predicate_filter(reconcile_trigger, kube::runtime::PredicateConfig::default());
     let sources = watcher(repo_api, watcher::Config::default())
@@ -331,16 +334,13 @@ pub async fn start(
     let controller = tokio::spawn(async move {
         controller
             .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "reconcile error");
-                }
-            })
+            .for_each(weir_runtime::controller::report)
             .await;
     });
     tracing::info!("kustomize controller started");
     Ok(Handle {
         metrics,
+        synced,
         controller,
     })
 }
@@ -359,14 +359,16 @@ fn object_key(ks: &Kustomization) -> String {
 async fn reconcile(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let api: Api<Kustomization> =
         Api::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, ks, |event| async {
+    let observed = ks.clone();
+    let reconciled = finalizer(&api, FINALIZER, ks, |event| async {
         match event {
             FinalizerEvent::Apply(ks) => apply(&api, &ks, &ctx).await,
             FinalizerEvent::Cleanup(ks) => cleanup(&ks, &ctx).await,
         }
-    })
-    .await
-    .map_err(ControllerError::from)
+    });
+    weir_runtime::metrics::measured(&*observed, reconciled)
+        .await
+        .map_err(ControllerError::from)
 }
 
 /// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while

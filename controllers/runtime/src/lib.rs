@@ -4,8 +4,10 @@
 //! maps to a condition and a requeue, how requeues are jittered and backed off, how status is
 //! written once per reconcile, how events are published, and how secrets are kept out of text.
 
+pub mod controller;
 pub mod events;
 pub mod failure;
+pub mod metrics;
 pub mod redact;
 pub mod schedule;
 pub mod semver_range;

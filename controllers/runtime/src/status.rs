@@ -8,9 +8,10 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use weir_api::status::ObjectStatus;
 
-/// Applies `status` to the status subresource of `obj` unless it equals `current`.
-/// Returns whether a write was made.
+/// Applies `status` to the status subresource of `obj` unless it equals `current`, and records
+/// its `Ready` condition in the metrics. Returns whether a write was made.
 pub async fn apply_status<K, S>(
     api: &Api<K>,
     obj: &K,
@@ -20,9 +21,10 @@ pub async fn apply_status<K, S>(
 ) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    S: Serialize + PartialEq,
+    S: Serialize + PartialEq + ObjectStatus,
 {
     if current == Some(status) {
+        crate::metrics::record_status(obj, status, false);
         return Ok(false);
     }
     let body = serde_json::json!({
@@ -33,5 +35,6 @@ where
     let params = PatchParams::apply(field_manager).force();
     api.patch_status(&obj.name_any(), &params, &Patch::Apply(&body))
         .await?;
+    crate::metrics::record_status(obj, status, true);
     Ok(true)
 }

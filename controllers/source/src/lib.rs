@@ -31,8 +31,8 @@ use weir_api::{
     types,
 };
 use weir_runtime::{
-    ControllerError, Failure, events::EventPublisher, schedule, status::apply_status,
-    trigger::reconcile_trigger,
+    ControllerError, Failure, controller::Synced, events::EventPublisher, schedule,
+    status::apply_status, trigger::reconcile_trigger,
 };
 
 use crate::{error::SourceError, reconcile::SourceOutcome, storage::Storage};
@@ -73,40 +73,37 @@ pub struct Metrics {
     pub artifacts_written: AtomicU64,
 }
 
-impl Metrics {
-    /// The counters in Prometheus' text exposition format.
-    #[must_use]
-    pub fn render(&self) -> String {
-        use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
-        let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "weir_source_reconciles_total",
-                "GitRepository reconciles run.",
-                self.reconciles.load(Relaxed),
-            ),
-            (
-                "weir_source_remote_checks_total",
-                "Remote ref listings (no objects transferred).",
-                self.remote_checks.load(Relaxed),
-            ),
-            (
-                "weir_source_fetches_total",
-                "Fetches (clones) of repository content.",
-                self.fetches.load(Relaxed),
-            ),
-            (
-                "weir_source_artifacts_written_total",
-                "Artifacts written to storage.",
-                self.artifacts_written.load(Relaxed),
-            ),
-        ] {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            );
-        }
-        out
+/// Served at `/metrics` by `weir controllers`, as Prometheus counters.
+impl prometheus_client::collector::Collector for Metrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        weir_runtime::metrics::encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "weir_source_reconciles_total",
+                    "GitRepository reconciles run.",
+                    &self.reconciles,
+                ),
+                (
+                    "weir_source_remote_checks_total",
+                    "Remote ref listings (no objects transferred).",
+                    &self.remote_checks,
+                ),
+                (
+                    "weir_source_fetches_total",
+                    "Fetches (clones) of repository content.",
+                    &self.fetches,
+                ),
+                (
+                    "weir_source_artifacts_written_total",
+                    "Artifacts written to storage.",
+                    &self.artifacts_written,
+                ),
+            ],
+        )
     }
 }
 
@@ -147,6 +144,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Handle {
     pub metrics: Arc<Metrics>,
+    /// Whether the controller's cache has synced.
+    pub synced: Synced,
     /// The base URL artifacts are advertised at.
     pub storage_url: String,
     controller: tokio::task::JoinHandle<()>,
@@ -227,9 +226,12 @@ pub async fn start(
         None => Api::all(client),
     };
     let (reader, writer) = reflector::store();
+    let mut synced = Synced::default();
+    let flag = synced.flag();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| flag.observe(event))
         .applied_objects()
         .predicate_filter(reconcile_trigger, kube::runtime::PredicateConfig::default());
     let mut controller = Controller::for_stream(stream, reader)
@@ -240,16 +242,13 @@ pub async fn start(
     let controller = tokio::spawn(async move {
         controller
             .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "reconcile error");
-                }
-            })
+            .for_each(weir_runtime::controller::report)
             .await;
     });
     tracing::info!(storage = %storage_url, "source controller started");
     Ok(Handle {
         metrics,
+        synced,
         storage_url,
         controller,
         server,
@@ -274,14 +273,16 @@ fn object_key(repo: &GitRepository) -> String {
 async fn reconcile(repo: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let api: Api<GitRepository> =
         Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, repo, |event| async {
+    let observed = repo.clone();
+    let reconciled = finalizer(&api, FINALIZER, repo, |event| async {
         match event {
             FinalizerEvent::Apply(repo) => apply(&api, &repo, &ctx).await,
             FinalizerEvent::Cleanup(repo) => cleanup(&repo, &ctx),
         }
-    })
-    .await
-    .map_err(ControllerError::from)
+    });
+    weir_runtime::metrics::measured(&*observed, reconciled)
+        .await
+        .map_err(ControllerError::from)
 }
 
 /// Deleting a GitRepository removes all its artifacts.

@@ -1,0 +1,76 @@
+//! What every kind's status has in common, so that the runtime, metrics and tests handle any
+//! kind alike: its conditions, the generation they describe, and the last handled
+//! `reconcile.fluxcd.io/requestedAt` token; and whether an object is suspended.
+
+use kube::core::object::HasStatus;
+
+use crate::{
+    Condition, GitRepository, GitRepositoryStatus, ImagePolicy, ImagePolicyStatus, ImageRepository,
+    ImageRepositoryStatus, ImageUpdateAutomation, ImageUpdateAutomationStatus, Kustomization,
+    KustomizationStatus, condition::find_condition, types,
+};
+
+/// The fields Flux's status types share (`meta.ReconcileRequestStatus` and conditions).
+pub trait ObjectStatus {
+    fn conditions(&self) -> &[Condition];
+    fn observed_generation(&self) -> Option<i64>;
+    fn last_handled_reconcile_at(&self) -> Option<&str>;
+
+    /// The `Ready` condition, when there is one.
+    fn ready(&self) -> Option<&Condition> {
+        find_condition(self.conditions(), types::READY)
+    }
+}
+
+/// A kind the controllers reconcile: its status is an [`ObjectStatus`], and it may be suspended.
+pub trait Reconciled: HasStatus<Status: ObjectStatus> {
+    /// `spec.suspend`; `false` for kinds without one (ImagePolicy).
+    fn suspended(&self) -> bool;
+}
+
+macro_rules! object_status {
+    ($($status:ty),*) => {$(
+        impl ObjectStatus for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn observed_generation(&self) -> Option<i64> {
+                self.observed_generation
+            }
+            fn last_handled_reconcile_at(&self) -> Option<&str> {
+                self.last_handled_reconcile_at.as_deref()
+            }
+        }
+    )*};
+}
+
+object_status!(
+    GitRepositoryStatus,
+    KustomizationStatus,
+    ImageRepositoryStatus,
+    ImagePolicyStatus,
+    ImageUpdateAutomationStatus
+);
+
+macro_rules! suspendable {
+    ($($kind:ty),*) => {$(
+        impl Reconciled for $kind {
+            fn suspended(&self) -> bool {
+                self.spec.suspend
+            }
+        }
+    )*};
+}
+
+suspendable!(
+    GitRepository,
+    Kustomization,
+    ImageRepository,
+    ImageUpdateAutomation
+);
+
+impl Reconciled for ImagePolicy {
+    fn suspended(&self) -> bool {
+        false
+    }
+}

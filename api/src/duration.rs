@@ -49,6 +49,36 @@ impl GoDuration {
     }
 }
 
+/// `duration` written as Go's `time.Duration.String` writes it (`4m30s`, `1h0m0s`, `1.5s`,
+/// `250ms`), the form Flux's messages use.
+#[must_use]
+pub fn go_format(duration: Duration) -> String {
+    fn trim(whole: u128, fraction: u128, digits: usize) -> String {
+        if fraction == 0 {
+            whole.to_string()
+        } else {
+            let fraction = format!("{fraction:0digits$}");
+            format!("{whole}.{}", fraction.trim_end_matches('0'))
+        }
+    }
+    let nanos = duration.as_nanos();
+    match nanos {
+        0 => "0s".to_owned(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", trim(n / 1_000, n % 1_000, 3)),
+        n if n < 1_000_000_000 => format!("{}ms", trim(n / 1_000_000, n % 1_000_000, 6)),
+        n => {
+            let secs = n / 1_000_000_000;
+            let seconds = format!("{}s", trim(secs % 60, n % 1_000_000_000, 9));
+            match (secs / 3600, secs / 60 % 60) {
+                (0, 0) => seconds,
+                (0, m) => format!("{m}m{seconds}"),
+                (h, m) => format!("{h}h{m}m{seconds}"),
+            }
+        }
+    }
+}
+
 impl FromStr for GoDuration {
     type Err = DurationError;
 
@@ -145,6 +175,22 @@ impl JsonSchema for GoDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_format_writes_durations_as_go_does() {
+        for (secs, millis, go) in [
+            (270, 0, "4m30s"),
+            (3600, 0, "1h0m0s"),
+            (30, 0, "30s"),
+            (1, 500, "1.5s"),
+            (0, 250, "250ms"),
+            (5400, 0, "1h30m0s"),
+            (0, 0, "0s"),
+        ] {
+            let d = Duration::from_secs(secs) + Duration::from_millis(millis);
+            assert_eq!(go_format(d), go);
+        }
+    }
 
     #[test]
     fn parses_the_forms_flux_documents() {

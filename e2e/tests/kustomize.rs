@@ -566,6 +566,37 @@ async fn wait_fails_with_health_check_failed_for_a_deployment_that_never_becomes
         json!({ "path": "./apps", "wait": true, "timeout": "8s" }),
     )
     .await?;
+    // While it waits, the work in progress shows as Flux shows it, so kstatus, `kubectl wait`
+    // and dependents never take the old Ready for the new revision's. (The timeout is Flux's
+    // floor of 30s, whatever less is asked.)
+    let head = f.repo.head()?;
+    let fetching =
+        format!("Fetching manifests for revision main@sha1:{head} with a timeout of 30s");
+    let ks = f
+        .wait_ks("app", "Reconciling=True while it waits", |ks| {
+            let conditions = ks
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            find_condition(conditions, types::RECONCILING)
+                .is_some_and(|c| c.reason == reasons::PROGRESSING && c.message == fetching)
+        })
+        .await?;
+    let status = ks.status.as_ref().unwrap();
+    let ready = find_condition(&status.conditions, types::READY).unwrap();
+    assert_eq!(
+        (format!("{:?}", ready.status), ready.message.as_str()),
+        ("Unknown".to_owned(), "Reconciliation in progress")
+    );
+    assert_eq!(
+        weir_api::condition::kstatus(
+            &status.conditions,
+            ks.metadata.generation,
+            status.observed_generation
+        ),
+        weir_api::KStatus::InProgress
+    );
     let ks = f
         .wait_failed("app", None, reasons::HEALTH_CHECK_FAILED)
         .await?;

@@ -430,7 +430,9 @@ async fn apply(
         Ok(()) => succeeded(ks, ctx, &mut status, &attempt).await,
         Err(error) => failed(ks, ctx, &mut status, &attempt, &error).await,
     };
-    if apply_status(api, ks, previous.as_ref(), &status, STATUS_FIELD_MANAGER).await? {
+    // Compared with what is there now: the progressing status, when one was written.
+    let current = attempt.progressing.as_ref().or(previous.as_ref());
+    if apply_status(api, ks, current, &status, STATUS_FIELD_MANAGER).await? {
         ctx.metrics.request();
         ctx.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
     }

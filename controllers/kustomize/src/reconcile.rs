@@ -8,11 +8,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 use weir_api::{
-    GitRepository, Kustomization,
+    Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
     condition::{find_condition, types},
     kustomize::{ObjMetadata, ResourceInventory, SubstituteKind, annotations},
+    reasons,
 };
-use weir_runtime::Redactor;
+use weir_runtime::{Redactor, status::apply_status};
 
 use crate::{
     Context,
@@ -35,6 +36,8 @@ pub struct Attempt {
     pub healthy: Option<bool>,
     /// Masks the values of substituted secrets in every message.
     pub redactor: Redactor,
+    /// The status written when work on a new revision or generation started, if it was.
+    pub progressing: Option<KustomizationStatus>,
 }
 
 /// Runs the steps; the `Attempt` is filled in as far as they got.
@@ -75,6 +78,7 @@ pub async fn run(
         .and_then(|s| s.artifact)
         .ok_or_else(|| KustomizeError::ArtifactNotReady(source_key.clone(), retry))?;
     attempt.revision = Some(artifact.revision.clone());
+    mark_progressing(ks, ctx, &artifact.revision, timeout, attempt).await;
 
     let manifests = fetch_and_build(ctx, spec, &artifact, timeout).await?;
     let manifests = substitute_variables(ks, ctx, manifests, &mut attempt.redactor).await?;
@@ -129,6 +133,60 @@ pub async fn run(
         result.map_err(|objects| KustomizeError::HealthCheck { timeout, objects })?;
     }
     Ok(())
+}
+
+/// Step: when work starts on a revision or generation not attempted before, says so at once
+/// (Reconciling=True and Ready=Unknown, with Flux's `Progressing` reason and messages), so that
+/// kstatus, `kubectl wait` and dependents see the work in progress while it runs. Retries of
+/// the same revision and steady-state reconciles write nothing here. A failed write is logged
+/// and the reconcile goes on: the final status write says what happened either way.
+async fn mark_progressing(
+    ks: &Kustomization,
+    ctx: &Context,
+    revision: &str,
+    timeout: std::time::Duration,
+    attempt: &mut Attempt,
+) {
+    let current = ks.status.as_ref();
+    let attempted = current.and_then(|s| s.last_attempted_revision.as_deref()) == Some(revision)
+        && current.and_then(|s| s.observed_generation) == ks.metadata.generation;
+    if attempted {
+        return;
+    }
+    let generation = ks.metadata.generation;
+    let mut progressing = current.cloned().unwrap_or_default();
+    let fetching = format!(
+        "Fetching manifests for revision {revision} with a timeout of {}",
+        weir_api::duration::go_format(timeout)
+    );
+    for (kind, status, message) in [
+        (types::RECONCILING, ConditionStatus::True, fetching.as_str()),
+        (
+            types::READY,
+            ConditionStatus::Unknown,
+            "Reconciliation in progress",
+        ),
+    ] {
+        condition::set_condition(
+            &mut progressing.conditions,
+            Condition::new(kind, status, reasons::PROGRESSING, message).for_generation(generation),
+        );
+    }
+    condition::remove_condition(&mut progressing.conditions, types::STALLED);
+    let api =
+        Api::<Kustomization>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    match apply_status(&api, ks, current, &progressing, crate::STATUS_FIELD_MANAGER).await {
+        Ok(written) => {
+            if written {
+                ctx.metrics.request();
+                ctx.metrics
+                    .status_writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            attempt.progressing = Some(progressing);
+        }
+        Err(error) => tracing::warn!(%error, "cannot write the progressing status"),
+    }
 }
 
 /// Fetches the artifact (cached by digest) and builds the path: natively from the shared

@@ -12,22 +12,21 @@ use kube::{
     Api, ResourceExt,
     api::ListParams,
     core::{Selector, SelectorExt},
-    runtime::{
-        controller::Action,
-        finalizer::{Event as FinalizerEvent, finalizer},
-    },
+    runtime::controller::Action,
 };
 use weir_api::{
     GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, meta::handled_reconcile_at,
     reasons, source::ResolvedRef,
 };
-use weir_runtime::{ControllerError, Redactor, schedule, status::apply_status};
+use weir_runtime::{
+    ControllerError, Redactor, controller::Reconciler, schedule, status::apply_status,
+};
 use weir_source::error::SourceError;
 
 use crate::{
-    Context, FIELD_MANAGER, FINALIZER,
+    Context, FIELD_MANAGER,
     error::ImageError,
-    failed, object_key, succeeded,
+    failed, succeeded,
     template::Template,
     update::{self, UpdateOutcome, UpdateRequest},
 };
@@ -165,24 +164,17 @@ async fn run(
     Ok((outcome, policies))
 }
 
-#[tracing::instrument(skip_all, fields(object = %object_key(&*auto)))]
-pub(crate) async fn reconcile(
-    auto: Arc<ImageUpdateAutomation>,
-    ctx: Arc<Context>,
-) -> Result<Action, ControllerError> {
-    let api: Api<ImageUpdateAutomation> =
-        Api::namespaced(ctx.client.clone(), &auto.namespace().unwrap_or_default());
-    // Flux's finalizer, added and removed even while suspended, as Flux does: an automation
-    // holds nothing to clean up, but one written by Flux carries it and must still be deletable.
-    let observed = auto.clone();
-    let reconciled = finalizer(&api, FINALIZER, auto, |event| async {
-        match event {
-            FinalizerEvent::Apply(auto) if auto.spec.suspend => Ok(Action::await_change()),
-            FinalizerEvent::Apply(auto) => automate(&api, auto, &ctx).await,
-            FinalizerEvent::Cleanup(_) => Ok(Action::await_change()),
-        }
-    });
-    Ok(weir_runtime::metrics::measured(&*observed, reconciled).await?)
+/// Flux's finalizer is kept on automations as on every image kind, also while suspended (the
+/// runtime adds and removes it): an automation holds nothing to clean up, but one written by
+/// Flux carries it and must be deletable.
+impl Reconciler<ImageUpdateAutomation> for Context {
+    async fn apply(
+        &self,
+        api: &Api<ImageUpdateAutomation>,
+        auto: Arc<ImageUpdateAutomation>,
+    ) -> Result<Action, ControllerError> {
+        automate(api, auto, self).await
+    }
 }
 
 async fn automate(

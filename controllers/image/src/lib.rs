@@ -18,21 +18,18 @@ pub mod update;
 
 use std::sync::{Arc, atomic::AtomicU64};
 
-use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::{self, Action},
-        reflector::{self, ObjectRef},
-        watcher,
-    },
+    runtime::{controller::Action, reflector::ObjectRef, watcher},
 };
 use weir_api::{
     Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation, Outcome, condition,
 };
 use weir_runtime::{
-    ControllerError, Failure, Redactor, controller::Synced, events::EventPublisher, schedule,
+    Failure, Redactor,
+    controller::{Runtime, Synced, spawn, watch},
+    events::EventPublisher,
+    schedule,
 };
 
 use crate::{error::ImageError, store::TagStore};
@@ -221,11 +218,11 @@ pub async fn start(
     });
     let (ns, concurrency) = (config.namespace.as_deref(), config.concurrency);
     let mut synced = Synced::default();
-    let mut repositories = controller_for::<ImageRepository>(&client, ns, concurrency, &mut synced);
-    let policies_of_repo = controller_for::<ImagePolicy>(&client, ns, concurrency, &mut synced);
+    let repositories = watch::<ImageRepository>(&client, ns, concurrency, &mut synced);
+    let policies_of_repo = watch::<ImagePolicy>(&client, ns, concurrency, &mut synced);
     let policy_store = policies_of_repo.store();
     // A new scan (the repository's status changes) re-evaluates its policies.
-    let mut policies = policies_of_repo.watches(
+    let policies = policies_of_repo.watches(
         api::<ImageRepository>(&client, ns),
         watcher::Config::default(),
         move |repo| {
@@ -238,11 +235,10 @@ pub async fn start(
                 .collect::<Vec<_>>()
         },
     );
-    let automations_of_ns =
-        controller_for::<ImageUpdateAutomation>(&client, ns, concurrency, &mut synced);
+    let automations_of_ns = watch::<ImageUpdateAutomation>(&client, ns, concurrency, &mut synced);
     let automation_store = automations_of_ns.store();
     // A policy's new pick runs the automations of its namespace.
-    let mut automations = automations_of_ns.watches(
+    let automations = automations_of_ns.watches(
         api::<ImagePolicy>(&client, ns),
         watcher::Config::default(),
         move |policy| {
@@ -255,98 +251,31 @@ pub async fn start(
                 .collect::<Vec<_>>()
         },
     );
-    if shutdown_on_signal {
-        repositories = repositories.shutdown_on_signal();
-        policies = policies.shutdown_on_signal();
-        automations = automations.shutdown_on_signal();
-    }
-    let repo_ctx = ctx.clone();
-    let repo_task = tokio::spawn(async move {
-        repositories
-            .run(
-                repository_controller::reconcile,
-                error_policy::<ImageRepository>,
-                repo_ctx,
-            )
-            .for_each(weir_runtime::controller::report)
-            .await;
-    });
-    let policy_ctx = ctx.clone();
-    let policy_task = tokio::spawn(async move {
-        policies
-            .run(
-                policy_controller::reconcile,
-                error_policy::<ImagePolicy>,
-                policy_ctx,
-            )
-            .for_each(weir_runtime::controller::report)
-            .await;
-    });
-    let auto_ctx = ctx.clone();
-    let auto_task = tokio::spawn(async move {
-        automations
-            .run(
-                automation_controller::reconcile,
-                error_policy::<ImageUpdateAutomation>,
-                auto_ctx,
-            )
-            .for_each(weir_runtime::controller::report)
-            .await;
-    });
+    let controllers = vec![
+        spawn(repositories, ctx.clone(), shutdown_on_signal),
+        spawn(policies, ctx.clone(), shutdown_on_signal),
+        spawn(automations, ctx, shutdown_on_signal),
+    ];
     tracing::info!("image controller started");
     Ok(Handle {
         metrics,
         synced,
         store,
-        controllers: vec![repo_task, policy_task, auto_task],
+        controllers,
     })
 }
 
-/// A controller of `K` whose reconciles start only on changes that ask for one (spec,
-/// `requestedAt`, finalizers, deletion), never on its own status writes.
-fn controller_for<K>(
-    client: &Client,
-    namespace: Option<&str>,
-    concurrency: u16,
-    synced: &mut Synced,
-) -> Controller<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let flag = synced.flag();
-    let stream = watcher(api::<K>(client, namespace), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| flag.observe(event))
-        .applied_objects()
-        .predicate_filter(
-            weir_runtime::trigger::reconcile_trigger,
-            kube::runtime::PredicateConfig::default(),
-        );
-    Controller::for_stream(stream, reader)
-        .with_config(controller::Config::default().concurrency(concurrency))
+impl Runtime for Context {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn backoff(&self) -> &schedule::Backoff {
+        &self.backoff
+    }
 }
 
-fn error_policy<K: Resource>(obj: Arc<K>, error: &ControllerError, ctx: Arc<Context>) -> Action {
-    let key = object_key(&*obj);
-    tracing::warn!(%error, object = key, "reconcile failed");
-    Action::requeue(ctx.backoff.failed(&key))
-}
-
-fn object_key<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
-    )
-}
+use weir_runtime::controller::object_key;
 
 /// Records a failed reconcile in `conditions` (Ready=False plus Reconciling or Stalled), with
 /// the message redacted; publishes a Warning event; returns when to reconcile again. Retries back

@@ -3,24 +3,15 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use kube::{
-    Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as FinalizerEvent, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use oci_client::{Reference, secrets::RegistryAuth};
 use weir_api::{
     ImagePolicy, ImageRef, ImageRepository, image::ReflectionPolicy, meta::handled_reconcile_at,
     reasons,
 };
-use weir_runtime::{ControllerError, Redactor, status::apply_status};
+use weir_runtime::{ControllerError, Redactor, controller::Reconciler, status::apply_status};
 
-use crate::{
-    Context, FIELD_MANAGER, FINALIZER, error::ImageError, failed, object_key, policy::Policy,
-    succeeded,
-};
+use crate::{Context, FIELD_MANAGER, error::ImageError, failed, policy::Policy, succeeded};
 
 /// How soon a policy whose repository is not scanned yet (after a restart) looks again.
 const SCAN_PENDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -91,23 +82,16 @@ async fn choose(
     Ok(chosen)
 }
 
-#[tracing::instrument(skip_all, fields(object = %object_key(&*policy)))]
-pub(crate) async fn reconcile(
-    policy: Arc<ImagePolicy>,
-    ctx: Arc<Context>,
-) -> Result<Action, ControllerError> {
-    let api: Api<ImagePolicy> =
-        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
-    // Flux's finalizer, as on every image kind: a policy holds nothing to clean up, but one
-    // written by Flux carries it and must still be deletable.
-    let observed = policy.clone();
-    let reconciled = finalizer(&api, FINALIZER, policy, |event| async {
-        match event {
-            FinalizerEvent::Apply(policy) => evaluate(&api, policy, &ctx).await,
-            FinalizerEvent::Cleanup(_) => Ok(Action::await_change()),
-        }
-    });
-    Ok(weir_runtime::metrics::measured(&*observed, reconciled).await?)
+/// Flux's finalizer is kept on policies as on every image kind (the runtime adds and removes it):
+/// a policy holds nothing to clean up, but one written by Flux carries it and must be deletable.
+impl Reconciler<ImagePolicy> for Context {
+    async fn apply(
+        &self,
+        api: &Api<ImagePolicy>,
+        policy: Arc<ImagePolicy>,
+    ) -> Result<Action, ControllerError> {
+        evaluate(api, policy, self).await
+    }
 }
 
 async fn evaluate(

@@ -4,40 +4,31 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as FinalizerEvent, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use weir_api::{ImageRepository, image::ScanResult, meta::handled_reconcile_at, reasons};
-use weir_runtime::{ControllerError, Redactor, schedule, status::apply_status};
+use weir_runtime::{
+    ControllerError, Redactor, controller::Reconciler, schedule, status::apply_status,
+};
 
 use crate::{
-    Context, FIELD_MANAGER, FINALIZER, error::ImageError, failed, object_key, scan,
-    store::ScannedTags, succeeded,
+    Context, FIELD_MANAGER, error::ImageError, failed, scan, store::ScannedTags, succeeded,
 };
 
-#[tracing::instrument(skip_all, fields(object = %object_key(&*repo)))]
-pub(crate) async fn reconcile(
-    repo: Arc<ImageRepository>,
-    ctx: Arc<Context>,
-) -> Result<Action, ControllerError> {
-    let api: Api<ImageRepository> =
-        Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
-    let observed = repo.clone();
-    let reconciled = finalizer(&api, FINALIZER, repo, |event| async {
-        match event {
-            FinalizerEvent::Apply(repo) => apply(&api, &repo, &ctx).await,
-            FinalizerEvent::Cleanup(repo) => {
-                ctx.store
-                    .remove(&repo.namespace().unwrap_or_default(), &repo.name_any());
-                Ok(Action::await_change())
-            }
-        }
-    });
-    Ok(weir_runtime::metrics::measured(&*observed, reconciled).await?)
+impl Reconciler<ImageRepository> for Context {
+    async fn apply(
+        &self,
+        api: &Api<ImageRepository>,
+        repo: Arc<ImageRepository>,
+    ) -> Result<Action, ControllerError> {
+        apply(api, &repo, self).await
+    }
+
+    /// The scanned tags go with the repository.
+    async fn cleanup(&self, repo: Arc<ImageRepository>) -> Result<Action, ControllerError> {
+        self.store
+            .remove(&repo.namespace().unwrap_or_default(), &repo.name_any());
+        Ok(Action::await_change())
+    }
 }
 
 /// What a scan found, before it is written to status.
@@ -102,9 +93,6 @@ async fn apply(
     repo: &ImageRepository,
     ctx: &Context,
 ) -> Result<Action, ControllerError> {
-    if repo.spec.suspend {
-        return Ok(Action::await_change());
-    }
     ctx.metrics.scans.fetch_add(1, Ordering::Relaxed);
     let previous = repo.status.clone();
     let mut status = previous.clone().unwrap_or_default();

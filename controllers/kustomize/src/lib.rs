@@ -51,24 +51,20 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::{self, Action},
-        finalizer::{Event as FinalizerEvent, finalizer},
-        reflector::{self, ObjectRef},
-        watcher,
-    },
+    runtime::{WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 use weir_api::{
     Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, Outcome,
     condition, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
-    ControllerError, Disposition, Failure, controller::Synced, events::EventPublisher, schedule,
-    status::apply_status, trigger::reconcile_trigger,
+    ControllerError, Disposition, Failure,
+    controller::{Reconciler, Runtime, Synced},
+    events::EventPublisher,
+    schedule,
+    status::apply_status,
 };
 
 use crate::{apply::KindCache, error::KustomizeError, fetch::ArtifactFetcher, reconcile::Attempt};
@@ -278,38 +274,34 @@ pub async fn start(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let dependency_api = ks_api.clone();
-    let concurrency = config.concurrency;
+    let (namespace, concurrency) = (config.namespace.clone(), config.concurrency);
     let ctx = Arc::new(Context {
         client: client.clone(),
         kube_config,
         config,
         fetcher,
         kinds: KindCache::default(),
-        events: EventPublisher::new(client, CONTROLLER_NAME),
+        events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
         backoff: schedule::Backoff::default(),
         metrics: metrics.clone(),
     });
-    let (reader, writer) = reflector::store();
     let mut synced = Synced::default();
-    let flag = synced.flag();
-    let stream = watcher(ks_api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| flag.observe(event))
-        .applied_objects()
-        .predicate_filter(reconcile_trigger, kube::runtime::PredicateConfig::default());
+    let controller = weir_runtime::controller::watch::<Kustomization>(
+        &client,
+        namespace.as_deref(),
+        concurrency,
+        &mut synced,
+    );
     let sources = watcher(repo_api, watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .predicate_filter(artifact_trigger, kube::runtime::PredicateConfig::default());
-    let dependencies = watcher(dependency_api, watcher::Config::default())
+    let dependencies = watcher(ks_api, watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .predicate_filter(readiness_trigger, kube::runtime::PredicateConfig::default());
-    let (by_source, by_dependency) = (reader.clone(), reader.clone());
-    let mut controller = Controller::for_stream(stream, reader)
-        .with_config(controller::Config::default().concurrency(concurrency))
+    let (by_source, by_dependency) = (controller.store(), controller.store());
+    let controller = controller
         .watches_stream(sources, move |repo: GitRepository| {
             by_source
                 .state()
@@ -328,15 +320,7 @@ pub async fn start(
                 .map(|ks| ObjectRef::from_obj(&*ks))
                 .collect::<Vec<_>>()
         });
-    if shutdown_on_signal {
-        controller = controller.shutdown_on_signal();
-    }
-    let controller = tokio::spawn(async move {
-        controller
-            .run(reconcile, error_policy, ctx)
-            .for_each(weir_runtime::controller::report)
-            .await;
-    });
+    let controller = weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal);
     tracing::info!("kustomize controller started");
     Ok(Handle {
         metrics,
@@ -345,30 +329,32 @@ pub async fn start(
     })
 }
 
-fn error_policy(ks: Arc<Kustomization>, error: &ControllerError, ctx: Arc<Context>) -> Action {
-    let key = object_key(&ks);
-    tracing::warn!(%error, object = key, "reconcile failed");
-    Action::requeue(ctx.backoff.failed(&key))
-}
-
 fn object_key(ks: &Kustomization) -> String {
-    format!("{}/{}", ks.namespace().unwrap_or_default(), ks.name_any())
+    weir_runtime::controller::object_key(ks)
 }
 
-#[tracing::instrument(skip_all, fields(object = %object_key(&ks)))]
-async fn reconcile(ks: Arc<Kustomization>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    let api: Api<Kustomization> =
-        Api::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
-    let observed = ks.clone();
-    let reconciled = finalizer(&api, FINALIZER, ks, |event| async {
-        match event {
-            FinalizerEvent::Apply(ks) => apply(&api, &ks, &ctx).await,
-            FinalizerEvent::Cleanup(ks) => cleanup(&ks, &ctx).await,
-        }
-    });
-    weir_runtime::metrics::measured(&*observed, reconciled)
-        .await
-        .map_err(ControllerError::from)
+impl Runtime for Context {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn backoff(&self) -> &schedule::Backoff {
+        &self.backoff
+    }
+}
+
+impl Reconciler<Kustomization> for Context {
+    async fn apply(
+        &self,
+        api: &Api<Kustomization>,
+        ks: Arc<Kustomization>,
+    ) -> Result<Action, ControllerError> {
+        apply(api, &ks, self).await
+    }
+
+    async fn cleanup(&self, ks: Arc<Kustomization>) -> Result<Action, ControllerError> {
+        cleanup(&ks, self).await
+    }
 }
 
 /// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while
@@ -395,10 +381,6 @@ async fn apply(
     ks: &Kustomization,
     ctx: &Context,
 ) -> Result<Action, ControllerError> {
-    if ks.spec.suspend {
-        tracing::debug!("suspended");
-        return Ok(Action::await_change());
-    }
     ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
     let previous = ks.status.clone();
     let mut status = previous.clone().unwrap_or_default();

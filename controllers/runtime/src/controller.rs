@@ -1,25 +1,190 @@
-//! What every controller does around kube-runtime's `Controller`: reporting what its stream
-//! yields, and telling when its caches have synced (for `/readyz`).
+//! The one way every controller runs: a [`Reconciler`] for a kind, driven by kube-runtime's
+//! `Controller` through [`watch`] and [`spawn`]. One object enters, passes Flux's finalizer, the
+//! suspend check and the reconciler's steps, and leaves with one status write (the reconciler's)
+//! and its metrics; failures are logged and backed off per object.
+//!
+//! The controllers differ only in their `Reconciler`s and in which other kinds they watch
+//! (`Controller::watches` on what [`watch`] returns).
 
 use std::{
-    fmt::Display,
+    fmt::{Debug, Display},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
 
+use futures::StreamExt;
 use kube::{
-    Resource,
-    runtime::{controller, reflector::ObjectRef, watcher},
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::Instrument;
+use weir_api::{meta::FINALIZER, status::Reconciled};
+
+use crate::{ControllerError, schedule::Backoff};
+
+/// What every reconciled kind is, for [`watch`] and [`spawn`].
+pub trait Object:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Reconciled
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Object for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Reconciled
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What a controller's shared context gives the runtime, whatever kinds it reconciles.
+pub trait Runtime: Send + Sync + 'static {
+    /// The client objects are read and written with.
+    fn client(&self) -> &Client;
+
+    /// The per-object backoff failed reconciles are retried with.
+    fn backoff(&self) -> &Backoff;
+}
+
+/// One controller's reconcile of kind `K`; implemented by the controller's shared context.
+pub trait Reconciler<K: Object>: Runtime {
+    /// Reconciles a live object that is not suspended, Flux's finalizer in place: its steps
+    /// and its one status write.
+    fn apply(
+        &self,
+        api: &Api<K>,
+        obj: Arc<K>,
+    ) -> impl Future<Output = Result<Action, ControllerError>> + Send;
+
+    /// Cleans up after an object being deleted, before its finalizer is removed; also when it
+    /// is suspended (the reconciler decides what suspension means for cleanup).
+    fn cleanup(&self, obj: Arc<K>) -> impl Future<Output = Result<Action, ControllerError>> + Send {
+        let _ = obj;
+        async { Ok(Action::await_change()) }
+    }
+}
+
+/// The `namespace/name` objects are logged and backed off under.
+pub fn object_key<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// A controller of `K` in `namespace` (all when `None`) whose reconciles start only on changes
+/// that ask for one (spec, `requestedAt`, finalizers, deletion), never on its own status writes;
+/// its watch counts in `synced`.
+pub fn watch<K: Object>(
+    client: &Client,
+    namespace: Option<&str>,
+    concurrency: u16,
+    synced: &mut Synced,
+) -> Controller<K> {
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store::<K>();
+    let flag = synced.flag();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| flag.observe(event))
+        .applied_objects()
+        .predicate_filter(
+            crate::trigger::reconcile_trigger,
+            kube::runtime::PredicateConfig::default(),
+        );
+    Controller::for_stream(stream, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
+}
+
+/// Runs `controller` with `reconciler` until it stops (on SIGTERM or SIGINT when
+/// `shutdown_on_signal`).
+pub fn spawn<K, R>(
+    controller: Controller<K>,
+    reconciler: Arc<R>,
+    shutdown_on_signal: bool,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Object,
+    R: Reconciler<K>,
+{
+    let controller = if shutdown_on_signal {
+        controller.shutdown_on_signal()
+    } else {
+        controller
+    };
+    tokio::spawn(async move {
+        controller
+            .run(reconcile::<K, R>, error_policy::<K, R>, reconciler)
+            .for_each(report)
+            .await;
+    })
+}
+
+async fn reconcile<K, R>(obj: Arc<K>, reconciler: Arc<R>) -> Result<Action, ControllerError>
+where
+    K: Object,
+    R: Reconciler<K>,
+{
+    let span = tracing::info_span!("reconcile", object = %object_key(&*obj));
+    let api: Api<K> = Api::namespaced(
+        reconciler.client().clone(),
+        &obj.namespace().unwrap_or_default(),
+    );
+    let observed = obj.clone();
+    let steps = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) if obj.suspended() => {
+                tracing::debug!("suspended");
+                Ok(Action::await_change())
+            }
+            FinalizerEvent::Apply(obj) => reconciler.apply(&api, obj).await,
+            FinalizerEvent::Cleanup(obj) => reconciler.cleanup(obj).await,
+        }
+    });
+    crate::metrics::measured(&*observed, steps)
+        .instrument(span)
+        .await
+        .map_err(ControllerError::from)
+}
+
+fn error_policy<K, R>(obj: Arc<K>, error: &ControllerError, reconciler: Arc<R>) -> Action
+where
+    K: Object,
+    R: Reconciler<K>,
+{
+    let key = object_key(&*obj);
+    tracing::warn!(%error, object = key, "reconcile failed");
+    Action::requeue(reconciler.backoff().failed(&key))
+}
 
 /// Reports one item of `Controller::run`'s stream. A failed reconcile was already logged, with
 /// its object, by the error policy, so it is kept at `debug`; anything else (a watch that cannot
 /// list or decode, a queue failure) would otherwise go unseen and is a `warn`.
 #[allow(clippy::unused_async)] // The shape `StreamExt::for_each` takes.
 pub async fn report<K, E>(
-    result: Result<(ObjectRef<K>, controller::Action), controller::Error<E, watcher::Error>>,
+    result: Result<(ObjectRef<K>, Action), controller::Error<E, watcher::Error>>,
 ) where
     K: Resource,
     E: std::error::Error + 'static,

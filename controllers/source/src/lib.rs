@@ -16,23 +16,17 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::{self, Action},
-        finalizer::{Event as FinalizerEvent, finalizer},
-        reflector, watcher,
-    },
-};
+use kube::{Api, Client, ResourceExt, runtime::controller::Action};
 use weir_api::{
     GitRepository, GitRepositoryStatus, Outcome, condition, meta::handled_reconcile_at, reasons,
     types,
 };
 use weir_runtime::{
-    ControllerError, Failure, controller::Synced, events::EventPublisher, schedule,
-    status::apply_status, trigger::reconcile_trigger,
+    ControllerError, Failure,
+    controller::{Reconciler, Runtime, Synced},
+    events::EventPublisher,
+    schedule,
+    status::apply_status,
 };
 
 use crate::{error::SourceError, reconcile::SourceOutcome, storage::Storage};
@@ -221,30 +215,14 @@ pub async fn start(
         metrics: metrics.clone(),
         in_flight: reconcile::InFlight::default(),
     });
-    let api: Api<GitRepository> = match &config.namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let (reader, writer) = reflector::store();
     let mut synced = Synced::default();
-    let flag = synced.flag();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| flag.observe(event))
-        .applied_objects()
-        .predicate_filter(reconcile_trigger, kube::runtime::PredicateConfig::default());
-    let mut controller = Controller::for_stream(stream, reader)
-        .with_config(controller::Config::default().concurrency(config.concurrency));
-    if shutdown_on_signal {
-        controller = controller.shutdown_on_signal();
-    }
-    let controller = tokio::spawn(async move {
-        controller
-            .run(reconcile, error_policy, ctx)
-            .for_each(weir_runtime::controller::report)
-            .await;
-    });
+    let controller = weir_runtime::controller::watch::<GitRepository>(
+        &client,
+        config.namespace.as_deref(),
+        config.concurrency,
+        &mut synced,
+    );
+    let controller = weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal);
     tracing::info!(storage = %storage_url, "source controller started");
     Ok(Handle {
         metrics,
@@ -255,34 +233,32 @@ pub async fn start(
     })
 }
 
-fn error_policy(repo: Arc<GitRepository>, error: &ControllerError, ctx: Arc<Context>) -> Action {
-    let key = object_key(&repo);
-    tracing::warn!(%error, object = key, "reconcile failed");
-    Action::requeue(ctx.backoff.failed(&key))
-}
-
 fn object_key(repo: &GitRepository) -> String {
-    format!(
-        "{}/{}",
-        repo.namespace().unwrap_or_default(),
-        repo.name_any()
-    )
+    weir_runtime::controller::object_key(repo)
 }
 
-#[tracing::instrument(skip_all, fields(object = %object_key(&repo)))]
-async fn reconcile(repo: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    let api: Api<GitRepository> =
-        Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
-    let observed = repo.clone();
-    let reconciled = finalizer(&api, FINALIZER, repo, |event| async {
-        match event {
-            FinalizerEvent::Apply(repo) => apply(&api, &repo, &ctx).await,
-            FinalizerEvent::Cleanup(repo) => cleanup(&repo, &ctx),
-        }
-    });
-    weir_runtime::metrics::measured(&*observed, reconciled)
-        .await
-        .map_err(ControllerError::from)
+impl Runtime for Context {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn backoff(&self) -> &schedule::Backoff {
+        &self.backoff
+    }
+}
+
+impl Reconciler<GitRepository> for Context {
+    async fn apply(
+        &self,
+        api: &Api<GitRepository>,
+        repo: Arc<GitRepository>,
+    ) -> Result<Action, ControllerError> {
+        apply(api, &repo, self).await
+    }
+
+    async fn cleanup(&self, repo: Arc<GitRepository>) -> Result<Action, ControllerError> {
+        cleanup(&repo, self)
+    }
 }
 
 /// Deleting a GitRepository removes all its artifacts.
@@ -307,10 +283,6 @@ async fn apply(
     ctx: &Context,
 ) -> Result<Action, ControllerError> {
     use std::sync::atomic::Ordering;
-    if repo.spec.suspend {
-        tracing::debug!("suspended");
-        return Ok(Action::await_change());
-    }
     ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
     let key = object_key(repo);
     let previous = repo.status.clone();

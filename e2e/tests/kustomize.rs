@@ -1385,8 +1385,11 @@ async fn native_namespaces_equal_kustomizes() -> Result<()> {
         work.path(),
         tree.path(),
         &spec,
-        std::path::Path::new(""),
-        Some(&collected),
+        build::Planned {
+            relative_path: std::path::Path::new(""),
+            generated: Some(&collected),
+            loads: &[],
+        },
         &kustomize,
         std::time::Duration::from_secs(60),
     )

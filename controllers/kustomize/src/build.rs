@@ -85,6 +85,9 @@ pub enum BuildPlan {
     Kustomize {
         relative_path: PathBuf,
         generated: Option<Collected>,
+        /// What the build directory's kustomization names (relative to the artifact root):
+        /// the only entries outside the build directory its view needs.
+        loads: Vec<PathBuf>,
     },
 }
 
@@ -104,11 +107,12 @@ pub fn plan(tree: &Path, spec: &KustomizationSpec) -> Result<BuildPlan, BuildErr
         .unwrap_or(Path::new(""))
         .to_path_buf();
     if kustomization_file(&dir).is_some() {
-        references::check(tree, &dir)?;
-        check_components(tree, &relative_path, spec)?;
+        let mut loads = references::check(tree, &dir)?;
+        loads.extend(check_components(tree, &relative_path, spec)?);
         return Ok(BuildPlan::Kustomize {
             relative_path,
             generated: None,
+            loads,
         });
     }
     let mut collected = collect_yaml(tree, &dir)?;
@@ -123,27 +127,39 @@ pub fn plan(tree: &Path, spec: &KustomizationSpec) -> Result<BuildPlan, BuildErr
     for sub in &collected.kustomization_dirs {
         references::check(tree, &dir.join(sub))?;
     }
-    check_components(tree, &relative_path, spec)?;
+    let loads = check_components(tree, &relative_path, spec)?;
     Ok(BuildPlan::Kustomize {
         relative_path,
         generated: Some(collected),
+        loads,
     })
 }
 
 /// Each of the spec's components stays inside the artifact, and so does what it loads.
+/// Returns their directories, relative to the artifact root.
 fn check_components(
     tree: &Path,
     relative_path: &Path,
     spec: &KustomizationSpec,
-) -> Result<(), BuildError> {
+) -> Result<Vec<PathBuf>, BuildError> {
+    let mut dirs = vec![];
     for component in &spec.components {
         let dir = contained_path(tree, &relative_path.join(component))
             .map_err(|_| BuildError::UnsafePath(component.clone()))?;
         if kustomization_file(&dir).is_some() {
             references::check(tree, &dir)?;
         }
+        dirs.extend(dir.strip_prefix(tree).ok().map(Path::to_path_buf));
     }
-    Ok(())
+    Ok(dirs)
+}
+
+/// What [`kustomize_build`] takes from a [`BuildPlan::Kustomize`].
+#[derive(Debug, Clone, Copy)]
+pub struct Planned<'a> {
+    pub relative_path: &'a Path,
+    pub generated: Option<&'a Collected>,
+    pub loads: &'a [PathBuf],
 }
 
 /// Runs kustomize on `relative_path` of the shared artifact `tree`, in a private view laid out
@@ -152,11 +168,15 @@ pub async fn kustomize_build(
     work: &Path,
     tree: &Path,
     spec: &KustomizationSpec,
-    relative_path: &Path,
-    generated: Option<&Collected>,
+    planned: Planned<'_>,
     kustomize: &Path,
     timeout: Duration,
 ) -> Result<Vec<Manifest>, BuildError> {
+    let Planned {
+        relative_path,
+        generated,
+        loads,
+    } = planned;
     let (name, mut doc) = match generated {
         Some(collected) => {
             let resources: Vec<&str> = collected
@@ -172,7 +192,7 @@ pub async fn kustomize_build(
     let file = relative_path.join(name).to_string_lossy().into_owned();
     let remove_origin = generator::merge_spec(&mut doc, spec, &file)?;
     let view_root = work.join(SOURCE_DIR);
-    let dir = view::lay_out(tree, relative_path, &view_root, name.as_ref())?;
+    let dir = view::lay_out(tree, relative_path, &view_root, name.as_ref(), loads)?;
     std::fs::write(
         dir.join(name),
         serde_yaml_ng::to_string(&doc).map_err(BuildError::Serialize)?,

@@ -207,14 +207,18 @@ async fn fetch_and_build(
         BuildPlan::Kustomize {
             relative_path,
             generated,
+            loads,
         } => {
             let work = tempfile::tempdir().map_err(|e| KustomizeError::Build(e.into()))?;
             build::kustomize_build(
                 work.path(),
                 &artifacts.tree,
                 spec,
-                &relative_path,
-                generated.as_ref(),
+                build::Planned {
+                    relative_path: &relative_path,
+                    generated: generated.as_ref(),
+                    loads: &loads,
+                },
                 &ctx.config.kustomize_path,
                 timeout,
             )

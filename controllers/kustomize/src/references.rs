@@ -134,7 +134,12 @@ const PLUGIN_CONFIG_FIELDS: &[(&str, Reference)] = &[
 
 /// Checks every path the kustomization in `dir` (and, recursively, every kustomization it loads)
 /// refers to stays inside `root`, the extracted artifact. `dir` is inside `root`.
-pub fn check(root: &Path, dir: &Path) -> Result<(), ReferenceError> {
+///
+/// Returns the paths (relative to the root, `..` resolved) that the kustomization in `dir`
+/// itself names, its plugin configs' paths included: what a build of `dir` loads first. Paths
+/// named by the kustomizations it reaches are not listed: kustomize enters each of those at its
+/// real location.
+pub fn check(root: &Path, dir: &Path) -> Result<Vec<PathBuf>, ReferenceError> {
     let root = fs::canonicalize(root).map_err(|source| ReferenceError::Read {
         file: root.display().to_string(),
         source,
@@ -142,7 +147,7 @@ pub fn check(root: &Path, dir: &Path) -> Result<(), ReferenceError> {
     let dir = match fs::canonicalize(dir) {
         Ok(dir) => dir,
         // kustomize names a missing build directory itself.
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(source) => {
             return Err(ReferenceError::Read {
                 file: dir.display().to_string(),
@@ -155,11 +160,14 @@ pub fn check(root: &Path, dir: &Path) -> Result<(), ReferenceError> {
             dir: dir.display().to_string(),
         });
     }
-    Checker {
+    let mut checker = Checker {
         root,
+        top: dir.clone(),
+        loads: vec![],
         visited: HashSet::new(),
-    }
-    .check_dir(&dir)
+    };
+    checker.check_dir(&dir)?;
+    Ok(checker.loads)
 }
 
 /// The name of `dir`'s kustomization file, if it has one.
@@ -174,6 +182,9 @@ pub(crate) fn kustomization_file(dir: &Path) -> Option<&'static str> {
 struct Checker {
     /// The artifact root, symlinks resolved, so that real paths can be compared with it.
     root: PathBuf,
+    /// The directory being built, and what its kustomization names (relative to the root).
+    top: PathBuf,
+    loads: Vec<PathBuf>,
     /// Kustomization directories already checked: kustomize reports cycles, Weir only must not
     /// follow one forever.
     visited: HashSet<PathBuf>,
@@ -247,7 +258,7 @@ impl Checker {
     /// Refuses `path` (written as `value` in `field`) when it is remote or leaves the artifact,
     /// as written or on disk; returns its real path when it exists.
     fn resolve(
-        &self,
+        &mut self,
         origin: &Origin<'_>,
         field: &str,
         value: &str,
@@ -273,6 +284,11 @@ impl Checker {
             {
                 return Err(outside());
             }
+        }
+        if origin.base == self.top
+            && let Ok(relative) = lexical.strip_prefix(&self.root)
+        {
+            self.loads.push(relative.to_path_buf());
         }
         Ok(fs::canonicalize(&lexical).ok())
     }
@@ -343,7 +359,7 @@ impl Checker {
     /// through nested kustomizations: what kustomize builds a plugin directory's configs from.
     /// Their containment was checked when the directory itself was.
     fn config_files(
-        &self,
+        &mut self,
         dir: &Path,
         seen: &mut HashSet<PathBuf>,
         out: &mut Vec<PathBuf>,
@@ -518,13 +534,13 @@ mod tests {
             self.tmp.path().join("artifact")
         }
 
-        fn check(&self, dir: &str) -> Result<(), ReferenceError> {
+        fn check(&self, dir: &str) -> Result<Vec<PathBuf>, ReferenceError> {
             check(&self.root(), &self.root().join(dir))
         }
     }
 
     /// The file, field and value of an `Outside` error; panics on any other result.
-    fn outside(result: Result<(), ReferenceError>) -> (String, String, String) {
+    fn outside(result: Result<Vec<PathBuf>, ReferenceError>) -> (String, String, String) {
         match result {
             Err(ReferenceError::Outside { file, field, value }) => (file, field, value),
             other => panic!("expected a path outside the artifact, got {other:?}"),
@@ -549,7 +565,16 @@ mod tests {
             ("artifact/apps/base/app.yaml", ""),
             ("artifact/common/x.yaml", ""),
         ]);
-        tree.check("apps/overlay").unwrap();
+        // What the overlay itself names, for its build's view; not what its base names.
+        let loads = tree.check("apps/overlay").unwrap();
+        assert_eq!(
+            loads,
+            [
+                PathBuf::from("apps/base"),
+                PathBuf::from("common/x.yaml"),
+                PathBuf::from("apps/overlay/local.yaml"),
+            ]
+        );
     }
 
     #[test]

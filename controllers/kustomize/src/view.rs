@@ -4,41 +4,84 @@
 //! Flux writes the merged kustomization into a private extraction of the whole artifact, so a
 //! build costs as much as the repository is large, and 1000 Kustomizations of one repository
 //! cost 1000 extractions. Weir's view is made of the directories from the artifact root down to
-//! the build directory, each holding a symlink per entry of its shared original (the next
-//! directory on the way excepted), and the build directory's own kustomization file. kustomize
-//! resolves `../base` against the view and finds the shared `base`; everything it reads is the
-//! shared tree's, and the shared tree is never written. A build costs the entries along one
-//! path, not the repository.
+//! the build directory: the build directory holds a symlink per shared entry and its own
+//! kustomization file, and each directory above it holds symlinks only to the entries the
+//! build directory's kustomization names (`../base`, `../../common`), as
+//! [`crate::references::check`] lists them. kustomize resolves `../base` against the view and
+//! finds the shared `base`, then enters every directory it follows at its real location, so
+//! what the base names is found in the shared tree. A build costs the build directory's entries
+//! and what its kustomization names, never the repository's breadth; the shared tree is never
+//! written.
 
 use std::{
-    ffi::OsStr,
+    collections::BTreeSet,
+    ffi::{OsStr, OsString},
     path::{Component, Path, PathBuf},
 };
 
 /// Lays out in `view` (an empty or missing directory) the view of `shared` for building the
 /// directory `relative` (a path inside `shared` without `..`), leaving out the build
-/// directory's entry named `replaced`, which the caller writes. Returns the build directory in
-/// the view.
+/// directory's entry named `replaced`, which the caller writes. `loads` are the paths (relative
+/// to `shared`, without `..`) the build directory's kustomization names. Returns the build
+/// directory in the view.
 pub fn lay_out(
     shared: &Path,
     relative: &Path,
     view: &Path,
     replaced: &OsStr,
+    loads: &[PathBuf],
 ) -> std::io::Result<PathBuf> {
+    let chain: Vec<&OsStr> = normal_components(relative).collect();
+    // A kustomization naming a directory on its own path (`..`) loads all of it: from there
+    // down, every entry is linked.
+    let whole_from = loads
+        .iter()
+        .filter_map(|load| {
+            let load: Vec<&OsStr> = normal_components(load).collect();
+            (load.len() < chain.len() && chain.starts_with(&load)).then_some(load.len())
+        })
+        .min();
     let mut from = shared.to_path_buf();
     let mut to = view.to_path_buf();
     std::fs::create_dir_all(&to)?;
-    for component in relative.components() {
-        let Component::Normal(next) = component else {
-            continue;
-        };
-        link_entries(&from, &to, next)?;
+    for (depth, next) in chain.iter().enumerate() {
+        if whole_from.is_some_and(|level| depth >= level) {
+            link_entries(&from, &to, next)?;
+        } else {
+            for name in needed_entries(&chain, depth, loads) {
+                std::os::unix::fs::symlink(from.join(&name), to.join(&name))?;
+            }
+        }
         from.push(next);
         to.push(next);
         std::fs::create_dir(&to)?;
     }
     link_entries(&from, &to, replaced)?;
     Ok(to)
+}
+
+fn normal_components(path: &Path) -> impl Iterator<Item = &OsStr> {
+    path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name),
+        _ => None,
+    })
+}
+
+/// The entries of the directory at `depth` of `chain` that `loads` go through, the next
+/// directory of the chain excepted.
+fn needed_entries(chain: &[&OsStr], depth: usize, loads: &[PathBuf]) -> BTreeSet<OsString> {
+    let above = &chain[..depth];
+    loads
+        .iter()
+        .filter_map(|load| {
+            let load: Vec<&OsStr> = normal_components(load).collect();
+            if !load.starts_with(above) {
+                return None;
+            }
+            let entry = *load.get(depth)?;
+            (entry != chain[depth]).then(|| entry.to_os_string())
+        })
+        .collect()
 }
 
 /// Symlinks every entry of `from` into `to` but `except`.
@@ -57,7 +100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_view_links_every_shared_entry_and_owns_only_the_build_directorys_file() {
+    fn the_view_links_what_the_kustomization_names_and_owns_only_its_file() {
         let shared = tempfile::tempdir().unwrap();
         for (path, content) in [
             ("apps/web/kustomization.yaml", "resources: [../base]\n"),
@@ -76,6 +119,11 @@ mod tests {
             Path::new("apps/web"),
             &view.path().join("src"),
             OsStr::new("kustomization.yaml"),
+            &[
+                "apps/base".into(),
+                "common/c.yaml".into(),
+                "apps/web/patch.yaml".into(),
+            ],
         )
         .unwrap();
         assert_eq!(dir, view.path().join("src/apps/web"));
@@ -96,15 +144,13 @@ mod tests {
             std::fs::read_to_string(dir.join("../../common/c.yaml")).unwrap(),
             "c"
         );
-        for linked in [
-            "src/common",
-            "src/apps/base",
-            "src/apps/other",
-            "src/apps/web/patch.yaml",
-        ] {
+        for linked in ["src/common", "src/apps/base", "src/apps/web/patch.yaml"] {
             let meta = std::fs::symlink_metadata(view.path().join(linked)).unwrap();
             assert!(meta.file_type().is_symlink(), "{linked} is a link");
         }
+        // What the kustomization does not name is not laid out: the view costs what the build
+        // loads, not the repository's breadth.
+        assert!(std::fs::symlink_metadata(view.path().join("src/apps/other")).is_err());
         for own in ["src/apps", "src/apps/web"] {
             let meta = std::fs::symlink_metadata(view.path().join(own)).unwrap();
             assert!(meta.is_dir(), "{own} is the view's own directory");
@@ -127,9 +173,36 @@ mod tests {
             Path::new(""),
             view.path(),
             OsStr::new("kustomization.yaml"),
+            &[],
         )
         .unwrap();
         assert_eq!(dir, view.path());
         assert_eq!(std::fs::read_to_string(dir.join("a.yaml")).unwrap(), "a");
+    }
+
+    #[test]
+    fn a_kustomization_naming_its_parent_gets_all_of_it() {
+        let shared = tempfile::tempdir().unwrap();
+        for path in [
+            "apps/kustomization.yaml",
+            "apps/x.yaml",
+            "apps/web/kustomization.yaml",
+        ] {
+            let p = shared.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        let view = tempfile::tempdir().unwrap();
+        let dir = lay_out(
+            shared.path(),
+            Path::new("apps/web"),
+            view.path(),
+            OsStr::new("kustomization.yaml"),
+            &["apps".into()],
+        )
+        .unwrap();
+        for entry in ["../kustomization.yaml", "../x.yaml"] {
+            assert!(dir.join(entry).exists(), "{entry}");
+        }
     }
 }

@@ -160,7 +160,7 @@ async fn run(
     let outcome = tokio::time::timeout(limit, work)
         .await
         .map_err(|_| ImageError::GitTimeout(limit))?
-        .map_err(|e| ImageError::Internal(e.to_string()))??;
+        .map_err(ImageError::Task)??;
     Ok((outcome, policies))
 }
 

@@ -51,8 +51,10 @@ pub enum ImageError {
     GitTimeout(Duration),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("the update task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("scratch space for the update: {0}")]
+    Scratch(#[source] std::io::Error),
 }
 
 impl Failure for ImageError {
@@ -78,7 +80,7 @@ impl Failure for ImageError {
             Self::Marker(_) => reasons::INVALID_MARKER,
             Self::Template(_) => reasons::INVALID_MESSAGE_TEMPLATE,
             Self::Git(_) | Self::GitTimeout(_) => reasons::GIT_OPERATION_FAILED,
-            Self::Kube(_) | Self::Internal(_) => reasons::RECONCILIATION_FAILED,
+            Self::Kube(_) | Self::Task(_) | Self::Scratch(_) => reasons::RECONCILIATION_FAILED,
         }
     }
 
@@ -92,7 +94,21 @@ impl Failure for ImageError {
             | Self::Template(_)
             | Self::InvalidUpdatePath(_) => Disposition::Stalled,
             Self::RepositoryNotReady(_) => Disposition::Waiting(Duration::from_secs(5)),
-            _ => Disposition::Transient,
+            Self::SecretNotFound { .. }
+            | Self::SecretUnreadable { .. }
+            | Self::SecretInvalid { .. }
+            | Self::RegistryAuthentication { .. }
+            | Self::Registry { .. }
+            | Self::ScanTimeout { .. }
+            | Self::NoMatchingTag { .. }
+            | Self::InvalidSource(_)
+            | Self::Marker(_)
+            | Self::Git(_)
+            | Self::PushRejected { .. }
+            | Self::GitTimeout(_)
+            | Self::Kube(_)
+            | Self::Task(_)
+            | Self::Scratch(_) => Disposition::Transient,
         }
     }
 }

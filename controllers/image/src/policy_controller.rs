@@ -57,10 +57,13 @@ async fn choose(
                 p.digest.clone()
             }
             _ => {
-                let reference: Reference = scan
-                    .canonical_image_name
-                    .parse()
-                    .map_err(|e| ImageError::Internal(format!("{e}")))?;
+                let reference: Reference =
+                    scan.canonical_image_name
+                        .parse()
+                        .map_err(|e: oci_client::ParseError| ImageError::InvalidImage {
+                            image: scan.canonical_image_name.clone(),
+                            why: e.to_string(),
+                        })?;
                 let reference = Reference::with_tag(
                     reference.registry().to_owned(),
                     reference.repository().to_owned(),

@@ -273,7 +273,7 @@ fn attempt(req: &UpdateRequest) -> Result<UpdateOutcome, ImageError> {
         credentials: &req.credentials,
         deadline: Instant::now() + req.timeout,
     };
-    let scratch = tempfile::tempdir().map_err(|e| ImageError::Internal(e.to_string()))?;
+    let scratch = tempfile::tempdir().map_err(ImageError::Scratch)?;
     let refs = git::ls_remote(&remote, &scratch.path().join("ls")).map_err(map_git)?;
     let checkout = match &req.checkout_branch {
         Some(b) => b.clone(),

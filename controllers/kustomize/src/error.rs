@@ -46,7 +46,7 @@ pub enum KustomizeError {
     #[error("healthChecks: {0}")]
     HealthCheckKind(String),
     #[error("kubernetes API: {0}")]
-    Kube(String),
+    Kube(#[source] kube::Error),
 }
 
 impl Failure for KustomizeError {
@@ -75,7 +75,18 @@ impl Failure for KustomizeError {
             | Self::ArtifactNotReady(_, after) => Disposition::Waiting(*after),
             // A new commit or a changed spec fixes the rest; both trigger a reconcile, and
             // retryInterval retries meanwhile (RBAC or a CRD may be added by someone else).
-            _ => Disposition::Transient,
+            Self::Fetch(_)
+            | Self::Build(_)
+            | Self::Substitute { .. }
+            | Self::SubstituteInput(_)
+            | Self::SubstituteFromNotFound { .. }
+            | Self::Impersonation(..)
+            | Self::Validation(_)
+            | Self::Apply(_)
+            | Self::Prune(_)
+            | Self::HealthCheck { .. }
+            | Self::HealthCheckKind(_)
+            | Self::Kube(_) => Disposition::Transient,
         }
     }
 }

@@ -365,7 +365,7 @@ async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, Controller
     }
     let deleted = reconcile::delete_inventory(ks, ctx)
         .await
-        .map_err(|e| ControllerError::Finalizer(e.to_string()))?;
+        .map_err(ControllerError::cleanup)?;
     if deleted.wrote() {
         tracing::info!(
             summary = deleted.summary(),

@@ -71,7 +71,7 @@ pub async fn run(
     let source = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
         .get_opt(&spec.source_ref.name)
         .await
-        .map_err(|e| KustomizeError::Kube(e.to_string()))?
+        .map_err(KustomizeError::Kube)?
         .ok_or_else(|| KustomizeError::SourceNotFound(source_key.clone(), retry))?;
     let artifact = source
         .status
@@ -286,7 +286,7 @@ async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), Kus
         let found = Api::<Kustomization>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&dep.name)
             .await
-            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+            .map_err(KustomizeError::Kube)?;
         let ready = found.is_some_and(|d| {
             let generation = d.metadata.generation;
             d.status.as_ref().is_some_and(|s| {
@@ -325,13 +325,13 @@ async fn substitute_variables(
                 Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
                     .get_opt(&source.name)
                     .await
-                    .map_err(|e| KustomizeError::Kube(e.to_string()))?
+                    .map_err(KustomizeError::Kube)?
                     .map(|cm| cm.data.unwrap_or_default())
             }
             SubstituteKind::Secret => Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&source.name)
                 .await
-                .map_err(|e| KustomizeError::Kube(e.to_string()))?
+                .map_err(KustomizeError::Kube)?
                 .map(|s| {
                     s.data
                         .unwrap_or_default()
@@ -377,8 +377,12 @@ async fn substitute_variables(
             object: object_name.clone(),
             source,
         };
-        let yaml = serde_yaml_ng::to_string(&manifest.object)
-            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+        let yaml = serde_yaml_ng::to_string(&manifest.object).map_err(|e| {
+            KustomizeError::Build(build::BuildError::InvalidYaml {
+                file: manifest.file.clone(),
+                message: format!("cannot write {object_name} for substitution: {e}"),
+            })
+        })?;
         let substituted = substitute::substitute(&yaml, &vars).map_err(err)?;
         let object: Value = serde_yaml_ng::from_str(&substituted).map_err(|e| {
             KustomizeError::Build(build::BuildError::InvalidYaml {
@@ -446,7 +450,7 @@ async fn resolve(
             .kinds
             .resolve(client, &ctx.metrics, group, version, &kind)
             .await
-            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+            .map_err(KustomizeError::Kube)?;
         let in_set = crds.iter().find_map(|crd| {
             let name = crd.pointer("/metadata/name").and_then(Value::as_str)?;
             resource_from_crd(crd, &api_version, &kind).map(|r| (r, name.to_owned()))
@@ -543,7 +547,7 @@ async fn health_targets(
             .kinds
             .resolve(client, &ctx.metrics, group, version, &check.kind)
             .await
-            .map_err(|e| KustomizeError::Kube(e.to_string()))?;
+            .map_err(KustomizeError::Kube)?;
         let Some((resource, namespaced)) = resolved else {
             return Err(KustomizeError::HealthCheckKind(format!(
                 "{}/{}: the API server does not serve kind {} in {api_version}{}",

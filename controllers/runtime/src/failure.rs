@@ -55,17 +55,30 @@ impl Disposition {
 pub enum ControllerError {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// Cleaning up after a deleted object failed; its finalizer stays until it succeeds.
+    #[error("cleanup: {0}")]
+    Cleanup(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The finalizer could not be handled for the object as it is (no name, a bad path).
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(&'static str),
+}
+
+impl ControllerError {
+    /// A cleanup failure with its cause.
+    pub fn cleanup(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Cleanup(Box::new(error))
+    }
 }
 
 impl From<kube::runtime::finalizer::Error<ControllerError>> for ControllerError {
-    /// The inner error of a failed apply or cleanup; the finalizer's own errors as text.
+    /// The inner error of a failed apply or cleanup, or of the finalizer's own patch.
     fn from(e: kube::runtime::finalizer::Error<ControllerError>) -> Self {
         use kube::runtime::finalizer::Error;
         match e {
             Error::ApplyFailed(inner) | Error::CleanupFailed(inner) => inner,
-            other => Self::Finalizer(other.to_string()),
+            Error::AddFinalizer(error) | Error::RemoveFinalizer(error) => Self::Kube(error),
+            Error::UnnamedObject => Self::Finalizer("the object has no name"),
+            Error::InvalidFinalizer => Self::Finalizer("the finalizer's path is invalid"),
         }
     }
 }

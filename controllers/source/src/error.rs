@@ -39,8 +39,10 @@ pub enum SourceError {
     Archive(#[source] ArchiveError),
     #[error("failed to write the artifact: {0}")]
     Storage(#[source] std::io::Error),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("the git task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the remote gave no commit to check out")]
+    NothingToCheckOut,
 }
 
 impl From<std::io::Error> for SourceError {
@@ -55,7 +57,20 @@ impl SourceError {
     pub fn condition_type(&self) -> &'static str {
         match self {
             Self::Archive(_) | Self::Storage(_) => types::STORAGE_OPERATION_FAILED,
-            _ => types::FETCH_FAILED,
+            Self::InvalidUrl { .. }
+            | Self::SecretNotFound { .. }
+            | Self::SecretUnreadable { .. }
+            | Self::InvalidSemver(_)
+            | Self::Git(_)
+            | Self::BranchNotFound(_)
+            | Self::TagNotFound(_)
+            | Self::RefNotFound(_)
+            | Self::NoMatchingTag(_)
+            | Self::CommitNotFound { .. }
+            | Self::Timeout(_)
+            | Self::StillRunning(_)
+            | Self::Task(_)
+            | Self::NothingToCheckOut => types::FETCH_FAILED,
         }
     }
 }
@@ -71,7 +86,17 @@ impl Failure for SourceError {
             ) => reasons::AUTHENTICATION_FAILED,
             Self::Archive(_) => reasons::ARCHIVE_OPERATION_FAILED,
             Self::Storage(_) => reasons::WRITE_OPERATION_FAILED,
-            _ => reasons::GIT_OPERATION_FAILED,
+            Self::InvalidSemver(_)
+            | Self::Git(_)
+            | Self::BranchNotFound(_)
+            | Self::TagNotFound(_)
+            | Self::RefNotFound(_)
+            | Self::NoMatchingTag(_)
+            | Self::CommitNotFound { .. }
+            | Self::Timeout(_)
+            | Self::StillRunning(_)
+            | Self::Task(_)
+            | Self::NothingToCheckOut => reasons::GIT_OPERATION_FAILED,
         }
     }
 
@@ -79,7 +104,20 @@ impl Failure for SourceError {
         match self {
             // Only a change of the spec fixes these.
             Self::InvalidUrl { .. } | Self::InvalidSemver(_) => Disposition::Stalled,
-            _ => Disposition::Transient,
+            Self::SecretNotFound { .. }
+            | Self::SecretUnreadable { .. }
+            | Self::Git(_)
+            | Self::BranchNotFound(_)
+            | Self::TagNotFound(_)
+            | Self::RefNotFound(_)
+            | Self::NoMatchingTag(_)
+            | Self::CommitNotFound { .. }
+            | Self::Timeout(_)
+            | Self::StillRunning(_)
+            | Self::Archive(_)
+            | Self::Storage(_)
+            | Self::Task(_)
+            | Self::NothingToCheckOut => Disposition::Transient,
         }
     }
 }

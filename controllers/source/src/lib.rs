@@ -268,10 +268,10 @@ fn cleanup(repo: &GitRepository, ctx: &Context) -> Result<Action, ControllerErro
         &repo.namespace().unwrap_or_default(),
         &repo.name_any(),
     )
-    .map_err(|e| ControllerError::Finalizer(e.to_string()))?;
+    .map_err(ControllerError::cleanup)?;
     ctx.storage
         .remove_object(&dir)
-        .map_err(|e| ControllerError::Finalizer(format!("removing artifacts: {e}")))?;
+        .map_err(ControllerError::cleanup)?;
     tracing::info!(dir, "removed artifacts");
     Ok(Action::await_change())
 }

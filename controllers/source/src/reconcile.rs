@@ -272,7 +272,7 @@ async fn blocking<T: Send + 'static>(
     });
     match tokio::time::timeout(timeout, task).await {
         Err(_) => Err(SourceError::Timeout(label)),
-        Ok(Err(join)) => Err(SourceError::Internal(join.to_string())),
+        Ok(Err(join)) => Err(SourceError::Task(join)),
         Ok(Ok(result)) => result,
     }
 }
@@ -460,7 +460,7 @@ fn find_commit(repo: &git2::Repository, target: &Target) -> Result<Oid, SourceEr
         return reference.peel_to_commit().map(|c| c.id()).map_err(git);
     }
     let Some((sha, branch)) = &target.wanted_commit else {
-        return Err(SourceError::Internal("nothing to check out".to_owned()));
+        return Err(SourceError::NothingToCheckOut);
     };
     let not_found = || SourceError::CommitNotFound {
         commit: sha.clone(),

@@ -126,6 +126,7 @@ requests_ready=$(metric weir_kustomize_api_requests_total)
 reconciles_ready=$(metric weir_kustomize_reconciles_total)
 writes_ready=$(metric weir_kustomize_object_writes_total)
 status_ready=$(metric weir_kustomize_status_writes_total)
+builds_ready=$(metric weir_kustomize_builds_total)
 
 # One steady-state interval: every Kustomization reconciles again with nothing changed.
 steady_reconciles() { echo $(($(metric weir_kustomize_reconciles_total) - reconciles_ready)); }
@@ -136,17 +137,19 @@ reconciles_steady=$(metric weir_kustomize_reconciles_total)
 sleep 5
 writes_after=$(metric weir_kustomize_object_writes_total)
 status_after=$(metric weir_kustomize_status_writes_total)
+builds_after=$(metric weir_kustomize_builds_total)
 rss_peak=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 
 per() { python3 -c "print(f'{$1 / $2:.1f}')"; }
 cat <<REPORT
 kustomize controller, $n Kustomizations (Deployment scaled to 0 + Service + ConfigMap each; targetNamespace, prune, wait), one GitRepository of $dirs $( ((overlay)) && echo "kustomize overlays" || echo "plain directories"), concurrency $concurrency
   creation → all Ready:                              $(secs "$t0" "$t_ready") s
-  reconciles to get there:                           $reconciles_ready
+  reconciles to get there:                           $reconciles_ready ($builds_ready builds)
   API requests per Kustomization to get there:       $(per "$requests_ready" "$n") (events and watches excluded)
   steady-state interval ($interval): reconciles:        $((reconciles_steady - reconciles_ready))
   API requests per no-change reconcile:              $(per "$((requests_steady - requests_ready))" "$((reconciles_steady - reconciles_ready))")
   object writes in the steady-state interval:        $((writes_after - writes_ready)) (must be 0)
   status writes in the steady-state interval:        $((status_after - status_ready)) (must be 0)
+  builds in the steady-state interval:               $((builds_after - builds_ready)) (nothing new: 0)
   controller RSS idle / peak:                        $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB
 REPORT

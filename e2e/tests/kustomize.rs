@@ -504,6 +504,7 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
         (
             m.object_writes.load(Ordering::Relaxed),
             m.status_writes.load(Ordering::Relaxed),
+            m.builds.load(Ordering::Relaxed),
         )
     };
     let writes_before = writes();
@@ -525,8 +526,12 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
         before,
         "a reconcile without changes wrote nothing"
     );
-    let (objects, statuses) = writes();
+    let (objects, statuses, builds) = writes();
     assert_eq!(objects, writes_before.0, "no object was written");
+    assert_eq!(
+        builds, writes_before.2,
+        "nothing new: the last build was reused"
+    );
     assert_eq!(
         statuses,
         writes_before.1 + 2,

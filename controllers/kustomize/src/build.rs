@@ -34,7 +34,7 @@ const KUSTOMIZATION_FILES: &[&str] = &["kustomization.yaml", "kustomization.yml"
 pub const SOURCE_DIR: &str = "src";
 
 /// One built object and the file it came from (relative to the artifact root).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub object: Value,
     pub file: String,

@@ -30,6 +30,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod built;
 pub mod error;
 pub mod fetch;
 pub mod generator;
@@ -102,6 +103,8 @@ pub struct Metrics {
     pub object_writes: AtomicU64,
     /// Writes of Kustomization status.
     pub status_writes: AtomicU64,
+    /// Builds run (natively or by kustomize); a reconcile with nothing new reuses the last.
+    pub builds: AtomicU64,
 }
 
 impl Metrics {
@@ -146,6 +149,11 @@ impl prometheus_client::collector::Collector for Metrics {
                     "Kustomization status writes.",
                     &self.status_writes,
                 ),
+                (
+                    "weir_kustomize_builds_total",
+                    "Builds run (a reconcile with nothing new reuses the last build).",
+                    &self.builds,
+                ),
             ],
         )
     }
@@ -162,6 +170,8 @@ pub struct Context {
     pub events: EventPublisher,
     pub backoff: schedule::Backoff,
     pub metrics: Arc<Metrics>,
+    /// Each Kustomization's last build, reused while nothing it depends on changes.
+    pub builds: built::BuildCache,
 }
 
 impl std::fmt::Debug for Context {
@@ -284,6 +294,7 @@ pub async fn start(
         events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
         backoff: schedule::Backoff::default(),
         metrics: metrics.clone(),
+        builds: built::BuildCache::default(),
     });
     let mut synced = Synced::default();
     let controller = weir_runtime::controller::watch::<Kustomization>(
@@ -360,6 +371,7 @@ impl Reconciler<Kustomization> for Context {
 /// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while
 /// suspended) the objects are orphaned.
 async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, ControllerError> {
+    ctx.builds.remove(&object_key(ks));
     if !ks.spec.prune || ks.spec.suspend {
         return Ok(Action::await_change());
     }

@@ -80,7 +80,7 @@ pub async fn run(
     attempt.revision = Some(artifact.revision.clone());
     mark_progressing(ks, ctx, &artifact.revision, timeout, attempt).await;
 
-    let manifests = fetch_and_build(ctx, spec, &artifact, timeout).await?;
+    let manifests = fetch_and_build(ctx, ks, &artifact, timeout).await?;
     let manifests = substitute_variables(ks, ctx, manifests, &mut attempt.redactor).await?;
 
     for manifest in &manifests {
@@ -191,12 +191,24 @@ async fn mark_progressing(
 
 /// Fetches the artifact (cached by digest) and builds the path: natively from the shared
 /// extracted tree, or with kustomize in a private view of it; then sets `commonMetadata`.
+/// The last build is reused while the artifact and the generation are the same.
 async fn fetch_and_build(
     ctx: &Context,
-    spec: &weir_api::KustomizationSpec,
+    ks: &Kustomization,
     artifact: &weir_api::Artifact,
     timeout: std::time::Duration,
 ) -> Result<Vec<Manifest>, KustomizeError> {
+    let spec = &ks.spec;
+    let key = format!("{}/{}", ks.namespace().unwrap_or_default(), ks.name_any());
+    let generation = ks.metadata.generation;
+    // An artifact without a digest (never Weir's or Flux's v1) is built every time.
+    let digest = artifact.digest.as_deref();
+    if let Some(manifests) = digest.and_then(|d| ctx.builds.get(&key, d, generation)) {
+        return Ok(manifests);
+    }
+    ctx.metrics
+        .builds
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let artifacts = ctx
         .fetcher
         .extracted(artifact)
@@ -228,6 +240,9 @@ async fn fetch_and_build(
     };
     if let Some(meta) = &spec.common_metadata {
         native::set_common_metadata(&mut manifests, &meta.labels, &meta.annotations);
+    }
+    if let Some(digest) = digest {
+        ctx.builds.put(&key, digest, generation, &manifests);
     }
     Ok(manifests)
 }

@@ -146,7 +146,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_source::start(client.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                registry.register_collector(Box::new(handle.metrics.clone()));
+                registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
+                    handle.metrics.clone(),
+                )));
                 synced.extend(&handle.synced);
                 running.push(tokio::spawn(handle.wait()));
             }
@@ -164,7 +166,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_kustomize::start(kube_config, config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                registry.register_collector(Box::new(handle.metrics.clone()));
+                registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
+                    handle.metrics.clone(),
+                )));
                 synced.extend(&handle.synced);
                 running.push(tokio::spawn(handle.wait()));
             }
@@ -177,7 +181,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let handle = weir_image::start(client.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                registry.register_collector(Box::new(handle.metrics.clone()));
+                registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
+                    handle.metrics.clone(),
+                )));
                 synced.extend(&handle.synced);
                 running.push(tokio::spawn(handle.wait()));
             }

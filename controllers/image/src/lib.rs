@@ -79,46 +79,40 @@ pub struct Metrics {
 }
 
 /// Served at `/metrics` by `weir controllers`, as Prometheus counters.
-impl prometheus_client::collector::Collector for Metrics {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        weir_runtime::metrics::encode_counters(
-            &mut encoder,
-            &[
-                (
-                    "weir_image_scans_total",
-                    "ImageRepository scans run.",
-                    &self.scans,
-                ),
-                (
-                    "weir_image_tag_pages_total",
-                    "Pages of tag lists read from registries.",
-                    &self.tag_pages,
-                ),
-                (
-                    "weir_image_policy_evaluations_total",
-                    "ImagePolicy evaluations run.",
-                    &self.policy_evaluations,
-                ),
-                (
-                    "weir_image_automation_runs_total",
-                    "ImageUpdateAutomation runs.",
-                    &self.automation_runs,
-                ),
-                (
-                    "weir_image_pushes_total",
-                    "Commits pushed by ImageUpdateAutomations.",
-                    &self.pushes,
-                ),
-                (
-                    "weir_image_push_retries_total",
-                    "Pushes rejected because the branch moved, then retried.",
-                    &self.push_retries,
-                ),
-            ],
-        )
+impl weir_runtime::metrics::Counters for Metrics {
+    fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
+        vec![
+            (
+                "weir_image_scans_total",
+                "ImageRepository scans run.",
+                &self.scans,
+            ),
+            (
+                "weir_image_tag_pages_total",
+                "Pages of tag lists read from registries.",
+                &self.tag_pages,
+            ),
+            (
+                "weir_image_policy_evaluations_total",
+                "ImagePolicy evaluations run.",
+                &self.policy_evaluations,
+            ),
+            (
+                "weir_image_automation_runs_total",
+                "ImageUpdateAutomation runs.",
+                &self.automation_runs,
+            ),
+            (
+                "weir_image_pushes_total",
+                "Commits pushed by ImageUpdateAutomations.",
+                &self.pushes,
+            ),
+            (
+                "weir_image_push_retries_total",
+                "Pushes rejected because the branch moved, then retried.",
+                &self.push_retries,
+            ),
+        ]
     }
 }
 
@@ -325,7 +319,7 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.pushes.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(m));
+        registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(m)));
         let text = weir_runtime::metrics::render(&registry);
         assert!(
             text.contains("# TYPE weir_image_pushes counter\nweir_image_pushes_total 2\n"),

@@ -121,41 +121,35 @@ impl Metrics {
 }
 
 /// Served at `/metrics` by `weir controllers`, as Prometheus counters.
-impl prometheus_client::collector::Collector for Metrics {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        weir_runtime::metrics::encode_counters(
-            &mut encoder,
-            &[
-                (
-                    "weir_kustomize_reconciles_total",
-                    "Kustomization reconciles run.",
-                    &self.reconciles,
-                ),
-                (
-                    "weir_kustomize_api_requests_total",
-                    "API requests made by reconciles (events and watches excluded).",
-                    &self.api_requests,
-                ),
-                (
-                    "weir_kustomize_object_writes_total",
-                    "Objects created, changed or deleted.",
-                    &self.object_writes,
-                ),
-                (
-                    "weir_kustomize_status_writes_total",
-                    "Kustomization status writes.",
-                    &self.status_writes,
-                ),
-                (
-                    "weir_kustomize_builds_total",
-                    "Builds run (a reconcile with nothing new reuses the last build).",
-                    &self.builds,
-                ),
-            ],
-        )
+impl weir_runtime::metrics::Counters for Metrics {
+    fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
+        vec![
+            (
+                "weir_kustomize_reconciles_total",
+                "Kustomization reconciles run.",
+                &self.reconciles,
+            ),
+            (
+                "weir_kustomize_api_requests_total",
+                "API requests made by reconciles (events and watches excluded).",
+                &self.api_requests,
+            ),
+            (
+                "weir_kustomize_object_writes_total",
+                "Objects created, changed or deleted.",
+                &self.object_writes,
+            ),
+            (
+                "weir_kustomize_status_writes_total",
+                "Kustomization status writes.",
+                &self.status_writes,
+            ),
+            (
+                "weir_kustomize_builds_total",
+                "Builds run (a reconcile with nothing new reuses the last build).",
+                &self.builds,
+            ),
+        ]
     }
 }
 

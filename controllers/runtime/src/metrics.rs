@@ -173,22 +173,27 @@ where
     set_ready(&labels, &current);
 }
 
-/// Encodes plain counters (each controller's own, kept as atomics so tests and benchmarks read
-/// them directly) for a [`prometheus_client::collector::Collector`]. Names end in `_total`.
-///
-/// # Errors
-/// When the encoder fails (a formatting error).
-pub fn encode_counters(
-    encoder: &mut DescriptorEncoder<'_>,
-    counters: &[(&str, &str, &AtomicU64)],
-) -> Result<(), fmt::Error> {
-    for (name, help, value) in counters {
-        let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-        let name = name.strip_suffix("_total").unwrap_or(name);
-        let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-        counter.encode(metric)?;
+/// A controller's own counters, kept as atomics so that tests and benchmarks read them directly;
+/// exported through [`CounterSet`].
+pub trait Counters: fmt::Debug + Send + Sync + 'static {
+    /// Each counter's name (ending in `_total`), help and value.
+    fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)>;
+}
+
+/// A controller's [`Counters`] as a prometheus-client collector, to register with a registry.
+#[derive(Debug)]
+pub struct CounterSet<T>(pub std::sync::Arc<T>);
+
+impl<T: Counters> prometheus_client::collector::Collector for CounterSet<T> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        for (name, help, value) in self.0.counters() {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The registry's metrics in the OpenMetrics text format.

@@ -68,36 +68,30 @@ pub struct Metrics {
 }
 
 /// Served at `/metrics` by `weir controllers`, as Prometheus counters.
-impl prometheus_client::collector::Collector for Metrics {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        weir_runtime::metrics::encode_counters(
-            &mut encoder,
-            &[
-                (
-                    "weir_source_reconciles_total",
-                    "GitRepository reconciles run.",
-                    &self.reconciles,
-                ),
-                (
-                    "weir_source_remote_checks_total",
-                    "Remote ref listings (no objects transferred).",
-                    &self.remote_checks,
-                ),
-                (
-                    "weir_source_fetches_total",
-                    "Fetches (clones) of repository content.",
-                    &self.fetches,
-                ),
-                (
-                    "weir_source_artifacts_written_total",
-                    "Artifacts written to storage.",
-                    &self.artifacts_written,
-                ),
-            ],
-        )
+impl weir_runtime::metrics::Counters for Metrics {
+    fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
+        vec![
+            (
+                "weir_source_reconciles_total",
+                "GitRepository reconciles run.",
+                &self.reconciles,
+            ),
+            (
+                "weir_source_remote_checks_total",
+                "Remote ref listings (no objects transferred).",
+                &self.remote_checks,
+            ),
+            (
+                "weir_source_fetches_total",
+                "Fetches (clones) of repository content.",
+                &self.fetches,
+            ),
+            (
+                "weir_source_artifacts_written_total",
+                "Artifacts written to storage.",
+                &self.artifacts_written,
+            ),
+        ]
     }
 }
 

@@ -634,6 +634,66 @@ async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
     f.teardown().await
 }
 
+/// Flux's rule: a dependency on the same source must have applied the source's current
+/// revision, not only be Ready. The dependency here is held (suspended) with a Ready status on
+/// an older revision, as a lagging one would be, then catches up.
+#[tokio::test]
+async fn a_dependent_on_the_same_source_waits_for_its_dependency_to_apply_the_revision()
+-> Result<()> {
+    let f = Fixture::start(&[
+        ("base/a.yaml", &config_map_yaml("base", "1")),
+        ("app/b.yaml", &config_map_yaml("app", "1")),
+    ])
+    .await?;
+    f.create_ks("base", json!({ "path": "./base", "suspend": true }))
+        .await?;
+    let head = f.repo.head()?;
+    let applied = |revision: &str| {
+        json!({ "status": {
+            "observedGeneration": 1,
+            "lastAppliedRevision": revision,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "ReconciliationSucceeded",
+                "message": format!("Applied revision: {revision}"), "observedGeneration": 1,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+        }})
+    };
+    let older = format!("main@sha1:{}", "0".repeat(40));
+    f.ks.patch_status(
+        "base",
+        &PatchParams::default(),
+        &Patch::Merge(applied(&older)),
+    )
+    .await?;
+    f.create_ks(
+        "app",
+        json!({ "path": "./app", "dependsOn": [{ "name": "base" }] }),
+    )
+    .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::DEPENDENCY_NOT_READY)
+        .await?;
+    assert!(
+        message(&ks).contains("revision is not up to date"),
+        "{}",
+        message(&ks)
+    );
+    assert!(f.config_map("app").await?.is_none());
+
+    // The dependency applies the current revision: the dependent goes at once (its watch on
+    // dependencies, not the 10 minute fallback requeue).
+    f.ks.patch_status(
+        "base",
+        &PatchParams::default(),
+        &Patch::Merge(applied(&format!("main@sha1:{head}"))),
+    )
+    .await?;
+    f.wait_applied("app", &head).await?;
+    assert!(f.config_map("app").await?.is_some());
+    f.teardown().await
+}
+
 #[tokio::test]
 async fn spec_kustomize_fields_merge_into_the_overlay_as_flux_merges_them() -> Result<()> {
     let f = Fixture::start(&[

@@ -14,6 +14,8 @@ use crate::{build::BuildError, fetch::FetchError, substitute::SubstituteError};
 pub enum KustomizeError {
     #[error("dependency '{0}' is not ready")]
     DependencyNotReady(String, Duration),
+    #[error("dependency '{0}' revision is not up to date")]
+    DependencyRevision(String, Duration),
     #[error("source '{0}' not found")]
     SourceNotFound(String, Duration),
     #[error("source '{0}' has no artifact yet")]
@@ -52,7 +54,9 @@ pub enum KustomizeError {
 impl Failure for KustomizeError {
     fn reason(&self) -> &'static str {
         match self {
-            Self::DependencyNotReady(..) => reasons::DEPENDENCY_NOT_READY,
+            Self::DependencyNotReady(..) | Self::DependencyRevision(..) => {
+                reasons::DEPENDENCY_NOT_READY
+            }
             Self::SourceNotFound(..) | Self::ArtifactNotReady(..) | Self::Fetch(_) => {
                 reasons::ARTIFACT_FAILED
             }
@@ -71,6 +75,7 @@ impl Failure for KustomizeError {
     fn disposition(&self) -> Disposition {
         match self {
             Self::DependencyNotReady(_, after)
+            | Self::DependencyRevision(_, after)
             | Self::SourceNotFound(_, after)
             | Self::ArtifactNotReady(_, after) => Disposition::Waiting(*after),
             // A new commit or a changed spec fixes the rest; both trigger a reconcile, and

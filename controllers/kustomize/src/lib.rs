@@ -237,6 +237,11 @@ fn readiness_trigger(ks: &Kustomization) -> Option<u64> {
         .map(|c| (c.status, c.observed_generation))
         .hash(&mut hasher);
     ks.metadata.generation.hash(&mut hasher);
+    // A dependency that applied a new revision releases dependents on the same source.
+    ks.status
+        .as_ref()
+        .and_then(|s| s.last_applied_revision.as_deref())
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 

@@ -55,8 +55,6 @@ pub async fn run(
         .as_std();
     let timeout = spec.timeout();
 
-    check_dependencies(ks, ctx).await?;
-
     let source_ns = spec
         .source_ref
         .namespace
@@ -77,6 +75,9 @@ pub async fn run(
         .status
         .and_then(|s| s.artifact)
         .ok_or_else(|| KustomizeError::ArtifactNotReady(source_key.clone(), retry))?;
+    // After the source, as Flux does: a dependency on the same source must have applied its
+    // current revision.
+    check_dependencies(ks, ctx, &artifact.revision).await?;
     attempt.revision = Some(artifact.revision.clone());
     mark_progressing(ks, ctx, &artifact.revision, timeout, attempt).await;
 
@@ -292,8 +293,21 @@ fn register_secret_values(object: &Value, redactor: &mut Redactor) {
 }
 
 /// Every `dependsOn` Kustomization must be Ready at its latest generation.
-async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), KustomizeError> {
+async fn check_dependencies(
+    ks: &Kustomization,
+    ctx: &Context,
+    revision: &str,
+) -> Result<(), KustomizeError> {
     let namespace = ks.namespace().unwrap_or_default();
+    let source_of = |k: &Kustomization| {
+        let r = &k.spec.source_ref;
+        let ns = r
+            .namespace
+            .clone()
+            .or_else(|| k.namespace())
+            .unwrap_or_default();
+        (r.kind.as_str().to_owned(), ns, r.name.clone())
+    };
     for dep in &ks.spec.depends_on {
         let ns = dep.namespace.clone().unwrap_or_else(|| namespace.clone());
         let key = format!("{ns}/{}", dep.name);
@@ -302,7 +316,7 @@ async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), Kus
             .get_opt(&dep.name)
             .await
             .map_err(KustomizeError::Kube)?;
-        let ready = found.is_some_and(|d| {
+        let ready = found.as_ref().is_some_and(|d| {
             let generation = d.metadata.generation;
             d.status.as_ref().is_some_and(|s| {
                 s.observed_generation == generation
@@ -315,6 +329,18 @@ async fn check_dependencies(ks: &Kustomization, ctx: &Context) -> Result<(), Kus
                 key,
                 ctx.config.dependency_requeue,
             ));
+        }
+        if let Some(d) = found.filter(|d| source_of(d) == source_of(ks)) {
+            let applied = d
+                .status
+                .as_ref()
+                .and_then(|s| s.last_applied_revision.as_deref());
+            if applied != Some(revision) {
+                return Err(KustomizeError::DependencyRevision(
+                    key,
+                    ctx.config.dependency_requeue,
+                ));
+            }
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use crate::build::Manifest;
 
-/// One entry per Kustomization (`namespace/name`).
+/// One entry per Kustomization, by [`BuildCache::key`].
 #[derive(Debug, Default)]
 pub struct BuildCache(Mutex<HashMap<String, Entry>>);
 
@@ -23,6 +23,20 @@ struct Entry {
 }
 
 impl BuildCache {
+    /// The entry's key: the object's UID too, so that a Kustomization deleted and made again
+    /// under the same name (its generation starting over) never gets the old one's build, even
+    /// when its deletion was not seen.
+    #[must_use]
+    pub fn key(ks: &weir_api::Kustomization) -> String {
+        use kube::ResourceExt;
+        format!(
+            "{}/{}/{}",
+            ks.namespace().unwrap_or_default(),
+            ks.name_any(),
+            ks.uid().unwrap_or_default()
+        )
+    }
+
     /// The manifests last built for `key` from the artifact `digest` at `generation`.
     pub fn get(&self, key: &str, digest: &str, generation: Option<i64>) -> Option<Vec<Manifest>> {
         let entries = self

@@ -370,7 +370,7 @@ impl Reconciler<Kustomization> for Context {
 /// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while
 /// suspended) the objects are orphaned.
 async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, ControllerError> {
-    ctx.builds.remove(&object_key(ks));
+    ctx.builds.remove(&built::BuildCache::key(ks));
     if !ks.spec.prune || ks.spec.suspend {
         return Ok(Action::await_change());
     }

@@ -200,7 +200,7 @@ async fn fetch_and_build(
     timeout: std::time::Duration,
 ) -> Result<Vec<Manifest>, KustomizeError> {
     let spec = &ks.spec;
-    let key = format!("{}/{}", ks.namespace().unwrap_or_default(), ks.name_any());
+    let key = crate::built::BuildCache::key(ks);
     let generation = ks.metadata.generation;
     // An artifact without a digest (never Weir's or Flux's v1) is built every time.
     let digest = artifact.digest.as_deref();

@@ -24,12 +24,15 @@ use std::{
 use serde_json::{Map, Value};
 use weir_api::KustomizationSpec;
 
-use crate::{fetch::contained_path, generator, references, view};
+use crate::{
+    fetch::contained_path,
+    generator,
+    references::{self, kustomization_file},
+    view,
+};
 
 /// The annotation kustomize records an object's origin in.
 const ORIGIN_ANNOTATION: &str = "config.kubernetes.io/origin";
-/// The names kustomize accepts for a kustomization file.
-const KUSTOMIZATION_FILES: &[&str] = &["kustomization.yaml", "kustomization.yml", "Kustomization"];
 /// The private view of the artifact is laid out in `<work>/src`.
 pub const SOURCE_DIR: &str = "src";
 
@@ -185,7 +188,10 @@ pub async fn kustomize_build(
                 .chain(&collected.kustomization_dirs)
                 .map(String::as_str)
                 .collect();
-            (KUSTOMIZATION_FILES[0], generator::generated(&resources))
+            (
+                references::KUSTOMIZATION_FILES[0],
+                generator::generated(&resources),
+            )
         }
         None => read_kustomization(tree, relative_path)?,
     };
@@ -238,18 +244,6 @@ pub fn find_binary(path: &Path) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The name of `dir`'s kustomization file, in kustomize's order of preference.
-fn kustomization_file(dir: &Path) -> Option<&'static str> {
-    KUSTOMIZATION_FILES
-        .iter()
-        .copied()
-        .find(|f| dir.join(f).is_file())
-}
-
-fn has_kustomization(dir: &Path) -> bool {
-    kustomization_file(dir).is_some()
-}
-
 /// Whether Weir builds a plain directory with this spec exactly as kustomize would, without
 /// kustomize: namespaces are set natively, and `commonMetadata` is applied after every build
 /// (as Flux does); prefixes, suffixes, images, patches and components need kustomize.
@@ -290,7 +284,7 @@ pub fn collect_yaml(root: &Path, dir: &Path) -> Result<Collected, BuildError> {
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                if p != dir && has_kustomization(&p) {
+                if p != dir && kustomization_file(&p).is_some() {
                     collected.kustomization_dirs.push(relative(dir, &p));
                 } else {
                     stack.push(p);

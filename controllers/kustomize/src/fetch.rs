@@ -115,7 +115,7 @@ impl ArtifactFetcher {
             .await
             .map_err(|e| FetchError::Extract(e.to_string()))??;
         }
-        Ok(Artifacts { tarball, tree })
+        Ok(Artifacts { tree })
     }
 
     /// Keeps the newest [`CACHE_ENTRIES`] artifacts (tarballs and trees); extractions in
@@ -144,10 +144,9 @@ impl ArtifactFetcher {
     }
 }
 
-/// A cached artifact: the verified tarball and the tree extracted from it.
+/// A cached artifact: the tree extracted from its verified tarball.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    pub tarball: PathBuf,
     pub tree: PathBuf,
 }
 

@@ -31,7 +31,8 @@ use serde_json::Value;
 use crate::fetch::contained_path;
 
 /// The names kustomize accepts for a kustomization file, in its order of preference.
-const KUSTOMIZATION_FILES: &[&str] = &["kustomization.yaml", "kustomization.yml", "Kustomization"];
+pub(crate) const KUSTOMIZATION_FILES: &[&str] =
+    &["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
 /// Why a kustomization may not be built. Files are named relative to the artifact root.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,9 @@ pub struct Args {
     /// Flags of the kustomize controller.
     #[command(flatten)]
     pub kustomize: Box<KustomizeArgs>,
+    /// Flags of the image controller.
+    #[command(flatten)]
+    pub image: Box<ImageArgs>,
     /// Address of the Prometheus metrics and health endpoints (`/metrics`, `/healthz`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
@@ -64,6 +67,15 @@ pub struct KustomizeArgs {
     /// How soon a Kustomization whose dependencies are not ready checks them again.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub requeue_dependency: Duration,
+}
+
+/// Flags of the image controller (boxed in [`Args`] to keep the command enum small).
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// A pull-through mirror the image controller reads a registry through, as
+    /// `registry=host[:port]` (repeatable), such as `docker.io=mirror.internal:5000`.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=MIRROR")]
+    pub registry_mirrors: Vec<String>,
 }
 
 /// A Go-style duration flag (`30s`, `1m30s`), as Flux's flags take them.
@@ -176,6 +188,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 let config = weir_image::Config {
                     namespace: args.namespace.clone(),
                     concurrency: args.concurrency,
+                    mirrors: weir_image::scan::Mirrors::parse(
+                        args.image.registry_mirrors.iter().map(String::as_str),
+                    )?,
                     ..weir_image::Config::default()
                 };
                 let handle = weir_image::start(client.clone(), config, true)

@@ -57,13 +57,21 @@ impl Fixture {
     }
 
     async fn start_with_page_size(tag_page_size: usize) -> Result<Self> {
+        Self::start_with(weir_image::Config {
+            tag_page_size,
+            ..weir_image::Config::default()
+        })
+        .await
+    }
+
+    /// A controller with `config`, watching only the fixture's namespace.
+    async fn start_with(config: weir_image::Config) -> Result<Self> {
         let harness = Harness::get().await?;
         let ns = harness.namespace().await?;
         let client = harness.client()?;
         let config = weir_image::Config {
             namespace: Some(ns.name().to_owned()),
-            concurrency: 4,
-            tag_page_size,
+            ..config
         };
         let controller = weir_image::start(client.clone(), config, false).await?;
         Ok(Self {
@@ -491,6 +499,189 @@ async fn a_registry_that_ignores_the_page_size_gives_every_tag_once() -> Result<
     )
     .await?;
     f.latest_tag("app", "1.0.12").await?;
+    Ok(())
+}
+
+/// A registry in front of the harness's that pages its tag lists as registries capping `n` do:
+/// at most `cap` tags per page, whatever was asked, with a `Link` to the next page when `links`,
+/// silently when not. The tags are the real registry's (Distribution 2.x, which ignores `n`).
+struct CappingRegistry {
+    host: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl CappingRegistry {
+    async fn start(cap: usize, links: bool) -> Result<Self> {
+        let upstream = Harness::get().await?.registry().host().to_owned();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = requests.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let (upstream, counted) = (upstream.clone(), counted.clone());
+            async move { Self::serve(&upstream, &uri, cap, links, &counted).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let host = listener.local_addr()?.to_string();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            host,
+            requests,
+            _server: server,
+        })
+    }
+
+    async fn serve(
+        upstream: &str,
+        uri: &axum::http::Uri,
+        cap: usize,
+        links: bool,
+        counted: &std::sync::atomic::AtomicU64,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let path = uri.path();
+        if path == "/v2/" {
+            return "{}".into_response();
+        }
+        let Some(name) = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.strip_suffix("/tags/list"))
+        else {
+            return axum::http::StatusCode::NOT_FOUND.into_response();
+        };
+        counted.fetch_add(1, Ordering::Relaxed);
+        let query: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        let asked: usize = query.get("n").and_then(|n| n.parse().ok()).unwrap_or(cap);
+        let all = reqwest::get(format!("http://{upstream}/v2/{name}/tags/list"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let all: serde_json::Value = serde_json::from_slice(&all).unwrap();
+        let mut tags: Vec<String> = serde_json::from_value(all["tags"].clone()).unwrap();
+        tags.sort();
+        let after: Vec<String> = tags
+            .into_iter()
+            .filter(|t| query.get("last").is_none_or(|last| t > last))
+            .collect();
+        let page: Vec<String> = after.iter().take(asked.min(cap)).cloned().collect();
+        let mut response = json!({ "name": name, "tags": page })
+            .to_string()
+            .into_response();
+        if links && after.len() > page.len() {
+            let link = format!(
+                "</v2/{name}/tags/list?n={cap}&last={}>; rel=\"next\"",
+                page.last().unwrap()
+            );
+            response
+                .headers_mut()
+                .insert(axum::http::header::LINK, link.parse().unwrap());
+        }
+        response
+    }
+}
+
+#[tokio::test]
+async fn tag_lists_capped_below_the_page_size_are_read_to_the_end() -> Result<()> {
+    let f = Fixture::start().await?;
+    let tags: Vec<String> = (0..8).map(|i| format!("1.0.{i}")).collect();
+    let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let image = push_tags("capped", &refs).await?;
+    let name = image.split_once('/').unwrap().1;
+    // Pages of 3 where 1000 were asked: 3 + 3 + 2 tags.
+    for (repo, links, requests) in [("linked", true, 3), ("silent", false, 4)] {
+        let registry = CappingRegistry::start(3, links).await?;
+        f.repository(
+            repo,
+            json!({ "image": format!("{}/{name}", registry.host), "interval": "1h", "insecure": true }),
+        )
+        .await?;
+        let scanned: ImageRepository = f.wait_ready(repo, "True", None).await?;
+        assert_eq!(
+            scanned.status.unwrap().last_scan_result.unwrap().tag_count,
+            8,
+            "{repo}: every page read"
+        );
+        f.policy(
+            repo,
+            json!({ "imageRepositoryRef": { "name": repo }, "policy": { "semver": { "range": ">=1.0.0" } } }),
+        )
+        .await?;
+        f.latest_tag(repo, "1.0.7").await?;
+        // With Link, the page without one is the last; without, one more page past the last
+        // tag (empty) ends the list.
+        assert_eq!(
+            registry.requests.load(Ordering::Relaxed),
+            requests,
+            "{repo}: tag list requests"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn latest_ref_names_the_image_as_the_repository_writes_it() -> Result<()> {
+    let registry = Harness::get().await?.registry();
+    // Docker Hub's short names, read through a mirror (the harness registry) of docker.io.
+    let mirror = format!("docker.io={}", registry.host());
+    let f = Fixture::start_with(weir_image::Config {
+        mirrors: weir_image::scan::Mirrors::parse([mirror.as_str()]).map_err(anyhow::Error::msg)?,
+        ..weir_image::Config::default()
+    })
+    .await?;
+    let app = unique_name("hub", 40);
+    registry
+        .push_image(&format!("library/{app}"), "1.0.0")
+        .await?;
+    let pushed = registry
+        .push_image(&format!("library/{app}"), "1.1.0")
+        .await?;
+    let direct = push_tags("direct", &["2.0.0"]).await?;
+    let cases = [
+        ("short", app.clone(), "1.1.0"),
+        ("library", format!("library/{app}"), "1.1.0"),
+        ("hub", format!("docker.io/library/{app}"), "1.1.0"),
+        ("hostport", direct.clone(), "2.0.0"),
+    ];
+    for (name, image, _) in &cases {
+        f.repository(
+            name,
+            json!({ "image": image, "interval": "1h", "insecure": true }),
+        )
+        .await?;
+        f.policy(
+            name,
+            json!({
+                "imageRepositoryRef": { "name": name },
+                "digestReflectionPolicy": "IfNotPresent",
+                "policy": { "semver": { "range": ">=1.0.0" } },
+            }),
+        )
+        .await?;
+    }
+    for (name, image, tag) in &cases {
+        let repo: ImageRepository = f.wait_ready(name, "True", None).await?;
+        let _: ImagePolicy = f.wait_ready(name, "True", None).await?;
+        let policy = f.latest_tag(name, tag).await?;
+        let latest = policy.status.unwrap().latest_ref.unwrap();
+        assert_eq!(&latest.name, image, "{name}: latestRef.name as written");
+        let canonical = repo.status.unwrap().canonical_image_name.unwrap();
+        if *name == "hostport" {
+            assert_eq!(&canonical, image);
+        } else {
+            assert_eq!(canonical, format!("index.docker.io/library/{app}"));
+            assert_eq!(
+                latest.digest.as_deref(),
+                Some(pushed.digest.as_str()),
+                "{name}: the digest is read through the mirror"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -49,6 +49,8 @@ pub struct Config {
     pub concurrency: u16,
     /// How many tags to ask a registry for per page of the tag list.
     pub tag_page_size: usize,
+    /// Pull-through mirrors of registries (`--registry-mirror`).
+    pub mirrors: scan::Mirrors,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             namespace: None,
             concurrency: 4,
             tag_page_size: scan::PAGE_SIZE,
+            mirrors: scan::Mirrors::default(),
         }
     }
 }
@@ -124,6 +127,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub store: Arc<TagStore>,
     pub tag_page_size: usize,
+    pub mirrors: scan::Mirrors,
 }
 
 impl std::fmt::Debug for Context {
@@ -209,6 +213,7 @@ pub async fn start(
         metrics: metrics.clone(),
         store: store.clone(),
         tag_page_size: config.tag_page_size,
+        mirrors: config.mirrors,
     });
     let (ns, concurrency) = (config.namespace.as_deref(), config.concurrency);
     let mut synced = Synced::default();

@@ -40,7 +40,7 @@ async fn choose(
             count: scan.tags.len(),
         })?;
     let mut chosen = ImageRef {
-        name: scan.canonical_image_name.clone(),
+        name: scan.image.clone(),
         tag: tag.to_owned(),
         digest: None,
     };
@@ -57,18 +57,14 @@ async fn choose(
                 p.digest.clone()
             }
             _ => {
-                let reference: Reference =
-                    scan.canonical_image_name
-                        .parse()
-                        .map_err(|e: oci_client::ParseError| ImageError::InvalidImage {
-                            image: scan.canonical_image_name.clone(),
-                            why: e.to_string(),
-                        })?;
-                let reference = Reference::with_tag(
-                    reference.registry().to_owned(),
-                    reference.repository().to_owned(),
+                let mut reference = Reference::with_tag(
+                    scan.reference.registry().to_owned(),
+                    scan.reference.repository().to_owned(),
                     chosen.tag.clone(),
                 );
+                if scan.reference.namespace().is_some() {
+                    reference.set_mirror_registry(scan.reference.resolve_registry().to_owned());
+                }
                 Some(
                     scan.access
                         .client()?

@@ -45,7 +45,7 @@ async fn scan_repository(
     redactor: &mut Redactor,
 ) -> Result<Scanned, ImageError> {
     let namespace = repo.namespace().unwrap_or_default();
-    let reference = scan::parse_image(&repo.spec.image)?;
+    let reference = ctx.mirrors.apply(scan::parse_image(&repo.spec.image)?);
     let canonical = scan::canonical_name(&reference);
     let excluded = scan::exclusions(&repo.spec.exclusion_list)?;
     let (access, secrets) =
@@ -77,7 +77,9 @@ async fn scan_repository(
         &namespace,
         &repo.name_any(),
         ScannedTags {
+            image: repo.spec.image.clone(),
             canonical_image_name: canonical,
+            reference,
             tags: tags.into(),
             revision: scanned.revision.clone(),
             access,

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use oci_client::{
-    Reference,
+    Reference, RegistryOperation,
     client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::OciDistributionError,
     secrets::RegistryAuth,
@@ -47,6 +47,25 @@ impl std::fmt::Debug for RegistryAccess {
 }
 
 impl RegistryAccess {
+    /// An HTTP client with the same trust as [`Self::client`], for the requests oci-client does
+    /// not expose (the tag list's `Link` header).
+    pub fn http_client(&self) -> Result<reqwest::Client, ImageError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ImageError::SecretInvalid {
+                    name: "certSecretRef".to_owned(),
+                    why: format!("cannot use ca.crt: {e}"),
+                }
+            })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        builder.build().map_err(|e| ImageError::Registry {
+            image: String::new(),
+            message: format!("cannot build an HTTP client: {e}"),
+        })
+    }
+
     /// An oci-client for this registry. (Not `Client::new`, which falls back to a default
     /// client, HTTPS and system roots, when the configuration is unusable: a bad CA must fail.)
     pub fn client(&self) -> Result<oci_client::Client, ImageError> {
@@ -95,14 +114,52 @@ pub fn parse_image(image: &str) -> Result<Reference, ImageError> {
     Ok(reference)
 }
 
-/// `registry/repository` with the registry made explicit (`index.docker.io` for Docker Hub).
+/// `registry/repository` with the registry made explicit (`index.docker.io` for Docker Hub). A
+/// mirror the reference is read through does not change it.
 #[must_use]
 pub fn canonical_name(reference: &Reference) -> String {
-    format!(
-        "{}/{}",
-        reference.resolve_registry(),
-        reference.repository()
-    )
+    let registry = match reference.registry() {
+        "docker.io" => "index.docker.io",
+        other => other,
+    };
+    format!("{registry}/{}", reference.repository())
+}
+
+/// Pull-through mirrors by registry host (`--registry-mirror docker.io=mirror:5000`), as
+/// containerd's `hosts.toml` mirrors: a repository of a mirrored registry is read from the mirror,
+/// with `ns=<registry>` on each request; its name (in status, and in `latestRef`) stays the
+/// registry's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mirrors(BTreeMap<String, String>);
+
+impl Mirrors {
+    /// Parses `registry=mirror` entries; Docker Hub may be named `docker.io` or
+    /// `index.docker.io`.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut mirrors = BTreeMap::new();
+        for entry in entries {
+            let (registry, mirror) = entry
+                .split_once('=')
+                .filter(|(r, m)| !r.is_empty() && !m.is_empty() && !m.contains('/'))
+                .ok_or_else(|| format!("registry mirror {entry:?} is not registry=host[:port]"))?;
+            let registry = if registry == "index.docker.io" {
+                "docker.io"
+            } else {
+                registry
+            };
+            mirrors.insert(registry.to_owned(), mirror.to_owned());
+        }
+        Ok(Self(mirrors))
+    }
+
+    /// `reference`, read through its registry's mirror when one is configured.
+    #[must_use]
+    pub fn apply(&self, mut reference: Reference) -> Reference {
+        if let Some(mirror) = self.0.get(reference.registry()) {
+            reference.set_mirror_registry(mirror.clone());
+        }
+        reference
+    }
 }
 
 async fn read_secret(
@@ -200,9 +257,14 @@ pub async fn registry_access(
                 name: r.name.clone(),
                 why: "not a kubernetes.io/dockerconfigjson secret (no .dockerconfigjson)".into(),
             })?;
-        if let Some((user, password)) =
-            docker_config_auth(config, reference.resolve_registry(), &r.name)?
-        {
+        // Through a mirror, the mirror's own entry first, then the registry's.
+        let mut found = docker_config_auth(config, reference.resolve_registry(), &r.name)?;
+        if found.is_none() && reference.namespace().is_some() {
+            let registry = canonical_name(reference);
+            let host = registry.split('/').next().unwrap_or_default();
+            found = docker_config_auth(config, host, &r.name)?;
+        }
+        if let Some((user, password)) = found {
             redactor.add(password.clone());
             auth = RegistryAuth::Basic(user, password);
         }
@@ -276,8 +338,59 @@ fn registry_error(image: &str, e: &OciDistributionError) -> ImageError {
     }
 }
 
-/// Lists every tag of the repository, page by page (`n`/`last`), dropping excluded tags as
-/// pages arrive. Returns the tags sorted and deduplicated.
+/// One page of a tag list, as the distribution spec's `GET /v2/<name>/tags/list` returns it.
+#[derive(serde::Deserialize)]
+struct TagPage {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// The `rel="next"` target of a `Link` header, resolved against `base`; `None` when there is
+/// none. A target on another host is refused: credentials are never sent elsewhere.
+fn next_link(
+    header: Option<&reqwest::header::HeaderValue>,
+    base: &url::Url,
+    image: &str,
+) -> Result<Option<url::Url>, ImageError> {
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let invalid = |why: String| ImageError::Registry {
+        image: image.to_owned(),
+        message: format!("the tag list's Link header {why}"),
+    };
+    let text = header
+        .to_str()
+        .map_err(|_| invalid("is not visible ASCII".to_owned()))?;
+    let links = parse_link_header::parse_with_rel(text)
+        .map_err(|e| invalid(format!("cannot be parsed: {e}")))?;
+    let Some(next) = links.get("next") else {
+        return Ok(None);
+    };
+    let url = base
+        .join(&next.raw_uri)
+        .map_err(|e| invalid(format!("has an invalid next URL: {e}")))?;
+    if url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(invalid(format!(
+            "points to another host ({}); it is not followed",
+            url.host_str().unwrap_or_default()
+        )));
+    }
+    Ok(Some(url))
+}
+
+/// Lists every tag of the repository, page by page, dropping excluded tags as pages arrive.
+/// Returns the tags sorted and deduplicated.
+///
+/// A page is followed by the next while the registry sends a `Link: <…>; rel="next"` header (the
+/// distribution spec's way, which registries capping `n` below what was asked use). A registry
+/// that never sends `Link` is asked again past the last tag it gave (`last=`), until a page adds
+/// nothing: a short page is never taken for the last one, so a silently capped list cannot pass
+/// for the whole. A page longer than asked means the registry ignores `n` and sent everything.
+/// oci-client does the authentication (bearer token exchange or basic); it does not expose the
+/// `Link` header, so the pages are requested here.
 pub async fn list_all_tags(
     access: &RegistryAccess,
     reference: &Reference,
@@ -285,36 +398,105 @@ pub async fn list_all_tags(
     page_size: usize,
     pages: &std::sync::atomic::AtomicU64,
 ) -> Result<Vec<Box<str>>, ImageError> {
-    let client = access.client()?;
     let image = canonical_name(reference);
+    let registry_failure = |message: String| ImageError::Registry {
+        image: image.clone(),
+        message,
+    };
+    let token = access
+        .client()?
+        .auth(reference, &access.auth, RegistryOperation::Pull)
+        .await
+        .map_err(|e| registry_error(&image, &e))?;
+    let http = access.http_client()?;
+    let scheme = if access.insecure { "http" } else { "https" };
+    let base = url::Url::parse(&format!("{scheme}://{}/", reference.resolve_registry()))
+        .map_err(|e| registry_failure(format!("invalid registry address: {e}")))?;
+    let list_url = |last: Option<&str>| {
+        let mut url = base.clone();
+        url.set_path(&format!("/v2/{}/tags/list", reference.repository()));
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("n", &page_size.to_string());
+            if let Some(last) = last {
+                query.append_pair("last", last);
+            }
+        }
+        with_namespace(url, reference)
+    };
     let mut tags: Vec<Box<str>> = vec![];
+    let mut url = list_url(None);
     let mut last: Option<String> = None;
+    let mut registry_links = false;
     loop {
-        let page = client
-            .list_tags(reference, &access.auth, Some(page_size), last.as_deref())
+        let mut request = http.get(url.clone());
+        request = match (&token, &access.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let response = request
+            .send()
             .await
-            .map_err(|e| registry_error(&image, &e))?;
+            .map_err(|e| registry_failure(format!("GET {url}: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(ImageError::RegistryAuthentication {
+                image: image.clone(),
+                message: format!("GET {url}: {status}"),
+            });
+        }
+        if !status.is_success() {
+            return Err(registry_failure(format!("GET {url}: {status}")));
+        }
+        let next = next_link(response.headers().get(reqwest::header::LINK), &base, &image)?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| registry_failure(format!("GET {url}: {e}")))?;
+        let page: TagPage = serde_json::from_slice(&body)
+            .map_err(|e| registry_failure(format!("GET {url}: not a tag list: {e}")))?;
         pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let count = page.tags.len();
-        let next = page.tags.iter().max().cloned();
+        let page = page.tags.unwrap_or_default();
+        let count = page.len();
+        let page_last = page.iter().max().cloned();
         tags.extend(
-            page.tags
-                .into_iter()
+            page.into_iter()
                 .filter(|t| !excluded.iter().any(|re| re.is_match(t)))
                 .map(String::into_boxed_str),
         );
-        // A short page is the last. A longer one means the registry ignores `n` (Distribution
-        // 2.x does) and sent the whole list; one that does not move past the previous page
-        // means it ignores `last`.
-        if count != page_size || next.is_none() || next <= last {
+        // A page that does not move past the previous one ends the list, whatever the registry
+        // says next: it ignores `last` (or loops), and asking again would never end.
+        if page_last.is_none() || page_last <= last {
             break;
         }
-        last = next;
+        last = page_last;
+        if let Some(next) = next {
+            registry_links = true;
+            url = with_namespace(next, reference);
+            continue;
+        }
+        // No Link: the end for a registry that sends them; for one that never does, the end
+        // only when the page is longer than asked (it ignores `n`), else ask past its last tag.
+        if registry_links || count > page_size {
+            break;
+        }
+        url = list_url(last.as_deref());
     }
     tags.sort_unstable();
     tags.dedup();
     tags.shrink_to_fit();
     Ok(tags)
+}
+
+/// Adds `ns=<registry>` (containerd's convention) when the reference is read through a mirror.
+fn with_namespace(mut url: url::Url, reference: &Reference) -> url::Url {
+    if let Some(ns) = reference.namespace()
+        && !url.query_pairs().any(|(k, _)| k == "ns")
+    {
+        url.query_pairs_mut().append_pair("ns", ns);
+    }
+    url
 }
 
 /// The digest of a tag list: `sha256:` over the tags joined by newlines.
@@ -341,6 +523,59 @@ pub fn latest_tags(tags: &[Box<str>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirrors_read_a_registry_elsewhere_and_keep_its_name() {
+        let mirrors =
+            Mirrors::parse(["index.docker.io=127.0.0.1:5000", "ghcr.io=m.local"]).unwrap();
+        let r = mirrors.apply(parse_image("nginx").unwrap());
+        assert_eq!(r.resolve_registry(), "127.0.0.1:5000");
+        assert_eq!(r.namespace(), Some("docker.io"));
+        assert_eq!(canonical_name(&r), "index.docker.io/library/nginx");
+        let r = mirrors.apply(parse_image("quay.io/org/app").unwrap());
+        assert_eq!(r.resolve_registry(), "quay.io", "no mirror for quay.io");
+        assert_eq!(r.namespace(), None);
+        for bad in ["docker.io", "=m", "docker.io=", "docker.io=http://m/x"] {
+            assert!(Mirrors::parse([bad]).is_err(), "{bad}");
+        }
+        let mirrored = with_namespace(
+            url::Url::parse("http://127.0.0.1:5000/v2/library/nginx/tags/list?n=3").unwrap(),
+            &mirrors.apply(parse_image("nginx").unwrap()),
+        );
+        assert_eq!(mirrored.query(), Some("n=3&ns=docker.io"));
+    }
+
+    #[test]
+    fn the_next_page_is_the_links_rel_next_on_the_same_host() {
+        let base = url::Url::parse("https://reg.example:5000/").unwrap();
+        let header = |v: &str| reqwest::header::HeaderValue::from_str(v).unwrap();
+        let next = next_link(
+            Some(&header(r#"</v2/app/tags/list?n=100&last=b>; rel="next""#)),
+            &base,
+            "app",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            next.as_str(),
+            "https://reg.example:5000/v2/app/tags/list?n=100&last=b"
+        );
+        assert_eq!(next_link(None, &base, "app").unwrap(), None);
+        assert_eq!(
+            next_link(Some(&header(r#"</x>; rel="prev""#)), &base, "app").unwrap(),
+            None
+        );
+        let elsewhere = next_link(
+            Some(&header(
+                r#"<https://evil.example/v2/app/tags/list?last=b>; rel="next""#,
+            )),
+            &base,
+            "app",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(elsewhere.contains("another host"), "{elsewhere}");
+    }
 
     #[test]
     fn images_are_repositories_without_tag_or_digest() {
@@ -377,15 +612,15 @@ mod tests {
     }
 
     /// A registry that pages its tag list the way the distribution spec says: tags in lexical
-    /// order, at most `n`, after `last`.
-    async fn paging_registry(tags: Vec<String>) -> std::net::SocketAddr {
+    /// order, at most `n`, after `last`; with a `Link` to the next page when `links`.
+    async fn paging_registry(tags: Vec<String>, links: bool) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
             let mut tags = tags.clone();
             async move {
                 if !uri.path().ends_with("/tags/list") {
-                    return "{}".to_owned();
+                    return (axum::http::HeaderMap::new(), "{}".to_owned());
                 }
                 let query: BTreeMap<&str, &str> = uri
                     .query()
@@ -395,12 +630,21 @@ mod tests {
                     .collect();
                 tags.sort();
                 let n: usize = query.get("n").map_or(usize::MAX, |n| n.parse().unwrap());
-                let page: Vec<_> = tags
+                let after: Vec<_> = tags
                     .into_iter()
                     .filter(|t| query.get("last").is_none_or(|l| t.as_str() > *l))
-                    .take(n)
                     .collect();
-                serde_json::json!({ "name": "app", "tags": page }).to_string()
+                let page: Vec<_> = after.iter().take(n).cloned().collect();
+                let body = serde_json::json!({ "name": "app", "tags": page }).to_string();
+                let mut headers = axum::http::HeaderMap::new();
+                if links && after.len() > page.len() {
+                    let next = format!(
+                        r#"</v2/app/tags/list?n={n}&last={}>; rel="next""#,
+                        page.last().unwrap()
+                    );
+                    headers.insert(axum::http::header::LINK, next.parse().unwrap());
+                }
+                (headers, body)
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -408,10 +652,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pages_are_followed_with_n_and_last_until_a_short_page() {
+    async fn pages_are_followed_by_link_or_past_the_last_tag_until_one_adds_nothing() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let all: Vec<String> = (0..23).map(|i| format!("t{i:02}")).collect();
-        let addr = paging_registry(all).await;
+        let addr = paging_registry(all.clone(), false).await;
         let access = RegistryAccess {
             insecure: true,
             ca_pem: None,
@@ -424,18 +668,30 @@ mod tests {
         let tags = list_all_tags(&access, &reference, &excluded, 5, &pages)
             .await
             .unwrap();
-        assert_eq!(pages.into_inner(), 5, "23 tags in pages of 5");
+        assert_eq!(
+            pages.into_inner(),
+            6,
+            "23 tags in pages of 5, then an empty one: without Link a short page may be a cap"
+        );
         assert_eq!(tags.len(), 13);
         assert_eq!(&*tags[0], "t00");
         assert_eq!(&*tags[12], "t22");
         // A list that fills its last page exactly ends with an empty page.
         let pages = std::sync::atomic::AtomicU64::new(0);
-        let addr = paging_registry((0..10).map(|i| format!("v{i}")).collect()).await;
+        let addr = paging_registry((0..10).map(|i| format!("v{i}")).collect(), false).await;
         let reference = parse_image(&format!("{addr}/app")).unwrap();
         let tags = list_all_tags(&access, &reference, &[], 5, &pages)
             .await
             .unwrap();
         assert_eq!((tags.len(), pages.into_inner()), (10, 3));
+        // With Link, the page without one is the last.
+        let pages = std::sync::atomic::AtomicU64::new(0);
+        let addr = paging_registry(all, true).await;
+        let reference = parse_image(&format!("{addr}/app")).unwrap();
+        let tags = list_all_tags(&access, &reference, &[], 5, &pages)
+            .await
+            .unwrap();
+        assert_eq!((tags.len(), pages.into_inner()), (23, 5));
     }
 
     #[test]

@@ -12,8 +12,13 @@ use crate::scan::RegistryAccess;
 /// One scan of one repository.
 #[derive(Debug)]
 pub struct ScannedTags {
-    /// The image name with its registry host, such as `127.0.0.1:5000/app`.
+    /// The repository's `spec.image` as written (`nginx`, `127.0.0.1:5000/app`): the name a
+    /// policy's `latestRef` carries, as in Flux, so an update keeps the manifest's spelling.
+    pub image: String,
+    /// The image name with its registry host, such as `index.docker.io/library/nginx`.
     pub canonical_image_name: String,
+    /// Where the repository is read (through a mirror when one is configured).
+    pub reference: oci_client::Reference,
     /// The recorded tags, sorted and deduplicated.
     pub tags: Arc<[Box<str>]>,
     /// The digest of the list, as in `status.lastScanResult.revision`.
@@ -79,7 +84,9 @@ mod tests {
     fn readers_share_one_tag_list_and_keep_it_across_a_rescan() {
         let store = TagStore::default();
         let scan = |tags: &[&str]| ScannedTags {
+            image: "reg/app".into(),
             canonical_image_name: "reg/app".into(),
+            reference: "reg/app".parse().unwrap(),
             tags: tags.iter().map(|t| Box::<str>::from(*t)).collect(),
             revision: String::new(),
             access: RegistryAccess {

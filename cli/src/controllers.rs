@@ -67,6 +67,15 @@ pub struct KustomizeArgs {
     /// How soon a Kustomization whose dependencies are not ready checks them again.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub requeue_dependency: Duration,
+    /// How long downloading one artifact may take, from request to last byte.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub artifact_fetch_timeout: Duration,
+    /// The largest artifact (compressed, in bytes) the kustomize controller downloads.
+    #[arg(long, default_value_t = weir_kustomize::fetch::Limits::default().max_size)]
+    pub artifact_max_size: u64,
+    /// The most bytes one artifact may extract to.
+    #[arg(long, default_value_t = weir_kustomize::fetch::Limits::default().max_untar_size)]
+    pub artifact_max_untar_size: u64,
 }
 
 /// Flags of the image controller (boxed in [`Args`] to keep the command enum small).
@@ -174,6 +183,11 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     kustomize_path: args.kustomize.kustomize_path.clone(),
                     cache_dir: args.kustomize.artifact_cache_path.clone(),
                     dependency_requeue: args.kustomize.requeue_dependency,
+                    artifact_limits: weir_kustomize::fetch::Limits {
+                        timeout: args.kustomize.artifact_fetch_timeout,
+                        max_size: args.kustomize.artifact_max_size,
+                        max_untar_size: args.kustomize.artifact_max_untar_size,
+                    },
                 };
                 let handle = weir_kustomize::start(kube_config, config, true)
                     .await

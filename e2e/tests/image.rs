@@ -1427,6 +1427,7 @@ impl Fixture {
                 kustomize_path: harness.tool("kustomize"),
                 cache_dir: cache.path().to_path_buf(),
                 dependency_requeue: std::time::Duration::from_secs(10),
+                artifact_limits: weir_kustomize::fetch::Limits::default(),
             },
             false,
         )

@@ -74,6 +74,7 @@ impl Fixture {
                 // Long, so dependsOn tests prove that a dependency becoming Ready starts its
                 // dependents at once.
                 dependency_requeue: std::time::Duration::from_secs(600),
+                artifact_limits: weir_kustomize::fetch::Limits::default(),
             },
             false,
         )

@@ -12,6 +12,29 @@ use weir_api::Artifact;
 /// How many verified artifacts stay cached on disk.
 const CACHE_ENTRIES: usize = 64;
 
+/// Bounds on fetching one artifact (`--artifact-fetch-timeout`, `--artifact-max-size`,
+/// `--artifact-max-untar-size`). A download is streamed to disk as it is hashed, never held
+/// whole in memory, and stops at the first byte past the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole download, from request to last byte.
+    pub timeout: std::time::Duration,
+    /// The compressed artifact.
+    pub max_size: u64,
+    /// The files it extracts to, together (a small archive must not fill the disk).
+    pub max_untar_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(5 * 60),
+            max_size: 512 << 20,
+            max_untar_size: 2 << 30,
+        }
+    }
+}
+
 /// Why an artifact could not be fetched or extracted.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -21,6 +44,15 @@ pub enum FetchError {
     UnsupportedDigest(String),
     #[error("failed to download artifact from {url}: {message}")]
     Download { url: String, message: String },
+    #[error("artifact from {url} is larger than the limit of {limit} bytes (--artifact-max-size)")]
+    TooLarge { url: String, limit: u64 },
+    #[error(
+        "downloading the artifact from {url} took longer than {after:?} (--artifact-fetch-timeout)"
+    )]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
     #[error("artifact digest mismatch: expected {expected}, got sha256:{actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("unsafe path in artifact: {0}")]
@@ -36,15 +68,17 @@ pub enum FetchError {
 pub struct ArtifactFetcher {
     http: reqwest::Client,
     cache_dir: PathBuf,
+    limits: Limits,
 }
 
 impl ArtifactFetcher {
     /// Caches artifacts under `cache_dir` (created when missing).
-    pub fn new(cache_dir: PathBuf) -> Result<Self, FetchError> {
+    pub fn new(cache_dir: PathBuf, limits: Limits) -> Result<Self, FetchError> {
         std::fs::create_dir_all(&cache_dir).map_err(FetchError::Cache)?;
         Ok(Self {
             http: reqwest::Client::new(),
             cache_dir,
+            limits,
         })
     }
 
@@ -59,38 +93,69 @@ impl ArtifactFetcher {
         if cached.is_file() {
             return Ok(cached);
         }
-        let download = |message: String| FetchError::Download {
-            url: artifact.url.clone(),
-            message,
-        };
-        let response = self
-            .http
-            .get(&artifact.url)
-            .send()
+        // Written then renamed, so a cached file is always complete and verified.
+        let temp = tokio::time::timeout(self.limits.timeout, self.download(&artifact.url))
             .await
-            .map_err(|e| download(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(download(format!("HTTP status {}", response.status())));
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| download(e.to_string()))?;
-        let actual = hex::encode(Sha256::digest(&bytes));
+            .map_err(|_| FetchError::Timeout {
+                url: artifact.url.clone(),
+                after: self.limits.timeout,
+            })??;
+        let (temp, actual) = temp;
         if actual != expected {
             return Err(FetchError::DigestMismatch {
                 expected: digest.to_owned(),
                 actual,
             });
         }
-        // Write then rename, so a cached file is always complete.
-        let mut temp =
-            tempfile::NamedTempFile::new_in(&self.cache_dir).map_err(FetchError::Cache)?;
-        std::io::Write::write_all(&mut temp, &bytes).map_err(FetchError::Cache)?;
         temp.persist(&cached)
             .map_err(|e| FetchError::Cache(e.error))?;
         self.trim_cache();
         Ok(cached)
+    }
+
+    /// Streams `url` into a temporary file of the cache, hashing as it goes; stops past
+    /// `max_size`. Returns the file and its hex sha256.
+    async fn download(&self, url: &str) -> Result<(tempfile::NamedTempFile, String), FetchError> {
+        let download = |message: String| FetchError::Download {
+            url: url.to_owned(),
+            message,
+        };
+        let too_large = || FetchError::TooLarge {
+            url: url.to_owned(),
+            limit: self.limits.max_size,
+        };
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| download(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(download(format!("HTTP status {}", response.status())));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.limits.max_size)
+        {
+            return Err(too_large());
+        }
+        let mut temp =
+            tempfile::NamedTempFile::new_in(&self.cache_dir).map_err(FetchError::Cache)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| download(e.to_string()))?
+        {
+            size += chunk.len() as u64;
+            if size > self.limits.max_size {
+                return Err(too_large());
+            }
+            hasher.update(&chunk);
+            std::io::Write::write_all(&mut temp, &chunk).map_err(FetchError::Cache)?;
+        }
+        Ok((temp, hex::encode(hasher.finalize())))
     }
 
     /// The verified tarball of `artifact` and its tree, extracted once per digest and shared by
@@ -100,12 +165,13 @@ impl ArtifactFetcher {
         let tree = tarball.with_extension("").with_extension("");
         if !tree.is_dir() {
             let (from, to, cache) = (tarball.clone(), tree.clone(), self.cache_dir.clone());
+            let max_untar = self.limits.max_untar_size;
             tokio::task::spawn_blocking(move || {
                 let temp = tempfile::Builder::new()
                     .prefix(".extract-")
                     .tempdir_in(&cache)
                     .map_err(FetchError::Cache)?;
-                extract(&from, temp.path())?;
+                extract(&from, temp.path(), max_untar)?;
                 // Another reconcile may have won the race: its tree is the same.
                 if std::fs::rename(temp.path(), &to).is_ok() {
                     std::mem::forget(temp);
@@ -175,13 +241,14 @@ pub fn contained_path(root: &Path, relative: &Path) -> Result<PathBuf, FetchErro
 
 /// Extracts the tar.gz at `archive` into `dest`. Entries must stay inside `dest`; symlinks and
 /// hard links must point inside it too; device files and the like are skipped.
-pub fn extract(archive: &Path, dest: &Path) -> Result<(), FetchError> {
+pub fn extract(archive: &Path, dest: &Path, max_size: u64) -> Result<(), FetchError> {
     let file = std::fs::File::open(archive).map_err(FetchError::Cache)?;
-    extract_from(file, dest)
+    extract_from(file, dest, max_size)
 }
 
-fn extract_from(reader: impl Read, dest: &Path) -> Result<(), FetchError> {
+fn extract_from(reader: impl Read, dest: &Path, max_size: u64) -> Result<(), FetchError> {
     let extract_err = |e: std::io::Error| FetchError::Extract(e.to_string());
+    let mut written: u64 = 0;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     for entry in tar.entries().map_err(extract_err)? {
         let mut entry = entry.map_err(extract_err)?;
@@ -218,7 +285,15 @@ fn extract_from(reader: impl Read, dest: &Path) -> Result<(), FetchError> {
                 ))
             })?;
             if kind.is_hard_link() {
-                std::fs::copy(contained_path(dest, &link)?, &target).map_err(extract_err)?;
+                written +=
+                    std::fs::copy(contained_path(dest, &link)?, &target).map_err(extract_err)?;
+                if written > max_size {
+                    return Err(FetchError::Extract(format!(
+                        "{} takes the extracted artifact past {max_size} bytes \
+                         (--artifact-max-untar-size)",
+                        relative.display()
+                    )));
+                }
             } else {
                 #[cfg(unix)]
                 std::os::unix::fs::symlink(&link, &target).map_err(extract_err)?;
@@ -228,8 +303,17 @@ fn extract_from(reader: impl Read, dest: &Path) -> Result<(), FetchError> {
         if !kind.is_file() {
             continue;
         }
+        // The header's size is the archive's word; the bytes copied are counted too.
+        let room = max_size.saturating_sub(written);
+        if entry.header().size().map_err(extract_err)? > room {
+            return Err(FetchError::Extract(format!(
+                "{} would take the extracted artifact past {max_size} bytes \
+                 (--artifact-max-untar-size)",
+                relative.display()
+            )));
+        }
         let mut out = std::fs::File::create(&target).map_err(extract_err)?;
-        std::io::copy(&mut entry, &mut out).map_err(extract_err)?;
+        written += std::io::copy(&mut (&mut entry).take(room), &mut out).map_err(extract_err)?;
     }
     Ok(())
 }
@@ -290,7 +374,7 @@ mod tests {
             b.append_link(&mut l, "apps/b.yaml", "a.yaml").unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
-        extract_from(&data[..], dir.path()).unwrap();
+        extract_from(&data[..], dir.path(), u64::MAX).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("apps/b.yaml")).unwrap(),
             "a: "
@@ -307,7 +391,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = dir.path().join("root");
         assert!(matches!(
-            extract_from(&climbing[..], &inner),
+            extract_from(&climbing[..], &inner, u64::MAX),
             Err(FetchError::UnsafePath(_))
         ));
         assert!(!dir.path().join("evil.yaml").exists());
@@ -317,7 +401,7 @@ mod tests {
             b.append_link(&mut l, "apps/passwd", "../../etc/passwd")
                 .unwrap();
         });
-        let err = extract_from(&escaping[..], &inner).unwrap_err();
+        let err = extract_from(&escaping[..], &inner, u64::MAX).unwrap_err();
         assert!(err.to_string().contains("links outside"), "{err}");
     }
 
@@ -358,7 +442,7 @@ mod tests {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
         let url = serve(data.clone());
         let cache = tempfile::tempdir().unwrap();
-        let fetcher = ArtifactFetcher::new(cache.path().to_path_buf()).unwrap();
+        let fetcher = ArtifactFetcher::new(cache.path().to_path_buf(), Limits::default()).unwrap();
 
         let path = fetcher
             .fetch(&artifact(url.clone(), &digest))
@@ -392,6 +476,84 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::UnsupportedDigest(_)), "{err}");
+    }
+
+    /// Sends `head` for every request, then as many bytes of `body` as it has, then holds the
+    /// connection open without a byte more.
+    fn serve_raw(head: String, body: Vec<u8>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut open = vec![];
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let _ = std::io::Write::write_all(&mut stream, head.as_bytes());
+                let _ = std::io::Write::write_all(&mut stream, &body);
+                open.push(stream);
+            }
+        });
+        format!("http://{addr}/artifact.tar.gz")
+    }
+
+    #[tokio::test]
+    async fn downloads_are_bounded_in_size_and_time() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let cache = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            timeout: std::time::Duration::from_millis(300),
+            max_size: 1000,
+            max_untar_size: 1000,
+        };
+        let fetcher = ArtifactFetcher::new(cache.path().to_path_buf(), limits).unwrap();
+        // Announced too large: refused before the body.
+        let url = serve(vec![0; 1001]);
+        let err = fetcher.fetch(&artifact(url, &digest)).await.unwrap_err();
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 1000, .. }),
+            "{err}"
+        );
+        // Not announced (chunked, no length): stopped at the first byte past the limit.
+        let chunked = format!("1f4\r\n{}\r\n", "x".repeat(500)).repeat(3) + "0\r\n\r\n";
+        let url = serve_raw(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".into(),
+            chunked.into_bytes(),
+        );
+        let err = fetcher.fetch(&artifact(url, &digest)).await.unwrap_err();
+        assert!(matches!(err, FetchError::TooLarge { .. }), "{err}");
+        // A server that stops sending: the timeout ends it.
+        let url = serve_raw(
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".into(),
+            vec![0; 10],
+        );
+        let err = fetcher.fetch(&artifact(url, &digest)).await.unwrap_err();
+        assert!(matches!(err, FetchError::Timeout { .. }), "{err}");
+        assert!(
+            err.to_string().contains("--artifact-fetch-timeout"),
+            "{err}"
+        );
+        // Nothing half-written is left in the cache.
+        let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn extraction_stops_past_the_untar_limit() {
+        let data = archive(|b| {
+            for name in ["a.yaml", "b.yaml"] {
+                let mut h = header(tar::EntryType::Regular, 600);
+                b.append_data(&mut h, name, &[b'x'; 600][..]).unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let err = extract_from(&data[..], dir.path(), 1000).unwrap_err();
+        assert!(
+            err.to_string().contains("b.yaml") && err.to_string().contains("1000 bytes"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        extract_from(&data[..], dir.path(), 1200).unwrap();
     }
 
     #[test]

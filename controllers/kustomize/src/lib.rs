@@ -89,6 +89,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// How soon a Kustomization whose dependencies are not ready checks again.
     pub dependency_requeue: Duration,
+    /// Bounds on downloading and extracting artifacts.
+    pub artifact_limits: fetch::Limits,
 }
 
 /// Counters read by tests and benchmarks, served at `/metrics`.
@@ -274,7 +276,8 @@ pub async fn start(
     config.kustomize_path = build::find_binary(&config.kustomize_path)
         .ok_or_else(|| StartError::KustomizeNotFound(config.kustomize_path.clone()))?;
     let client = Client::try_from(kube_config.clone()).map_err(StartError::Client)?;
-    let fetcher = ArtifactFetcher::new(config.cache_dir.clone()).map_err(StartError::Cache)?;
+    let fetcher = ArtifactFetcher::new(config.cache_dir.clone(), config.artifact_limits)
+        .map_err(StartError::Cache)?;
     let metrics = Arc::new(Metrics::default());
     let (ks_api, repo_api): (Api<Kustomization>, Api<GitRepository>) = match &config.namespace {
         Some(ns) => (

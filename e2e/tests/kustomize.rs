@@ -1005,6 +1005,91 @@ spec:
 }
 
 #[tokio::test]
+async fn an_object_whose_version_stopped_being_served_is_still_pruned() -> Result<()> {
+    let group = format!("{}.weir.test", weir_e2e::unique_name("ver", 30));
+    let crd = |old_served: bool| {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}}
+  versions:
+  - {{name: v1alpha1, served: {old_served}, storage: false, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}
+  - {{name: v1, served: true, storage: true, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}
+"
+        )
+    };
+    let f = Fixture::start(&[("crd/crd.yaml", &crd(true))]).await?;
+    let widget = format!(
+        "apiVersion: {group}/v1alpha1\nkind: Widget\nmetadata:\n  name: w\n  namespace: {}\n",
+        f.ns()
+    );
+    // The CRD is its own Kustomization, as in real repositories (and so teardown leaves it
+    // until the Widget is gone).
+    let with_widget = f
+        .repo
+        .change()
+        .write("apps/widget.yaml", &widget)
+        .commit("a widget at v1alpha1")?;
+    f.create_ks("crd", json!({ "path": "./crd" })).await?;
+    f.wait_applied("crd", &with_widget).await?;
+    f.create_ks("app", json!({ "path": "./apps" })).await?;
+    f.wait_applied("app", &with_widget).await?;
+    let resource = kube::api::ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(f.client.clone(), f.ns(), &resource);
+    assert!(widgets.get_opt("w").await?.is_some());
+
+    // The CRD stops serving v1alpha1, then the Widget leaves git: the inventory still says
+    // v1alpha1, and the object must be found at v1 and pruned, not forgotten.
+    let unserved = f
+        .repo
+        .change()
+        .write("crd/crd.yaml", &crd(false))
+        .commit("stop serving v1alpha1")?;
+    f.wait_applied("crd", &unserved).await?;
+    let removed = f
+        .repo
+        .change()
+        .delete("apps/widget.yaml")
+        .write("apps/cm.yaml", &f.yaml(&config_map_yaml("kept", "1")))
+        .commit("the widget leaves git")?;
+    let ks = f.wait_applied("app", &removed).await?;
+    let ids: Vec<String> = ks
+        .status
+        .unwrap()
+        .inventory
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(!ids.iter().any(|id| id.contains("Widget")), "{ids:?}");
+    wait_until("the widget to be pruned", || {
+        let widgets = widgets.clone();
+        async move {
+            match widgets.get_opt("w").await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(w) if w.metadata.deletion_timestamp.is_some() => Ok(()),
+                Some(_) => Err("still there".to_owned()),
+            }
+        }
+    })
+    .await?;
+    f.teardown().await
+}
+
+#[tokio::test]
 async fn force_recreates_an_object_whose_immutable_fields_changed() -> Result<()> {
     let immutable = |value: &str| {
         format!(

@@ -69,6 +69,44 @@ impl KindCache {
         }
     }
 
+    /// The kind of an object recorded at `version` (an inventory entry), asked of the server
+    /// now, not of the cache (the version may have stopped being served since it was cached):
+    /// that version when served, else the kind at any version its group still serves
+    /// (cli-utils' inventories identify objects by group and kind; a CRD that stopped serving one
+    /// version keeps its objects). `None` only when the group no longer serves the kind at all; a
+    /// discovery failure is an error, so the entry is kept, never dropped with its object.
+    pub async fn resolve_served(
+        client: &Client,
+        metrics: &Metrics,
+        group: &str,
+        version: &str,
+        kind: &str,
+    ) -> Result<Option<(ApiResource, bool)>, kube::Error> {
+        metrics.request();
+        match discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, kind)).await {
+            Ok((resource, caps)) => return Ok(Some((resource, caps.scope == Scope::Namespaced))),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(kube::Error::Discovery(_)) => {}
+            Err(e) => return Err(e),
+        }
+        metrics.request();
+        let served = match discovery::group(client, group).await {
+            Ok(served) => served,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
+            Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let found = served.recommended_kind(kind).or_else(|| {
+            served
+                .versions()
+                .flat_map(|v| served.versioned_resources(v))
+                .find(|(resource, _)| resource.kind == kind)
+        });
+        Ok(found.map(|(resource, caps)| (resource, caps.scope == Scope::Namespaced)))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, KindMap> {
         self.kinds
             .lock()
@@ -611,16 +649,31 @@ impl ApplySet<'_> {
     ) -> Result<ChangeSet, String> {
         let mut changes = ChangeSet::default();
         let mut errors = vec![];
+        let mut kinds: HashMap<(String, String, String), Option<(ApiResource, bool)>> =
+            HashMap::new();
         for entry in stale {
             let Some(meta) = ObjMetadata::parse(&entry.id) else {
                 continue;
             };
-            let resolved = self
-                .kinds
-                .resolve(self.client, self.metrics, &meta.group, &entry.v, &meta.kind)
+            let key = (meta.group.clone(), entry.v.clone(), meta.kind.clone());
+            let resolved = if let Some(known) = kinds.get(&key) {
+                known.clone()
+            } else {
+                let found = KindCache::resolve_served(
+                    self.client,
+                    self.metrics,
+                    &meta.group,
+                    &entry.v,
+                    &meta.kind,
+                )
                 .await
-                .map_err(|e| e.to_string())?;
-            // A kind no longer served has no objects left to delete.
+                .map_err(|e| {
+                    format!("{}: discovery failed: {}", display(&meta), api_message(&e))
+                })?;
+                kinds.insert(key, found.clone());
+                found
+            };
+            // A kind no longer served at any version has no objects left to delete.
             let Some((resource, namespaced)) = resolved else {
                 continue;
             };

@@ -283,9 +283,30 @@ async fn apply(
     let mut status = previous.clone().unwrap_or_default();
     let generation = repo.metadata.generation;
 
+    // A new generation is work in progress from the start (Flux's message); a new upstream
+    // revision is marked when it is found, unless this already was.
+    let new_generation = previous.as_ref().and_then(|s| s.observed_generation) != generation;
+    let mut progress = Progress {
+        api,
+        repo,
+        marked: false,
+        written: None,
+    };
+    if new_generation {
+        let old = previous
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .unwrap_or(0);
+        progress
+            .mark(&format!(
+                "processing object: new generation {old} -> {}",
+                generation.unwrap_or(0)
+            ))
+            .await;
+    }
     let (result, redactor) = match reconcile::load_credentials(repo, ctx).await {
         Ok((url, credentials, redactor)) => (
-            reconcile::reconcile_source(repo, ctx, url, credentials).await,
+            reconcile::reconcile_source(repo, ctx, url, credentials, &mut progress).await,
             redactor,
         ),
         Err(e) => {
@@ -347,8 +368,63 @@ async fn apply(
         }
         Err(error) => failed(repo, ctx, &mut status, &error, &redactor, &key).await,
     };
-    apply_status(api, repo, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    // Compared with what the object holds now: a progressing status written above must be
+    // replaced even when the outcome equals the status before it.
+    let current = progress.written.take().or(previous);
+    apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
+}
+
+/// Writes Reconciling=True (Flux's `Progressing` reason) and Ready=Unknown before the work a new
+/// generation or a new upstream revision needs, as Flux's source-controller does, so kstatus,
+/// `kubectl wait` and dependents see it in progress. At most once per reconcile; a reconcile with
+/// nothing new writes nothing here. A failed write is logged: the final write says what happened.
+pub struct Progress<'a> {
+    api: &'a Api<GitRepository>,
+    repo: &'a GitRepository,
+    marked: bool,
+    /// The status written by [`Progress::mark`], when it was.
+    written: Option<GitRepositoryStatus>,
+}
+
+impl std::fmt::Debug for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("marked", &self.marked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Progress<'_> {
+    /// Marks the object progressing with `message`, unless already marked in this reconcile.
+    pub async fn mark(&mut self, message: &str) {
+        if self.marked {
+            return;
+        }
+        self.marked = true;
+        let generation = self.repo.metadata.generation;
+        let current = self.repo.status.as_ref();
+        let mut progressing = current.cloned().unwrap_or_default();
+        for (kind, status, message) in [
+            (types::RECONCILING, weir_api::ConditionStatus::True, message),
+            (
+                types::READY,
+                weir_api::ConditionStatus::Unknown,
+                "Reconciliation in progress",
+            ),
+        ] {
+            condition::set_condition(
+                &mut progressing.conditions,
+                weir_api::Condition::new(kind, status, reasons::PROGRESSING, message)
+                    .for_generation(generation),
+            );
+        }
+        condition::remove_condition(&mut progressing.conditions, types::STALLED);
+        match apply_status(self.api, self.repo, current, &progressing, FIELD_MANAGER).await {
+            Ok(_) => self.written = Some(progressing),
+            Err(error) => tracing::warn!(%error, "cannot write the progressing status"),
+        }
+    }
 }
 
 /// Records a failure: the negative-polarity condition, Ready=False, Reconciling or Stalled, an

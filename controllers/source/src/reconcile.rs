@@ -367,6 +367,7 @@ pub async fn reconcile_source(
     ctx: &Context,
     url: String,
     credentials: Credentials,
+    progress: &mut crate::Progress<'_>,
 ) -> Result<SourceOutcome, SourceError> {
     let spec = &repo.spec;
     let current = repo.status.as_ref().and_then(|s| s.artifact.clone());
@@ -402,6 +403,15 @@ pub async fn reconcile_source(
     }
 
     let revision_prefix = target.revision_prefix.clone();
+    progress
+        .mark(&match target.commit {
+            Some(commit) => format!(
+                "building artifact: new upstream revision '{}'",
+                target.revision(commit)
+            ),
+            None => "building artifact".to_owned(),
+        })
+        .await;
     let (artifact_path, summary, commit) = fetch_and_store(
         ctx,
         &in_flight_key,

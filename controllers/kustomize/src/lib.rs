@@ -17,8 +17,10 @@
 //!   after; a failure then leaves only the definitions applied.
 //! - Objects annotated `kustomize.toolkit.fluxcd.io/ssa: Ignore` or `reconcile: disabled` are
 //!   left alone but stay in the inventory, so they are never pruned while still in the source.
-//! - `postBuild` substitutes only the braced forms (`${var}`, `${var:=default}`,
-//!   `${var:-default}`); a bare `$var` is left as written. Values of Secrets read through
+//! - `postBuild` substitutes the braced forms of Flux's envsubst (defaults, substrings,
+//!   replacements, trims, case, length; see `substitute`), strictly as Flux 2.9 does (an
+//!   undefined variable without a default is an error); a bare `$var` is left as written, and
+//!   with no variable defined nothing is substituted. Values of Secrets read through
 //!   `substituteFrom` are masked in every message, event and log line.
 //! - The spec's kustomize fields are merged into the path's own kustomization as Flux merges
 //!   them (prefixes replace, patches append and target the names in git). A build may load any

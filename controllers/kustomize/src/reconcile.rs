@@ -399,6 +399,11 @@ async fn substitute_variables(
     }
     vars.extend(post_build.substitute.clone());
     substitute::validate_names(vars.keys()).map_err(KustomizeError::SubstituteInput)?;
+    // As in Flux (`substituteStrategy`'s default): no variable, no substitution, so `${var}`
+    // stays as written rather than failing strict mode.
+    if vars.is_empty() {
+        return Ok(manifests);
+    }
 
     let mut out = Vec::with_capacity(manifests.len());
     for manifest in manifests {
@@ -424,7 +429,9 @@ async fn substitute_variables(
                 message: format!("cannot write {object_name} for substitution: {e}"),
             })
         })?;
-        let substituted = substitute::substitute(&yaml, &vars).map_err(err)?;
+        // Strict, Flux 2.9's default (`StrictPostBuildSubstitutions`).
+        let substituted =
+            substitute::substitute(&yaml, &vars, substitute::Strictness::Strict).map_err(err)?;
         let object: Value = serde_yaml_ng::from_str(&substituted).map_err(|e| {
             KustomizeError::Build(build::BuildError::InvalidYaml {
                 file: manifest.file.clone(),
@@ -674,8 +681,9 @@ mod tests {
         let object = serde_json::json!({"spec": {"replicas": "${replicas}", "name": "a-${x:=b}"}});
         let yaml = serde_yaml_ng::to_string(&object).unwrap();
         let vars = BTreeMap::from([("replicas".to_owned(), "3".to_owned())]);
-        let out: Value =
-            serde_yaml_ng::from_str(&substitute::substitute(&yaml, &vars).unwrap()).unwrap();
+        let substituted =
+            substitute::substitute(&yaml, &vars, substitute::Strictness::Strict).unwrap();
+        let out: Value = serde_yaml_ng::from_str(&substituted).unwrap();
         assert_eq!(
             out,
             serde_json::json!({"spec": {"replicas": 3, "name": "a-b"}})

@@ -40,6 +40,8 @@ pub mod reasons {
     pub const BUILD_FAILED: &str = "BuildFailed";
     pub const PRUNE_FAILED: &str = "PruneFailed";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A `healthCheckExprs` expression does not compile (Flux's `InvalidCELExpression`).
+    pub const INVALID_CEL_EXPRESSION: &str = "InvalidCELExpression";
     // Source reasons.
     pub const GIT_OPERATION_FAILED: &str = "GitOperationFailed";
     pub const GIT_OPERATION_SUCCEEDED: &str = "GitOperationSucceeded";

@@ -88,6 +88,10 @@ pub struct KustomizationSpec {
     /// Specific objects whose health decides readiness.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<NamespacedObjectKindReference>,
+    /// CEL expressions that decide the health of objects of a kind, in place of the built-in
+    /// rules; used only when `wait` or `healthChecks` asks for health checking.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_check_exprs: Vec<CustomHealthCheck>,
     /// Kustomizations that must be Ready before this one is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<DependencyReference>,
@@ -157,6 +161,25 @@ pub struct NamespacedObjectKindReference {
     /// Namespace of the referent; defaults to the Kustomization's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+/// CEL expressions evaluated against each object of one apiVersion and kind: the first of
+/// `inProgress`, `failed` and `current` that returns true gives its status.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomHealthCheck {
+    /// API version of the objects under evaluation; its group, with the kind, selects them.
+    pub api_version: String,
+    /// Kind of the objects under evaluation.
+    pub kind: String,
+    /// CEL expression that returns true when the object has reached its desired state.
+    pub current: String,
+    /// CEL expression that returns true when the object has not yet reached its desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<String>,
+    /// CEL expression that returns true when the object failed to reach its desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// A Kustomization this one depends on.

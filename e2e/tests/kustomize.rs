@@ -614,6 +614,150 @@ async fn wait_fails_with_health_check_failed_for_a_deployment_that_never_becomes
 }
 
 #[tokio::test]
+async fn health_check_exprs_decide_custom_resources_and_a_failed_one_fails_at_once() -> Result<()> {
+    let group = format!("{}.weir.test", weir_e2e::unique_name("cel", 30));
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}}
+  versions:
+  - {{name: v1, served: true, storage: true, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}
+"
+    );
+    let widget = |name: &str| {
+        format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: {name}\n  namespace: NAMESPACE\nspec: {{size: 1}}\n"
+        )
+    };
+    let f = Fixture::start(&[("crd/crd.yaml", &crd)]).await?;
+    let head = f.repo.head()?;
+    f.create_ks("crd", json!({ "path": "./crd" })).await?;
+    f.wait_applied("crd", &head).await?;
+    let exprs = json!([{
+        "apiVersion": format!("{group}/v1"),
+        "kind": "Widget",
+        "inProgress": "status.phase == 'Pending'",
+        "failed": "status.phase == 'Broken'",
+        "current": "status.phase == 'Ready'",
+    }]);
+    let resource = kube::api::ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(f.client.clone(), f.ns(), &resource);
+    let set_phase = |name: &'static str, phase: &'static str| {
+        let widgets = widgets.clone();
+        async move {
+            widgets
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": { "phase": phase } })),
+                )
+                .await
+        }
+    };
+
+    // Ready once the expression says so: Pending is in progress, Ready is current.
+    let good = f
+        .repo
+        .change()
+        .write("apps/good.yaml", &f.yaml(&widget("good")))
+        .commit("a widget")?;
+    f.create_ks(
+        "app",
+        json!({ "path": "./apps", "wait": true, "timeout": "2m", "healthCheckExprs": exprs }),
+    )
+    .await?;
+    wait_until("the widget to be applied", || {
+        let widgets = widgets.clone();
+        async move {
+            widgets
+                .get_opt("good")
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await?;
+    set_phase("good", "Pending").await?;
+    let ks = f
+        .wait_ks(
+            "app",
+            "Reconciling=True while the widget is Pending",
+            |ks| {
+                let conditions = ks
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default();
+                find_condition(conditions, types::RECONCILING).is_some()
+            },
+        )
+        .await?;
+    assert_ne!(applied(&ks), Some(format!("main@sha1:{good}").as_str()));
+    set_phase("good", "Ready").await?;
+    f.wait_applied("app", &good).await?;
+
+    // A failed widget fails the check at once, long before the two-minute timeout.
+    let bad = f
+        .repo
+        .change()
+        .write("apps/bad.yaml", &f.yaml(&widget("bad")))
+        .commit("a broken widget")?;
+    wait_until("the broken widget to be applied", || {
+        let widgets = widgets.clone();
+        async move {
+            widgets
+                .get_opt("bad")
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await?;
+    set_phase("bad", "Broken").await?;
+    let ks = f
+        .wait_failed("app", Some(&bad), reasons::HEALTH_CHECK_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("failed early") && m.contains(&format!("Widget/{}/bad", f.ns())),
+        "{m}"
+    );
+
+    // An expression that does not compile stalls the Kustomization, naming the field.
+    f.ks.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "healthCheckExprs": [{
+            "apiVersion": format!("{group}/v1"), "kind": "Widget", "current": "status.phase ==",
+        }] } })),
+    )
+    .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::INVALID_CEL_EXPRESSION)
+        .await?;
+    assert!(
+        message(&ks).contains("healthCheckExprs[0].current"),
+        "{}",
+        message(&ks)
+    );
+    f.teardown().await
+}
+
+#[tokio::test]
 async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
     let f = Fixture::start(&[
         ("base/a.yaml", &config_map_yaml("base", "1")),

@@ -21,7 +21,7 @@ use weir_api::kustomize::{ObjMetadata, ResourceRef, annotations};
 
 use crate::{
     Metrics,
-    health::{Health, object_health},
+    health::{Health, HealthRules},
     inventory::{is_definition, split_api_version},
 };
 
@@ -717,14 +717,19 @@ impl ApplySet<'_> {
         }
     }
 
-    /// Waits until every object is healthy by kstatus rules, or `timeout` passes; the error
-    /// names each unhealthy object and what it lacks.
-    pub async fn wait_healthy(&self, objects: &[HealthTarget]) -> Result<(), String> {
+    /// Waits until every object is healthy by `rules` (healthCheckExprs, else kstatus's), or
+    /// `timeout` passes; the error names each unhealthy object and what it lacks.
+    pub async fn wait_healthy(
+        &self,
+        objects: &[HealthTarget],
+        rules: &HealthRules,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + self.timeout;
         let mut pending: Vec<&HealthTarget> = objects.iter().collect();
         loop {
             let mut still = vec![];
             let mut reasons = vec![];
+            let mut failed = vec![];
             for object in pending {
                 let api: Api<DynamicObject> = if object.namespaced {
                     Api::namespaced_with(
@@ -737,25 +742,34 @@ impl ApplySet<'_> {
                 };
                 self.metrics.request();
                 let health = match api.get_opt(&object.meta.name).await {
-                    Ok(Some(live)) => {
-                        object_health(&serde_json::to_value(live).unwrap_or_default())
-                    }
+                    Ok(Some(live)) => rules.health(&serde_json::to_value(live).unwrap_or_default()),
                     Ok(None) => Health::InProgress("not found".to_owned()),
                     Err(e) => Health::InProgress(api_message(&e)),
                 };
                 match health {
                     Health::Current => {}
-                    Health::InProgress(why) | Health::Failed(why) => {
+                    Health::InProgress(why) => {
                         reasons.push(format!("{} ({why})", display(&object.meta)));
                         still.push(object);
                     }
+                    Health::Failed(why) => {
+                        failed.push(format!("{} ({why})", display(&object.meta)));
+                    }
                 }
+            }
+            // As Flux by default: a failed object fails the check at once, without waiting for
+            // the others or the timeout (nothing fixes it but a new revision).
+            if !failed.is_empty() {
+                return Err(format!(
+                    "failed early due to stalled resources: {}",
+                    failed.join(", ")
+                ));
             }
             if still.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(reasons.join(", "));
+                return Err(format!("timeout waiting for: {}", reasons.join(", ")));
             }
             pending = still;
             tokio::time::sleep(POLL).await;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use weir_api::reasons;
 use weir_runtime::{Disposition, Failure};
 
-use crate::{build::BuildError, fetch::FetchError, substitute::SubstituteError};
+use crate::{
+    build::BuildError, fetch::FetchError, health::HealthExprError, substitute::SubstituteError,
+};
 
 /// Why a Kustomization reconcile failed. Messages never hold secret values: substituted
 /// variables are masked by the caller's redactor before a message leaves the process.
@@ -43,10 +45,12 @@ pub enum KustomizeError {
     Apply(String),
     #[error("prune failed: {0}")]
     Prune(String),
-    #[error("health check failed after {timeout:?}: {objects}")]
-    HealthCheck { timeout: Duration, objects: String },
+    #[error("health check failed after {after:?}: {objects}")]
+    HealthCheck { after: Duration, objects: String },
     #[error("healthChecks: {0}")]
     HealthCheckKind(String),
+    #[error("{0}")]
+    HealthCheckExpr(#[source] HealthExprError),
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
 }
@@ -66,6 +70,7 @@ impl Failure for KustomizeError {
             | Self::SubstituteFromNotFound { .. } => reasons::BUILD_FAILED,
             Self::Prune(_) => reasons::PRUNE_FAILED,
             Self::HealthCheck { .. } | Self::HealthCheckKind(_) => reasons::HEALTH_CHECK_FAILED,
+            Self::HealthCheckExpr(_) => reasons::INVALID_CEL_EXPRESSION,
             Self::Impersonation(..) | Self::Validation(_) | Self::Apply(_) | Self::Kube(_) => {
                 reasons::RECONCILIATION_FAILED
             }
@@ -92,6 +97,8 @@ impl Failure for KustomizeError {
             | Self::HealthCheck { .. }
             | Self::HealthCheckKind(_)
             | Self::Kube(_) => Disposition::Transient,
+            // Only a change of the spec fixes an expression; Flux stalls too.
+            Self::HealthCheckExpr(_) => Disposition::Stalled,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     apply::{ApplySet, ChangeSet, HealthTarget, Target, resource_from_crd},
     build::{self, BuildPlan, Manifest},
     error::KustomizeError,
+    health::HealthRules,
     inventory::{self, InventoryDiff, split_api_version},
     native, substitute,
 };
@@ -54,6 +55,9 @@ pub async fn run(
         .unwrap_or(&spec.interval)
         .as_std();
     let timeout = spec.timeout();
+    // Before anything else, as Flux does: an expression that does not compile stalls the object.
+    let health_rules =
+        HealthRules::compile(&spec.health_check_exprs).map_err(KustomizeError::HealthCheckExpr)?;
 
     let source_ns = spec
         .source_ref
@@ -129,9 +133,15 @@ pub async fn run(
 
     let health_targets = health_targets(ks, ctx, &client, &targets).await?;
     if !health_targets.is_empty() {
-        let result = set.wait_healthy(&health_targets).await;
+        let started = std::time::Instant::now();
+        let result = set.wait_healthy(&health_targets, &health_rules).await;
         attempt.healthy = Some(result.is_ok());
-        result.map_err(|objects| KustomizeError::HealthCheck { timeout, objects })?;
+        result.map_err(|objects| KustomizeError::HealthCheck {
+            after: std::time::Duration::from_millis(
+                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
+            objects,
+        })?;
     }
     Ok(())
 }

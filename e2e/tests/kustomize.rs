@@ -613,6 +613,38 @@ async fn wait_fails_with_health_check_failed_for_a_deployment_that_never_becomes
     f.teardown().await
 }
 
+/// The Widgets of `group` at v1.
+fn widget_resource(group: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: group.to_owned(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    }
+}
+
+/// Sets a Widget's `status.phase` (what its controller would do).
+async fn set_phase(api: &Api<kube::api::DynamicObject>, name: &str, phase: &str) -> Result<()> {
+    let patch = json!({ "status": { "phase": phase } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the object `name` exists.
+async fn wait_exists(api: &Api<kube::api::DynamicObject>, name: &str) -> Result<()> {
+    wait_until(&format!("{name} to be applied"), || async {
+        api.get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn health_check_exprs_decide_custom_resources_and_a_failed_one_fails_at_once() -> Result<()> {
     let group = format!("{}.weir.test", weir_e2e::unique_name("cel", 30));
@@ -645,27 +677,8 @@ spec:
         "failed": "status.phase == 'Broken'",
         "current": "status.phase == 'Ready'",
     }]);
-    let resource = kube::api::ApiResource {
-        group: group.clone(),
-        version: "v1".into(),
-        api_version: format!("{group}/v1"),
-        kind: "Widget".into(),
-        plural: "widgets".into(),
-    };
     let widgets: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(f.client.clone(), f.ns(), &resource);
-    let set_phase = |name: &'static str, phase: &'static str| {
-        let widgets = widgets.clone();
-        async move {
-            widgets
-                .patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": { "phase": phase } })),
-                )
-                .await
-        }
-    };
+        Api::namespaced_with(f.client.clone(), f.ns(), &widget_resource(&group));
 
     // Ready once the expression says so: Pending is in progress, Ready is current.
     let good = f
@@ -678,19 +691,8 @@ spec:
         json!({ "path": "./apps", "wait": true, "timeout": "2m", "healthCheckExprs": exprs }),
     )
     .await?;
-    wait_until("the widget to be applied", || {
-        let widgets = widgets.clone();
-        async move {
-            widgets
-                .get_opt("good")
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|_| ())
-                .ok_or_else(|| "not yet".to_owned())
-        }
-    })
-    .await?;
-    set_phase("good", "Pending").await?;
+    wait_exists(&widgets, "good").await?;
+    set_phase(&widgets, "good", "Pending").await?;
     let ks = f
         .wait_ks(
             "app",
@@ -706,7 +708,7 @@ spec:
         )
         .await?;
     assert_ne!(applied(&ks), Some(format!("main@sha1:{good}").as_str()));
-    set_phase("good", "Ready").await?;
+    set_phase(&widgets, "good", "Ready").await?;
     f.wait_applied("app", &good).await?;
 
     // A failed widget fails the check at once, long before the two-minute timeout.
@@ -715,19 +717,8 @@ spec:
         .change()
         .write("apps/bad.yaml", &f.yaml(&widget("bad")))
         .commit("a broken widget")?;
-    wait_until("the broken widget to be applied", || {
-        let widgets = widgets.clone();
-        async move {
-            widgets
-                .get_opt("bad")
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|_| ())
-                .ok_or_else(|| "not yet".to_owned())
-        }
-    })
-    .await?;
-    set_phase("bad", "Broken").await?;
+    wait_exists(&widgets, "bad").await?;
+    set_phase(&widgets, "bad", "Broken").await?;
     let ks = f
         .wait_failed("app", Some(&bad), reasons::HEALTH_CHECK_FAILED)
         .await?;

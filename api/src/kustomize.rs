@@ -191,6 +191,10 @@ pub struct DependencyReference {
     /// Namespace of the referent; defaults to the namespace of the dependent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// CEL expression over `dep` (the dependency) and `self` (this Kustomization) that decides
+    /// whether the dependency is ready, in place of the built-in Ready check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_expr: Option<String>,
 }
 
 /// Variable substitution applied after the build.

@@ -770,6 +770,62 @@ async fn a_dependent_waits_until_its_dependency_is_ready() -> Result<()> {
     f.teardown().await
 }
 
+/// `dependsOn[].readyExpr` decides readiness in place of the Ready condition, reading the
+/// dependency as `dep` and the dependent as `self`; a change the expression reads (a label
+/// here) releases the dependent at once, and an expression that does not compile stalls.
+#[tokio::test]
+async fn a_ready_expr_decides_when_a_dependency_is_ready() -> Result<()> {
+    let f = Fixture::start(&[
+        ("base/a.yaml", &config_map_yaml("base", "1")),
+        ("app/b.yaml", &config_map_yaml("app", "1")),
+        ("bad/c.yaml", &config_map_yaml("bad", "1")),
+    ])
+    .await?;
+    let head = f.repo.head()?;
+    f.create_ks("base", json!({ "path": "./base" })).await?;
+    f.wait_applied("base", &head).await?;
+    let expr = "dep.metadata.labels.stage == self.metadata.labels.stage";
+    let app = json!({ "path": "./app", "dependsOn": [{ "name": "base", "readyExpr": expr }] });
+    f.create_ks("app", app).await?;
+    f.ks.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "stage": "two" } } })),
+    )
+    .await?;
+    // base is Ready, but the expression (a label base lacks) says it is not.
+    let ks = f
+        .wait_failed("app", None, reasons::DEPENDENCY_NOT_READY)
+        .await?;
+    assert!(
+        message(&ks).contains("dependsOn[0].readyExpr"),
+        "{}",
+        message(&ks)
+    );
+    assert!(f.config_map("app").await?.is_none());
+    f.ks.patch(
+        "base",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "stage": "two" } } })),
+    )
+    .await?;
+    f.wait_applied("app", &head).await?;
+    assert!(f.config_map("app").await?.is_some());
+
+    let bad = json!({ "path": "./bad", "dependsOn": [{ "name": "base", "readyExpr": "dep.(" }] });
+    f.create_ks("bad", bad).await?;
+    let ks = f
+        .wait_failed("bad", None, reasons::INVALID_CEL_EXPRESSION)
+        .await?;
+    assert!(
+        message(&ks).contains("invalid dependsOn[0].readyExpr"),
+        "{}",
+        message(&ks)
+    );
+    assert!(f.config_map("bad").await?.is_none());
+    f.teardown().await
+}
+
 /// Flux's rule: a dependency on the same source must have applied the source's current
 /// revision, not only be Ready. The dependency here is held (suspended) with a Ready status on
 /// an older revision, as a lagging one would be, then catches up.

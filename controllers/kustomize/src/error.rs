@@ -18,6 +18,19 @@ pub enum KustomizeError {
     DependencyNotReady(String, Duration),
     #[error("dependency '{0}' revision is not up to date")]
     DependencyRevision(String, Duration),
+    #[error("dependency '{name}' is not ready: dependsOn[{index}].readyExpr {why}")]
+    DependencyExprNotReady {
+        name: String,
+        index: usize,
+        why: String,
+        after: Duration,
+    },
+    #[error("invalid dependsOn[{index}].readyExpr: {source}")]
+    DependencyExpr {
+        index: usize,
+        #[source]
+        source: cel::ParseErrors,
+    },
     #[error("source '{0}' not found")]
     SourceNotFound(String, Duration),
     #[error("source '{0}' has no artifact yet")]
@@ -58,9 +71,9 @@ pub enum KustomizeError {
 impl Failure for KustomizeError {
     fn reason(&self) -> &'static str {
         match self {
-            Self::DependencyNotReady(..) | Self::DependencyRevision(..) => {
-                reasons::DEPENDENCY_NOT_READY
-            }
+            Self::DependencyNotReady(..)
+            | Self::DependencyRevision(..)
+            | Self::DependencyExprNotReady { .. } => reasons::DEPENDENCY_NOT_READY,
             Self::SourceNotFound(..) | Self::ArtifactNotReady(..) | Self::Fetch(_) => {
                 reasons::ARTIFACT_FAILED
             }
@@ -70,7 +83,9 @@ impl Failure for KustomizeError {
             | Self::SubstituteFromNotFound { .. } => reasons::BUILD_FAILED,
             Self::Prune(_) => reasons::PRUNE_FAILED,
             Self::HealthCheck { .. } | Self::HealthCheckKind(_) => reasons::HEALTH_CHECK_FAILED,
-            Self::HealthCheckExpr(_) => reasons::INVALID_CEL_EXPRESSION,
+            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } => {
+                reasons::INVALID_CEL_EXPRESSION
+            }
             Self::Impersonation(..) | Self::Validation(_) | Self::Apply(_) | Self::Kube(_) => {
                 reasons::RECONCILIATION_FAILED
             }
@@ -82,7 +97,8 @@ impl Failure for KustomizeError {
             Self::DependencyNotReady(_, after)
             | Self::DependencyRevision(_, after)
             | Self::SourceNotFound(_, after)
-            | Self::ArtifactNotReady(_, after) => Disposition::Waiting(*after),
+            | Self::ArtifactNotReady(_, after)
+            | Self::DependencyExprNotReady { after, .. } => Disposition::Waiting(*after),
             // A new commit or a changed spec fixes the rest; both trigger a reconcile, and
             // retryInterval retries meanwhile (RBAC or a CRD may be added by someone else).
             Self::Fetch(_)
@@ -98,7 +114,7 @@ impl Failure for KustomizeError {
             | Self::HealthCheckKind(_)
             | Self::Kube(_) => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
-            Self::HealthCheckExpr(_) => Disposition::Stalled,
+            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } => Disposition::Stalled,
         }
     }
 }

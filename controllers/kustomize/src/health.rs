@@ -572,7 +572,8 @@ impl HealthRules {
     }
 }
 
-fn cel_env() -> Env {
+/// The CEL environment of Flux's expressions (healthCheckExprs, dependsOn readyExpr).
+pub(crate) fn cel_env() -> Env {
     let mut env = Env::stdlib();
     // Both register fresh function names on a fresh standard environment; a conflict would be
     // a bug of the crate, and the standard library alone still evaluates Flux's examples.
@@ -630,7 +631,7 @@ fn evaluate(check: &CompiledCheck, env: &Arc<Env>, obj: &Value) -> Health {
 
 /// A JSON value as CEL sees it: whole numbers are `int` (as Kubernetes' unstructured objects
 /// hold them), larger ones `uint`, the rest `double`.
-fn to_cel(value: &Value) -> cel::Value {
+pub(crate) fn to_cel(value: &Value) -> cel::Value {
     match value {
         Value::Null => cel::Value::Null,
         Value::Bool(b) => cel::Value::Bool(*b),

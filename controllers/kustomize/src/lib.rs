@@ -246,6 +246,13 @@ fn readiness_trigger(ks: &Kustomization) -> Option<u64> {
         .as_ref()
         .and_then(|s| s.last_applied_revision.as_deref())
         .hash(&mut hasher);
+    // A dependsOn[].readyExpr may read any field of the dependency: its labels, annotations
+    // and whole status release dependents too (the status write is skipped when unchanged).
+    ks.metadata.labels.hash(&mut hasher);
+    ks.metadata.annotations.hash(&mut hasher);
+    serde_json::to_string(&ks.status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 

@@ -318,7 +318,23 @@ async fn check_dependencies(
             .unwrap_or_default();
         (r.kind.as_str().to_owned(), ns, r.name.clone())
     };
-    for dep in &ks.spec.depends_on {
+    // Compiled before any dependency is read: a bad expression stalls whatever their state.
+    let env = std::sync::Arc::new(crate::health::cel_env());
+    let exprs = ks
+        .spec
+        .depends_on
+        .iter()
+        .enumerate()
+        .map(|(index, dep)| {
+            dep.ready_expr
+                .as_deref()
+                .filter(|e| !e.trim().is_empty())
+                .map(|e| env.compile(e))
+                .transpose()
+                .map_err(|source| KustomizeError::DependencyExpr { index, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (index, (dep, expr)) in ks.spec.depends_on.iter().zip(&exprs).enumerate() {
         let ns = dep.namespace.clone().unwrap_or_else(|| namespace.clone());
         let key = format!("{ns}/{}", dep.name);
         ctx.metrics.request();
@@ -326,14 +342,30 @@ async fn check_dependencies(
             .get_opt(&dep.name)
             .await
             .map_err(KustomizeError::Kube)?;
-        let ready = found.as_ref().is_some_and(|d| {
-            let generation = d.metadata.generation;
-            d.status.as_ref().is_some_and(|s| {
-                s.observed_generation == generation
-                    && find_condition(&s.conditions, types::READY)
-                        .is_some_and(|c| c.is_true() && c.observed_generation == generation)
-            })
-        });
+        let ready = match (expr, &found) {
+            (_, None) => false,
+            // Flux's readyExpr replaces the built-in Ready check; the same-source revision rule
+            // below still holds.
+            (Some(program), Some(d)) => match ready_expr_refusal(program, &env, d, ks) {
+                None => true,
+                Some(why) => {
+                    return Err(KustomizeError::DependencyExprNotReady {
+                        name: key,
+                        index,
+                        why,
+                        after: ctx.config.dependency_requeue,
+                    });
+                }
+            },
+            (None, Some(d)) => {
+                let generation = d.metadata.generation;
+                d.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == generation
+                        && find_condition(&s.conditions, types::READY)
+                            .is_some_and(|c| c.is_true() && c.observed_generation == generation)
+                })
+            }
+        };
         if !ready {
             return Err(KustomizeError::DependencyNotReady(
                 key,
@@ -354,6 +386,27 @@ async fn check_dependencies(
         }
     }
     Ok(())
+}
+
+/// Why `program` does not say the dependency `dep` of `ks` is ready (`None` when it does): it
+/// returned false, something other than a bool, or failed to evaluate (a field `dep` lacks).
+fn ready_expr_refusal(
+    program: &cel::Program,
+    env: &std::sync::Arc<cel::Env>,
+    dep: &Kustomization,
+    ks: &Kustomization,
+) -> Option<String> {
+    let mut context = cel::Context::with_env(std::sync::Arc::clone(env));
+    for (name, object) in [("dep", dep), ("self", ks)] {
+        let value = serde_json::to_value(object).unwrap_or_default();
+        context.add_variable_from_value(name, crate::health::to_cel(&value));
+    }
+    match program.execute(&context) {
+        Ok(cel::Value::Bool(true)) => None,
+        Ok(cel::Value::Bool(false)) => Some("is false".to_owned()),
+        Ok(other) => Some(format!("returned {}, not a bool", other.type_of())),
+        Err(error) => Some(format!("failed to evaluate: {error}")),
+    }
 }
 
 /// Reads `postBuild` variables and substitutes them into every object not annotated
@@ -665,6 +718,48 @@ pub async fn delete_inventory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_exprs_read_the_dependency_and_the_dependent() {
+        let ks = |labels: serde_json::Value, status: serde_json::Value| -> Kustomization {
+            weir_api::manifest::from_value(serde_json::json!({
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"name": "a", "namespace": "n", "generation": 2, "labels": labels},
+                "spec": {"interval": "1m", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "s"}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let env = std::sync::Arc::new(crate::health::cel_env());
+        let program = env
+            .compile(
+                "dep.metadata.generation == dep.status.observedGeneration && \
+                 dep.metadata.labels['v'] == self.metadata.labels['v']",
+            )
+            .unwrap();
+        let me = ks(serde_json::json!({"v": "1"}), serde_json::json!({}));
+        let dep = ks(
+            serde_json::json!({"v": "1"}),
+            serde_json::json!({"observedGeneration": 2}),
+        );
+        assert_eq!(ready_expr_refusal(&program, &env, &dep, &me), None);
+        let older = ks(
+            serde_json::json!({"v": "0"}),
+            serde_json::json!({"observedGeneration": 2}),
+        );
+        assert_eq!(
+            ready_expr_refusal(&program, &env, &older, &me).as_deref(),
+            Some("is false")
+        );
+        let unobserved = ks(serde_json::json!({"v": "1"}), serde_json::json!({}));
+        let why = ready_expr_refusal(&program, &env, &unobserved, &me).unwrap();
+        assert!(why.starts_with("failed to evaluate"), "{why}");
+        let number = env.compile("dep.metadata.generation").unwrap();
+        assert_eq!(
+            ready_expr_refusal(&number, &env, &dep, &me).as_deref(),
+            Some("returned int, not a bool")
+        );
+    }
 
     #[test]
     fn values_of_secret_manifests_are_masked() {

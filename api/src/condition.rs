@@ -40,6 +40,8 @@ pub mod reasons {
     pub const BUILD_FAILED: &str = "BuildFailed";
     pub const PRUNE_FAILED: &str = "PruneFailed";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A reference the controller's lockdown flags refuse (Flux's acl reason).
+    pub const ACCESS_DENIED: &str = "AccessDenied";
     /// A `healthCheckExprs` expression does not compile (Flux's `InvalidCELExpression`).
     pub const INVALID_CEL_EXPRESSION: &str = "InvalidCELExpression";
     // Source reasons.

@@ -40,6 +40,10 @@ pub struct Args {
     /// How many artifacts to keep per object, the current one included.
     #[arg(long = "artifact-retention-records", default_value_t = 2)]
     pub artifact_retention: usize,
+    /// Refuse references to another namespace: a Kustomization's or ImageUpdateAutomation's
+    /// `sourceRef` (Flux's multi-tenancy lockdown).
+    #[arg(long)]
+    pub no_cross_namespace_refs: bool,
     /// Flags of the kustomize controller.
     #[command(flatten)]
     pub kustomize: Box<KustomizeArgs>,
@@ -76,6 +80,10 @@ pub struct KustomizeArgs {
     /// The most bytes one artifact may extract to.
     #[arg(long, default_value_t = weir_kustomize::fetch::Limits::default().max_untar_size)]
     pub artifact_max_untar_size: u64,
+    /// The service account a Kustomization without `serviceAccountName` impersonates (in its
+    /// own namespace).
+    #[arg(long)]
+    pub default_service_account: Option<String>,
 }
 
 /// Flags of the image controller (boxed in [`Args`] to keep the command enum small).
@@ -188,6 +196,10 @@ async fn run_async(args: &Args) -> Result<(), String> {
                         max_size: args.kustomize.artifact_max_size,
                         max_untar_size: args.kustomize.artifact_max_untar_size,
                     },
+                    lockdown: weir_kustomize::Lockdown {
+                        no_cross_namespace_refs: args.no_cross_namespace_refs,
+                        default_service_account: args.kustomize.default_service_account.clone(),
+                    },
                 };
                 let handle = weir_kustomize::start(kube_config, config, true)
                     .await
@@ -205,6 +217,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     mirrors: weir_image::scan::Mirrors::parse(
                         args.image.registry_mirrors.iter().map(String::as_str),
                     )?,
+                    no_cross_namespace_refs: args.no_cross_namespace_refs,
                     ..weir_image::Config::default()
                 };
                 let handle = weir_image::start(client.clone(), config, true)

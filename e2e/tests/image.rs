@@ -1248,6 +1248,34 @@ async fn automation_failures_give_their_reasons() -> Result<()> {
     Ok(())
 }
 
+/// `--no-cross-namespace-refs`: an automation's source in another namespace is refused before
+/// it is read; one in its own namespace is looked up as usual.
+#[tokio::test]
+async fn lockdown_blocks_an_automations_source_in_another_namespace() -> Result<()> {
+    let f = Fixture::start_with(weir_image::Config {
+        no_cross_namespace_refs: true,
+        ..weir_image::Config::default()
+    })
+    .await?;
+    let mut spec = automation_spec(None);
+    spec["sourceRef"] = json!({ "kind": "GitRepository", "name": "app", "namespace": "default" });
+    f.automation("elsewhere", spec).await?;
+    let a = f
+        .wait_ready_any("elsewhere", reasons::ACCESS_DENIED)
+        .await?;
+    assert_eq!(
+        ready_message(&a.status.unwrap().conditions),
+        "can't access 'GitRepository/default/app', cross-namespace references have been blocked"
+    );
+    let mut spec = automation_spec(None);
+    spec["sourceRef"] =
+        json!({ "kind": "GitRepository", "name": "absent", "namespace": f.ns.name() });
+    f.automation("own", spec).await?;
+    f.wait_ready_any("own", reasons::INVALID_SOURCE_CONFIGURATION)
+        .await?;
+    Ok(())
+}
+
 fn ready_message(conditions: &[Condition]) -> String {
     find_condition(conditions, types::READY)
         .map(|c| c.message.clone())
@@ -1428,6 +1456,7 @@ impl Fixture {
                 cache_dir: cache.path().to_path_buf(),
                 dependency_requeue: std::time::Duration::from_secs(10),
                 artifact_limits: weir_kustomize::fetch::Limits::default(),
+                lockdown: weir_kustomize::Lockdown::default(),
             },
             false,
         )

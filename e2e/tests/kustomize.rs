@@ -46,6 +46,23 @@ impl Fixture {
         files: &[(&str, &str)],
         kustomize_path: std::path::PathBuf,
     ) -> Result<Self> {
+        Self::start_with(files, kustomize_path, weir_kustomize::Lockdown::default()).await
+    }
+
+    /// A fixture whose kustomize controller runs with Flux's multi-tenancy `lockdown` flags.
+    async fn start_locked_down(
+        files: &[(&str, &str)],
+        lockdown: weir_kustomize::Lockdown,
+    ) -> Result<Self> {
+        let kustomize = Harness::get().await?.tool("kustomize");
+        Self::start_with(files, kustomize, lockdown).await
+    }
+
+    async fn start_with(
+        files: &[(&str, &str)],
+        kustomize_path: std::path::PathBuf,
+        lockdown: weir_kustomize::Lockdown,
+    ) -> Result<Self> {
         let harness = Harness::get().await?;
         let ns = harness.namespace().await?;
         let client = harness.client()?;
@@ -75,6 +92,7 @@ impl Fixture {
                 // dependents at once.
                 dependency_requeue: std::time::Duration::from_secs(600),
                 artifact_limits: weir_kustomize::fetch::Limits::default(),
+                lockdown,
             },
             false,
         )
@@ -1063,6 +1081,46 @@ async fn impersonating_a_service_account_without_rbac_fails_clearly() -> Result<
         json!({ "path": "./apps", "serviceAccountName": "nobody" }),
     )
     .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::RECONCILIATION_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("forbidden") && m.contains(&format!("system:serviceaccount:{}:nobody", f.ns())),
+        "{m}"
+    );
+    assert!(f.config_map("a").await?.is_none());
+    f.teardown().await
+}
+
+/// Flux's multi-tenancy lockdown: `--no-cross-namespace-refs` refuses a source in another
+/// namespace (a named source in its own is fine), and `--default-service-account` is
+/// impersonated by a Kustomization that names none.
+#[tokio::test]
+async fn lockdown_blocks_cross_namespace_sources_and_impersonates_the_default_account() -> Result<()>
+{
+    let lockdown = weir_kustomize::Lockdown {
+        no_cross_namespace_refs: true,
+        default_service_account: Some("nobody".to_owned()),
+    };
+    let f = Fixture::start_locked_down(&[("apps/a.yaml", &config_map_yaml("a", "1"))], lockdown)
+        .await?;
+    let own = json!({ "kind": "GitRepository", "name": "app", "namespace": f.ns() });
+    f.create_ks("app", json!({ "path": "./apps", "sourceRef": own }))
+        .await?;
+    let elsewhere = json!({ "kind": "GitRepository", "name": "app", "namespace": "default" });
+    f.create_ks(
+        "elsewhere",
+        json!({ "path": "./apps", "sourceRef": elsewhere }),
+    )
+    .await?;
+    let ks = f
+        .wait_failed("elsewhere", None, reasons::ACCESS_DENIED)
+        .await?;
+    assert_eq!(
+        message(&ks),
+        "can't access 'GitRepository/default/app', cross-namespace references have been blocked"
+    );
     let ks = f
         .wait_failed("app", None, reasons::RECONCILIATION_FAILED)
         .await?;

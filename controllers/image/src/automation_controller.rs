@@ -36,20 +36,28 @@ pub const MAX_PUSH_ATTEMPTS: u32 = 5;
 /// The author name when `git.commit.author.name` is not set, as in Flux.
 pub const DEFAULT_AUTHOR_NAME: &str = "FluxBot";
 
-async fn prepare(
-    auto: &ImageUpdateAutomation,
+/// The GitRepository of `spec.sourceRef` (with its name and namespace), refused before it is
+/// read when it is in another namespace and `--no-cross-namespace-refs` is set.
+async fn source_repository<'a>(
+    auto: &'a ImageUpdateAutomation,
     ctx: &Context,
-    redactor: &mut Redactor,
-) -> Result<(UpdateRequest, BTreeMap<String, ImageRef>), ImageError> {
+) -> Result<
+    (
+        &'a weir_api::CrossNamespaceSourceReference,
+        String,
+        GitRepository,
+    ),
+    ImageError,
+> {
     let namespace = auto.namespace().unwrap_or_default();
-    let git_spec = auto.spec.git.as_ref().ok_or_else(|| {
-        ImageError::InvalidSource("spec.git.commit.author is required to commit".to_owned())
-    })?;
     let source = &auto.spec.source_ref;
-    let source_ns = source
-        .namespace
-        .clone()
-        .unwrap_or_else(|| namespace.clone());
+    let source_ns = source.namespace.clone().unwrap_or(namespace.clone());
+    if ctx.no_cross_namespace_refs && source_ns != namespace {
+        return Err(ImageError::AccessDenied(format!(
+            "GitRepository/{source_ns}/{}",
+            source.name
+        )));
+    }
     let repo = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
         .get_opt(&source.name)
         .await?
@@ -59,6 +67,19 @@ async fn prepare(
                 source.name
             ))
         })?;
+    Ok((source, source_ns, repo))
+}
+
+async fn prepare(
+    auto: &ImageUpdateAutomation,
+    ctx: &Context,
+    redactor: &mut Redactor,
+) -> Result<(UpdateRequest, BTreeMap<String, ImageRef>), ImageError> {
+    let namespace = auto.namespace().unwrap_or_default();
+    let git_spec = auto.spec.git.as_ref().ok_or_else(|| {
+        ImageError::InvalidSource("spec.git.commit.author is required to commit".to_owned())
+    })?;
+    let (source, source_ns, repo) = source_repository(auto, ctx).await?;
     let checkout_branch = match git_spec.checkout.as_ref() {
         Some(c) => Some(c.reference.branch.clone()),
         None => match repo.spec.resolved_ref() {

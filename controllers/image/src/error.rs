@@ -35,6 +35,8 @@ pub enum ImageError {
     NoMatchingTag { image: String, count: usize },
     #[error("{0}")]
     InvalidSource(String),
+    #[error("can't access '{0}', cross-namespace references have been blocked")]
+    AccessDenied(String),
     #[error("invalid policySelector: {0}")]
     InvalidSelector(String),
     #[error("{0}")]
@@ -75,6 +77,7 @@ impl Failure for ImageError {
             Self::RepositoryNotReady(_) => reasons::DEPENDENCY_NOT_READY,
             Self::NoMatchingTag { .. } => reasons::NO_MATCHING_TAG,
             Self::InvalidSource(_) => reasons::INVALID_SOURCE_CONFIGURATION,
+            Self::AccessDenied(_) => reasons::ACCESS_DENIED,
             Self::InvalidSelector(_) => reasons::INVALID_POLICY_SELECTOR,
             Self::PushRejected { .. } => reasons::PUSH_REJECTED,
             Self::Marker(_) => reasons::INVALID_MARKER,
@@ -102,6 +105,7 @@ impl Failure for ImageError {
             | Self::ScanTimeout { .. }
             | Self::NoMatchingTag { .. }
             | Self::InvalidSource(_)
+            | Self::AccessDenied(_)
             | Self::Marker(_)
             | Self::Git(_)
             | Self::PushRejected { .. }

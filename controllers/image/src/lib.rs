@@ -51,6 +51,9 @@ pub struct Config {
     pub tag_page_size: usize,
     /// Pull-through mirrors of registries (`--registry-mirror`).
     pub mirrors: scan::Mirrors,
+    /// Refuse an ImageUpdateAutomation's `sourceRef` to another namespace (Flux's
+    /// `--no-cross-namespace-refs`).
+    pub no_cross_namespace_refs: bool,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             concurrency: 4,
             tag_page_size: scan::PAGE_SIZE,
             mirrors: scan::Mirrors::default(),
+            no_cross_namespace_refs: false,
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct Context {
     pub store: Arc<TagStore>,
     pub tag_page_size: usize,
     pub mirrors: scan::Mirrors,
+    /// `--no-cross-namespace-refs`.
+    pub no_cross_namespace_refs: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -214,6 +220,7 @@ pub async fn start(
         store: store.clone(),
         tag_page_size: config.tag_page_size,
         mirrors: config.mirrors,
+        no_cross_namespace_refs: config.no_cross_namespace_refs,
     });
     let (ns, concurrency) = (config.namespace.as_deref(), config.concurrency);
     let mut synced = Synced::default();

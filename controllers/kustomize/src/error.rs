@@ -31,6 +31,8 @@ pub enum KustomizeError {
         #[source]
         source: cel::ParseErrors,
     },
+    #[error("can't access '{0}', cross-namespace references have been blocked")]
+    AccessDenied(String),
     #[error("source '{0}' not found")]
     SourceNotFound(String, Duration),
     #[error("source '{0}' has no artifact yet")]
@@ -86,6 +88,7 @@ impl Failure for KustomizeError {
             Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } => {
                 reasons::INVALID_CEL_EXPRESSION
             }
+            Self::AccessDenied(_) => reasons::ACCESS_DENIED,
             Self::Impersonation(..) | Self::Validation(_) | Self::Apply(_) | Self::Kube(_) => {
                 reasons::RECONCILIATION_FAILED
             }
@@ -107,6 +110,7 @@ impl Failure for KustomizeError {
             | Self::SubstituteInput(_)
             | Self::SubstituteFromNotFound { .. }
             | Self::Impersonation(..)
+            | Self::AccessDenied(_)
             | Self::Validation(_)
             | Self::Apply(_)
             | Self::Prune(_)

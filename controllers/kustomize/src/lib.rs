@@ -93,6 +93,19 @@ pub struct Config {
     pub dependency_requeue: Duration,
     /// Bounds on downloading and extracting artifacts.
     pub artifact_limits: fetch::Limits,
+    /// Multi-tenancy lockdown, as Flux's `--no-cross-namespace-refs` and
+    /// `--default-service-account`.
+    pub lockdown: Lockdown,
+}
+
+/// Flux's multi-tenancy lockdown flags.
+#[derive(Debug, Clone, Default)]
+pub struct Lockdown {
+    /// Refuse a `sourceRef` to another namespace (`AccessDenied`).
+    pub no_cross_namespace_refs: bool,
+    /// The service account (in the Kustomization's namespace) impersonated when
+    /// `spec.serviceAccountName` is empty.
+    pub default_service_account: Option<String>,
 }
 
 /// Counters read by tests and benchmarks, served at `/metrics`.

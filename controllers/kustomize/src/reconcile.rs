@@ -69,6 +69,9 @@ pub async fn run(
         spec.source_ref.kind.as_str(),
         spec.source_ref.name
     );
+    if ctx.config.lockdown.no_cross_namespace_refs && source_ns != namespace {
+        return Err(KustomizeError::AccessDenied(source_key));
+    }
     ctx.metrics.request();
     let source = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
         .get_opt(&spec.source_ref.name)
@@ -510,9 +513,15 @@ async fn substitute_variables(
 }
 
 /// The client applied objects are written with: the controller's own, or one impersonating
-/// `spec.serviceAccountName`.
+/// `spec.serviceAccountName` (or, when empty, the `--default-service-account`).
 fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, KustomizeError> {
-    let Some(sa) = &ks.spec.service_account_name else {
+    let Some(sa) = ks
+        .spec
+        .service_account_name
+        .as_ref()
+        .filter(|sa| !sa.is_empty())
+        .or(ctx.config.lockdown.default_service_account.as_ref())
+    else {
         return Ok(ctx.client.clone());
     };
     let namespace = ks.namespace().unwrap_or_default();

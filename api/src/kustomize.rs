@@ -82,6 +82,9 @@ pub struct KustomizationSpec {
     pub timeout: Option<GoDuration>,
     /// Delete objects that were applied before and are no longer in the source.
     pub prune: bool,
+    /// What deleting the Kustomization does to its objects; `MirrorPrune` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
     /// Wait for every applied object to become healthy.
     #[serde(default)]
     pub wait: bool,
@@ -207,6 +210,32 @@ pub struct PostBuild {
     /// ConfigMaps and Secrets whose data are variables, read in order; later ones win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub substitute_from: Vec<SubstituteReference>,
+}
+
+/// What deleting a Kustomization does to the objects it applied (Flux's `deletionPolicy`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Delete them when `prune` is on, orphan them when it is off.
+    #[default]
+    MirrorPrune,
+    /// Delete them.
+    Delete,
+    /// Delete them and wait (up to `timeout`) until they are gone.
+    WaitForTermination,
+    /// Leave them.
+    Orphan,
+}
+
+impl KustomizationSpec {
+    /// The policy in force: `MirrorPrune` resolved to `Delete` or `Orphan` by `prune`.
+    #[must_use]
+    pub fn effective_deletion_policy(&self) -> DeletionPolicy {
+        match self.deletion_policy.unwrap_or_default() {
+            DeletionPolicy::MirrorPrune if self.prune => DeletionPolicy::Delete,
+            DeletionPolicy::MirrorPrune => DeletionPolicy::Orphan,
+            other => other,
+        }
+    }
 }
 
 /// The kinds variables can be read from.

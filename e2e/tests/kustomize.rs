@@ -1154,6 +1154,76 @@ async fn deleting_a_kustomization_with_prune_removes_its_objects() -> Result<()>
     f.teardown().await
 }
 
+impl Fixture {
+    /// Deletes the Kustomization `name` and waits until it is gone.
+    async fn delete_ks(&self, name: &str) -> Result<()> {
+        self.ks.delete(name, &DeleteParams::default()).await?;
+        let api = self.ks.clone();
+        wait_until(&format!("Kustomization {name} to be gone"), || {
+            let api = api.clone();
+            async move {
+                match api.get_opt(name).await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{:?}", other.map(|k| k.map(|k| k.metadata)))),
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// `deletionPolicy` as Flux: `Orphan` leaves the objects although prune is on, `Delete` deletes
+/// them although prune is off, and `WaitForTermination` keeps the Kustomization until its
+/// objects are gone (one held here by a finalizer).
+#[tokio::test]
+async fn deletion_policy_orphans_deletes_or_waits_for_termination() -> Result<()> {
+    let held_yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: NAMESPACE\n  finalizers: [weir.test/hold]\n";
+    let f = Fixture::start(&[
+        ("orphan/a.yaml", &config_map_yaml("orphaned", "1")),
+        ("delete/a.yaml", &config_map_yaml("deleted", "1")),
+        ("wait/a.yaml", held_yaml),
+    ])
+    .await?;
+    let head = f.repo.head()?;
+    for (name, prune, policy) in [
+        ("orphan", true, "Orphan"),
+        ("delete", false, "Delete"),
+        ("wait", true, "WaitForTermination"),
+    ] {
+        let spec = json!({ "path": format!("./{name}"), "prune": prune, "deletionPolicy": policy });
+        f.create_ks(name, spec).await?;
+    }
+    for name in ["orphan", "delete", "wait"] {
+        f.wait_applied(name, &head).await?;
+    }
+    f.delete_ks("orphan").await?;
+    assert!(f.config_map("orphaned").await?.is_some(), "Orphan left it");
+    f.delete_ks("delete").await?;
+    assert!(
+        f.config_map("deleted").await?.is_none(),
+        "Delete deleted it"
+    );
+
+    f.ks.delete("wait", &DeleteParams::default()).await?;
+    wait_until("ConfigMap held to be deleted", || async {
+        match f.config_map("held").await {
+            Ok(Some(cm)) if cm.metadata.deletion_timestamp.is_some() => Ok(()),
+            other => Err(format!("{:?}", other.map(|c| c.map(|c| c.metadata)))),
+        }
+    })
+    .await?;
+    // Terminating, not gone: the Kustomization waits for it (up to its 30 s timeout).
+    assert!(f.ks.get_opt("wait").await?.is_some(), "it waits");
+    let cms = Api::<ConfigMap>::namespaced(f.client.clone(), f.ns());
+    let release = json!({ "metadata": { "finalizers": null } });
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(release))
+        .await?;
+    f.delete_ks("wait").await?;
+    assert!(f.config_map("held").await?.is_none());
+    f.teardown().await
+}
+
 #[tokio::test]
 async fn crds_apply_before_the_resources_that_need_them_in_the_same_commit() -> Result<()> {
     let group = format!("{}.weir.test", weir_e2e::unique_name("crd", 30));

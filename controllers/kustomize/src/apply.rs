@@ -647,7 +647,19 @@ impl ApplySet<'_> {
         stale: &[ResourceRef],
         owner: (&str, &str),
     ) -> Result<ChangeSet, String> {
+        self.prune_tracked(stale, owner)
+            .await
+            .map(|(changes, _)| changes)
+    }
+
+    /// [`Self::prune`], also returning each deleted object for [`Self::wait_terminated`].
+    pub async fn prune_tracked(
+        &self,
+        stale: &[ResourceRef],
+        owner: (&str, &str),
+    ) -> Result<(ChangeSet, Vec<Deleted>), String> {
         let mut changes = ChangeSet::default();
+        let mut deleted = vec![];
         let mut errors = vec![];
         let mut kinds: HashMap<(String, String, String), Option<(ApiResource, bool)>> =
             HashMap::new();
@@ -705,15 +717,53 @@ impl ApplySet<'_> {
             };
             self.metrics.write();
             match api.delete(&meta.name, &params).await {
-                Ok(_) => changes.entries.push((display(&meta), Change::Deleted)),
+                Ok(_) => {
+                    changes.entries.push((display(&meta), Change::Deleted));
+                    let uid = live
+                        .pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    deleted.push(Deleted { api, meta, uid });
+                }
                 Err(e) if is_code(&e, 404) => {}
                 Err(e) => errors.push(format!("{}: {}", display(&meta), api_message(&e))),
             }
         }
         if errors.is_empty() {
-            Ok(changes)
+            Ok((changes, deleted))
         } else {
             Err(errors.join("\n"))
+        }
+    }
+
+    /// Waits until every `deleted` object is gone from the API server (finalizers and the
+    /// garbage collector done), or `timeout` passes; the error names those still there.
+    pub async fn wait_terminated(&self, deleted: &[Deleted]) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pending: Vec<&Deleted> = deleted.iter().collect();
+        loop {
+            let mut still = vec![];
+            for object in pending {
+                self.metrics.request();
+                match object.api.get_opt(&object.meta.name).await {
+                    // The same name recreated by someone else is another object.
+                    Ok(Some(live)) if live.metadata.uid == object.uid => still.push(object),
+                    Ok(_) => {}
+                    Err(_) => still.push(object),
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let names: Vec<String> = still.iter().map(|d| display(&d.meta)).collect();
+                return Err(format!(
+                    "timeout waiting for termination of: {}",
+                    names.join(", ")
+                ));
+            }
+            pending = still;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -774,6 +824,23 @@ impl ApplySet<'_> {
             pending = still;
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+/// An object [`ApplySet::prune_tracked`] deleted.
+#[derive(Clone)]
+pub struct Deleted {
+    api: Api<DynamicObject>,
+    meta: ObjMetadata,
+    uid: Option<String>,
+}
+
+impl std::fmt::Debug for Deleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deleted")
+            .field("meta", &self.meta)
+            .field("uid", &self.uid)
+            .finish_non_exhaustive()
     }
 }
 

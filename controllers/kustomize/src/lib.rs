@@ -60,7 +60,7 @@ use kube::{
 };
 use weir_api::{
     Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, Outcome,
-    condition, meta::handled_reconcile_at, reasons, types,
+    condition, kustomize::DeletionPolicy, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
     ControllerError, Disposition, Failure,
@@ -392,16 +392,26 @@ impl Reconciler<Kustomization> for Context {
     }
 }
 
-/// Deleting a Kustomization with prune on deletes its inventory; with prune off (or while
-/// suspended) the objects are orphaned.
+/// Deleting a Kustomization deletes its inventory as `deletionPolicy` says (by default, when
+/// prune is on); `Orphan` (and a suspended Kustomization) leaves the objects. A
+/// `WaitForTermination` that times out is logged and the Kustomization still goes, as in Flux.
 async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, ControllerError> {
     ctx.builds.remove(&built::BuildCache::key(ks));
-    if !ks.spec.prune || ks.spec.suspend {
+    let policy = ks.spec.effective_deletion_policy();
+    if policy == DeletionPolicy::Orphan || ks.spec.suspend {
         return Ok(Action::await_change());
     }
-    let deleted = reconcile::delete_inventory(ks, ctx)
+    let wait = policy == DeletionPolicy::WaitForTermination;
+    let (deleted, waited) = reconcile::delete_inventory(ks, ctx, wait)
         .await
         .map_err(ControllerError::cleanup)?;
+    if let Some(error) = waited {
+        tracing::error!(
+            kustomization = %ObjectRef::from_obj(ks),
+            error,
+            "deleted objects did not terminate within the timeout"
+        );
+    }
     if deleted.wrote() {
         tracing::info!(
             summary = deleted.summary(),

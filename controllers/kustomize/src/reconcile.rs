@@ -699,13 +699,16 @@ async fn health_targets(
     Ok(out)
 }
 
-/// Deletes the inventory of a Kustomization being deleted (prune on), as its finalizer does.
+/// Deletes the inventory of a Kustomization being deleted, as its finalizer does; with
+/// `wait` (deletionPolicy `WaitForTermination`) also waits, up to `timeout`, until the objects
+/// are gone, and returns the wait's error beside what was deleted.
 pub async fn delete_inventory(
     ks: &Kustomization,
     ctx: &Context,
-) -> Result<ChangeSet, KustomizeError> {
+    wait: bool,
+) -> Result<(ChangeSet, Option<String>), KustomizeError> {
     let Some(inventory) = ks.status.as_ref().and_then(|s| s.inventory.clone()) else {
-        return Ok(ChangeSet::default());
+        return Ok((ChangeSet::default(), None));
     };
     let client = impersonated_client(ks, ctx)?;
     let set = ApplySet {
@@ -716,12 +719,19 @@ pub async fn delete_inventory(
         timeout: ks.spec.timeout(),
     };
     let diff = InventoryDiff::between(Some(&inventory), &ResourceInventory::default());
-    set.prune(
-        &diff.stale,
-        (&ks.name_any(), &ks.namespace().unwrap_or_default()),
-    )
-    .await
-    .map_err(KustomizeError::Prune)
+    let (changes, deleted) = set
+        .prune_tracked(
+            &diff.stale,
+            (&ks.name_any(), &ks.namespace().unwrap_or_default()),
+        )
+        .await
+        .map_err(KustomizeError::Prune)?;
+    let waited = if wait {
+        set.wait_terminated(&deleted).await.err()
+    } else {
+        None
+    };
+    Ok((changes, waited))
 }
 
 #[cfg(test)]

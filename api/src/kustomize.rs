@@ -134,6 +134,9 @@ pub struct KustomizationSpec {
     /// Kustomize components (paths relative to `path`) included in the build.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<String>,
+    /// Leave out the `components` that are not in the source instead of failing the build.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_missing_components: bool,
 }
 
 impl KustomizationSpec {

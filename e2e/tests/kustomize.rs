@@ -904,6 +904,45 @@ async fn a_dependent_on_the_same_source_waits_for_its_dependency_to_apply_the_re
     f.teardown().await
 }
 
+/// `ignoreMissingComponents` leaves out a component the source lacks; without it the build
+/// fails naming the missing one, as kustomize does.
+#[tokio::test]
+async fn missing_components_fail_the_build_unless_ignored() -> Result<()> {
+    let f = Fixture::start(&[
+        ("app/cm.yaml", &config_map_yaml("app", "1")),
+        (
+            "components/tier/kustomization.yaml",
+            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonAnnotations: {tier: web}\n",
+        ),
+    ])
+    .await?;
+    let head = f.repo.head()?;
+    let components = json!(["../components/tier", "../components/absent"]);
+    f.create_ks(
+        "strict",
+        json!({ "path": "./app", "components": components, "namePrefix": "strict-" }),
+    )
+    .await?;
+    f.create_ks(
+        "lenient",
+        json!({ "path": "./app", "components": components, "ignoreMissingComponents": true }),
+    )
+    .await?;
+    f.wait_applied("lenient", &head).await?;
+    let cm = f.config_map("app").await?.unwrap();
+    assert_eq!(
+        cm.metadata.annotations.unwrap()["tier"],
+        "web",
+        "the present one applies"
+    );
+    let ks = f
+        .wait_failed("strict", Some(&head), reasons::BUILD_FAILED)
+        .await?;
+    assert!(message(&ks).contains("absent"), "{}", message(&ks));
+    assert!(f.config_map("strict-app").await?.is_none());
+    f.teardown().await
+}
+
 #[tokio::test]
 async fn spec_kustomize_fields_merge_into_the_overlay_as_flux_merges_them() -> Result<()> {
     let f = Fixture::start(&[

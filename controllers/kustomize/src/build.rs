@@ -149,6 +149,9 @@ fn check_components(
     for component in &spec.components {
         let dir = contained_path(tree, &relative_path.join(component))
             .map_err(|_| BuildError::UnsafePath(component.clone()))?;
+        if spec.ignore_missing_components && !dir.exists() {
+            continue;
+        }
         if kustomization_file(&dir).is_some() {
             references::check(tree, &dir)?;
         }
@@ -196,6 +199,13 @@ pub async fn kustomize_build(
         None => read_kustomization(tree, relative_path)?,
     };
     let file = relative_path.join(name).to_string_lossy().into_owned();
+    let present;
+    let spec = if spec.ignore_missing_components {
+        present = without_missing_components(tree, relative_path, spec);
+        &present
+    } else {
+        spec
+    };
     let remove_origin = generator::merge_spec(&mut doc, spec, &file)?;
     let view_root = work.join(SOURCE_DIR);
     let dir = view::lay_out(tree, relative_path, &view_root, name.as_ref(), loads)?;
@@ -205,6 +215,20 @@ pub async fn kustomize_build(
     )?;
     let output = run_kustomize(kustomize, &dir, work, &[&view_root, tree], timeout).await?;
     parse_kustomize_output(&output, relative_path, remove_origin)
+}
+
+/// `spec` without the components its source lacks (`ignoreMissingComponents`); their paths
+/// were checked to stay inside the artifact by [`plan`].
+fn without_missing_components(
+    tree: &Path,
+    relative_path: &Path,
+    spec: &KustomizationSpec,
+) -> KustomizationSpec {
+    let mut spec = spec.clone();
+    spec.components.retain(|component| {
+        contained_path(tree, &relative_path.join(component)).is_ok_and(|dir| dir.exists())
+    });
+    spec
 }
 
 /// The build directory's kustomization file: its name and its mapping.

@@ -551,7 +551,7 @@ impl HealthRules {
         }
         Ok(Self {
             checks,
-            env: Some(Arc::new(env)),
+            env: Some(env),
         })
     }
 
@@ -573,7 +573,13 @@ impl HealthRules {
 }
 
 /// The CEL environment of Flux's expressions (healthCheckExprs, dependsOn readyExpr).
-pub(crate) fn cel_env() -> Env {
+/// Flux's CEL environment, built once per process and shared by every expression.
+pub(crate) fn cel_env() -> Arc<Env> {
+    static ENV: std::sync::LazyLock<Arc<Env>> = std::sync::LazyLock::new(|| Arc::new(build_env()));
+    Arc::clone(&ENV)
+}
+
+fn build_env() -> Env {
     let mut env = Env::stdlib();
     // Both register fresh function names on a fresh standard environment; a conflict would be
     // a bug of the crate, and the standard library alone still evaluates Flux's examples.

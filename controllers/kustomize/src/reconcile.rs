@@ -322,7 +322,7 @@ async fn check_dependencies(
         (r.kind.as_str().to_owned(), ns, r.name.clone())
     };
     // Compiled before any dependency is read: a bad expression stalls whatever their state.
-    let env = std::sync::Arc::new(crate::health::cel_env());
+    let env = crate::health::cel_env();
     let exprs = ks
         .spec
         .depends_on
@@ -749,7 +749,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let env = std::sync::Arc::new(crate::health::cel_env());
+        let env = crate::health::cel_env();
         let program = env
             .compile(
                 "dep.metadata.generation == dep.status.observedGeneration && \

@@ -330,9 +330,18 @@ pub struct KustomizationStatus {
     /// The revision of the last successful apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied_revision: Option<String>,
+    /// The origin revision of the last successful apply: the source artifact's
+    /// `org.opencontainers.image.revision` metadata, when it has one (OCI artifacts pushed by
+    /// `flux push artifact` carry the git revision they were built from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_origin_revision: Option<String>,
     /// The revision of the last apply attempt, successful or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempted_revision: Option<String>,
+    /// The last reconciliations of built manifests, newest first (Flux 2.7's `status.history`):
+    /// one snapshot per digest of the manifests and outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: crate::history::History,
     /// The objects applied by the last successful apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<ResourceInventory>,

@@ -5,6 +5,7 @@
 pub mod condition;
 pub mod crd;
 pub mod duration;
+pub mod history;
 pub mod image;
 pub mod kustomize;
 pub mod manifest;

@@ -2008,3 +2008,93 @@ async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
     assert_eq!(read.data.pointer("/status/history/0"), Some(&entry));
     f.teardown().await
 }
+
+#[tokio::test]
+async fn history_records_each_built_digest_and_outcome_as_flux_does() -> Result<()> {
+    let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;
+    // A ConfigMap whose `key` is "2" fails its health check at once.
+    let exprs = json!([{
+        "apiVersion": "v1", "kind": "ConfigMap", "current": "data.key != '2'", "failed": "data.key == '2'",
+    }]);
+    f.create_ks(
+        "app",
+        json!({ "path": "./apps", "wait": true, "healthCheckExprs": exprs }),
+    )
+    .await?;
+    let first = f.repo.head()?;
+    let ks = f.wait_applied("app", &first).await?;
+    let status = ks.status.unwrap();
+    let [snapshot] = status.history.as_slice() else {
+        panic!("one snapshot expected: {:?}", status.history)
+    };
+    assert!(snapshot.digest.starts_with("sha256:"), "{snapshot:?}");
+    assert_eq!(
+        snapshot.last_reconciled_status,
+        reasons::RECONCILIATION_SUCCEEDED
+    );
+    assert_eq!(snapshot.total_reconciliations, 1);
+    assert_eq!(
+        snapshot.metadata.get("revision"),
+        status.last_applied_revision.as_ref()
+    );
+    // A git source has no origin revision (an OCI artifact built from git would).
+    assert!(!snapshot.metadata.contains_key("originRevision"));
+    assert_eq!(status.last_applied_origin_revision, None);
+    let first_snapshot = snapshot.clone();
+
+    // A requested reconcile of the same manifests counts again in the same snapshot.
+    let patch =
+        json!({ "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": "1" } } });
+    f.ks.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let ks = f
+        .wait_ks("app", "the request handled", |ks| {
+            ks.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some("1")
+        })
+        .await?;
+    let history = ks.status.unwrap().history;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].digest, first_snapshot.digest);
+    assert_eq!(history[0].total_reconciliations, 2);
+    assert_eq!(history[0].first_reconciled, first_snapshot.first_reconciled);
+
+    // A failing health check of new manifests is a snapshot of its own, first...
+    let failing = f
+        .repo
+        .change()
+        .write("apps/a.yaml", &f.yaml(&config_map_yaml("a", "2")))
+        .commit("a failing config map")?;
+    let ks = f
+        .wait_failed("app", Some(&failing), reasons::HEALTH_CHECK_FAILED)
+        .await?;
+    let history = ks.status.unwrap().history;
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(
+        history[0].last_reconciled_status,
+        reasons::HEALTH_CHECK_FAILED
+    );
+    assert!(history[0].metadata["revision"].ends_with(&failing));
+    assert_ne!(history[0].digest, first_snapshot.digest);
+    assert_eq!(history[1].digest, first_snapshot.digest);
+
+    // ...and going back to the first manifests moves their snapshot to the front again.
+    let back = f
+        .repo
+        .change()
+        .write("apps/a.yaml", &f.yaml(&config_map_yaml("a", "1")))
+        .commit("back")?;
+    let ks = f.wait_applied("app", &back).await?;
+    let history = ks.status.unwrap().history;
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].digest, first_snapshot.digest);
+    assert_eq!(history[0].total_reconciliations, 3);
+    assert!(history[0].metadata["revision"].ends_with(&back));
+    assert_eq!(
+        history[1].last_reconciled_status,
+        reasons::HEALTH_CHECK_FAILED
+    );
+    f.teardown().await
+}

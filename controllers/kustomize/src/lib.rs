@@ -45,6 +45,7 @@ pub mod substitute;
 pub mod view;
 
 use std::{
+    collections::BTreeMap,
     hash::{DefaultHasher, Hash, Hasher},
     path::PathBuf,
     sync::{
@@ -54,13 +55,14 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 use weir_api::{
     Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, Outcome,
-    condition, kustomize::DeletionPolicy, meta::handled_reconcile_at, reasons, types,
+    condition, history, kustomize::DeletionPolicy, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
     ControllerError, Disposition, Failure,
@@ -428,6 +430,7 @@ async fn apply(
     ctx: &Context,
 ) -> Result<Action, ControllerError> {
     ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let previous = ks.status.clone();
     let mut status = previous.clone().unwrap_or_default();
 
@@ -454,17 +457,60 @@ async fn apply(
         let summary = attempt.redactor.redact(&attempt.changes.summary());
         tracing::info!(summary, "applied changes");
     }
-    let action = match result {
-        Ok(()) => succeeded(ks, ctx, &mut status, &attempt).await,
-        Err(error) => failed(ks, ctx, &mut status, &attempt, &error).await,
+    let (action, outcome) = match &result {
+        Ok(()) => (
+            succeeded(ks, ctx, &mut status, &attempt).await,
+            reasons::RECONCILIATION_SUCCEEDED,
+        ),
+        Err(error) => (
+            failed(ks, ctx, &mut status, &attempt, error).await,
+            error.reason(),
+        ),
     };
     // Compared with what is there now: the progressing status, when one was written.
     let current = attempt.progressing.as_ref().or(previous.as_ref());
+    record_history(&mut status, current, &attempt, outcome, started.elapsed());
     if apply_status(api, ks, current, &status, STATUS_FIELD_MANAGER).await? {
         ctx.metrics.request();
         ctx.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
     }
     Ok(action)
+}
+
+/// Records the reconcile in `status.history` once the manifests were built (as Flux does,
+/// keyed by their digest and the outcome's reason). A reconcile that changes nothing else and
+/// repeats the latest snapshot's outcome is not recorded, so a steady state writes no status;
+/// `totalReconciliations` counts the reconciles that wrote one.
+fn record_history(
+    status: &mut KustomizationStatus,
+    current: Option<&KustomizationStatus>,
+    attempt: &Attempt,
+    outcome: &str,
+    took: std::time::Duration,
+) {
+    let Some(digest) = &attempt.digest else {
+        return;
+    };
+    if current == Some(&*status) && history::is_latest(&status.history, digest, outcome) {
+        return;
+    }
+    let mut metadata = BTreeMap::new();
+    if let Some(revision) = &attempt.revision {
+        metadata.insert("revision".to_owned(), revision.clone());
+    }
+    if let Some(origin) = &attempt.origin_revision {
+        metadata.insert("originRevision".to_owned(), origin.clone());
+    }
+    history::upsert(
+        &mut status.history,
+        history::Reconciled {
+            digest: digest.clone(),
+            status: outcome.to_owned(),
+            at: Time(Timestamp::now()),
+            took,
+            metadata,
+        },
+    );
 }
 
 fn checks_health(ks: &Kustomization) -> bool {
@@ -515,6 +561,9 @@ async fn succeeded(
     );
     let new_revision = status.last_applied_revision.as_deref() != Some(revision.as_str());
     status.last_applied_revision = Some(revision);
+    status
+        .last_applied_origin_revision
+        .clone_from(&attempt.origin_revision);
     if attempt.changes.wrote() || new_revision {
         ctx.events
             .normal(

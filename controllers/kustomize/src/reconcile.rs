@@ -39,6 +39,26 @@ pub struct Attempt {
     pub redactor: Redactor,
     /// The status written when work on a new revision or generation started, if it was.
     pub progressing: Option<KustomizationStatus>,
+    /// `sha256:<hex>` of the built and substituted manifests, once built: the history's key.
+    pub digest: Option<String>,
+    /// The source artifact's origin revision (`org.opencontainers.image.revision`), if any.
+    pub origin_revision: Option<String>,
+}
+
+/// The artifact metadata key of the revision an artifact was built from, as Flux reads it.
+pub const ORIGIN_REVISION_KEY: &str = "org.opencontainers.image.revision";
+
+/// `sha256:<hex>` over the manifests in order: each one's JSON, then a newline.
+fn manifests_digest(manifests: &[Manifest]) -> String {
+    use sha2::{Digest as _, Sha256};
+    // sha2's hashers are `io::Write`: the JSON streams into the hash, never into a buffer.
+    let mut hasher = Sha256::new();
+    for manifest in manifests {
+        // Writing JSON into a hasher cannot fail: the values are already JSON.
+        let _ = serde_json::to_writer(&mut hasher, &manifest.object);
+        hasher.update(b"\n");
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
 /// Runs the steps; the `Attempt` is filled in as far as they got.
@@ -86,10 +106,12 @@ pub async fn run(
     // current revision.
     check_dependencies(ks, ctx, &artifact.revision).await?;
     attempt.revision = Some(artifact.revision.clone());
+    attempt.origin_revision = artifact.metadata.get(ORIGIN_REVISION_KEY).cloned();
     mark_progressing(ks, ctx, &artifact.revision, timeout, attempt).await;
 
     let manifests = fetch_and_build(ctx, ks, &artifact, timeout).await?;
     let manifests = substitute_variables(ks, ctx, manifests, &mut attempt.redactor).await?;
+    attempt.digest = Some(manifests_digest(&manifests));
 
     for manifest in &manifests {
         register_secret_values(&manifest.object, &mut attempt.redactor);

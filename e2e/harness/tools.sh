@@ -2,7 +2,7 @@
 # Build the Go tools the e2e harness needs, from the Go module proxy, at the
 # versions pinned in e2e/harness/versions.env.
 #
-# Usage: e2e/harness/tools.sh [tool...]     (tools: etcd kubernetes kwok kustomize helm;
+# Usage: e2e/harness/tools.sh [tool...]     (tools: etcd kubernetes kwok kustomize helm flux;
 #                                           default: all)      -> `make tools`
 #
 # Cache layout ($WEIR_TOOLS_DIR, default <repo>/.tools, git-ignored):
@@ -21,6 +21,10 @@
 # How each tool is built:
 #   * kwok, kustomize, helm: their go.mod has no replace directives, so plain
 #     `GOBIN=... go install <pkg>@<version>`.
+#   * flux (the official CLI, a test client): cmd/flux embeds manifests/*.yaml, which its
+#     release process generates and the module does not ship; the module is copied from the
+#     module cache to src/flux-<v>/ and built with one placeholder manifest (install and
+#     bootstrap commands, which Weir's tests never run, print it instead of Flux's).
 #   * etcd: server/v3's go.mod replaces its sibling modules with ../paths, which
 #     `go install pkg@version` refuses; a wrapper module requiring
 #     go.etcd.io/etcd/server/v3 (whose root package is etcd's `main`) is built.
@@ -41,7 +45,7 @@ BIN_DIR="$TOOLS_DIR/bin"
 CUR_DIR="$BIN_DIR/current"
 SRC_DIR="$TOOLS_DIR/src"
 LOG_DIR="$TOOLS_DIR/logs"
-ALL_TOOLS=(etcd kubernetes kwok kustomize helm)
+ALL_TOOLS=(etcd kubernetes kwok kustomize helm flux)
 
 export CGO_ENABLED=0
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
@@ -78,6 +82,7 @@ binaries_of() {
 	kwok) echo kwok ;;
 	kustomize) echo kustomize ;;
 	helm) echo helm ;;
+	flux) echo flux ;;
 	*) return 1 ;;
 	esac
 }
@@ -89,6 +94,7 @@ version_of() {
 	kwok) echo "$KWOK_VERSION" ;;
 	kustomize) echo "$KUSTOMIZE_VERSION" ;;
 	helm) echo "$HELM_VERSION" ;;
+	flux) echo "$FLUX_VERSION" ;;
 	esac
 }
 
@@ -173,6 +179,18 @@ build_helm() {
 		done
 	fi
 	GOBIN="$out" go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+build_flux() {
+	local out="$1" mod=github.com/fluxcd/flux2/v2 v="$FLUX_VERSION" src="$SRC_DIR/flux-$FLUX_VERSION"
+	local dir
+	dir="$(go mod download -json "$mod@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+	[ -d "$dir" ] || die "go mod download $mod@$v gave no source directory"
+	rm -rf "$src" && cp -R "$dir" "$src" && chmod -R u+w "$src"
+	mkdir -p "$src/cmd/flux/manifests"
+	printf '# Placeholder: this flux CLI is a test client of Weir, built without Flux install manifests.\n' \
+		>"$src/cmd/flux/manifests/placeholder.yaml"
+	(cd "$src" && go build -trimpath -ldflags "-s -w -X main.VERSION=${v#v}" -o "$out/flux" ./cmd/flux)
 }
 
 # --- driver ------------------------------------------------------------------------

@@ -43,6 +43,7 @@ pub fn repo_root() -> PathBuf {
 #[derive(Debug)]
 pub struct Harness {
     kube_config: kube::Config,
+    kubeconfig_path: PathBuf,
     tools_bin: PathBuf,
     git: GitServer,
     registry: Registry,
@@ -122,6 +123,7 @@ impl Harness {
                 helm: PathBuf::from(env.var("WEIR_TOOLS_BIN")?).join("helm"),
             },
             kube_config,
+            kubeconfig_path,
         };
         harness.check_services_answer()?;
         harness.install_crds().await?;
@@ -193,6 +195,13 @@ impl Harness {
     /// own runtime, and a client made on one stops working when that runtime ends.
     pub fn client(&self) -> Result<kube::Client, Error> {
         kube::Client::try_from(self.kube_config.clone()).map_err(Error::KubeClient)
+    }
+
+    /// The kubeconfig file of the harness (cluster-admin), for command-line clients such as
+    /// `kubectl` and `flux`.
+    #[must_use]
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
     }
 
     /// The configuration [`Harness::client`] builds clients from.

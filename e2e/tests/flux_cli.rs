@@ -1,0 +1,454 @@
+//! The official `flux` CLI (built by `make tools` at the version in versions.env) as a client of
+//! Weir: a Flux user's commands create, reconcile, suspend, inspect, diff and build Weir's
+//! objects and print what they print against Flux.
+//!
+//! Each test runs Weir's source, kustomize and image controllers in-process, scoped to its own
+//! namespace, and drives them only through `flux` (plus reads through the API to check what a
+//! command did). `flux check`, `flux logs`, `flux install` and `flux bootstrap` look for Flux's
+//! own Deployments and manifests and are not run (see the README).
+
+// A test's helpers fail the test by panicking; that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use serde_json::Value;
+use weir_api::{GitRepository, Kustomization};
+use weir_e2e::{GitRepo, Harness, TestNamespace};
+
+/// A namespace with Weir's controllers watching only it, and the `flux` CLI pointed at it.
+struct Fixture {
+    ns: TestNamespace,
+    client: kube::Client,
+    flux: PathBuf,
+    kubeconfig: PathBuf,
+    _source: weir_source::Handle,
+    _kustomize: weir_kustomize::Handle,
+    _image: weir_image::Handle,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// What one `flux` command did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    /// stdout and stderr together: `flux` writes its progress lines (`►`, `✔`, `✗`) to stderr.
+    all: String,
+}
+
+impl Fixture {
+    async fn start() -> Result<Self> {
+        let harness = Harness::get().await?;
+        let ns = harness.namespace().await?;
+        let client = harness.client()?;
+        let storage = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        let namespace = Some(ns.name().to_owned());
+        let source = weir_source::start(
+            client.clone(),
+            weir_source::Config {
+                storage_path: storage.path().to_path_buf(),
+                storage_addr: "127.0.0.1:0".parse()?,
+                storage_adv_addr: None,
+                artifact_retention: 2,
+                namespace: namespace.clone(),
+                concurrency: 4,
+            },
+            false,
+        )
+        .await?;
+        let kustomize = weir_kustomize::start(
+            harness.kube_config().clone(),
+            weir_kustomize::Config {
+                namespace: namespace.clone(),
+                concurrency: 4,
+                kustomize_path: harness.tool("kustomize"),
+                cache_dir: cache.path().to_path_buf(),
+                dependency_requeue: std::time::Duration::from_secs(30),
+                artifact_limits: weir_kustomize::fetch::Limits::default(),
+                lockdown: weir_kustomize::Lockdown::default(),
+            },
+            false,
+        )
+        .await?;
+        let image = weir_image::start(
+            client.clone(),
+            weir_image::Config {
+                namespace,
+                ..weir_image::Config::default()
+            },
+            false,
+        )
+        .await?;
+        Ok(Self {
+            ns,
+            client,
+            flux: harness.tool("flux"),
+            kubeconfig: harness.kubeconfig_path().to_path_buf(),
+            _source: source,
+            _kustomize: kustomize,
+            _image: image,
+            _dirs: (storage, cache),
+        })
+    }
+
+    /// Runs `flux <args> -n <namespace>` without blocking the controllers on this runtime.
+    async fn run(&self, args: &[&str]) -> Result<Run> {
+        let output = tokio::process::Command::new(&self.flux)
+            .args(args)
+            .args(["--namespace", self.ns.name(), "--timeout", "60s"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            // No colour, no spinner: plain lines to compare.
+            .env("NO_COLOR", "1")
+            .env("TERM", "dumb")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.flux.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok(Run {
+            code: output.status.code(),
+            all: format!("{stdout}{stderr}"),
+            stdout,
+        })
+    }
+
+    /// Runs `flux <args>` and fails unless it exits 0.
+    async fn ok(&self, args: &[&str]) -> Result<Run> {
+        let run = self.run(args).await?;
+        ensure!(
+            run.code == Some(0),
+            "flux {} exited with {:?}:\n{}",
+            args.join(" "),
+            run.code,
+            run.all
+        );
+        Ok(run)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    /// A git repository whose `deploy/` holds one ConfigMap `demo` with `data.a: <value>`.
+    async fn repo_with_config_map(&self, value: &str) -> Result<GitRepo> {
+        let cm = config_map_yaml(self.ns.name(), value);
+        let files = BTreeMap::from([("deploy/cm.yaml", cm.as_str())]);
+        Ok(Harness::get()
+            .await?
+            .git()
+            .create_repo("flux-cli", &files)?)
+    }
+
+    /// `flux create source git app` and `flux create kustomization app --wait` over `repo`.
+    async fn create_source_and_kustomization(&self, repo: &GitRepo) -> Result<(Run, Run)> {
+        let url = repo.http_url();
+        let source = self
+            .ok(&[
+                "create",
+                "source",
+                "git",
+                "app",
+                "--url",
+                &url,
+                "--branch",
+                "main",
+                "--interval",
+                "10m",
+            ])
+            .await?;
+        let ks = self
+            .ok(&[
+                "create",
+                "kustomization",
+                "app",
+                "--source",
+                "GitRepository/app",
+                "--path",
+                "./deploy",
+                "--prune",
+                "--interval",
+                "10m",
+                "--wait",
+            ])
+            .await?;
+        Ok((source, ks))
+    }
+
+    async fn config_map_value(&self) -> Result<Option<String>> {
+        let cm = self.api::<ConfigMap>().get_opt("demo").await?;
+        Ok(cm.and_then(|c| c.data).and_then(|d| d.get("a").cloned()))
+    }
+}
+
+fn config_map_yaml(namespace: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  namespace: {namespace}\n\
+         data:\n  a: \"{value}\"\n"
+    )
+}
+
+/// The cell under `column` in the row named `name` of `flux get` output, which may hold several
+/// tables (`flux get all`), each under its own header line.
+fn cell(output: &str, name: &str, column: &str) -> Result<String> {
+    let mut header: Vec<&str> = vec![];
+    for line in output.lines() {
+        let cells: Vec<&str> = line.split('\t').map(str::trim).collect();
+        if cells
+            .first()
+            .is_some_and(|c| *c == "NAME" || *c == "NAMESPACE")
+        {
+            header = cells;
+        } else if cells.iter().take(2).any(|c| *c == name) {
+            let i = header
+                .iter()
+                .position(|h| *h == column)
+                .with_context(|| format!("no column {column} above {name} in:\n{output}"))?;
+            return cells
+                .get(i)
+                .map(|c| (*c).to_owned())
+                .with_context(|| format!("short row {name} in:\n{output}"));
+        }
+    }
+    bail!("no row {name} in:\n{output}")
+}
+
+#[tokio::test]
+async fn flux_creates_gets_and_reconciles_a_git_source_and_kustomization() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.repo_with_config_map("1").await?;
+    let first = repo.head()?;
+
+    let (source, ks) = f.create_source_and_kustomization(&repo).await?;
+    assert!(
+        source
+            .all
+            .contains(&format!("fetched revision: main@sha1:{first}")),
+        "{}",
+        source.all
+    );
+    assert!(
+        ks.all
+            .contains(&format!("applied revision main@sha1:{first}")),
+        "{}",
+        ks.all
+    );
+    assert_eq!(f.config_map_value().await?.as_deref(), Some("1"));
+
+    // `flux get` tables: revision, suspended, ready, message.
+    let short = format!("main@sha1:{}", &first[..8]);
+    let all = f.ok(&["get", "all"]).await?.stdout;
+    for name in ["gitrepository/app", "kustomization/app"] {
+        assert_eq!(cell(&all, name, "REVISION")?, short, "{all}");
+        assert_eq!(cell(&all, name, "SUSPENDED")?, "False", "{all}");
+        assert_eq!(cell(&all, name, "READY")?, "True", "{all}");
+    }
+    let all_namespaces = f.ok(&["get", "all", "--all-namespaces"]).await?.stdout;
+    assert_eq!(
+        cell(&all_namespaces, "kustomization/app", "NAMESPACE")?,
+        f.ns.name()
+    );
+    let sources = f.ok(&["get", "sources", "git"]).await?.stdout;
+    assert_eq!(
+        cell(&sources, "app", "MESSAGE")?,
+        format!("stored artifact for revision '{short}'")
+    );
+    let kustomizations = f.ok(&["get", "kustomizations"]).await?.stdout;
+    assert_eq!(
+        cell(&kustomizations, "app", "MESSAGE")?,
+        format!("Applied revision: {short}")
+    );
+
+    // A new commit: `flux reconcile source git` fetches it at once (the interval is 10m).
+    let second = repo
+        .change()
+        .write("deploy/cm.yaml", &config_map_yaml(f.ns.name(), "2"))
+        .commit("a: 2")?;
+    let run = f.ok(&["reconcile", "source", "git", "app"]).await?;
+    assert!(
+        run.all
+            .contains(&format!("fetched revision main@sha1:{second}")),
+        "{}",
+        run.all
+    );
+    // And `flux reconcile kustomization --with-source` applies the next one.
+    let third = repo
+        .change()
+        .write("deploy/cm.yaml", &config_map_yaml(f.ns.name(), "3"))
+        .commit("a: 3")?;
+    let run = f
+        .ok(&["reconcile", "kustomization", "app", "--with-source"])
+        .await?;
+    assert!(
+        run.all
+            .contains(&format!("applied revision main@sha1:{third}")),
+        "{}",
+        run.all
+    );
+    assert_eq!(f.config_map_value().await?.as_deref(), Some("3"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn flux_suspends_and_resumes_sources_and_kustomizations() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.repo_with_config_map("1").await?;
+    f.create_source_and_kustomization(&repo).await?;
+
+    f.ok(&["suspend", "kustomization", "app"]).await?;
+    f.ok(&["suspend", "source", "git", "app"]).await?;
+    let ks = f.api::<Kustomization>().get("app").await?;
+    let git = f.api::<GitRepository>().get("app").await?;
+    assert!(ks.spec.suspend && git.spec.suspend);
+    let table = f.ok(&["get", "kustomizations"]).await?.stdout;
+    assert_eq!(cell(&table, "app", "SUSPENDED")?, "True");
+
+    // While suspended, a new commit reaches neither the source nor the cluster...
+    let next = repo
+        .change()
+        .write("deploy/cm.yaml", &config_map_yaml(f.ns.name(), "2"))
+        .commit("a: 2")?;
+    // ...and resuming (which waits for the reconcile) brings it in.
+    let run = f.ok(&["resume", "source", "git", "app"]).await?;
+    assert!(
+        run.all
+            .contains(&format!("fetched revision main@sha1:{next}")),
+        "{}",
+        run.all
+    );
+    assert_eq!(f.config_map_value().await?.as_deref(), Some("1"));
+    let run = f.ok(&["resume", "kustomization", "app"]).await?;
+    assert!(
+        run.all
+            .contains(&format!("applied revision main@sha1:{next}")),
+        "{}",
+        run.all
+    );
+    assert_eq!(f.config_map_value().await?.as_deref(), Some("2"));
+    assert!(!f.api::<Kustomization>().get("app").await?.spec.suspend);
+    Ok(())
+}
+
+#[tokio::test]
+async fn flux_tree_trace_events_and_export_read_weirs_objects() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.repo_with_config_map("1").await?;
+    let head = repo.head()?;
+    f.create_source_and_kustomization(&repo).await?;
+    let ns = f.ns.name();
+
+    // The tree is Weir's inventory.
+    let tree = f.ok(&["tree", "kustomization", "app"]).await?.stdout;
+    assert!(tree.contains(&format!("Kustomization/{ns}/app")), "{tree}");
+    assert!(tree.contains(&format!("ConfigMap/{ns}/demo")), "{tree}");
+
+    // trace finds the Kustomization and source from the object's labels.
+    let trace = f.ok(&["trace", "configmap", "demo"]).await?.stdout;
+    for line in [
+        "Status:          Managed by Flux".to_owned(),
+        "Kustomization:   app".to_owned(),
+        "Path:            ./deploy".to_owned(),
+        format!("Revision:        main@sha1:{head}"),
+        "GitRepository:   app".to_owned(),
+        format!("URL:             {}", repo.http_url()),
+    ] {
+        assert!(trace.contains(&line), "no {line:?} in:\n{trace}");
+    }
+
+    // events --for lists Weir's events of the object.
+    let events = f
+        .ok(&["events", "--for", "Kustomization/app"])
+        .await?
+        .stdout;
+    let applied = events
+        .lines()
+        .find(|l| l.contains("ReconciliationSucceeded"))
+        .with_context(|| format!("no ReconciliationSucceeded event in:\n{events}"))?;
+    assert!(applied.contains("Kustomization/app"), "{applied}");
+    assert!(
+        events.contains(&format!("ConfigMap/{ns}/demo created")),
+        "{events}"
+    );
+
+    // export writes manifests that a Flux user can apply again.
+    let exported = f.ok(&["export", "kustomization", "app"]).await?.stdout;
+    let docs: Vec<Value> = exported
+        .split("\n---")
+        .filter(|d| !d.trim().is_empty() && d.trim() != "---")
+        .map(serde_yaml_ng::from_str)
+        .collect::<Result<_, _>>()?;
+    let ks = docs
+        .iter()
+        .find(|d| d["kind"] == "Kustomization")
+        .with_context(|| format!("no Kustomization in:\n{exported}"))?;
+    assert_eq!(ks["apiVersion"], "kustomize.toolkit.fluxcd.io/v1");
+    assert_eq!(ks["spec"]["path"], "./deploy");
+    assert_eq!(ks["spec"]["sourceRef"]["name"], "app");
+    assert!(ks.get("status").is_none(), "{exported}");
+    let source = f.ok(&["export", "source", "git", "app"]).await?.stdout;
+    assert!(
+        source.contains(&format!("url: {}", repo.http_url())),
+        "{source}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn flux_diffs_and_builds_a_kustomization_from_a_local_path() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.repo_with_config_map("1").await?;
+    f.create_source_and_kustomization(&repo).await?;
+    let local = tempfile::tempdir()?;
+    let cm = local.path().join("cm.yaml");
+    let path = local.path().to_str().context("temp path")?;
+
+    // What git has is what the cluster has: no diff, exit 0.
+    std::fs::write(&cm, config_map_yaml(f.ns.name(), "1"))?;
+    let same = f
+        .run(&["diff", "kustomization", "app", "--path", path])
+        .await?;
+    assert_eq!(same.code, Some(0), "{}", same.all);
+
+    // A local change: the drift is shown against the live object, exit 1 (for CI).
+    std::fs::write(&cm, config_map_yaml(f.ns.name(), "2"))?;
+    let changed = f
+        .run(&["diff", "kustomization", "app", "--path", path])
+        .await?;
+    assert_eq!(changed.code, Some(1), "{}", changed.all);
+    assert!(
+        changed
+            .all
+            .contains(&format!("ConfigMap/{}/demo drifted", f.ns.name())),
+        "{}",
+        changed.all
+    );
+    assert!(changed.all.contains("data.a"), "{}", changed.all);
+    // A dry run: the cluster still has the value from git.
+    assert_eq!(f.config_map_value().await?.as_deref(), Some("1"));
+
+    // build prints the objects as the Kustomization would apply them, with Flux's labels.
+    let built = f
+        .ok(&["build", "kustomization", "app", "--path", path])
+        .await?
+        .stdout;
+    let object: Value = serde_yaml_ng::from_str(built.trim_end().trim_end_matches("---"))?;
+    assert_eq!(object["data"]["a"], "2");
+    assert_eq!(
+        object["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"],
+        "app"
+    );
+    assert_eq!(
+        object["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/namespace"],
+        f.ns.name()
+    );
+    Ok(())
+}

@@ -211,7 +211,7 @@ ensure_packages() {
 
 ensure_tools() {
 	local b missing=()
-	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kustomize; do
+	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kustomize flux; do
 		[ -x "$BIN/$b" ] || missing+=("$b")
 	done
 	[ ${#missing[@]} -eq 0 ] || die "tools not built: ${missing[*]} (run: make tools)"

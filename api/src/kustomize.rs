@@ -40,7 +40,9 @@ pub mod annotations {
     namespaced,
     status = "KustomizationStatus",
     shortname = "ks",
+    category = "all",
     category = "fluxcd",
+    category = "fluxcd-appliers",
     doc = "Kustomization is the Schema for the kustomizations API.",
     printcolumn(
         name = "Age",

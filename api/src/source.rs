@@ -20,7 +20,9 @@ pub const SOURCE_GROUP: &str = "source.toolkit.fluxcd.io";
     namespaced,
     status = "GitRepositoryStatus",
     shortname = "gitrepo",
+    category = "all",
     category = "fluxcd",
+    category = "fluxcd-sources",
     doc = "GitRepository is the Schema for the gitrepositories API.",
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
     printcolumn(

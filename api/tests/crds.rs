@@ -80,7 +80,13 @@ fn gitrepository_crd_has_fluxs_names_and_columns() {
     );
     assert_eq!(
         crd.spec.names.categories.as_deref(),
-        Some(&["fluxcd".to_owned()][..])
+        Some(
+            &[
+                "all".to_owned(),
+                "fluxcd".to_owned(),
+                "fluxcd-sources".to_owned()
+            ][..]
+        )
     );
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.versions[0].name, "v1");
@@ -117,7 +123,13 @@ fn kustomization_crd_has_fluxs_names_and_columns() {
     );
     assert_eq!(
         crd.spec.names.categories.as_deref(),
-        Some(&["fluxcd".to_owned()][..])
+        Some(
+            &[
+                "all".to_owned(),
+                "fluxcd".to_owned(),
+                "fluxcd-appliers".to_owned()
+            ][..]
+        )
     );
     let cols = columns(&crd);
     for (name, path) in [
@@ -265,7 +277,13 @@ fn image_crds_have_fluxs_names_and_columns() {
         );
         assert_eq!(
             crd.spec.names.categories.as_deref(),
-            Some(&["fluxcd".to_owned()][..])
+            Some(
+                &[
+                    "all".to_owned(),
+                    "fluxcd".to_owned(),
+                    "fluxcd-images".to_owned()
+                ][..]
+            )
         );
         assert_structural(schema(&crd), kind);
         let cols = columns(&crd);

@@ -209,12 +209,36 @@ pub struct DependencyReference {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PostBuild {
+    /// When to substitute: `WithVariables` (the default) only when at least one variable is
+    /// defined, `Always` even with none (so `${var:=default}` takes its default).
+    #[serde(default, skip_serializing_if = "SubstituteStrategy::is_default")]
+    pub substitute_strategy: SubstituteStrategy,
     /// Variables by name; these win over `substituteFrom`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub substitute: BTreeMap<String, String>,
     /// ConfigMaps and Secrets whose data are variables, read in order; later ones win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub substitute_from: Vec<SubstituteReference>,
+}
+
+/// When `postBuild` substitutes variables (Flux's `substituteStrategy`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SubstituteStrategy {
+    /// Only when at least one variable is defined, inline or from `substituteFrom`.
+    #[default]
+    WithVariables,
+    /// Even when none is.
+    Always,
+}
+
+impl SubstituteStrategy {
+    #[allow(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
+    fn is_default(&self) -> bool {
+        *self == Self::WithVariables
+    }
 }
 
 /// What deleting a Kustomization does to the objects it applied (Flux's `deletionPolicy`).

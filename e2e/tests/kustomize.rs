@@ -1112,6 +1112,43 @@ async fn post_build_substitutes_variables_from_the_spec_config_maps_and_secrets(
     f.teardown().await
 }
 
+/// `substituteStrategy`: with no variable defined, `WithVariables` (the default) leaves the
+/// manifests as written and `Always` substitutes anyway, so defaults apply.
+#[tokio::test]
+async fn substitute_strategy_always_substitutes_without_variables() -> Result<()> {
+    let cm = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: NAMESPACE\n\
+             data:\n  region: ${{region:=eu}}\n"
+        )
+    };
+    let f = Fixture::start(&[
+        ("default/cm.yaml", &cm("with-variables")),
+        ("always/cm.yaml", &cm("always")),
+    ])
+    .await?;
+    f.create_ks(
+        "with-variables",
+        json!({ "path": "./default", "postBuild": { "substituteFrom": [] } }),
+    )
+    .await?;
+    f.create_ks(
+        "always",
+        json!({ "path": "./always", "postBuild": { "substituteStrategy": "Always" } }),
+    )
+    .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("with-variables", &head).await?;
+    f.wait_applied("always", &head).await?;
+    let region = |cm: Option<ConfigMap>| cm.unwrap().data.unwrap()["region"].clone();
+    assert_eq!(
+        region(f.config_map("with-variables").await?),
+        "${region:=eu}"
+    );
+    assert_eq!(region(f.config_map("always").await?), "eu");
+    f.teardown().await
+}
+
 #[tokio::test]
 async fn impersonating_a_service_account_without_rbac_fails_clearly() -> Result<()> {
     let f = Fixture::start(&[("apps/a.yaml", &config_map_yaml("a", "1"))]).await?;

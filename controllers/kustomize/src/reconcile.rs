@@ -10,7 +10,7 @@ use serde_json::Value;
 use weir_api::{
     Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
     condition::{find_condition, types},
-    kustomize::{ObjMetadata, ResourceInventory, SubstituteKind, annotations},
+    kustomize::{ObjMetadata, ResourceInventory, SubstituteKind, SubstituteStrategy, annotations},
     reasons,
 };
 use weir_runtime::{Redactor, status::apply_status};
@@ -488,8 +488,8 @@ async fn substitute_variables(
     vars.extend(post_build.substitute.clone());
     substitute::validate_names(vars.keys()).map_err(KustomizeError::SubstituteInput)?;
     // As in Flux (`substituteStrategy`'s default): no variable, no substitution, so `${var}`
-    // stays as written rather than failing strict mode.
-    if vars.is_empty() {
+    // stays as written rather than failing strict mode; `Always` substitutes anyway.
+    if vars.is_empty() && post_build.substitute_strategy == SubstituteStrategy::WithVariables {
         return Ok(manifests);
     }
 

@@ -9,7 +9,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Condition, CrossNamespaceSourceReference, GoDuration, LocalObjectReference};
+use crate::{
+    Condition, CrossNamespaceSourceReference, GoDuration, LocalObjectReference,
+    meta::{AccessFrom, NamespacedObjectReference},
+    source::GitRepositoryRef,
+};
 
 /// The API group of the image kinds.
 pub const IMAGE_GROUP: &str = "image.toolkit.fluxcd.io";
@@ -32,11 +36,7 @@ pub const DEFAULT_EXCLUSION_LIST: &[&str] = &[r"^.*\.sig$"];
     category = "fluxcd",
     category = "fluxcd-images",
     doc = "ImageRepository is the Schema for the imagerepositories API.",
-    printcolumn(
-        name = "Last scan",
-        type_ = "string",
-        json_path = ".status.lastScanResult.scanTime"
-    ),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(
         name = "Tags",
         type_ = "string",
@@ -51,6 +51,12 @@ pub const DEFAULT_EXCLUSION_LIST: &[&str] = &[r"^.*\.sig$"];
         name = "Status",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].message"#
+    ),
+    printcolumn(
+        name = "Last scan",
+        type_ = "string",
+        json_path = ".status.lastScanResult.scanTime",
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -75,6 +81,22 @@ pub struct ImageRepositorySpec {
     /// to, in addition to the system's trust store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_secret_ref: Option<LocalObjectReference>,
+    /// A Secret in the same namespace with the HTTP(S) proxy the registry is reached through:
+    /// `address` (such as `http://proxy:3128`), and optionally `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_secret_ref: Option<LocalObjectReference>,
+    /// A ServiceAccount in the same namespace whose `kubernetes.io/dockerconfigjson`
+    /// `imagePullSecrets` give the registry's credentials (after `secretRef`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+    /// Which namespaces' ImagePolicies may use this repository; only its own when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_from: Option<AccessFrom>,
+    /// Where registry credentials come from: `generic` (Secrets) or a cloud's workload
+    /// identity (`aws`, `azure`, `gcp`), which Weir does not implement.
+    #[serde(default)]
+    pub provider: RegistryProvider,
     /// Talk to the registry over plain HTTP.
     #[serde(default)]
     pub insecure: bool,
@@ -85,6 +107,34 @@ pub struct ImageRepositorySpec {
     /// Stop scanning.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// Where an ImageRepository's registry credentials come from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryProvider {
+    /// `secretRef` and the ServiceAccount's pull secrets.
+    #[default]
+    Generic,
+    /// Amazon ECR, through the node's or pod's AWS identity.
+    Aws,
+    /// Azure Container Registry, through Azure workload identity.
+    Azure,
+    /// Google Artifact Registry, through the GCP metadata server.
+    Gcp,
+}
+
+impl RegistryProvider {
+    /// The name as written in `spec.provider`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Aws => "aws",
+            Self::Azure => "azure",
+            Self::Gcp => "gcp",
+        }
+    }
 }
 
 fn default_exclusion_list() -> Vec<String> {
@@ -180,8 +230,9 @@ pub struct ScanResult {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ImagePolicySpec {
-    /// The ImageRepository (in the same namespace) whose tags are chosen from.
-    pub image_repository_ref: LocalObjectReference,
+    /// The ImageRepository whose tags are chosen from; in another namespace only when its
+    /// `spec.accessFrom` admits this policy's namespace.
+    pub image_repository_ref: NamespacedObjectReference,
     /// How to order the tags to find the latest.
     pub policy: ImagePolicyChoice,
     /// Which tags take part, and which part of each tag is compared.
@@ -194,6 +245,9 @@ pub struct ImagePolicySpec {
     /// and only allowed with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<GoDuration>,
+    /// Stop evaluating the policy: `latestRef` and the conditions stay as they are.
+    #[serde(default)]
+    pub suspend: bool,
 }
 
 /// Exactly one way of ordering tags.
@@ -375,7 +429,7 @@ pub struct ImageUpdateAutomationSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GitSpec {
-    /// The branch to check out; the GitRepository's branch (or its default branch) when not set.
+    /// What to check out; the GitRepository's `spec.ref` (or its default branch) when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkout: Option<GitCheckoutSpec>,
     /// How to write the commit.
@@ -389,17 +443,11 @@ pub struct GitSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GitCheckoutSpec {
-    /// The reference to check out.
+    /// The branch, tag, semver range, reference name or commit to check out, with the
+    /// GitRepository's precedence: `commit`, then `name`, then `semver`, then `tag`, then
+    /// `branch`. Without `git.push.branch`, `branch` must be set: it is where commits go.
     #[serde(rename = "ref")]
-    pub reference: GitCheckoutRef,
-}
-
-/// The branch an automation works on.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct GitCheckoutRef {
-    /// The branch to check out.
-    pub branch: String,
+    pub reference: GitRepositoryRef,
 }
 
 /// How an automation writes its commits.
@@ -408,6 +456,9 @@ pub struct GitCheckoutRef {
 pub struct CommitSpec {
     /// The commit's author (and committer).
     pub author: CommitUser,
+    /// Sign the commit with the key in this Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<SigningKey>,
     /// A Go text/template for the commit message over `.AutomationObject` and `.Changed`;
     /// a fixed message naming the automation when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,6 +479,32 @@ pub struct CommitUser {
     pub email: String,
 }
 
+/// The key commits are signed with.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKey {
+    /// A Secret in the automation's namespace. For `gpg`: `git.asc`, an ASCII-armored OpenPGP
+    /// secret key, and `passphrase` when that key is protected by one. For `ssh`: `identity`,
+    /// an OpenSSH private key, and `password` when it is protected.
+    pub secret_ref: LocalObjectReference,
+    /// The format of the key; `gpg` when not set.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<SigningKeyType>,
+}
+
+/// The format of a commit signing key.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SigningKeyType {
+    /// An OpenPGP key (`git.asc`): the commit gets a `gpgsig` header `git verify-commit`
+    /// checks against the public key.
+    #[default]
+    Gpg,
+    /// An SSH key (`identity`): an sshsig signature in git's `git` namespace, which
+    /// `git verify-commit` checks against `gpg.ssh.allowedSignersFile`.
+    Ssh,
+}
+
 /// Where commits are pushed.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -435,6 +512,17 @@ pub struct PushSpec {
     /// The branch to push to; created from the checked-out commit when it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// A refspec (`src:dst`, such as `refs/heads/main:refs/heads/auto/main` or
+    /// `HEAD:refs/for/main`) the commit is also pushed with, after the push to the branch. Its
+    /// source names refs of the clone, where the push branch holds the new commit and `HEAD`
+    /// points at it. No force (`+`) and no deletion (`:dst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^$|^[^+:]"))]
+    pub refspec: Option<String>,
+    /// Push options (`git push -o key=value`) sent with every push, for servers that act on
+    /// them (such as GitLab's `merge_request.create`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 /// How an automation updates files.
@@ -480,6 +568,11 @@ pub struct ImageUpdateAutomationStatus {
     /// The policies of the last run and the image each chose, by policy name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub observed_policies: BTreeMap<String, ImageRef>,
+    /// The source revision the last run saw, as Flux writes it: `<ref>@sha1:<commit>` (such as
+    /// `main@sha1:…` or `v1.2.0@sha1:…`; `sha1:…` for a commit checked out without a branch),
+    /// and after a push the pushed commit on the push branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_source_revision: Option<String>,
     /// The last `reconcile.fluxcd.io/requestedAt` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,

@@ -24,6 +24,56 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
+/// A reference to an object, in the namespace of the object that refers to it unless
+/// `namespace` is set (Flux's `meta.NamespacedObjectReference`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespacedObjectReference {
+    /// Name of the referent.
+    pub name: String,
+    /// Namespace of the referent; the referring object's namespace when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl NamespacedObjectReference {
+    /// The referent's namespace: `namespace`, or `own` (the referring object's) when it is not
+    /// set or empty, as Flux reads an empty string.
+    #[must_use]
+    pub fn namespace_or<'a>(&'a self, own: &'a str) -> &'a str {
+        self.namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(own)
+    }
+}
+
+/// Which namespaces may refer to an object from elsewhere (Flux's `acl.AccessFrom`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessFrom {
+    /// A namespace matching any of these selectors is allowed.
+    pub namespace_selectors: Vec<NamespaceSelector>,
+}
+
+/// Namespaces by their labels.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    /// Labels a namespace must all carry; an empty map matches every namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl AccessFrom {
+    /// Whether a namespace with `labels` is allowed: some selector's labels are all among them.
+    #[must_use]
+    pub fn allows(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace_selectors
+            .iter()
+            .any(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+}
+
 /// The kinds a Kustomization can take its manifests from.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SourceKind {
@@ -111,6 +161,53 @@ pub fn handled_reconcile_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_from_allows_a_namespace_matching_any_selector() {
+        let labels: BTreeMap<String, String> = [("team", "a"), ("env", "prod")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let selector = |pairs: &[(&str, &str)]| NamespaceSelector {
+            match_labels: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let acl = |selectors: Vec<NamespaceSelector>| AccessFrom {
+            namespace_selectors: selectors,
+        };
+        for (access, allowed) in [
+            (acl(vec![]), false),
+            (acl(vec![selector(&[])]), true),
+            (acl(vec![selector(&[("team", "a")])]), true),
+            (acl(vec![selector(&[("team", "a"), ("env", "dev")])]), false),
+            (
+                acl(vec![
+                    selector(&[("team", "b")]),
+                    selector(&[("env", "prod")]),
+                ]),
+                true,
+            ),
+            (acl(vec![selector(&[("other", "x")])]), false),
+        ] {
+            assert_eq!(access.allows(&labels), allowed, "{access:?}");
+        }
+        assert!(!acl(vec![selector(&[("team", "a")])]).allows(&BTreeMap::new()));
+        assert!(acl(vec![selector(&[])]).allows(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn an_empty_reference_namespace_is_the_referrers() {
+        let mut r = NamespacedObjectReference {
+            name: "app".into(),
+            namespace: None,
+        };
+        assert_eq!(r.namespace_or("own"), "own");
+        r.namespace = Some(String::new());
+        assert_eq!(r.namespace_or("own"), "own");
+        r.namespace = Some("other".into());
+        assert_eq!(r.namespace_or("own"), "other");
+    }
 
     #[test]
     fn a_new_request_is_pending_until_handled() {

@@ -24,7 +24,7 @@ pub trait ObjectStatus {
 
 /// A kind the controllers reconcile: its status is an [`ObjectStatus`], and it may be suspended.
 pub trait Reconciled: HasStatus<Status: ObjectStatus> {
-    /// `spec.suspend`; `false` for kinds without one (ImagePolicy).
+    /// `spec.suspend`.
     fn suspended(&self) -> bool;
 }
 
@@ -66,11 +66,6 @@ suspendable!(
     GitRepository,
     Kustomization,
     ImageRepository,
+    ImagePolicy,
     ImageUpdateAutomation
 );
-
-impl Reconciled for ImagePolicy {
-    fn suspended(&self) -> bool {
-        false
-    }
-}

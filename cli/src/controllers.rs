@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long = "artifact-retention-records", default_value_t = 2)]
     pub artifact_retention: usize,
     /// Refuse references to another namespace: a Kustomization's or ImageUpdateAutomation's
-    /// `sourceRef` (Flux's multi-tenancy lockdown).
+    /// `sourceRef`, an ImagePolicy's `imageRepositoryRef` (Flux's multi-tenancy lockdown).
     #[arg(long)]
     pub no_cross_namespace_refs: bool,
     /// Flags of the kustomize controller.

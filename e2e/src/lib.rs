@@ -26,6 +26,7 @@ mod git;
 mod harness;
 mod names;
 mod namespace;
+mod proxy;
 mod registry;
 mod wait;
 
@@ -35,5 +36,6 @@ pub use git::{Change, GitRepo, GitServer, git_command};
 pub use harness::{Harness, repo_root};
 pub use names::unique_name;
 pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
+pub use proxy::LoopbackProxy;
 pub use registry::{PushedImage, Registry, RegistryCredentials};
 pub use wait::{DEFAULT_DEADLINE, wait_until, wait_until_within};

@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use serde_json::Value;
-use weir_api::{GitRepository, Kustomization};
-use weir_e2e::{GitRepo, Harness, TestNamespace};
+use weir_api::{GitRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation, Kustomization};
+use weir_e2e::{GitRepo, Harness, TestNamespace, wait_until};
 
 /// A namespace with Weir's controllers watching only it, and the `flux` CLI pointed at it.
 struct Fixture {
@@ -399,6 +399,25 @@ async fn flux_tree_trace_events_and_export_read_weirs_objects() -> Result<()> {
         source.contains(&format!("url: {}", repo.http_url())),
         "{source}"
     );
+
+    // Flux's CRD categories: `kubectl get fluxcd` (and `all`) list Weir's objects.
+    for category in ["fluxcd", "all", "fluxcd-sources", "fluxcd-appliers"] {
+        let output = tokio::process::Command::new(Harness::get().await?.tool("kubectl"))
+            .args(["get", category, "--namespace", ns, "--output", "name"])
+            .env("KUBECONFIG", &f.kubeconfig)
+            .output()
+            .await?;
+        let names = String::from_utf8_lossy(&output.stdout);
+        let source = "gitrepository.source.toolkit.fluxcd.io/app";
+        let ks = "kustomization.kustomize.toolkit.fluxcd.io/app";
+        let (want_source, want_ks) = match category {
+            "fluxcd-sources" => (true, false),
+            "fluxcd-appliers" => (false, true),
+            _ => (true, true),
+        };
+        assert_eq!(names.contains(source), want_source, "{category}: {names}");
+        assert_eq!(names.contains(ks), want_ks, "{category}: {names}");
+    }
     Ok(())
 }
 
@@ -451,4 +470,127 @@ async fn flux_diffs_and_builds_a_kustomization_from_a_local_path() -> Result<()>
         f.ns.name()
     );
     Ok(())
+}
+#[tokio::test]
+async fn flux_creates_gets_suspends_and_resumes_image_automation() -> Result<()> {
+    let f = Fixture::start().await?;
+    let harness = Harness::get().await?;
+    let image_name = weir_e2e::unique_name("flux-cli", 60);
+    harness.registry().push_image(&image_name, "1.0.0").await?;
+    let image = harness.registry().push_image(&image_name, "1.2.0").await?;
+    let repo = f.repo_with_config_map("1").await?;
+    f.ok(&[
+        "create",
+        "source",
+        "git",
+        "app",
+        "--url",
+        &repo.http_url(),
+        "--branch",
+        "main",
+    ])
+    .await?;
+
+    f.create_image_automation(&image.repository).await?;
+    let policies = f.api::<ImagePolicy>();
+    wait_until("the policy to choose 1.2.0", || {
+        let policies = policies.clone();
+        async move {
+            let p = policies.get("app").await.map_err(|e| e.to_string())?;
+            let tag = p.status.and_then(|s| s.latest_ref).map(|r| r.tag);
+            if tag.as_deref() == Some("1.2.0") {
+                Ok(())
+            } else {
+                Err(format!("latest tag is {tag:?}"))
+            }
+        }
+    })
+    .await?;
+
+    let images = f.ok(&["get", "images", "all"]).await?.stdout;
+    assert_eq!(
+        cell(&images, "imagerepository/app", "MESSAGE")?,
+        "successful scan: found 2 tags"
+    );
+    assert_eq!(cell(&images, "imagepolicy/app", "IMAGE")?, image.repository);
+    assert_eq!(cell(&images, "imagepolicy/app", "TAG")?, "1.2.0");
+    assert_eq!(cell(&images, "imageupdateautomation/app", "READY")?, "True");
+
+    for kind in ["repository", "policy", "update"] {
+        f.ok(&["suspend", "image", kind, "app"]).await?;
+    }
+    ensure!(f.api::<ImageRepository>().get("app").await?.spec.suspend);
+    ensure!(policies.get("app").await?.spec.suspend);
+    ensure!(
+        f.api::<ImageUpdateAutomation>()
+            .get("app")
+            .await?
+            .spec
+            .suspend
+    );
+    let images = f.ok(&["get", "images", "all"]).await?.stdout;
+    // (Flux's policy table has no SUSPENDED column.)
+    for name in ["imagerepository/app", "imageupdateautomation/app"] {
+        assert_eq!(cell(&images, name, "SUSPENDED")?, "True", "{images}");
+    }
+    for kind in ["repository", "policy", "update"] {
+        let run = f.ok(&["resume", "image", kind, "app"]).await?;
+        if !run.all.contains("reconciliation completed") {
+            bail!(
+                "flux resume image {kind} did not see the reconcile:\n{}",
+                run.all
+            );
+        }
+    }
+    ensure!(!f.api::<ImageRepository>().get("app").await?.spec.suspend);
+    Ok(())
+}
+
+impl Fixture {
+    /// `flux create image repository|policy|update app` for `image`, the automation writing to
+    /// the GitRepository `app`.
+    async fn create_image_automation(&self, image: &str) -> Result<()> {
+        self.ok(&[
+            "create",
+            "image",
+            "repository",
+            "app",
+            "--image",
+            image,
+            "--interval",
+            "10m",
+        ])
+        .await?;
+        self.ok(&[
+            "create",
+            "image",
+            "policy",
+            "app",
+            "--image-ref",
+            "app",
+            "--select-semver",
+            ">=1.0.0",
+        ])
+        .await?;
+        self.ok(&[
+            "create",
+            "image",
+            "update",
+            "app",
+            "--git-repo-ref",
+            "app",
+            "--git-repo-path",
+            "./deploy",
+            "--checkout-branch",
+            "main",
+            "--author-name",
+            "weir",
+            "--author-email",
+            "weir@example.com",
+            "--interval",
+            "10m",
+        ])
+        .await?;
+        Ok(())
+    }
 }

@@ -792,22 +792,21 @@ async fn registry_with_auth_needs_the_docker_config_secret() -> Result<()> {
     Ok(())
 }
 
+/// As Flux's registry client (go-containerregistry) does, a loopback, private or `.local`
+/// registry is asked over HTTPS and plain HTTP without `insecure`: the harness registry speaks
+/// only HTTP. (That other registries need `insecure` for HTTP is a unit test of scan.rs.)
 #[tokio::test]
-async fn plain_http_registry_needs_insecure() -> Result<()> {
+async fn a_loopback_registry_is_scanned_over_plain_http_without_insecure() -> Result<()> {
     let f = Fixture::start().await?;
-    let image = push_tags("https", &["1.0.0"]).await?;
+    let image = push_tags("https", &["1.0.0", "1.1.0"]).await?;
     f.repository(
         "app",
         json!({ "image": image, "interval": "1h", "timeout": "10s" }),
     )
     .await?;
-    let repo: ImageRepository = f
-        .wait_ready("app", "False", Some(reasons::READ_OPERATION_FAILED))
-        .await?;
-    let ready = find_condition(&repo.conditions(), types::READY)
-        .cloned()
-        .unwrap();
-    assert!(ready.message.contains(&image), "{}", ready.message);
+    let repo: ImageRepository = f.wait_ready("app", "True", None).await?;
+    let scan = repo.status.unwrap().last_scan_result.unwrap();
+    assert_eq!(scan.tag_count, 2);
     Ok(())
 }
 
@@ -1871,4 +1870,879 @@ async fn policies_and_automations_carry_fluxs_finalizer_and_are_deleted_with_it(
             .await?;
     }
     Ok(())
+}
+
+// `git.checkout.ref`, `git.push.refspec`/`options`, `git.commit.signingKey` and
+// `status.observedSourceRevision`.
+
+/// A Secret `name` with `entries` as `stringData`.
+fn string_secret(name: &str, entries: &[(&str, &str)]) -> Secret {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": entries.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    }))
+    .unwrap()
+}
+
+impl Fixture {
+    async fn secret(&self, name: &str, entries: &[(&str, &str)]) -> Result<()> {
+        self.api::<Secret>()
+            .create(&PostParams::default(), &string_secret(name, entries))
+            .await?;
+        Ok(())
+    }
+
+    async fn wait_handled(
+        &self,
+        name: &str,
+        token: &str,
+    ) -> Result<weir_api::ImageUpdateAutomation> {
+        self.request_reconcile::<weir_api::ImageUpdateAutomation>(name, token)
+            .await?;
+        let api = self.api::<weir_api::ImageUpdateAutomation>();
+        Ok(wait_until(&format!("{name} to handle {token}"), || {
+            let api = api.clone();
+            async move {
+                let a = api.get(name).await.map_err(|e| e.to_string())?;
+                let s = a.status.clone().unwrap_or_default();
+                let ready = find_condition(&s.conditions, types::READY).cloned();
+                match (s.last_handled_reconcile_at.as_deref(), ready) {
+                    (Some(t), Some(c)) if t == token && c.message == "repository up-to-date" => {
+                        Ok(a)
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await?)
+    }
+}
+
+impl Fixture {
+    /// A policy `app` that chose `tag`, and a git source whose `apps/deploy.yaml` marks the
+    /// image at 1.0.0.
+    async fn marked_source(&self, tag: &str) -> Result<weir_e2e::GitRepo> {
+        let image = self.image_and_policy(&["1.0.0", tag], "*").await?;
+        let before = DEPLOY
+            .replace("IMAGE", &image)
+            .replace("NS", self.ns.name());
+        let repo = self.git_source(&[("apps/deploy.yaml", &before)]).await?;
+        self.latest_tag("app", tag).await?;
+        Ok(repo)
+    }
+}
+
+#[tokio::test]
+async fn a_semver_checkout_commits_on_the_highest_tag_and_records_the_revisions() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.7.0").await?;
+    let v1_1 = repo.tag("v1.1.0")?;
+    repo.change().write("NOTE.md", "later").commit("v2")?;
+    repo.tag("v2.0.0")?;
+    let main = repo.change().write("NOTE.md", "latest").commit("after")?;
+    let mut spec = automation_spec(None);
+    spec["git"]["checkout"]["ref"] = json!({ "semver": ">=1.0.0 <2.0.0" });
+    spec["git"]["push"] = json!({ "branch": "image-updates" });
+    f.automation("auto", spec).await?;
+    let pushed = f
+        .wait_pushed("auto", || {
+            repo.branch_head("image-updates").unwrap_or_default()
+        })
+        .await?;
+    assert_eq!(
+        git_in(&repo, &["rev-parse", "image-updates~1"]).trim(),
+        v1_1,
+        "the commit is on the highest tag in the range"
+    );
+    assert_eq!(repo.head()?, main, "main is left alone");
+    let auto = f
+        .wait_ready::<weir_api::ImageUpdateAutomation>("auto", "True", None)
+        .await?;
+    let status = auto.status.unwrap();
+    assert_eq!(
+        status.observed_source_revision.as_deref(),
+        Some(format!("image-updates@sha1:{pushed}").as_str())
+    );
+    assert_eq!(status.observed_policies["app"].tag, "1.7.0");
+
+    // Nothing left to change: the checkout's revision is recorded, and nothing is pushed.
+    let auto = f.wait_handled("auto", "again").await?;
+    assert_eq!(
+        auto.status.unwrap().observed_source_revision.as_deref(),
+        Some(format!("v1.1.0@sha1:{v1_1}").as_str())
+    );
+    assert_eq!(repo.branch_head("image-updates")?, pushed);
+    Ok(())
+}
+
+/// A post-receive hook that appends every push option it gets to `push-options` in the
+/// repository, one `ref: option` line each.
+const PUSH_OPTIONS_HOOK: &str = r#"#!/bin/sh
+while read old new ref; do
+  i=0
+  while [ "$i" -lt "${GIT_PUSH_OPTION_COUNT:-0}" ]; do
+    eval "echo \"$ref: \$GIT_PUSH_OPTION_$i\"" >> "$GIT_DIR/push-options"
+    i=$((i + 1))
+  done
+done
+exit 0
+"#;
+
+#[tokio::test]
+async fn a_refspec_is_pushed_with_the_branch_and_push_options_reach_the_server() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.8.0").await?;
+    // git's receive-pack takes push options only when the repository advertises them.
+    git_in(&repo, &["config", "receive.advertisePushOptions", "true"]);
+    let hook = repo.path().join("hooks/post-receive");
+    std::fs::write(&hook, PUSH_OPTIONS_HOOK)?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let mut spec = automation_spec(None);
+    spec["git"]["push"] = json!({
+        "refspec": "refs/heads/main:refs/heads/auto/main",
+        "options": { "ci.skip": "", "merge_request.target": "main" },
+    });
+    f.automation("auto", spec).await?;
+    let pushed = f.wait_pushed("auto", || repo.head().unwrap()).await?;
+    assert_eq!(
+        repo.branch_head("auto/main")?,
+        pushed,
+        "the refspec was pushed"
+    );
+    let auto = f
+        .wait_ready::<weir_api::ImageUpdateAutomation>("auto", "True", None)
+        .await?;
+    let message = ready_message(&auto.status.unwrap().conditions);
+    assert!(
+        message.ends_with(" and refspecs 'refs/heads/main:refs/heads/auto/main'"),
+        "{message}"
+    );
+    let options = std::fs::read_to_string(repo.path().join("push-options"))?;
+    assert_eq!(
+        options,
+        "refs/heads/main: ci.skip=\nrefs/heads/main: merge_request.target=main\n\
+         refs/heads/auto/main: ci.skip=\nrefs/heads/auto/main: merge_request.target=main\n",
+        "both pushes carry the options"
+    );
+    Ok(())
+}
+
+/// The harness's repositories do not advertise push options unless configured to.
+#[tokio::test]
+async fn push_options_to_a_server_that_refuses_them_fail_the_push() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.11.0").await?;
+    let head = repo.head()?;
+    let mut spec = automation_spec(None);
+    spec["git"]["push"] = json!({ "options": { "ci.skip": "" } });
+    f.automation("auto", spec).await?;
+    let a = f
+        .wait_ready_any("auto", reasons::GIT_OPERATION_FAILED)
+        .await?;
+    let message = ready_message(&a.status.unwrap().conditions);
+    assert!(
+        message.contains("push-options not supported by remote"),
+        "{message}"
+    );
+    assert_eq!(repo.head()?, head, "nothing was pushed");
+    Ok(())
+}
+
+/// A throwaway GnuPG home; its agent is stopped when dropped.
+struct GnuPgHome(tempfile::TempDir);
+
+impl GnuPgHome {
+    fn new() -> Self {
+        // Short: gpg-agent's socket path must fit in a socket address.
+        let dir = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Self(dir)
+    }
+
+    fn gpg(&self, args: &[&str]) -> std::process::Output {
+        let out = std::process::Command::new("gpg")
+            .env("GNUPGHOME", self.0.path())
+            .args(["--batch", "--pinentry-mode", "loopback"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpg {args:?}: {out:?}");
+        out
+    }
+}
+
+impl Drop for GnuPgHome {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .env("GNUPGHOME", self.0.path())
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn signed_commits_pass_git_verify_commit() -> Result<()> {
+    let signer_home = GnuPgHome::new();
+    let uid = "Weir Signer <signer@weir.invalid>";
+    signer_home.gpg(&[
+        "--passphrase",
+        "s3cret phrase",
+        "--quick-gen-key",
+        uid,
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let private = signer_home.gpg(&[
+        "--passphrase",
+        "s3cret phrase",
+        "--armor",
+        "--export-secret-keys",
+        uid,
+    ]);
+    let public = signer_home.gpg(&["--armor", "--export", uid]);
+    let verifier_home = GnuPgHome::new();
+    let key_file = verifier_home.0.path().join("signer.asc");
+    std::fs::write(&key_file, &public.stdout)?;
+    verifier_home.gpg(&["--import", key_file.to_str().unwrap()]);
+
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.9.0").await?;
+    f.secret(
+        "signing",
+        &[
+            ("git.asc", std::str::from_utf8(&private.stdout)?),
+            ("passphrase", "s3cret phrase"),
+        ],
+    )
+    .await?;
+    let mut spec = automation_spec(None);
+    spec["git"]["commit"]["signingKey"] = json!({ "secretRef": { "name": "signing" } });
+    f.automation("auto", spec).await?;
+    let pushed = f.wait_pushed("auto", || repo.head().unwrap()).await?;
+
+    let verify = weir_e2e::git_command()
+        .env("GNUPGHOME", verifier_home.0.path())
+        .arg("--git-dir")
+        .arg(repo.path())
+        .args(["verify-commit", "--raw", &pushed])
+        .output()?;
+    let report = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "git verify-commit: {report}");
+    assert!(
+        report.contains("GOODSIG") && report.contains(uid),
+        "{report}"
+    );
+    // A commit of someone else's is not accepted by the same check.
+    let initial = git_in(&repo, &["rev-parse", "main~1"]);
+    let unsigned = weir_e2e::git_command()
+        .env("GNUPGHOME", verifier_home.0.path())
+        .arg("--git-dir")
+        .arg(repo.path())
+        .args(["verify-commit", initial.trim()])
+        .output()?;
+    assert!(!unsigned.status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn ssh_signed_commits_pass_git_verify_commit_with_allowed_signers() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let key = keys.path().join("signer");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "signer", "-f"])
+        .arg(&key)
+        .output()?;
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    let allowed = keys.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!("bot@weir.invalid namespaces=\"git\" {public}"),
+    )?;
+
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.12.0").await?;
+    f.secret(
+        "ssh-signing",
+        &[("identity", &std::fs::read_to_string(&key)?)],
+    )
+    .await?;
+    let mut spec = automation_spec(None);
+    spec["git"]["commit"]["signingKey"] =
+        json!({ "secretRef": { "name": "ssh-signing" }, "type": "ssh" });
+    f.automation("auto", spec).await?;
+    let pushed = f.wait_pushed("auto", || repo.head().unwrap()).await?;
+
+    let verify = |commit: &str| {
+        weir_e2e::git_command()
+            .arg("-c")
+            .arg(format!("gpg.ssh.allowedSignersFile={}", allowed.display()))
+            .arg("--git-dir")
+            .arg(repo.path())
+            .args(["verify-commit", commit])
+            .output()
+            .unwrap()
+    };
+    let good = verify(&pushed);
+    let report = String::from_utf8_lossy(&good.stderr);
+    assert!(good.status.success(), "git verify-commit: {report}");
+    assert!(
+        report.contains("Good \"git\" signature for bot@weir.invalid"),
+        "{report}"
+    );
+    let initial = git_in(&repo, &["rev-parse", "main~1"]);
+    assert!(!verify(initial.trim()).status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_signing_keys_name_the_secret_and_key_and_push_nothing() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.10.0").await?;
+    let head = repo.head()?;
+    let protected = include_str!("../../controllers/image/testdata/signing-key-protected.asc");
+    f.secret("no-key", &[("identity", "x")]).await?;
+    f.secret("garbage", &[("git.asc", "not a key")]).await?;
+    f.secret(
+        "wrong-passphrase",
+        &[("git.asc", protected), ("passphrase", "hunter2-not-it")],
+    )
+    .await?;
+    f.secret("no-passphrase", &[("git.asc", protected)]).await?;
+    let ns = f.ns.name();
+    let cases = [
+        ("absent", "gpg", "'NS/absent' not found"),
+        (
+            "no-key",
+            "gpg",
+            "'NS/no-key' does not contain a 'git.asc' key",
+        ),
+        (
+            "garbage",
+            "gpg",
+            "'NS/garbage' could not read the OpenPGP secret key in 'git.asc'",
+        ),
+        (
+            "wrong-passphrase",
+            "gpg",
+            "'NS/wrong-passphrase' cannot sign with the key in 'git.asc'",
+        ),
+        ("no-passphrase", "gpg", "without a 'passphrase' key"),
+        (
+            "no-key",
+            "ssh",
+            "'NS/no-key' could not read the SSH private key in 'identity'",
+        ),
+        (
+            "garbage",
+            "ssh",
+            "'NS/garbage' does not contain an 'identity' key",
+        ),
+    ];
+    for (i, (secret, key_type, expected)) in cases.iter().enumerate() {
+        let name = format!("sign-{i}");
+        let mut spec = automation_spec(None);
+        spec["git"]["commit"]["signingKey"] =
+            json!({ "secretRef": { "name": secret }, "type": key_type });
+        f.automation(&name, spec).await?;
+        let a = f
+            .wait_ready_any(&name, reasons::INVALID_SOURCE_CONFIGURATION)
+            .await?;
+        let message = ready_message(&a.status.unwrap().conditions);
+        assert!(
+            message.contains(&expected.replace("NS", ns)),
+            "{secret}: {message}"
+        );
+        assert!(
+            !message.contains("hunter2") && !message.contains("BEGIN PGP"),
+            "{message}"
+        );
+    }
+
+    assert_eq!(repo.head()?, head, "nothing was pushed");
+    let events =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(f.client.clone(), f.ns.name())
+            .list(&kube::api::ListParams::default())
+            .await?;
+    assert!(!serde_json::to_string(&events)?.contains("hunter2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_checkout_or_push_settings_name_the_field_and_push_nothing() -> Result<()> {
+    let f = Fixture::start().await?;
+    let repo = f.marked_source("1.10.0").await?;
+    repo.tag("v1.0.0")?;
+    let head = repo.head()?;
+    let mut spec = automation_spec(None);
+    spec["git"]["checkout"]["ref"] = json!({ "tag": "v1.0.0" });
+    f.automation("tag-without-push-branch", spec).await?;
+    let a = f
+        .wait_ready_any(
+            "tag-without-push-branch",
+            reasons::INVALID_SOURCE_CONFIGURATION,
+        )
+        .await?;
+    let message = ready_message(&a.status.unwrap().conditions);
+    assert!(message.contains("spec.git.push.branch"), "{message}");
+
+    let mut spec = automation_spec(None);
+    spec["git"]["checkout"]["ref"] = json!({ "tag": "v9.9.9" });
+    spec["git"]["push"] = json!({ "branch": "auto" });
+    f.automation("missing-tag", spec).await?;
+    let a = f
+        .wait_ready_any("missing-tag", reasons::INVALID_SOURCE_CONFIGURATION)
+        .await?;
+    let message = ready_message(&a.status.unwrap().conditions);
+    assert!(message.contains("tag 'v9.9.9' not found"), "{message}");
+
+    // The API server refuses a forcing refspec, naming the field.
+    let mut spec = automation_spec(None);
+    spec["git"]["push"] = json!({ "refspec": "+refs/heads/main:refs/heads/main" });
+    let refused = f
+        .create::<weir_api::ImageUpdateAutomation>("ImageUpdateAutomation", "forced", spec)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("spec.git.push.refspec"), "{refused}");
+
+    assert_eq!(repo.head()?, head, "nothing was pushed");
+    assert!(repo.branch_head("auto").is_err(), "nothing was pushed");
+    Ok(())
+}
+
+/// ImagePolicy's `imageRepositoryRef.namespace` and `spec.suspend`, and ImageRepository's
+/// `accessFrom`, `serviceAccountName`, `proxySecretRef` and `provider`.
+mod policy_access {
+    use k8s_openapi::api::core::v1::{Event, Namespace, ServiceAccount};
+    use kube::api::ListParams;
+
+    use super::*;
+
+    impl Fixture {
+        /// A controller watching its namespace and a second one (returned), as one process
+        /// serving two tenants does.
+        async fn start_with_second_namespace() -> Result<(Self, TestNamespace)> {
+            let harness = Harness::get().await?;
+            let other = harness.namespace().await?;
+            let f = Self::start_with(weir_image::Config {
+                extra_namespaces: vec![other.name().to_owned()],
+                ..weir_image::Config::default()
+            })
+            .await?;
+            Ok((f, other))
+        }
+
+        /// Waits until the `Ready` message of `name` is `message`.
+        async fn wait_message<K>(&self, name: &str, message: &str) -> Result<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+                + DeserializeOwned
+                + Clone
+                + std::fmt::Debug
+                + Observed,
+        {
+            let api = self.api::<K>();
+            Ok(
+                wait_until(&format!("{name}'s Ready message {message:?}"), || {
+                    let api = api.clone();
+                    async move {
+                        let obj = api.get(name).await.map_err(|e| e.to_string())?;
+                        let got = ready_message(&obj.conditions());
+                        if got == message {
+                            Ok(obj)
+                        } else {
+                            Err(format!("Ready message is {got:?}"))
+                        }
+                    }
+                })
+                .await?,
+            )
+        }
+
+        /// The Warning events of object `name` with `reason`.
+        async fn warnings(&self, name: &str, reason: &str) -> Result<Vec<Event>> {
+            Ok(
+                Api::<Event>::namespaced(self.client.clone(), self.ns.name())
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|e| {
+                        e.involved_object.name.as_deref() == Some(name)
+                            && e.reason.as_deref() == Some(reason)
+                            && e.type_.as_deref() == Some("Warning")
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    /// A repository in another namespace is used only when its `accessFrom` admits the policy's
+    /// namespace by its labels; once admitted, a new scan there re-evaluates the policy here.
+    #[tokio::test]
+    async fn a_policy_uses_another_namespaces_repository_only_as_its_access_from_allows()
+    -> Result<()> {
+        let (f, other) = Fixture::start_with_second_namespace().await?;
+        let (ns, other_ns) = (f.ns.name().to_owned(), other.name().to_owned());
+        let image = push_tags("shared", &["1.0.0", "1.1.0"]).await?;
+        let repos = Api::<ImageRepository>::namespaced(f.client.clone(), &other_ns);
+        let repo: ImageRepository = manifest::from_value(json!({
+            "apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository",
+            "metadata": { "name": "shared", "namespace": other_ns },
+            "spec": { "image": image, "interval": "1h", "insecure": true },
+        }))?;
+        repos.create(&PostParams::default(), &repo).await?;
+        f.policy(
+            "app",
+            json!({ "imageRepositoryRef": { "name": "shared", "namespace": other_ns },
+                    "policy": { "semver": { "range": "*" } } }),
+        )
+        .await?;
+        let denied: ImagePolicy = f
+            .wait_ready("app", "False", Some(reasons::ACCESS_DENIED))
+            .await?;
+        assert_eq!(
+            ready_message(&denied.conditions()),
+            format!(
+                "failed to get the referred ImageRepository: access denied: '{other_ns}/shared' \
+                 can't be accessed due to missing ACL labels on 'accessFrom'"
+            )
+        );
+        assert!(denied.status.unwrap().latest_ref.is_none(), "no tag leaks");
+        assert!(!f.warnings("app", reasons::ACCESS_DENIED).await?.is_empty());
+
+        // A selector the policy's namespace does not match.
+        let tenant = unique_name("tenant", 40);
+        repos
+            .patch(
+                "shared",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": { "accessFrom": { "namespaceSelectors": [
+                    { "matchLabels": { "weir.dev/tenant": tenant } },
+                ] } } })),
+            )
+            .await?;
+        f.wait_message::<ImagePolicy>(
+            "app",
+            &format!(
+                "failed to get the referred ImageRepository: access denied: '{other_ns}/shared' \
+                 can't be accessed due to ACL labels mismatch on namespace '{ns}'"
+            ),
+        )
+        .await?;
+
+        // The namespace gets the label: the next evaluation is allowed.
+        Api::<Namespace>::all(f.client.clone())
+            .patch(
+                &ns,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "metadata": { "labels": { "weir.dev/tenant": tenant } } })),
+            )
+            .await?;
+        f.request_reconcile::<ImagePolicy>("app", "labelled")
+            .await?;
+        let policy = f.latest_tag("app", "1.1.0").await?;
+        assert_eq!(policy.status.unwrap().latest_ref.unwrap().name, image);
+
+        // A new scan in the other namespace re-evaluates the policy here.
+        Harness::get()
+            .await?
+            .registry()
+            .push_image(image.rsplit_once('/').unwrap().1, "1.2.0")
+            .await?;
+        let patch = json!({ "metadata": {
+            "annotations": { "reconcile.fluxcd.io/requestedAt": "rescan" },
+        } });
+        repos
+            .patch("shared", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        f.latest_tag("app", "1.2.0").await?;
+
+        // A repository that is not there is waited for, named with its namespace.
+        f.policy(
+            "missing",
+            json!({ "imageRepositoryRef": { "name": "absent", "namespace": other_ns },
+                    "policy": { "semver": { "range": "*" } } }),
+        )
+        .await?;
+        let missing: ImagePolicy = f
+            .wait_ready("missing", "False", Some(reasons::DEPENDENCY_NOT_READY))
+            .await?;
+        assert_eq!(
+            ready_message(&missing.conditions()),
+            format!("referenced ImageRepository '{other_ns}/absent' does not exist")
+        );
+
+        // A namespace this controller does not watch is never scanned by it: it says so.
+        f.policy(
+            "unwatched",
+            json!({ "imageRepositoryRef": { "name": "app", "namespace": "default" },
+                    "policy": { "semver": { "range": "*" } } }),
+        )
+        .await?;
+        f.wait_message::<ImagePolicy>(
+            "unwatched",
+            "ImageRepository 'default/app' is in a namespace this controller does not watch",
+        )
+        .await?;
+        drop(other);
+        Ok(())
+    }
+
+    /// `--no-cross-namespace-refs` refuses a policy's repository in another namespace before
+    /// it is read, in Flux's words.
+    #[tokio::test]
+    async fn lockdown_blocks_a_policys_repository_in_another_namespace() -> Result<()> {
+        let f = Fixture::start_with(weir_image::Config {
+            no_cross_namespace_refs: true,
+            ..weir_image::Config::default()
+        })
+        .await?;
+        f.policy(
+            "elsewhere",
+            json!({ "imageRepositoryRef": { "name": "app", "namespace": "default" },
+                    "policy": { "semver": { "range": "*" } } }),
+        )
+        .await?;
+        let p: ImagePolicy = f
+            .wait_ready("elsewhere", "False", Some(reasons::ACCESS_DENIED))
+            .await?;
+        assert_eq!(
+            ready_message(&p.conditions()),
+            "failed to get the referred ImageRepository: cannot access \
+             'ImageRepository/default/app', cross-namespace references have been blocked"
+        );
+        assert!(
+            !f.warnings("elsewhere", reasons::ACCESS_DENIED)
+                .await?
+                .is_empty()
+        );
+        // Its own namespace, named explicitly, is not a cross-namespace reference.
+        let image = push_tags("lockdown", &["1.0.0"]).await?;
+        f.repository(
+            "app",
+            json!({ "image": image, "interval": "1h", "insecure": true }),
+        )
+        .await?;
+        f.policy(
+            "own",
+            json!({ "imageRepositoryRef": { "name": "app", "namespace": f.ns.name() },
+                    "policy": { "semver": { "range": "*" } } }),
+        )
+        .await?;
+        f.latest_tag("own", "1.0.0").await?;
+        Ok(())
+    }
+
+    /// A suspended policy keeps its pick and conditions while the repository moves on; resumed,
+    /// it catches up.
+    #[tokio::test]
+    async fn a_suspended_policy_keeps_its_pick_until_resumed() -> Result<()> {
+        let f = Fixture::start().await?;
+        let image = push_tags("suspend", &["1.0.0"]).await?;
+        f.repository(
+            "app",
+            json!({ "image": image, "interval": "1h", "insecure": true }),
+        )
+        .await?;
+        for name in ["paused", "control"] {
+            f.policy(
+                name,
+                json!({ "imageRepositoryRef": { "name": "app" },
+                        "policy": { "semver": { "range": "*" } } }),
+            )
+            .await?;
+            f.latest_tag(name, "1.0.0").await?;
+        }
+        let suspend = |on: bool| json!({ "spec": { "suspend": on } });
+        f.api::<ImagePolicy>()
+            .patch(
+                "paused",
+                &PatchParams::default(),
+                &Patch::Merge(&suspend(true)),
+            )
+            .await?;
+        let before = f.api::<ImagePolicy>().get("paused").await?;
+        Harness::get()
+            .await?
+            .registry()
+            .push_image(image.rsplit_once('/').unwrap().1, "1.1.0")
+            .await?;
+        f.request_reconcile::<ImageRepository>("app", "rescan")
+            .await?;
+        // The same scan re-evaluates both; only the one not suspended moves.
+        f.latest_tag("control", "1.1.0").await?;
+        let paused = f.api::<ImagePolicy>().get("paused").await?;
+        assert_eq!(
+            paused.status, before.status,
+            "a suspended policy is not evaluated"
+        );
+        assert_eq!(
+            paused.status.unwrap().latest_ref.unwrap().tag,
+            "1.0.0",
+            "suspended"
+        );
+        f.api::<ImagePolicy>()
+            .patch(
+                "paused",
+                &PatchParams::default(),
+                &Patch::Merge(&suspend(false)),
+            )
+            .await?;
+        f.latest_tag("paused", "1.1.0").await?;
+        f.wait_ready::<ImagePolicy>("paused", "True", Some(reasons::SUCCEEDED))
+            .await?;
+        Ok(())
+    }
+
+    /// `proxySecretRef`: every registry request goes through the proxy with its credentials —
+    /// the tag list, the token probe and the policy's digest lookup. The image's host resolves
+    /// nowhere, so nothing reaches the registry around the proxy; with a wrong password the
+    /// proxy refuses, and the password is in no status.
+    #[tokio::test]
+    async fn a_proxy_secret_carries_every_registry_request() -> Result<()> {
+        let f = Fixture::start().await?;
+        let registry = Harness::get().await?.registry();
+        let name = unique_name("proxied", 50);
+        let pushed = registry.push_image(&name, "1.0.0").await?;
+        let proxy = weir_e2e::LoopbackProxy::start(registry.host(), "weir", "pr0xy-s3cret").await?;
+        let image = format!("registry.invalid:5000/{name}");
+        for (secret, password) in [("proxy", "pr0xy-s3cret"), ("wrong-proxy", "nope-s3cret")] {
+            let s: Secret = serde_json::from_value(json!({
+                "metadata": { "name": secret },
+                "stringData": { "address": proxy.url(), "username": "weir", "password": password },
+            }))?;
+            f.api::<Secret>().create(&PostParams::default(), &s).await?;
+        }
+        f.repository(
+            "app",
+            json!({ "image": image, "interval": "1h", "insecure": true,
+                    "proxySecretRef": { "name": "proxy" } }),
+        )
+        .await?;
+        f.repository(
+            "refused",
+            json!({ "image": image, "interval": "1h", "insecure": true,
+                    "proxySecretRef": { "name": "wrong-proxy" } }),
+        )
+        .await?;
+        f.repository(
+            "direct",
+            json!({ "image": image, "interval": "1h", "insecure": true, "timeout": "10s" }),
+        )
+        .await?;
+        let app: ImageRepository = f.wait_ready("app", "True", None).await?;
+        assert_eq!(app.status.unwrap().last_scan_result.unwrap().tag_count, 1);
+        f.policy(
+            "app",
+            json!({ "imageRepositoryRef": { "name": "app" },
+                    "digestReflectionPolicy": "IfNotPresent",
+                    "policy": { "semver": { "range": "*" } } }),
+        )
+        .await?;
+        let policy = f.latest_tag("app", "1.0.0").await?;
+        assert_eq!(
+            policy.status.unwrap().latest_ref.unwrap().digest,
+            Some(pushed.digest),
+            "the digest is looked up through the proxy too"
+        );
+        assert!(proxy.forwarded() >= 3, "probe, tag list and digest lookup");
+        let refused: ImageRepository = f
+            .wait_ready("refused", "False", Some(reasons::READ_OPERATION_FAILED))
+            .await?;
+        let message = ready_message(&refused.conditions());
+        assert!(message.contains("407"), "{message}");
+        f.wait_ready::<ImageRepository>("direct", "False", None)
+            .await?;
+        for name in ["app", "refused"] {
+            let text = serde_json::to_string(&f.api::<ImageRepository>().get(name).await?)?;
+            assert!(!text.contains("s3cret"), "{name} leaks the proxy password");
+        }
+        Ok(())
+    }
+
+    /// The registry with auth is read with the ServiceAccount's dockerconfigjson pull secret
+    /// (other pull secrets are skipped); a missing account, a bad proxy Secret and a cloud
+    /// provider each give a condition naming what is wrong.
+    #[tokio::test]
+    async fn service_account_pull_secrets_authenticate_and_bad_settings_are_named() -> Result<()> {
+        let f = Fixture::start().await?;
+        let registry = Harness::get().await?.registry_with_auth();
+        let pushed = registry.push_image(&unique_name("sa", 50), "1.0.0").await?;
+        f.api::<Secret>()
+            .create(
+                &PostParams::default(),
+                &registry.docker_config_secret("regcred")?,
+            )
+            .await?;
+        let opaque: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "opaque" }, "type": "Opaque",
+            "stringData": { "token": "nothing for registries" },
+        }))?;
+        f.api::<Secret>()
+            .create(&PostParams::default(), &opaque)
+            .await?;
+        let account: ServiceAccount = serde_json::from_value(json!({
+            "metadata": { "name": "puller" },
+            "imagePullSecrets": [{ "name": "opaque" }, { "name": "absent" }, { "name": "regcred" }],
+        }))?;
+        f.api::<ServiceAccount>()
+            .create(&PostParams::default(), &account)
+            .await?;
+        let spec = |extra: serde_json::Value| {
+            let mut spec =
+                json!({ "image": pushed.repository, "interval": "1h", "insecure": true });
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec
+        };
+        f.repository("app", spec(json!({ "serviceAccountName": "puller" })))
+            .await?;
+        f.repository(
+            "no-account",
+            spec(json!({ "serviceAccountName": "nobody" })),
+        )
+        .await?;
+        f.repository("aws", spec(json!({ "provider": "aws" })))
+            .await?;
+        let proxy: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "proxy" }, "stringData": { "username": "u" },
+        }))?;
+        f.api::<Secret>()
+            .create(&PostParams::default(), &proxy)
+            .await?;
+        f.repository(
+            "bad-proxy",
+            spec(json!({ "proxySecretRef": { "name": "proxy" } })),
+        )
+        .await?;
+
+        let app: ImageRepository = f.wait_ready("app", "True", None).await?;
+        assert_eq!(app.status.unwrap().last_scan_result.unwrap().tag_count, 1);
+        f.wait_message::<ImageRepository>(
+            "no-account",
+            &format!("serviceaccount '{}/nobody' not found", f.ns.name()),
+        )
+        .await?;
+        let aws: ImageRepository = f
+            .wait_ready("aws", "False", Some(reasons::AUTHENTICATION_FAILED))
+            .await?;
+        assert!(find_condition(&aws.conditions(), types::STALLED).is_some());
+        assert!(
+            ready_message(&aws.conditions()).starts_with("spec.provider 'aws': Weir does not"),
+            "{}",
+            ready_message(&aws.conditions())
+        );
+        f.wait_message::<ImageRepository>("bad-proxy", "secret 'proxy': no 'address'")
+            .await?;
+        Ok(())
+    }
 }

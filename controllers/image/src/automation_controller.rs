@@ -1,5 +1,9 @@
-//! The ImageUpdateAutomation reconcile: `source → branch → policies → template → update (git)`,
-//! then status once. The git work runs on a blocking thread within the source's timeout.
+//! The ImageUpdateAutomation reconcile: `source → checkout and push branch → signing key →
+//! policies → template → update (git)`, then status once. The git work runs on a blocking thread
+//! within the source's timeout.
+//!
+//! `status.observedSourceRevision` is Flux's: the checked-out revision (`<ref>@sha1:<commit>`)
+//! after a run that changed nothing, the pushed commit on the push branch after a push.
 
 use std::{
     collections::BTreeMap,
@@ -7,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
@@ -16,7 +21,7 @@ use kube::{
 };
 use weir_api::{
     GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, meta::handled_reconcile_at,
-    reasons, source::ResolvedRef,
+    reasons,
 };
 use weir_runtime::{
     ControllerError, Redactor, controller::Reconciler, schedule, status::apply_status,
@@ -26,9 +31,11 @@ use weir_source::error::SourceError;
 use crate::{
     Context, FIELD_MANAGER,
     error::ImageError,
-    failed, succeeded,
+    failed,
+    signing::{self, CommitSigner, SigningError},
+    succeeded,
     template::Template,
-    update::{self, UpdateOutcome, UpdateRequest},
+    update::{self, Checkout, UpdateOutcome, UpdateRequest},
 };
 
 /// Pushes tried when the branch keeps moving, before giving up until the next run.
@@ -36,19 +43,12 @@ pub const MAX_PUSH_ATTEMPTS: u32 = 5;
 /// The author name when `git.commit.author.name` is not set, as in Flux.
 pub const DEFAULT_AUTHOR_NAME: &str = "FluxBot";
 
-/// The GitRepository of `spec.sourceRef` (with its name and namespace), refused before it is
-/// read when it is in another namespace and `--no-cross-namespace-refs` is set.
-async fn source_repository<'a>(
-    auto: &'a ImageUpdateAutomation,
+/// The GitRepository of `spec.sourceRef`, refused before it is read when it is in another
+/// namespace and `--no-cross-namespace-refs` is set.
+async fn source_repository(
+    auto: &ImageUpdateAutomation,
     ctx: &Context,
-) -> Result<
-    (
-        &'a weir_api::CrossNamespaceSourceReference,
-        String,
-        GitRepository,
-    ),
-    ImageError,
-> {
+) -> Result<GitRepository, ImageError> {
     let namespace = auto.namespace().unwrap_or_default();
     let source = &auto.spec.source_ref;
     let source_ns = source.namespace.clone().unwrap_or(namespace.clone());
@@ -67,7 +67,84 @@ async fn source_repository<'a>(
                 source.name
             ))
         })?;
-    Ok((source, source_ns, repo))
+    Ok(repo)
+}
+
+/// The checkout (`git.checkout.ref`, else the GitRepository's ref, else its default branch),
+/// the push branch (`git.push.branch`, else the checkout ref's `branch`, which then must be set,
+/// as in Flux) and whether the two differ.
+fn checkout_and_push(
+    git_spec: &weir_api::image::GitSpec,
+    repo: &GitRepository,
+) -> Result<(Checkout, String, bool), ImageError> {
+    let reference = match &git_spec.checkout {
+        Some(c) => c.reference.clone(),
+        None => repo.spec.reference.clone().unwrap_or_default(),
+    };
+    let checkout = Checkout::from(reference.resolve());
+    let ref_branch = match (&reference, &checkout) {
+        // No ref at all follows the default branch, which is also where commits go.
+        (_, Checkout::Branch(b)) => Some(b.clone()),
+        (r, _) => r.branch.clone().filter(|b| !b.is_empty()),
+    };
+    let push_branch = git_spec
+        .push
+        .as_ref()
+        .and_then(|p| p.branch.clone())
+        .filter(|b| !b.is_empty());
+    match (push_branch, ref_branch) {
+        (Some(push), ref_branch) => {
+            let switch = ref_branch.as_deref() != Some(push.as_str());
+            Ok((checkout, push, switch))
+        }
+        (None, Some(branch)) => Ok((checkout, branch, false)),
+        (None, None) => Err(ImageError::InvalidSource(
+            "push spec not provided, and cannot be inferred from .spec.git.checkout.ref or \
+             GitRepository .spec.ref: set spec.git.push.branch"
+                .to_owned(),
+        )),
+    }
+}
+
+/// The commit signer of `git.commit.signingKey`, read from its Secret in the automation's
+/// namespace (`type` `gpg` when not set); its passphrase is added to the redactor.
+async fn signer(
+    auto: &ImageUpdateAutomation,
+    ctx: &Context,
+    redactor: &mut Redactor,
+) -> Result<Option<CommitSigner>, ImageError> {
+    let Some(key) = auto
+        .spec
+        .git
+        .as_ref()
+        .and_then(|g| g.commit.signing_key.as_ref())
+    else {
+        return Ok(None);
+    };
+    let namespace = auto.namespace().unwrap_or_default();
+    let secret = format!("{namespace}/{}", key.secret_ref.name);
+    let fail = |why| ImageError::SigningKey {
+        secret: secret.clone(),
+        why,
+    };
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&key.secret_ref.name)
+        .await?
+        .ok_or_else(|| fail(SigningError::NotFound))?;
+    let data: BTreeMap<String, Vec<u8>> = found
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for field in [signing::PASSPHRASE_FIELD, signing::SSH_PASSPHRASE_FIELD] {
+        if let Some(p) = data.get(field) {
+            redactor.add(String::from_utf8_lossy(p).into_owned());
+        }
+    }
+    CommitSigner::from_secret_data(&data, key.key_type.unwrap_or_default())
+        .map(Some)
+        .map_err(fail)
 }
 
 async fn prepare(
@@ -79,19 +156,8 @@ async fn prepare(
     let git_spec = auto.spec.git.as_ref().ok_or_else(|| {
         ImageError::InvalidSource("spec.git.commit.author is required to commit".to_owned())
     })?;
-    let (source, source_ns, repo) = source_repository(auto, ctx).await?;
-    let checkout_branch = match git_spec.checkout.as_ref() {
-        Some(c) => Some(c.reference.branch.clone()),
-        None => match repo.spec.resolved_ref() {
-            ResolvedRef::Branch(b) => Some(b.to_owned()),
-            _ => {
-                return Err(ImageError::InvalidSource(format!(
-                    "GitRepository '{source_ns}/{}' does not follow a branch; set spec.git.checkout.ref.branch",
-                    source.name
-                )));
-            }
-        },
-    };
+    let repo = source_repository(auto, ctx).await?;
+    let (checkout, push_branch, switch_branch) = checkout_and_push(git_spec, &repo)?;
     let (url, credentials, secrets) = weir_source::reconcile::git_credentials(&ctx.client, &repo)
         .await
         .map_err(|e| match e {
@@ -104,6 +170,13 @@ async fn prepare(
             other => ImageError::InvalidSource(other.to_string()),
         })?;
     *redactor = secrets;
+    let signing_secret = git_spec
+        .commit
+        .signing_key
+        .as_ref()
+        .map(|k| format!("{namespace}/{}", k.secret_ref.name))
+        .unwrap_or_default();
+    let signer = signer(auto, ctx, redactor).await?;
 
     let selector = auto
         .spec
@@ -136,12 +209,22 @@ async fn prepare(
         update::check_template(t, &automation)?;
     }
     let author = &git_spec.commit.author;
+    let push = git_spec.push.as_ref();
     let request = UpdateRequest {
         url,
         credentials,
         timeout: repo.spec.timeout.as_std(),
-        checkout_branch,
-        push_branch: git_spec.push.as_ref().and_then(|p| p.branch.clone()),
+        checkout,
+        push_branch,
+        switch_branch,
+        push_refspec: push
+            .and_then(|p| p.refspec.clone())
+            .filter(|r| !r.is_empty()),
+        push_options: push
+            .map(|p| p.options.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default(),
+        signer,
+        signing_secret,
         path: update::normalize_path(auto.spec.update.as_ref().and_then(|u| u.path.as_deref()))?,
         // Markers name policies as `namespace:name`.
         policies: policies
@@ -221,16 +304,27 @@ async fn automate(
             status.last_automation_run_time = Some(now.clone());
             status.observed_policies = policies;
             let message = match outcome {
-                UpdateOutcome::NoChange { .. } => "repository up-to-date".to_owned(),
+                UpdateOutcome::NoChange { revision, .. } => {
+                    status.observed_source_revision = Some(revision);
+                    "repository up-to-date".to_owned()
+                }
                 UpdateOutcome::Pushed {
                     commit,
                     branch,
+                    revision,
+                    refspec,
                     message,
                     rejected,
                     ..
                 } => {
                     ctx.metrics.pushes.fetch_add(1, Ordering::Relaxed);
-                    let summary = format!("pushed commit '{commit}' to branch '{branch}'");
+                    status.observed_source_revision = Some(revision);
+                    let summary = match refspec {
+                        Some(r) => format!(
+                            "pushed commit '{commit}' to branch '{branch}' and refspecs '{r}'"
+                        ),
+                        None => format!("pushed commit '{commit}' to branch '{branch}'"),
+                    };
                     let note = if rejected > 0 {
                         format!("{summary} after {rejected} rejected push(es)\n{message}")
                     } else {
@@ -262,4 +356,128 @@ async fn automate(
     };
     apply_status(api, &*auto, previous.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use weir_runtime::Failure as _;
+
+    use super::*;
+
+    fn checkout_of(
+        checkout: serde_json::Value,
+        push: serde_json::Value,
+        source_ref: serde_json::Value,
+    ) -> Result<(Checkout, String, bool), ImageError> {
+        let mut git = json!({ "commit": { "author": { "email": "bot@weir.invalid" } } });
+        if !checkout.is_null() {
+            git["checkout"] = json!({ "ref": checkout });
+        }
+        if !push.is_null() {
+            git["push"] = push;
+        }
+        let mut source = json!({ "url": "http://git.invalid/r.git", "interval": "1m" });
+        if !source_ref.is_null() {
+            source["ref"] = source_ref;
+        }
+        let repo = GitRepository::new("fleet", serde_json::from_value(source).unwrap());
+        checkout_and_push(&serde_json::from_value(git).unwrap(), &repo)
+    }
+
+    #[test]
+    fn checkout_and_push_branch_follow_fluxs_precedence() {
+        let n = serde_json::Value::Null;
+        let branch = |b: &str| Checkout::Branch(b.to_owned());
+        let tag = |t: &str| Checkout::Tag(t.to_owned());
+        let cases = [
+            // checkout, push, GitRepository ref → checkout, push branch, switch
+            (
+                json!({"branch": "main"}),
+                n.clone(),
+                n.clone(),
+                branch("main"),
+                "main",
+                false,
+            ),
+            (
+                n.clone(),
+                n.clone(),
+                json!({"branch": "dev"}),
+                branch("dev"),
+                "dev",
+                false,
+            ),
+            (
+                n.clone(),
+                n.clone(),
+                n.clone(),
+                branch("master"),
+                "master",
+                false,
+            ),
+            (
+                json!({"branch": "main", "tag": "v1"}),
+                n.clone(),
+                n.clone(),
+                tag("v1"),
+                "main",
+                false,
+            ),
+            (
+                json!({"tag": "v1"}),
+                json!({"branch": "auto"}),
+                json!({"branch": "main"}),
+                tag("v1"),
+                "auto",
+                true,
+            ),
+            (
+                json!({"branch": "main", "semver": "1.x", "name": "refs/pull/1/head"}),
+                json!({"branch": "main", "refspec": "HEAD:refs/for/main"}),
+                n.clone(),
+                Checkout::Name("refs/pull/1/head".to_owned()),
+                "main",
+                false,
+            ),
+            (
+                json!({"commit": "abc", "branch": "main"}),
+                n.clone(),
+                n.clone(),
+                Checkout::Commit {
+                    sha: "abc".to_owned(),
+                    branch: Some("main".to_owned()),
+                },
+                "main",
+                false,
+            ),
+        ];
+        for (checkout, push, source_ref, want, want_push, want_switch) in cases {
+            let what = format!("{checkout} {push} {source_ref}");
+            let (got, got_push, got_switch) = checkout_of(checkout, push, source_ref).unwrap();
+            assert_eq!(
+                (got, got_push.as_str(), got_switch),
+                (want, want_push, want_switch),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_checkout_without_a_branch_needs_a_push_branch() {
+        for (checkout, push) in [
+            (json!({"tag": "v1"}), serde_json::Value::Null),
+            (
+                json!({"commit": "abc"}),
+                json!({"refspec": "HEAD:refs/for/main"}),
+            ),
+        ] {
+            let error = checkout_of(checkout, push, serde_json::Value::Null).unwrap_err();
+            assert!(
+                error.to_string().contains("spec.git.push.branch"),
+                "{error}"
+            );
+            assert_eq!(error.reason(), reasons::INVALID_SOURCE_CONFIGURATION);
+        }
+    }
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use weir_api::reasons;
+use weir_api::{image::RegistryProvider, reasons};
 use weir_runtime::{Disposition, Failure};
 
-use crate::{policy::PolicyError, setters::MarkerError, template::TemplateError};
+use crate::{
+    policy::PolicyError, setters::MarkerError, signing::SigningError, template::TemplateError,
+};
 
 /// Why an ImageRepository, ImagePolicy or ImageUpdateAutomation reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,22 @@ pub enum ImageError {
     InvalidPolicy(#[from] PolicyError),
     #[error("ImageRepository '{0}' has no scan result yet")]
     RepositoryNotReady(String),
+    #[error("failed to get the referred ImageRepository: {0}")]
+    RepositoryAccess(#[from] AccessDenial),
+    #[error("referenced ImageRepository '{0}' does not exist")]
+    RepositoryNotFound(String),
+    #[error(
+        "ImageRepository '{namespace}/{name}' is in a namespace this controller does not watch"
+    )]
+    RepositoryNotWatched { namespace: String, name: String },
+    #[error("serviceaccount '{namespace}/{name}' not found")]
+    ServiceAccountNotFound { namespace: String, name: String },
+    #[error(
+        "spec.provider '{}': Weir does not implement its workload identity (it needs the cloud's \
+         metadata endpoint); use provider 'generic' with secretRef or serviceAccountName",
+        .0.as_str()
+    )]
+    ProviderUnsupported(RegistryProvider),
     #[error("no tag of {image} (of {count}) is allowed by the policy")]
     NoMatchingTag { image: String, count: usize },
     #[error("{0}")]
@@ -45,6 +63,13 @@ pub enum ImageError {
     Template(#[from] TemplateError),
     #[error("invalid update.path {0:?}: it must stay inside the repository")]
     InvalidUpdatePath(String),
+    /// `git.commit.signingKey`: the Secret (`namespace/name`) and what is wrong with it.
+    #[error("signing key secret '{secret}' {why}")]
+    SigningKey {
+        secret: String,
+        #[source]
+        why: SigningError,
+    },
     #[error("git: {0}")]
     Git(#[source] weir_source::git::GitError),
     #[error("push to branch '{branch}' was rejected {attempts} times: the branch kept moving")]
@@ -68,16 +93,22 @@ impl Failure for ImageError {
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
             | Self::SecretInvalid { .. }
+            | Self::ServiceAccountNotFound { .. }
+            | Self::ProviderUnsupported(_)
             | Self::RegistryAuthentication { .. }
             | Self::Git(
                 GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
             ) => reasons::AUTHENTICATION_FAILED,
             Self::Registry { .. } | Self::ScanTimeout { .. } => reasons::READ_OPERATION_FAILED,
             Self::InvalidPolicy(_) => reasons::INVALID_POLICY,
-            Self::RepositoryNotReady(_) => reasons::DEPENDENCY_NOT_READY,
+            Self::RepositoryNotReady(_)
+            | Self::RepositoryNotFound(_)
+            | Self::RepositoryNotWatched { .. } => reasons::DEPENDENCY_NOT_READY,
             Self::NoMatchingTag { .. } => reasons::NO_MATCHING_TAG,
-            Self::InvalidSource(_) => reasons::INVALID_SOURCE_CONFIGURATION,
-            Self::AccessDenied(_) => reasons::ACCESS_DENIED,
+            Self::InvalidSource(_) | Self::SigningKey { .. } => {
+                reasons::INVALID_SOURCE_CONFIGURATION
+            }
+            Self::AccessDenied(_) | Self::RepositoryAccess(_) => reasons::ACCESS_DENIED,
             Self::InvalidSelector(_) => reasons::INVALID_POLICY_SELECTOR,
             Self::PushRejected { .. } => reasons::PUSH_REJECTED,
             Self::Marker(_) => reasons::INVALID_MARKER,
@@ -95,16 +126,25 @@ impl Failure for ImageError {
             | Self::InvalidPolicy(_)
             | Self::InvalidSelector(_)
             | Self::Template(_)
-            | Self::InvalidUpdatePath(_) => Disposition::Stalled,
-            Self::RepositoryNotReady(_) => Disposition::Waiting(Duration::from_secs(5)),
+            | Self::InvalidUpdatePath(_)
+            | Self::ProviderUnsupported(_) => Disposition::Stalled,
+            Self::RepositoryNotReady(_) | Self::RepositoryNotFound(_) => {
+                Disposition::Waiting(Duration::from_secs(5))
+            }
+            // Flux retries a denied access too: the namespace labels it depends on are not
+            // watched.
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
             | Self::SecretInvalid { .. }
+            | Self::ServiceAccountNotFound { .. }
+            | Self::RepositoryAccess(_)
+            | Self::RepositoryNotWatched { .. }
             | Self::RegistryAuthentication { .. }
             | Self::Registry { .. }
             | Self::ScanTimeout { .. }
             | Self::NoMatchingTag { .. }
             | Self::InvalidSource(_)
+            | Self::SigningKey { .. }
             | Self::AccessDenied(_)
             | Self::Marker(_)
             | Self::Git(_)
@@ -115,4 +155,31 @@ impl Failure for ImageError {
             | Self::Scratch(_) => Disposition::Transient,
         }
     }
+}
+
+/// Why an ImagePolicy may not read the ImageRepository it names, in Flux's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessDenial {
+    /// `--no-cross-namespace-refs` and the repository is in another namespace.
+    #[error(
+        "cannot access 'ImageRepository/{namespace}/{name}', cross-namespace references have \
+         been blocked"
+    )]
+    Blocked { namespace: String, name: String },
+    /// The repository in another namespace has no `spec.accessFrom`.
+    #[error(
+        "access denied: '{namespace}/{name}' can't be accessed due to missing ACL labels on \
+         'accessFrom'"
+    )]
+    NoAccessFrom { namespace: String, name: String },
+    /// No selector of the repository's `spec.accessFrom` matches the policy's namespace.
+    #[error(
+        "access denied: '{namespace}/{name}' can't be accessed due to ACL labels mismatch on \
+         namespace '{from}'"
+    )]
+    LabelsMismatch {
+        namespace: String,
+        name: String,
+        from: String,
+    },
 }

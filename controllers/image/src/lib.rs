@@ -12,6 +12,7 @@ mod policy_controller;
 mod repository_controller;
 pub mod scan;
 pub mod setters;
+pub mod signing;
 pub mod store;
 pub mod template;
 pub mod update;
@@ -43,16 +44,20 @@ pub const CONTROLLER_NAME: &str = "weir-image-controller";
 /// Settings of the image controller (`weir controllers` flags).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Watch only this namespace; all namespaces when `None`.
+    /// Watch only this namespace (and `extra_namespaces`); all namespaces when `None`.
     pub namespace: Option<String>,
+    /// With `namespace`, watch these namespaces too: one process serving several namespaces,
+    /// whose ImagePolicies may then use each other's ImageRepositories (as `accessFrom`
+    /// allows). Ignored when `namespace` is `None`.
+    pub extra_namespaces: Vec<String>,
     /// How many objects of each kind are reconciled at once.
     pub concurrency: u16,
     /// How many tags to ask a registry for per page of the tag list.
     pub tag_page_size: usize,
     /// Pull-through mirrors of registries (`--registry-mirror`).
     pub mirrors: scan::Mirrors,
-    /// Refuse an ImageUpdateAutomation's `sourceRef` to another namespace (Flux's
-    /// `--no-cross-namespace-refs`).
+    /// Refuse an ImageUpdateAutomation's `sourceRef` and an ImagePolicy's `imageRepositoryRef`
+    /// to another namespace (Flux's `--no-cross-namespace-refs`).
     pub no_cross_namespace_refs: bool,
 }
 
@@ -60,6 +65,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             namespace: None,
+            extra_namespaces: Vec::new(),
             concurrency: 4,
             tag_page_size: scan::PAGE_SIZE,
             mirrors: scan::Mirrors::default(),
@@ -134,6 +140,18 @@ pub struct Context {
     pub mirrors: scan::Mirrors,
     /// `--no-cross-namespace-refs`.
     pub no_cross_namespace_refs: bool,
+    /// The namespaces watched; all when `None`.
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl Context {
+    /// Whether this controller watches (and so scans the ImageRepositories of) `namespace`.
+    #[must_use]
+    pub fn watches(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|all| all.iter().any(|n| n == namespace))
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -221,31 +239,84 @@ pub async fn start(
         tag_page_size: config.tag_page_size,
         mirrors: config.mirrors,
         no_cross_namespace_refs: config.no_cross_namespace_refs,
+        namespaces: config.namespace.clone().map(|ns| {
+            let mut all = vec![ns];
+            for extra in &config.extra_namespaces {
+                if !all.contains(extra) {
+                    all.push(extra.clone());
+                }
+            }
+            all
+        }),
     });
-    let (ns, concurrency) = (config.namespace.as_deref(), config.concurrency);
+    // One set of controllers per watched namespace (one for all namespaces), sharing `ctx`.
+    let scopes: Vec<Option<String>> = match &ctx.namespaces {
+        None => vec![None],
+        Some(all) => all.iter().cloned().map(Some).collect(),
+    };
     let mut synced = Synced::default();
-    let repositories = watch::<ImageRepository>(&client, ns, concurrency, &mut synced);
-    let policies_of_repo = watch::<ImagePolicy>(&client, ns, concurrency, &mut synced);
-    let policy_store = policies_of_repo.store();
+    let mut controllers = Vec::new();
+    for ns in &scopes {
+        controllers.extend(spawn_scope(
+            &client,
+            ns.as_deref(),
+            &scopes,
+            &ctx,
+            config.concurrency,
+            &mut synced,
+            shutdown_on_signal,
+        ));
+    }
+    tracing::info!("image controller started");
+    Ok(Handle {
+        metrics,
+        synced,
+        store,
+        controllers,
+    })
+}
+
+/// The policies of `store` that name `repo`, in its namespace or (with `namespace`) another.
+fn policies_of(
+    store: &kube::runtime::reflector::Store<ImagePolicy>,
+    repo: &ImageRepository,
+) -> Vec<ObjectRef<ImagePolicy>> {
+    let key = (repo.namespace().unwrap_or_default(), repo.name_any());
+    store
+        .state()
+        .into_iter()
+        .filter(|p| policy_controller::repository_key(p) == key)
+        .map(|p| ObjectRef::from_obj(&*p))
+        .collect()
+}
+
+/// Starts the three controllers for the objects of `ns` (all namespaces when `None`). A policy
+/// may name a repository of any namespace in `scopes`, so its controller watches them all.
+fn spawn_scope(
+    client: &Client,
+    ns: Option<&str>,
+    scopes: &[Option<String>],
+    ctx: &Arc<Context>,
+    concurrency: u16,
+    synced: &mut Synced,
+    shutdown_on_signal: bool,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let repositories = watch::<ImageRepository>(client, ns, concurrency, synced);
+    let mut policies = watch::<ImagePolicy>(client, ns, concurrency, synced);
     // A new scan (the repository's status changes) re-evaluates its policies.
-    let policies = policies_of_repo.watches(
-        api::<ImageRepository>(&client, ns),
-        watcher::Config::default(),
-        move |repo| {
-            let (namespace, name) = (repo.namespace(), repo.name_any());
-            policy_store
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == namespace && p.spec.image_repository_ref.name == name)
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        },
-    );
-    let automations_of_ns = watch::<ImageUpdateAutomation>(&client, ns, concurrency, &mut synced);
+    for repo_ns in scopes {
+        let policy_store = policies.store();
+        policies = policies.watches(
+            api::<ImageRepository>(client, repo_ns.as_deref()),
+            watcher::Config::default(),
+            move |repo| policies_of(&policy_store, &repo),
+        );
+    }
+    let automations_of_ns = watch::<ImageUpdateAutomation>(client, ns, concurrency, synced);
     let automation_store = automations_of_ns.store();
     // A policy's new pick runs the automations of its namespace.
     let automations = automations_of_ns.watches(
-        api::<ImagePolicy>(&client, ns),
+        api::<ImagePolicy>(client, ns),
         watcher::Config::default(),
         move |policy| {
             let namespace = policy.namespace();
@@ -257,18 +328,11 @@ pub async fn start(
                 .collect::<Vec<_>>()
         },
     );
-    let controllers = vec![
+    vec![
         spawn(repositories, ctx.clone(), shutdown_on_signal),
         spawn(policies, ctx.clone(), shutdown_on_signal),
-        spawn(automations, ctx, shutdown_on_signal),
-    ];
-    tracing::info!("image controller started");
-    Ok(Handle {
-        metrics,
-        synced,
-        store,
-        controllers,
-    })
+        spawn(automations, ctx.clone(), shutdown_on_signal),
+    ]
 }
 
 impl Runtime for Context {

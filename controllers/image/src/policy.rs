@@ -215,12 +215,15 @@ fn referenced_groups(template: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_api::LocalObjectReference;
     use weir_api::image::{AlphabeticalPolicy, NumericalPolicy, SemVerPolicy, TagFilter};
+    use weir_api::meta::NamespacedObjectReference;
 
     fn spec(policy: ImagePolicyChoice, filter: Option<(&str, &str)>) -> ImagePolicySpec {
         ImagePolicySpec {
-            image_repository_ref: LocalObjectReference { name: "r".into() },
+            image_repository_ref: NamespacedObjectReference {
+                name: "r".into(),
+                namespace: None,
+            },
             policy,
             filter_tags: filter.map(|(p, e)| TagFilter {
                 pattern: Some(p.into()).filter(|p: &String| !p.is_empty()),
@@ -228,6 +231,7 @@ mod tests {
             }),
             digest_reflection_policy: ReflectionPolicy::Never,
             interval: None,
+            suspend: false,
         }
     }
 

@@ -1,10 +1,17 @@
 //! Scanning a registry: `credentials → list tags (paginated) → exclude → record`. The registry
 //! client is oci-client; HTTPS unless `spec.insecure`.
+//!
+//! Credentials come, as in Flux, from `spec.secretRef`, then from the
+//! `kubernetes.io/dockerconfigjson` `imagePullSecrets` of `spec.serviceAccountName`: the first
+//! with an entry for the registry wins. `spec.proxySecretRef` sends every registry request (tag
+//! list, token exchange, digest lookup) through an HTTP(S) proxy. Cloud providers (`spec.provider` other than `generic`) need
+//! their metadata endpoints and workload identity, which Weir does not implement: such a
+//! repository is Stalled with a message naming the provider.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{Api, Client};
 use oci_client::{
     Reference, RegistryOperation,
@@ -14,7 +21,7 @@ use oci_client::{
 };
 use regex::Regex;
 use sha2::{Digest, Sha256};
-use weir_api::ImageRepository;
+use weir_api::{ImageRepository, image::RegistryProvider};
 use weir_runtime::Redactor;
 
 use crate::error::ImageError;
@@ -22,12 +29,14 @@ use crate::error::ImageError;
 /// Tags asked for per page of the tag list.
 pub const PAGE_SIZE: usize = 1000;
 
-/// How to reach a registry: protocol, extra CA and credentials. The password never prints.
+/// How to reach a registry: protocol, extra CA, proxy and credentials. Passwords never print.
 #[derive(Clone)]
 pub struct RegistryAccess {
     pub insecure: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub auth: RegistryAuth,
+    /// The HTTP(S) proxy every request goes through, its credentials in the URL's userinfo.
+    pub proxy: Option<url::Url>,
 }
 
 impl std::fmt::Debug for RegistryAccess {
@@ -35,6 +44,16 @@ impl std::fmt::Debug for RegistryAccess {
         f.debug_struct("RegistryAccess")
             .field("insecure", &self.insecure)
             .field("ca", &self.ca_pem.is_some())
+            .field(
+                "proxy",
+                &self.proxy.as_ref().map(|p| {
+                    format!(
+                        "{}:{}",
+                        p.host_str().unwrap_or_default(),
+                        p.port_or_known_default().unwrap_or_default()
+                    )
+                }),
+            )
             .field(
                 "auth",
                 &match &self.auth {
@@ -59,6 +78,14 @@ impl RegistryAccess {
                 }
             })?;
             builder = builder.tls_certs_merge(certs);
+        }
+        if let Some(proxy) = &self.proxy {
+            builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
+                ImageError::SecretInvalid {
+                    name: "proxySecretRef".to_owned(),
+                    why: format!("unusable proxy address: {e}"),
+                }
+            })?);
         }
         builder.build().map_err(|e| ImageError::Registry {
             image: String::new(),
@@ -92,6 +119,8 @@ impl RegistryAccess {
                     data: pem.clone(),
                 })
                 .collect(),
+            https_proxy: self.proxy.as_ref().map(ToString::to_string),
+            http_proxy: self.proxy.as_ref().map(ToString::to_string),
             ..ClientConfig::default()
         })
         .map_err(|e| ca_error(format!("cannot use ca.crt: {e}")))
@@ -240,15 +269,70 @@ pub fn docker_config_auth(
     Ok(None)
 }
 
-/// The registry access an ImageRepository asks for, and a redactor knowing its secrets.
-pub async fn registry_access(
+/// The credentials for the registry in one `.dockerconfigjson`; through a mirror, the mirror's
+/// own entry first, then the registry's.
+fn docker_config_credentials(
+    config: &[u8],
+    reference: &Reference,
+    secret: &str,
+) -> Result<Option<(String, String)>, ImageError> {
+    let mut found = docker_config_auth(config, reference.resolve_registry(), secret)?;
+    if found.is_none() && reference.namespace().is_some() {
+        let registry = canonical_name(reference);
+        let host = registry.split('/').next().unwrap_or_default();
+        found = docker_config_auth(config, host, secret)?;
+    }
+    Ok(found)
+}
+
+/// The `imagePullSecrets` of `spec.serviceAccountName` that are `kubernetes.io/dockerconfigjson`
+/// Secrets, in order, as `(name, .dockerconfigjson)`.
+async fn service_account_pull_secrets(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .get_opt(account)
+        .await?
+        .ok_or_else(|| ImageError::ServiceAccountNotFound {
+            namespace: namespace.to_owned(),
+            name: account.to_owned(),
+        })?;
+    let mut configs = vec![];
+    for pull in sa.image_pull_secrets.unwrap_or_default() {
+        let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+            .get_opt(&pull.name)
+            .await
+            .map_err(|e| ImageError::SecretUnreadable {
+                name: pull.name.clone(),
+                message: e.to_string(),
+            })?;
+        // A missing or other-typed pull secret is skipped, as the kubelet skips it.
+        let Some(secret) = secret.filter(|s| s.type_.as_deref() == Some(DOCKER_CONFIG_JSON)) else {
+            continue;
+        };
+        if let Some(config) = secret.data.and_then(|mut d| d.remove(".dockerconfigjson")) {
+            configs.push((pull.name, config.0));
+        }
+    }
+    Ok(configs)
+}
+
+/// The type of Secrets holding a `.dockerconfigjson`.
+const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+
+/// The registry's credentials: `spec.secretRef`'s, else the first pull secret of
+/// `spec.serviceAccountName` with an entry for the registry; anonymous when none has one.
+async fn credentials(
     client: &Client,
     repo: &ImageRepository,
     namespace: &str,
     reference: &Reference,
-) -> Result<(RegistryAccess, Redactor), ImageError> {
-    let mut redactor = Redactor::default();
-    let mut auth = RegistryAuth::Anonymous;
+) -> Result<RegistryAuth, ImageError> {
+    if repo.spec.provider != RegistryProvider::Generic {
+        return Err(ImageError::ProviderUnsupported(repo.spec.provider));
+    }
     if let Some(r) = &repo.spec.secret_ref {
         let data = read_secret(client, namespace, &r.name).await?;
         let config = data
@@ -257,42 +341,152 @@ pub async fn registry_access(
                 name: r.name.clone(),
                 why: "not a kubernetes.io/dockerconfigjson secret (no .dockerconfigjson)".into(),
             })?;
-        // Through a mirror, the mirror's own entry first, then the registry's.
-        let mut found = docker_config_auth(config, reference.resolve_registry(), &r.name)?;
-        if found.is_none() && reference.namespace().is_some() {
-            let registry = canonical_name(reference);
-            let host = registry.split('/').next().unwrap_or_default();
-            found = docker_config_auth(config, host, &r.name)?;
-        }
-        if let Some((user, password)) = found {
-            redactor.add(password.clone());
-            auth = RegistryAuth::Basic(user, password);
+        if let Some((user, password)) = docker_config_credentials(config, reference, &r.name)? {
+            return Ok(RegistryAuth::Basic(user, password));
         }
     }
-    let mut ca_pem = None;
-    if let Some(r) = &repo.spec.cert_secret_ref {
-        let data = read_secret(client, namespace, &r.name).await?;
-        if data.contains_key("tls.crt") || data.contains_key("tls.key") {
-            return Err(ImageError::SecretInvalid {
-                name: r.name.clone(),
-                why: "client certificates (tls.crt/tls.key) are not supported; give only ca.crt"
-                    .into(),
-            });
+    if let Some(account) = repo.spec.service_account_name.as_deref() {
+        for (name, config) in service_account_pull_secrets(client, namespace, account).await? {
+            if let Some((user, password)) = docker_config_credentials(&config, reference, &name)? {
+                return Ok(RegistryAuth::Basic(user, password));
+            }
         }
-        ca_pem = Some(
-            data.get("ca.crt")
-                .cloned()
-                .ok_or_else(|| ImageError::SecretInvalid {
-                    name: r.name.clone(),
-                    why: "no ca.crt".into(),
-                })?,
-        );
     }
-    let access = RegistryAccess {
+    Ok(RegistryAuth::Anonymous)
+}
+
+/// `spec.certSecretRef`'s `ca.crt`.
+async fn ca_certificate(
+    client: &Client,
+    repo: &ImageRepository,
+    namespace: &str,
+) -> Result<Option<Vec<u8>>, ImageError> {
+    let Some(r) = &repo.spec.cert_secret_ref else {
+        return Ok(None);
+    };
+    let data = read_secret(client, namespace, &r.name).await?;
+    if data.contains_key("tls.crt") || data.contains_key("tls.key") {
+        return Err(ImageError::SecretInvalid {
+            name: r.name.clone(),
+            why: "client certificates (tls.crt/tls.key) are not supported; give only ca.crt".into(),
+        });
+    }
+    data.get("ca.crt")
+        .cloned()
+        .map(Some)
+        .ok_or_else(|| ImageError::SecretInvalid {
+            name: r.name.clone(),
+            why: "no ca.crt".into(),
+        })
+}
+
+/// The proxy of a `spec.proxySecretRef` Secret's data: `address`, and optionally `username` and
+/// `password`, which go into the address's userinfo.
+pub fn proxy_url(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Result<url::Url, ImageError> {
+    let invalid = |why: String| ImageError::SecretInvalid {
+        name: secret.to_owned(),
+        why,
+    };
+    let text = |key: &str| {
+        data.get(key)
+            .map(|v| {
+                String::from_utf8(v.clone()).map_err(|_| invalid(format!("'{key}' is not UTF-8")))
+            })
+            .transpose()
+    };
+    let address = text("address")?.ok_or_else(|| invalid("no 'address'".to_owned()))?;
+    let mut url = url::Url::parse(address.trim())
+        .map_err(|e| invalid(format!("'address' {address:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(format!(
+            "'address' {address:?} is not an http:// or https:// proxy"
+        )));
+    }
+    let (username, password) = (text("username")?, text("password")?);
+    if password.is_some() && username.is_none() {
+        return Err(invalid("'password' without 'username'".to_owned()));
+    }
+    if let Some(user) = username {
+        url.set_username(&user)
+            .and_then(|()| url.set_password(password.as_deref()))
+            .map_err(|()| invalid("the proxy address cannot carry credentials".to_owned()))?;
+    }
+    Ok(url)
+}
+
+/// Whether go-containerregistry, and so Flux, lets `registry` (`host[:port]`) speak plain HTTP
+/// though `insecure` is not set: `localhost`, loopback, private (RFC 1918) addresses and
+/// `.local` names.
+fn plain_http_allowed(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        // `[::1]:5000`, `::1` and `host:port`.
+        _ if registry.starts_with('[') => registry
+            .split_once(']')
+            .map_or(registry, |(h, _)| h.trim_start_matches('[')),
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
+        _ => registry,
+    };
+    let host = host.to_ascii_lowercase();
+    let top_label = host.rsplit_once('.').map(|(_, label)| label);
+    if host == "localhost" || matches!(top_label, Some("local" | "localhost")) {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback(),
+        Err(_) => false,
+    }
+}
+
+/// Whether `registry` answers `GET /v2/` over HTTPS at all (any status: 401 is an answer).
+async fn speaks_https(http: &reqwest::Client, registry: &str) -> bool {
+    http.get(format!("https://{registry}/v2/"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .is_ok()
+}
+
+/// The registry access an ImageRepository asks for, and a redactor knowing its secrets.
+pub async fn registry_access(
+    client: &Client,
+    repo: &ImageRepository,
+    namespace: &str,
+    reference: &Reference,
+) -> Result<(RegistryAccess, Redactor), ImageError> {
+    let mut redactor = Redactor::default();
+    let auth = credentials(client, repo, namespace, reference).await?;
+    if let RegistryAuth::Basic(_, password) = &auth {
+        redactor.add(password.clone());
+    }
+    let ca_pem = ca_certificate(client, repo, namespace).await?;
+    let proxy = match &repo.spec.proxy_secret_ref {
+        Some(r) => {
+            let data = read_secret(client, namespace, &r.name).await?;
+            let url = proxy_url(&data, &r.name)?;
+            // Errors may quote the address, its password percent-encoded.
+            if let Some(password) = data.get("password") {
+                redactor.add(String::from_utf8_lossy(password).into_owned());
+            }
+            if let Some(password) = url.password() {
+                redactor.add(password.to_owned());
+            }
+            Some(url)
+        }
+        None => None,
+    };
+    let mut access = RegistryAccess {
         insecure: repo.spec.insecure,
         ca_pem,
         auth,
+        proxy,
     };
+    // As Flux's registry client (go-containerregistry) does: a local registry is asked over
+    // HTTPS and over plain HTTP, HTTPS preferred, without `insecure`.
+    let registry = reference.resolve_registry();
+    if !access.insecure && plain_http_allowed(registry) {
+        access.insecure = !speaks_https(&access.http_client()?, registry).await;
+    }
     // A CA the client cannot use is the cert secret's fault: name it.
     if let (Err(ImageError::SecretInvalid { why, .. }), Some(r)) =
         (access.client(), &repo.spec.cert_secret_ref)
@@ -522,6 +716,34 @@ pub fn latest_tags(tags: &[Box<str>]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_registries_may_speak_plain_http_as_in_flux() {
+        for local in [
+            "localhost:5000",
+            "localhost",
+            "127.0.0.1:36361",
+            "127.0.0.1",
+            "[::1]:5000",
+            "10.0.0.7:5000",
+            "172.16.3.1",
+            "192.168.1.10:443",
+            "registry.local:5000",
+            "Registry.LOCAL",
+        ] {
+            assert!(super::plain_http_allowed(local), "{local}");
+        }
+        for remote in [
+            "index.docker.io",
+            "ghcr.io",
+            "registry.example.com:5000",
+            "8.8.8.8:5000",
+            "172.32.0.1",
+            "localhost.example.com",
+        ] {
+            assert!(!super::plain_http_allowed(remote), "{remote}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -660,6 +882,7 @@ mod tests {
             insecure: true,
             ca_pem: None,
             auth: RegistryAuth::Anonymous,
+            proxy: None,
         };
         let reference = parse_image(&format!("{addr}/app")).unwrap();
         let pages = std::sync::atomic::AtomicU64::new(0);
@@ -695,12 +918,48 @@ mod tests {
     }
 
     #[test]
+    fn proxy_secrets_need_an_http_address() {
+        let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let url = proxy_url(&data(&[("address", "http://p:3128")]), "s").unwrap();
+        assert_eq!(url.as_str(), "http://p:3128/");
+        let url = proxy_url(
+            &data(&[
+                ("address", "https://p:3128"),
+                ("username", "u"),
+                ("password", "p@ss"),
+            ]),
+            "s",
+        )
+        .unwrap();
+        assert_eq!((url.username(), url.password()), ("u", Some("p%40ss")));
+        for (bad, why) in [
+            (data(&[]), "no 'address'"),
+            (data(&[("address", "p:3128")]), "not an http"),
+            (data(&[("address", "socks5://p:1080")]), "not an http"),
+            (data(&[("address", "::")]), "not a URL"),
+            (
+                data(&[("address", "http://p:3128"), ("password", "x")]),
+                "without 'username'",
+            ),
+        ] {
+            let e = proxy_url(&bad, "proxy-cfg").unwrap_err().to_string();
+            assert!(e.contains("secret 'proxy-cfg'") && e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
     fn an_unusable_ca_is_an_error_not_a_silent_default() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut access = RegistryAccess {
             insecure: false,
             ca_pem: Some(b"not a certificate".to_vec()),
             auth: RegistryAuth::Anonymous,
+            proxy: None,
         };
         let err = access.client().err().unwrap().to_string();
         assert!(err.contains("ca.crt"), "{err}");

@@ -93,6 +93,7 @@ mod tests {
                 insecure: true,
                 ca_pem: None,
                 auth: oci_client::secrets::RegistryAuth::Anonymous,
+                proxy: None,
             },
         };
         store.put("ns", "app", scan(&["1.0.0", "1.1.0"]));

@@ -1,6 +1,13 @@
 //! The git side of an ImageUpdateAutomation: `fetch → rewrite markers → commit → push`, and on
 //! a rejected push (the branch moved) the same again on the new head, with backoff. Never forced.
 //! Blocking; run it on a blocking thread.
+//!
+//! As in Flux, the checkout is `git.checkout.ref` (any of a GitRepository's ref kinds) and the
+//! commit goes to `git.push.branch`, else to the checkout's branch. When the two differ and the
+//! push branch exists, the work starts from the push branch (earlier automation commits are on
+//! it); otherwise from the checked-out commit. `git.push.refspec` is pushed after the branch,
+//! with the same push options; a rejected refspec push is not retried, since the branch push it
+//! follows already landed.
 
 use std::{
     collections::BTreeMap,
@@ -10,14 +17,145 @@ use std::{
 };
 
 use git2::{FileMode, ObjectType, Oid, Repository, Signature, TreeWalkMode, TreeWalkResult};
-use weir_api::ImageRef;
-use weir_source::git::{self, Credentials, GitError, Remote};
+use weir_api::{ImageRef, source::ResolvedRef};
+use weir_runtime::semver_range;
+use weir_source::git::{self, Credentials, GitError, Remote, RemoteRefs};
 
 use crate::{
     error::ImageError,
     setters::{self, Change, ObjectId},
+    signing::CommitSigner,
     template::{Template, Value},
 };
+
+/// The local ref a checked-out branch, tag or named ref is fetched into.
+const CHECKOUT_REF: &str = "refs/weir/checkout";
+
+/// What to check out, after the GitRepository precedence (`commit > name > semver > tag >
+/// branch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkout {
+    Branch(String),
+    Tag(String),
+    /// The highest tag matching the range.
+    Semver(String),
+    /// A full ref name, such as `refs/pull/1/head`.
+    Name(String),
+    /// A commit (full or abbreviated SHA), looked for on `branch` or on every branch.
+    Commit {
+        sha: String,
+        branch: Option<String>,
+    },
+}
+
+impl From<ResolvedRef<'_>> for Checkout {
+    fn from(r: ResolvedRef<'_>) -> Self {
+        match r {
+            ResolvedRef::Branch(b) => Self::Branch(b.to_owned()),
+            ResolvedRef::Tag(t) => Self::Tag(t.to_owned()),
+            ResolvedRef::Semver(s) => Self::Semver(s.to_owned()),
+            ResolvedRef::Name(n) => Self::Name(n.to_owned()),
+            ResolvedRef::Commit { sha, branch } => Self::Commit {
+                sha: sha.to_owned(),
+                branch: branch.map(str::to_owned),
+            },
+        }
+    }
+}
+
+/// Where the checkout is after the fetch, and the name Flux gives its revision.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    refspecs: Vec<String>,
+    /// A local ref, or the commit's SHA.
+    local: String,
+    /// The short ref name of `<name>@sha1:<commit>`; `None` gives `sha1:<commit>`.
+    label: Option<String>,
+}
+
+/// The short name Flux gives a full ref in revisions: what follows its second `/`
+/// (`refs/heads/main` → `main`, `refs/pull/1/head` → `1/head`).
+fn short_ref(name: &str) -> Option<String> {
+    let mut parts = name.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(rest)) => Some(rest.to_owned()),
+        _ => None,
+    }
+}
+
+/// Resolves the checkout against the remote's refs.
+fn target(checkout: &Checkout, refs: &RemoteRefs) -> Result<Target, ImageError> {
+    let named = |name: String, missing: String| {
+        refs.get(&name)
+            .ok_or(ImageError::InvalidSource(missing))
+            .map(|_| Target {
+                refspecs: vec![format!("+{name}:{CHECKOUT_REF}")],
+                local: CHECKOUT_REF.to_owned(),
+                label: short_ref(&name),
+            })
+    };
+    match checkout {
+        Checkout::Branch(b) => named(
+            format!("refs/heads/{b}"),
+            format!("branch '{b}' not found in the remote"),
+        ),
+        Checkout::Tag(t) => named(
+            format!("refs/tags/{t}"),
+            format!("tag '{t}' not found in the remote"),
+        ),
+        Checkout::Semver(range) => {
+            let parsed = semver_range::Range::parse(range).map_err(|e| {
+                ImageError::InvalidSource(format!(
+                    "git.checkout.ref.semver '{range}' is not a semver range: {e}"
+                ))
+            })?;
+            let (_, best) = refs
+                .tags()
+                .filter_map(|t| semver_range::parse_version(t).map(|v| (v, t)))
+                .filter(|(v, _)| parsed.matches(v))
+                .max()
+                .ok_or_else(|| {
+                    ImageError::InvalidSource(format!(
+                        "no tag in the remote matches git.checkout.ref.semver '{range}'"
+                    ))
+                })?;
+            named(format!("refs/tags/{best}"), String::new())
+        }
+        Checkout::Name(n) => named(n.clone(), format!("ref '{n}' not found in the remote")),
+        Checkout::Commit { sha, branch } => {
+            // Read as a revision below, so only hex may pass: no `main~1` or `HEAD`.
+            if !(4..=40).contains(&sha.len()) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ImageError::InvalidSource(format!(
+                    "git.checkout.ref.commit '{sha}' is not a commit SHA"
+                )));
+            }
+            let refspecs = match branch {
+                Some(b) => {
+                    if refs.get(&format!("refs/heads/{b}")).is_none() {
+                        return Err(ImageError::InvalidSource(format!(
+                            "branch '{b}' not found in the remote"
+                        )));
+                    }
+                    vec![format!("+refs/heads/{b}:refs/remotes/origin/{b}")]
+                }
+                None => vec!["+refs/heads/*:refs/remotes/origin/*".to_owned()],
+            };
+            Ok(Target {
+                refspecs,
+                local: sha.clone(),
+                label: branch.clone(),
+            })
+        }
+    }
+}
+
+/// Flux's revision string: `<label>@sha1:<commit>`, or `sha1:<commit>` without a label.
+fn revision(label: Option<&str>, commit: Oid) -> String {
+    match label {
+        Some(l) => format!("{l}@sha1:{commit}"),
+        None => format!("sha1:{commit}"),
+    }
+}
 
 /// Everything one run needs; owned, so it can move to a blocking thread.
 #[derive(Debug)]
@@ -27,10 +165,21 @@ pub struct UpdateRequest {
     pub credentials: Credentials,
     /// Limit of each git operation.
     pub timeout: Duration,
-    /// The branch to check out, or `None` for the remote's default branch.
-    pub checkout_branch: Option<String>,
-    /// The branch to push to, or `None` for the checkout branch.
-    pub push_branch: Option<String>,
+    /// What to check out.
+    pub checkout: Checkout,
+    /// The branch to push to.
+    pub push_branch: String,
+    /// Whether `push_branch` differs from the checkout's branch: then an existing push branch
+    /// is the base of the work.
+    pub switch_branch: bool,
+    /// `git.push.refspec`, pushed after the branch.
+    pub push_refspec: Option<String>,
+    /// `git.push.options` as `key=value`.
+    pub push_options: Vec<String>,
+    /// Signs the commit when `git.commit.signingKey` is set.
+    pub signer: Option<CommitSigner>,
+    /// `namespace/name` of the signing key's Secret, for errors.
+    pub signing_secret: String,
     /// Directory under the repository root whose YAML files are updated (`""` for the root).
     pub path: String,
     /// The chosen image of each policy, by `namespace:name`.
@@ -57,11 +206,19 @@ pub struct MessageTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateOutcome {
     /// Every marked value was already up to date: nothing committed.
-    NoChange { head: String },
+    NoChange {
+        head: String,
+        /// The checked-out revision, as `status.observedSourceRevision` holds it.
+        revision: String,
+    },
     /// A commit was pushed.
     Pushed {
         commit: String,
         branch: String,
+        /// `<branch>@sha1:<commit>`.
+        revision: String,
+        /// The refspec pushed after the branch, if any.
+        refspec: Option<String>,
         /// The commit message.
         message: String,
         /// `(file, change)` for every rewritten value.
@@ -266,55 +423,65 @@ pub fn check_template(
     .map(|_| ())
 }
 
-/// One attempt: fetch the base, rewrite, commit, push.
-fn attempt(req: &UpdateRequest) -> Result<UpdateOutcome, ImageError> {
-    let remote = Remote {
-        url: &req.url,
-        credentials: &req.credentials,
-        deadline: Instant::now() + req.timeout,
-    };
-    let scratch = tempfile::tempdir().map_err(ImageError::Scratch)?;
-    let refs = git::ls_remote(&remote, &scratch.path().join("ls")).map_err(map_git)?;
-    let checkout = match &req.checkout_branch {
-        Some(b) => b.clone(),
-        None => refs
-            .head
-            .as_deref()
-            .and_then(|h| h.strip_prefix("refs/heads/"))
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ImageError::InvalidSource("the remote has no default branch".to_owned())
-            })?,
-    };
-    let push = req.push_branch.clone().unwrap_or_else(|| checkout.clone());
-    // Work on the push branch when it exists (earlier automation commits are on it), else
-    // start it from the checkout branch.
-    let base_branch = if refs.get(&format!("refs/heads/{push}")).is_some() {
-        push.clone()
-    } else if refs.get(&format!("refs/heads/{checkout}")).is_some() {
-        checkout.clone()
-    } else {
-        return Err(ImageError::InvalidSource(format!(
-            "branch '{checkout}' not found in the remote"
-        )));
-    };
-    let tracking = format!("refs/remotes/origin/{base_branch}");
-    let repo = git::fetch(
-        &remote,
-        &scratch.path().join("repo"),
-        &[format!("+refs/heads/{base_branch}:{tracking}")],
-        0,
-    )
-    .map_err(map_git)?;
-    let base = repo
-        .find_reference(&tracking)
-        .and_then(|r| r.peel_to_commit())
-        .map_err(|e| git_err(&e))?;
-    let tree = base.tree().map_err(|e| git_err(&e))?;
+/// The fetched repository, the commit the work starts from, and the checkout's revision.
+struct Base {
+    repo: Repository,
+    commit: Oid,
+    revision: String,
+}
 
+/// Fetches the checkout (and the push branch, when it is another and exists) and picks the
+/// base: the push branch when switching to an existing one, else the checked-out commit.
+fn fetch_base(
+    req: &UpdateRequest,
+    remote: &Remote<'_>,
+    scratch: &Path,
+) -> Result<Base, ImageError> {
+    let refs = git::ls_remote(remote, &scratch.join("ls")).map_err(map_git)?;
+    let mut target = target(&req.checkout, &refs)?;
+    let push_ref = format!("refs/heads/{}", req.push_branch);
+    let push_tracking = format!("refs/remotes/origin/{}", req.push_branch);
+    let from_push_branch = req.switch_branch && refs.get(&push_ref).is_some();
+    if from_push_branch {
+        target.refspecs.push(format!("+{push_ref}:{push_tracking}"));
+    }
+    let repo = git::fetch(remote, &scratch.join("repo"), &target.refspecs, 0).map_err(map_git)?;
+    let checkout = repo
+        .revparse_single(&target.local)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|_| match &req.checkout {
+            Checkout::Commit { sha, branch } => ImageError::InvalidSource(match branch {
+                Some(b) => format!("commit '{sha}' not found on branch '{b}'"),
+                None => format!("commit '{sha}' not found in the remote"),
+            }),
+            _ => ImageError::InvalidSource(format!("cannot resolve '{}'", target.local)),
+        })?
+        .id();
+    let commit = if from_push_branch {
+        repo.refname_to_id(&push_tracking)
+            .map_err(|e| git_err(&e))?
+    } else {
+        checkout
+    };
+    Ok(Base {
+        repo,
+        commit,
+        revision: revision(target.label.as_deref(), checkout),
+    })
+}
+
+/// A rewritten tree (`None` when nothing changed) and every `(file, change)`.
+type Rewrite = (Option<Oid>, Vec<(String, Change)>);
+
+/// Rewrites the markers of the YAML files under `req.path` in `tree`.
+fn rewrite(
+    req: &UpdateRequest,
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+) -> Result<Rewrite, ImageError> {
     let mut changes = vec![];
     let mut builder = git2::build::TreeUpdateBuilder::new();
-    for (file, blob, mode) in yaml_files(&repo, &tree, &req.path)? {
+    for (file, blob, mode) in yaml_files(repo, tree, &req.path)? {
         let blob = repo.find_blob(blob).map_err(|e| git_err(&e))?;
         let Ok(text) = std::str::from_utf8(blob.content()) else {
             continue;
@@ -333,31 +500,99 @@ fn attempt(req: &UpdateRequest) -> Result<UpdateOutcome, ImageError> {
         changes.extend(file_changes.into_iter().map(|c| (file.clone(), c)));
     }
     if changes.is_empty() {
-        return Ok(UpdateOutcome::NoChange {
-            head: base.id().to_string(),
-        });
+        return Ok((None, changes));
     }
     let new_tree = builder
-        .create_updated(&repo, &tree)
-        .and_then(|oid| repo.find_tree(oid))
+        .create_updated(repo, tree)
         .map_err(|e| git_err(&e))?;
-    let message = commit_message(req.template.as_ref(), &req.automation, &changes)?;
+    Ok((Some(new_tree), changes))
+}
+
+/// Commits `tree` on `parent` to `refs/heads/<push branch>` (signed when a signer is set) and
+/// points `HEAD` at that branch, so a refspec may name either.
+fn write_commit(
+    req: &UpdateRequest,
+    repo: &Repository,
+    tree: Oid,
+    parent: &git2::Commit<'_>,
+    message: &str,
+) -> Result<Oid, ImageError> {
+    let tree = repo.find_tree(tree).map_err(|e| git_err(&e))?;
     let signature = Signature::now(&req.author_name, &req.author_email).map_err(|e| git_err(&e))?;
-    let local = format!("refs/heads/{push}");
-    let commit = repo
-        .commit(
-            Some(&local),
-            &signature,
-            &signature,
-            &message,
-            &new_tree,
-            &[&base],
-        )
+    let local = format!("refs/heads/{}", req.push_branch);
+    let commit = match &req.signer {
+        None => repo
+            .commit(None, &signature, &signature, message, &tree, &[parent])
+            .map_err(|e| git_err(&e))?,
+        Some(signer) => {
+            let buffer = repo
+                .commit_create_buffer(&signature, &signature, message, &tree, &[parent])
+                .map_err(|e| git_err(&e))?;
+            let content = std::str::from_utf8(&buffer).map_err(|_| {
+                ImageError::Git(GitError::Git("the commit is not valid UTF-8".to_owned()))
+            })?;
+            let armored =
+                signer
+                    .sign(content.as_bytes())
+                    .map_err(|why| ImageError::SigningKey {
+                        secret: req.signing_secret.clone(),
+                        why,
+                    })?;
+            repo.commit_signed(content, &armored, Some("gpgsig"))
+                .map_err(|e| git_err(&e))?
+        }
+    };
+    repo.reference(&local, commit, true, "image update automation")
+        .and_then(|_| repo.set_head(&local))
         .map_err(|e| git_err(&e))?;
-    git::push(&remote, &repo, &format!("{local}:{local}")).map_err(map_git)?;
+    Ok(commit)
+}
+
+/// Pushes the branch, then the refspec, each with the push options.
+fn push_all(req: &UpdateRequest, remote: &Remote<'_>, repo: &Repository) -> Result<(), ImageError> {
+    let local = format!("refs/heads/{}", req.push_branch);
+    git::push_with_options(remote, repo, &format!("{local}:{local}"), &req.push_options)
+        .map_err(map_git)?;
+    if let Some(refspec) = &req.push_refspec {
+        git::push_with_options(remote, repo, refspec, &req.push_options).map_err(|e| match e {
+            // The branch push landed: retrying would find nothing to change and never push
+            // the refspec, so a rejection here is a failure of its own.
+            GitError::Rejected(why) => ImageError::Git(GitError::Git(format!(
+                "push of refspec '{refspec}' rejected: {why}"
+            ))),
+            other => map_git(other),
+        })?;
+    }
+    Ok(())
+}
+
+/// One attempt: fetch the base, rewrite, commit, push.
+fn attempt(req: &UpdateRequest) -> Result<UpdateOutcome, ImageError> {
+    let remote = Remote {
+        url: &req.url,
+        credentials: &req.credentials,
+        deadline: Instant::now() + req.timeout,
+    };
+    let scratch = tempfile::tempdir().map_err(ImageError::Scratch)?;
+    let base = fetch_base(req, &remote, scratch.path())?;
+    let repo = &base.repo;
+    let parent = repo.find_commit(base.commit).map_err(|e| git_err(&e))?;
+    let tree = parent.tree().map_err(|e| git_err(&e))?;
+    let (new_tree, changes) = rewrite(req, repo, &tree)?;
+    let Some(new_tree) = new_tree else {
+        return Ok(UpdateOutcome::NoChange {
+            head: base.commit.to_string(),
+            revision: base.revision,
+        });
+    };
+    let message = commit_message(req.template.as_ref(), &req.automation, &changes)?;
+    let commit = write_commit(req, repo, new_tree, &parent, &message)?;
+    push_all(req, &remote, repo)?;
     Ok(UpdateOutcome::Pushed {
         commit: commit.to_string(),
-        branch: push,
+        branch: req.push_branch.clone(),
+        revision: revision(Some(&req.push_branch), commit),
+        refspec: req.push_refspec.clone(),
         message,
         changes,
         rejected: 0,
@@ -377,11 +612,7 @@ pub fn run(req: &UpdateRequest, on_rejected: &dyn Fn()) -> Result<UpdateOutcome,
                 tracing::info!(why, rejected, "push rejected; retrying on the new head");
                 if rejected >= req.max_attempts {
                     return Err(ImageError::PushRejected {
-                        branch: req
-                            .push_branch
-                            .clone()
-                            .or_else(|| req.checkout_branch.clone())
-                            .unwrap_or_default(),
+                        branch: req.push_branch.clone(),
                         attempts: rejected,
                     });
                 }
@@ -391,6 +622,8 @@ pub fn run(req: &UpdateRequest, on_rejected: &dyn Fn()) -> Result<UpdateOutcome,
             Ok(UpdateOutcome::Pushed {
                 commit,
                 branch,
+                revision,
+                refspec,
                 message,
                 changes,
                 ..
@@ -398,6 +631,8 @@ pub fn run(req: &UpdateRequest, on_rejected: &dyn Fn()) -> Result<UpdateOutcome,
                 return Ok(UpdateOutcome::Pushed {
                     commit,
                     branch,
+                    revision,
+                    refspec,
                     message,
                     changes,
                     rejected,
@@ -411,6 +646,18 @@ pub fn run(req: &UpdateRequest, on_rejected: &dyn Fn()) -> Result<UpdateOutcome,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revisions_are_named_as_flux_names_them() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let commit = Oid::from_str(sha).unwrap();
+        let named = |r: &str| revision(short_ref(r).as_deref(), commit);
+        assert_eq!(named("refs/heads/main"), format!("main@sha1:{sha}"));
+        assert_eq!(named("refs/heads/auto/x"), format!("auto/x@sha1:{sha}"));
+        assert_eq!(named("refs/tags/v1.0.0"), format!("v1.0.0@sha1:{sha}"));
+        assert_eq!(named("refs/pull/1/head"), format!("1/head@sha1:{sha}"));
+        assert_eq!(revision(None, commit), format!("sha1:{sha}"));
+    }
 
     #[test]
     fn update_paths_stay_inside_the_repository() {

@@ -381,6 +381,18 @@ pub fn fetch(
 /// fetches. Never forced: a refspec starting with `+` is refused, and a push the remote (or
 /// libgit2) finds is not a fast-forward is [`GitError::Rejected`].
 pub fn push(remote: &Remote<'_>, repo: &Repository, refspec: &str) -> Result<(), GitError> {
+    push_with_options(remote, repo, refspec, &[])
+}
+
+/// [`push`] with push options (`git push -o`), each `key=value`. A server that does not
+/// advertise `push-options` (git's `receive.advertisePushOptions` off) fails the push with
+/// libgit2's "push-options not supported by remote", as `git push -o` fails.
+pub fn push_with_options(
+    remote: &Remote<'_>,
+    repo: &Repository,
+    refspec: &str,
+    push_options: &[String],
+) -> Result<(), GitError> {
     if refspec.starts_with('+') {
         return Err(GitError::Git(format!("refusing to force-push {refspec}")));
     }
@@ -402,6 +414,10 @@ pub fn push(remote: &Remote<'_>, repo: &Repository, refspec: &str) -> Result<(),
         options.remote_callbacks(cb);
         if let Some(h) = &header {
             options.custom_headers(&[h.as_str()]);
+        }
+        let push_options: Vec<&str> = push_options.iter().map(String::as_str).collect();
+        if !push_options.is_empty() {
+            options.remote_push_options(&push_options);
         }
         git_remote.push(&[refspec], Some(&mut options))
     };

@@ -97,6 +97,10 @@ pub struct KustomizationSpec {
     /// rules; used only when `wait` or `healthChecks` asks for health checking.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_check_exprs: Vec<CustomHealthCheck>,
+    /// Fields drift detection and apply leave to the cluster: JSON pointers, for every object
+    /// or the objects a target selects (Flux 2.9's `spec.ignore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<IgnoreRule>,
     /// Kustomizations that must be Ready before this one is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<DependencyReference>,
@@ -295,6 +299,18 @@ pub struct Patch {
     /// A strategic-merge patch or a JSON6902 patch, as YAML or JSON.
     pub patch: String,
     /// Which objects the patch applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Selector>,
+}
+
+/// Paths of the selected objects that drift detection and apply ignore.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IgnoreRule {
+    /// JSON pointers (RFC 6901), such as `/spec/replicas`.
+    #[schemars(length(min = 1))]
+    pub paths: Vec<String>,
+    /// The objects the paths are ignored in; all objects when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Selector>,
 }

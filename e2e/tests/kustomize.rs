@@ -1974,8 +1974,9 @@ async fn native_namespaces_equal_kustomizes() -> Result<()> {
 
 /// A Kustomization written by a newer Flux, with a status field Weir does not know, is
 /// reconciled, and so are the others of its kind: one object Weir cannot fully read must not
-/// blind its watch. The harness's CRD gains the field as a newer Flux's CRD has it (Flux 2.5's
-/// `status.history`); an added optional field changes nothing for the other tests.
+/// blind its watch. The harness's CRD gains the field as a newer Flux's CRD would have it (a
+/// list of objects, `status.newerHistory`); an added optional field changes nothing for the
+/// other tests.
 #[tokio::test]
 async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1985,7 +1986,7 @@ async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
     ])
     .await?;
     let crds = Api::<CustomResourceDefinition>::all(f.client.clone());
-    let history = json!({
+    let newer = json!({
         "type": "array",
         "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
     });
@@ -1994,8 +1995,8 @@ async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
         &PatchParams::default(),
         &Patch::<()>::Json(serde_json::from_value(json!([{
             "op": "add",
-            "path": "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/history",
-            "value": history,
+            "path": "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/newerHistory",
+            "value": newer,
         }]))?),
     )
     .await?;
@@ -2015,12 +2016,12 @@ async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
             ks.patch_status(
                 "newer",
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "history": [entry] } })),
+                &Patch::Merge(json!({ "status": { "newerHistory": [entry] } })),
             )
             .await
             .map_err(|e| e.to_string())?;
             let read = raw.get("newer").await.map_err(|e| e.to_string())?;
-            match read.data.pointer("/status/history/0") {
+            match read.data.pointer("/status/newerHistory/0") {
                 Some(kept) if *kept == entry => Ok(()),
                 other => Err(format!("history read back as {other:?}")),
             }
@@ -2042,7 +2043,7 @@ async fn a_status_field_from_a_newer_flux_blinds_nothing() -> Result<()> {
     assert!(f.config_map("from-other").await?.is_some());
     // Weir's status writes leave the field it does not know alone.
     let read = raw.get("newer").await?;
-    assert_eq!(read.data.pointer("/status/history/0"), Some(&entry));
+    assert_eq!(read.data.pointer("/status/newerHistory/0"), Some(&entry));
     f.teardown().await
 }
 
@@ -2132,6 +2133,105 @@ async fn history_records_each_built_digest_and_outcome_as_flux_does() -> Result<
     assert_eq!(
         history[1].last_reconciled_status,
         reasons::HEALTH_CHECK_FAILED
+    );
+    f.teardown().await
+}
+
+/// Flux 2.9's `spec.ignore`: a field another applier owns (an autoscaler's `/spec/replicas`)
+/// and a field edited in the cluster are left as the cluster has them, through drift
+/// correction and through applies of other changes; the rest of the object still follows git.
+#[tokio::test]
+async fn ignore_rules_leave_the_selected_fields_to_the_cluster() -> Result<()> {
+    let f = Fixture::start(&[
+        ("apps/deploy.yaml", DEPLOYMENT),
+        ("apps/a.yaml", &config_map_yaml("a", "1")),
+    ])
+    .await?;
+    let ignore = json!([
+        { "paths": ["/spec/replicas"], "target": { "kind": "Deployment", "name": "w.b" } },
+        { "paths": ["/data/key"], "target": { "kind": "ConfigMap", "labelSelector": "!other" } },
+    ]);
+    f.create_ks("app", json!({ "path": "./apps", "ignore": ignore }))
+        .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+
+    // An autoscaler applies replicas with its own field manager; someone edits the ConfigMap.
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), f.ns());
+    let scale = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "web" }, "spec": { "replicas": 3 },
+    });
+    deployments
+        .patch(
+            "web",
+            &PatchParams::apply("autoscaler").force(),
+            &Patch::Apply(&scale),
+        )
+        .await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(f.client.clone(), f.ns());
+    let edit = json!({ "data": { "key": "edited" } });
+    config_maps
+        .patch("a", &PatchParams::default(), &Patch::Merge(&edit))
+        .await?;
+    let replicas = || async {
+        deployments
+            .get("web")
+            .await
+            .map(|d| d.spec.and_then(|s| s.replicas))
+    };
+    let key = || async {
+        f.config_map("a")
+            .await
+            .map(|c| c.and_then(|c| c.data).map(|d| d["key"].clone()))
+    };
+
+    // Drift correction leaves both alone.
+    let patch =
+        json!({ "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": "1" } } });
+    f.ks.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    f.wait_ks("app", "the request handled", |ks| {
+        ks.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref())
+            == Some("1")
+    })
+    .await?;
+    assert_eq!(replicas().await?, Some(3));
+    assert_eq!(key().await?.as_deref(), Some("edited"));
+
+    // A change in git to both objects is applied, the ignored fields still the cluster's.
+    let deploy = DEPLOYMENT.replace("web:1.0.0", "web:2.0.0");
+    let cm = config_map_yaml("a", "1").replace("\ndata:\n", "\ndata:\n  more: \"x\"\n");
+    let next = f
+        .repo
+        .change()
+        .write("apps/deploy.yaml", &f.yaml(&deploy))
+        .write("apps/a.yaml", &f.yaml(&cm))
+        .commit("a new image and a new key")?;
+    f.wait_applied("app", &next).await?;
+    let web = deployments.get("web").await?;
+    let spec = web.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3), "the autoscaler's replicas");
+    assert_eq!(
+        spec.template.spec.unwrap().containers[0].image.as_deref(),
+        Some("registry.invalid/web:2.0.0")
+    );
+    let data = f.config_map("a").await?.unwrap().data.unwrap();
+    assert_eq!(data["key"], "edited", "the cluster's value");
+    assert_eq!(data["more"], "x");
+
+    // A rule that does not compile stalls the Kustomization, naming the field.
+    let bad = json!({ "spec": { "ignore": [{ "paths": ["/x"], "target": { "name": "(" } }] } });
+    f.ks.patch("app", &PatchParams::default(), &Patch::Merge(&bad))
+        .await?;
+    let ks = f
+        .wait_failed("app", None, reasons::RECONCILIATION_FAILED)
+        .await?;
+    assert!(
+        message(&ks).contains("spec.ignore[0].target.name"),
+        "{}",
+        message(&ks)
     );
     f.teardown().await
 }

@@ -21,6 +21,7 @@ use weir_api::kustomize::{ObjMetadata, ResourceRef, annotations};
 
 use crate::{
     Metrics,
+    drift::{self, IgnoreRules},
     health::{Health, HealthRules},
     inventory::{is_definition, split_api_version},
 };
@@ -232,6 +233,8 @@ pub struct ApplySet<'a> {
     /// `spec.force`: recreate objects whose immutable fields changed.
     pub force: bool,
     pub timeout: Duration,
+    /// `spec.ignore`: fields drift detection and apply leave to the cluster.
+    pub ignore: &'a IgnoreRules,
 }
 
 impl std::fmt::Debug for ApplySet<'_> {
@@ -286,6 +289,8 @@ struct Plan {
     index: usize,
     change: Change,
     recreate: bool,
+    /// What to apply in place of the target's object (ignored fields left to the cluster).
+    payload: Option<Value>,
 }
 
 fn api_message(e: &kube::Error) -> String {
@@ -525,18 +530,36 @@ impl ApplySet<'_> {
                     index,
                     change: Change::Configured,
                     recreate: true,
+                    payload: None,
                 }));
             }
             Err(e) => return Err(e),
         };
-        let change = match live {
-            None => Change::Created,
+        let (change, payload) = match live {
+            None => (Change::Created, None),
             Some(live) => {
                 let result = serde_json::to_value(result).unwrap_or_default();
-                if comparable(result) == comparable(live) {
-                    Change::Unchanged
+                let ignored = self.ignore.paths_for(&target.object);
+                if ignored.is_empty() {
+                    let change = if comparable(result) == comparable(live) {
+                        Change::Unchanged
+                    } else {
+                        Change::Configured
+                    };
+                    (change, None)
+                } else if drift::without_paths(comparable(result.clone()), &ignored)
+                    == drift::without_paths(comparable(live.clone()), &ignored)
+                {
+                    (Change::Unchanged, None)
                 } else {
-                    Change::Configured
+                    let payload = drift::payload(
+                        &target.object,
+                        &live,
+                        &result,
+                        &ignored,
+                        APPLY_FIELD_MANAGER,
+                    );
+                    (Change::Configured, Some(payload))
                 }
             }
         };
@@ -544,6 +567,7 @@ impl ApplySet<'_> {
             index,
             change,
             recreate: false,
+            payload,
         }))
     }
 
@@ -606,7 +630,8 @@ impl ApplySet<'_> {
             }
         }
         self.metrics.write();
-        api.patch(name, &Self::params(false), &Patch::Apply(&target.object))
+        let object = plan.payload.as_ref().unwrap_or(&target.object);
+        api.patch(name, &Self::params(false), &Patch::Apply(object))
             .await
             .map_err(|e| err(&e))?;
         Ok(())

@@ -66,6 +66,8 @@ pub enum KustomizeError {
     HealthCheckKind(String),
     #[error("{0}")]
     HealthCheckExpr(#[source] HealthExprError),
+    #[error("invalid spec.{0}")]
+    IgnoreRule(String),
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
 }
@@ -89,9 +91,11 @@ impl Failure for KustomizeError {
                 reasons::INVALID_CEL_EXPRESSION
             }
             Self::AccessDenied(_) => reasons::ACCESS_DENIED,
-            Self::Impersonation(..) | Self::Validation(_) | Self::Apply(_) | Self::Kube(_) => {
-                reasons::RECONCILIATION_FAILED
-            }
+            Self::Impersonation(..)
+            | Self::Validation(_)
+            | Self::Apply(_)
+            | Self::IgnoreRule(_)
+            | Self::Kube(_) => reasons::RECONCILIATION_FAILED,
         }
     }
 
@@ -118,7 +122,9 @@ impl Failure for KustomizeError {
             | Self::HealthCheckKind(_)
             | Self::Kube(_) => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
-            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } => Disposition::Stalled,
+            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule(_) => {
+                Disposition::Stalled
+            }
         }
     }
 }

@@ -33,6 +33,7 @@
 pub mod apply;
 pub mod build;
 pub mod built;
+pub mod drift;
 pub mod error;
 pub mod fetch;
 pub mod generator;

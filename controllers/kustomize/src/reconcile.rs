@@ -19,6 +19,7 @@ use crate::{
     Context,
     apply::{ApplySet, ChangeSet, HealthTarget, Target, resource_from_crd},
     build::{self, BuildPlan, Manifest},
+    drift::IgnoreRules,
     error::KustomizeError,
     health::HealthRules,
     inventory::{self, InventoryDiff, split_api_version},
@@ -78,6 +79,7 @@ pub async fn run(
     // Before anything else, as Flux does: an expression that does not compile stalls the object.
     let health_rules =
         HealthRules::compile(&spec.health_check_exprs).map_err(KustomizeError::HealthCheckExpr)?;
+    let ignore = IgnoreRules::compile(&spec.ignore).map_err(KustomizeError::IgnoreRule)?;
 
     let source_ns = spec
         .source_ref
@@ -124,6 +126,7 @@ pub async fn run(
         metrics: &ctx.metrics,
         force: spec.force,
         timeout,
+        ignore: &ignore,
     };
     let old = ks.status.as_ref().and_then(|s| s.inventory.clone());
     let changes = set
@@ -739,6 +742,7 @@ pub async fn delete_inventory(
         metrics: &ctx.metrics,
         force: false,
         timeout: ks.spec.timeout(),
+        ignore: &IgnoreRules::default(),
     };
     let diff = InventoryDiff::between(Some(&inventory), &ResourceInventory::default());
     let (changes, deleted) = set

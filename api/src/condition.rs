@@ -21,8 +21,13 @@ pub mod types {
     pub const STORAGE_OPERATION_FAILED: &str = "StorageOperationFailed";
     /// The current artifact is in storage and served (GitRepository).
     pub const ARTIFACT_IN_STORAGE: &str = "ArtifactInStorage";
+    /// Abnormal-true: a GitRepository of `spec.include` is missing or has no artifact yet.
+    pub const INCLUDE_UNAVAILABLE: &str = "IncludeUnavailable";
     /// Abnormal-true: the served artifact is older than the spec asks for (GitRepository).
     pub const ARTIFACT_OUTDATED: &str = "ArtifactOutdated";
+    /// Bipolar, present only with `spec.verify`: the source's signatures were verified
+    /// (GitRepository).
+    pub const SOURCE_VERIFIED: &str = "SourceVerified";
 }
 
 /// Condition reasons, spelled as Flux spells them; Event reasons use the same strings.
@@ -56,6 +61,26 @@ pub mod reasons {
     pub const DIRECTORY_CREATION_FAILED: &str = "DirectoryCreationFailed";
     pub const GARBAGE_COLLECTION_FAILED: &str = "GarbageCollectionFailed";
     pub const GARBAGE_COLLECTION_SUCCEEDED: &str = "GarbageCollectionSucceeded";
+    /// An object a spec refers to does not exist (an included GitRepository).
+    pub const NOT_FOUND: &str = "NotFound";
+    /// An included GitRepository has no artifact yet.
+    pub const NO_ARTIFACT: &str = "NoArtifact";
+    /// A path of the spec leaves the artifact's root (`include[].toPath`).
+    pub const ILLEGAL_PATH: &str = "IllegalPath";
+    /// An included artifact could not be copied into the artifact.
+    pub const COPY_FAILURE: &str = "CopyFailure";
+    /// `spec.provider` names an identity Weir cannot obtain.
+    pub const INVALID_PROVIDER_CONFIGURATION: &str = "InvalidProviderConfiguration";
+    /// The `spec.verify` keys could not be read (the Secret is missing or unreadable).
+    pub const VERIFICATION_ERROR: &str = "VerificationError";
+    /// `spec.verify.mode` asks for a tag and the ref checks out no tag.
+    pub const INVALID_VERIFICATION_MODE: &str = "InvalidVerificationMode";
+    /// The tag to verify is not signed (or is a lightweight tag).
+    pub const INVALID_GIT_OBJECT: &str = "InvalidGitObject";
+    /// The tag's signature is missing, unknown or does not match.
+    pub const INVALID_TAG_SIGNATURE: &str = "InvalidTagSignature";
+    /// The commit's signature is missing, unknown or does not match.
+    pub const INVALID_COMMIT_SIGNATURE: &str = "InvalidCommitSignature";
     // Image reasons.
     /// `spec.image` is not an image repository reference.
     pub const IMAGE_URL_INVALID: &str = "ImageURLInvalid";

@@ -25,4 +25,7 @@ pub use meta::{
     Artifact, CrossNamespaceSourceReference, LocalObjectReference,
     RECONCILE_REQUESTED_AT_ANNOTATION, SourceKind,
 };
-pub use source::{GitRepository, GitRepositoryRef, GitRepositorySpec, GitRepositoryStatus};
+pub use source::{
+    GitProvider, GitRepository, GitRepositoryInclude, GitRepositoryRef, GitRepositorySpec,
+    GitRepositoryStatus,
+};

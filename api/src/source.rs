@@ -64,12 +64,95 @@ pub struct GitRepositorySpec {
     /// The git reference to check out; the remote's default branch when omitted.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<GitRepositoryRef>,
+    /// Verify the signature of the commit and/or tag checked out, against the public keys in a
+    /// Secret; no artifact is produced from a source that fails.
+    #[serde(default, rename = "verify", skip_serializing_if = "Option::is_none")]
+    pub verification: Option<GitRepositoryVerification>,
     /// Extra ignore rules in `.sourceignore` (gitignore) syntax, on top of the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore: Option<String>,
     /// Stop reconciling this object.
     #[serde(default)]
     pub suspend: bool,
+    /// Where HTTP(S) credentials come from: `generic` (the `secretRef`), or a provider's
+    /// identity (`azure` workload identity, a `github` App), which Weir does not implement.
+    #[serde(default)]
+    pub provider: GitProvider,
+    /// The ServiceAccount whose workload identity authenticates with provider `azure`. Flux uses
+    /// it for nothing else; Weir accepts it and, like provider `azure`, does not implement it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// A Secret in the same namespace with the HTTP(S) proxy git goes through: `address`
+    /// (required) and optionally `username` and `password`. Weir proxies `https://` URLs
+    /// (CONNECT) and refuses a plain `http://` URL with a proxy, which libgit2 would send
+    /// around it; SSH never uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_secret_ref: Option<LocalObjectReference>,
+    /// Clone the submodules (with the same credentials) and include them in the artifact.
+    #[serde(default)]
+    pub recurse_submodules: bool,
+    /// Other GitRepositories whose artifacts are copied into this one's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<GitRepositoryInclude>,
+    /// Directories to check out; the whole tree when empty. Each must exist in the commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sparse_checkout: Vec<String>,
+}
+
+/// Where a GitRepository's HTTP(S) credentials come from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GitProvider {
+    /// `secretRef`.
+    #[default]
+    Generic,
+    /// Azure DevOps, through Azure workload identity.
+    Azure,
+    /// GitHub, through a GitHub App installation token.
+    Github,
+}
+
+impl GitProvider {
+    /// The name as written in `spec.provider`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Azure => "azure",
+            Self::Github => "github",
+        }
+    }
+}
+
+/// Another GitRepository's artifact, copied into this one's.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRepositoryInclude {
+    /// The GitRepository, in the same namespace.
+    pub repository: LocalObjectReference,
+    /// The directory of the included artifact to copy; its root when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_path: Option<String>,
+    /// Where the copy goes in this artifact; the included repository's name when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_path: Option<String>,
+}
+
+impl GitRepositoryInclude {
+    /// `fromPath`, or the root (empty).
+    #[must_use]
+    pub fn from_path(&self) -> &str {
+        self.from_path.as_deref().unwrap_or_default()
+    }
+
+    /// `toPath`, or the included repository's name.
+    #[must_use]
+    pub fn to_path(&self) -> &str {
+        self.to_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(&self.repository.name)
+    }
 }
 
 fn default_timeout() -> GoDuration {
@@ -96,6 +179,60 @@ pub struct GitRepositoryRef {
     /// A commit SHA; with `branch`, the commit must be on that branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+}
+
+/// Which git objects `spec.verify` checks, and against which keys.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRepositoryVerification {
+    /// Which git objects to verify: `HEAD` (the commit checked out; `head` means the same),
+    /// `Tag` (the annotated tag checked out) or `TagAndHEAD` (both).
+    #[serde(default)]
+    pub mode: GitVerificationMode,
+    /// A Secret in the same namespace with the trusted public keys: OpenPGP keys (armored key
+    /// rings) under keys ending in `.asc`, SSH keys (`authorized_keys` lines) under keys ending
+    /// in `.sshpub`. Any other key is read as an OpenPGP key ring, as Flux reads it.
+    pub secret_ref: LocalObjectReference,
+}
+
+/// The git objects whose signatures `spec.verify` checks.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GitVerificationMode {
+    /// `head`: the same as `HEAD`, kept by Flux for backwards compatibility.
+    #[serde(rename = "head")]
+    LegacyHead,
+    /// The commit checked out.
+    #[default]
+    #[serde(rename = "HEAD")]
+    Head,
+    /// The annotated tag checked out (a `tag` or `semver` ref, or a `name` under `refs/tags/`).
+    Tag,
+    /// The tag and the commit it points at.
+    #[serde(rename = "TagAndHEAD")]
+    TagAndHead,
+}
+
+impl GitVerificationMode {
+    /// The mode as Flux records it in `status.sourceVerificationMode` (`head` becomes `HEAD`).
+    #[must_use]
+    pub fn effective(self) -> Self {
+        match self {
+            Self::LegacyHead => Self::Head,
+            other => other,
+        }
+    }
+
+    /// Whether the commit's signature is checked.
+    #[must_use]
+    pub fn verifies_head(self) -> bool {
+        matches!(self.effective(), Self::Head | Self::TagAndHead)
+    }
+
+    /// Whether the tag's signature is checked.
+    #[must_use]
+    pub fn verifies_tag(self) -> bool {
+        matches!(self, Self::Tag | Self::TagAndHead)
+    }
 }
 
 /// The branch a GitRepository without a ref follows, as Flux documents (not the remote's
@@ -168,9 +305,24 @@ pub struct GitRepositoryStatus {
     /// The last successfully produced artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+    /// The `spec.verify` mode the current artifact's source was verified with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_verification_mode: Option<GitVerificationMode>,
     /// The ignore rules the current artifact was built with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_ignore: Option<String>,
+    /// The artifacts of `spec.include` the current artifact was built with, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_artifacts: Vec<Artifact>,
+    /// The `spec.include` the current artifact was built with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed_include: Vec<GitRepositoryInclude>,
+    /// The `spec.recurseSubmodules` the current artifact was built with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observed_recurse_submodules: bool,
+    /// The `spec.sparseCheckout` the current artifact was built with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed_sparse_checkout: Vec<String>,
     /// The last `reconcile.fluxcd.io/requestedAt` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,

@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 use crate::Error;
 use crate::names::unique_name;
+use crate::signing::GitSigning;
 
 /// The branch every repository starts with.
 pub const DEFAULT_BRANCH: &str = "main";
@@ -252,6 +253,7 @@ impl GitRepo {
             branch: DEFAULT_BRANCH.to_owned(),
             writes: vec![],
             deletions: vec![],
+            signing: None,
         }
     }
 
@@ -300,6 +302,20 @@ impl GitRepo {
         self.push_tag(tag)
     }
 
+    /// Creates the annotated tag `tag` with `message`, signed by `signing`, on the server at
+    /// `main`'s head. Returns the commit (not the tag object).
+    pub fn signed_tag(
+        &self,
+        tag: &str,
+        message: &str,
+        signing: &GitSigning,
+    ) -> Result<String, Error> {
+        let mut command = self.git();
+        signing.apply(&mut command);
+        run(command.args(["tag", "--sign", "--message", message, tag, DEFAULT_BRANCH]))?;
+        self.push_tag(tag)
+    }
+
     fn push_tag(&self, tag: &str) -> Result<String, Error> {
         run(self
             .git()
@@ -343,6 +359,7 @@ pub struct Change<'a> {
     branch: String,
     writes: Vec<(String, String)>,
     deletions: Vec<String>,
+    signing: Option<GitSigning>,
 }
 
 impl Change<'_> {
@@ -355,6 +372,12 @@ impl Change<'_> {
     /// Adds or replaces the file at `path` (relative to the repository root).
     pub fn write(mut self, path: &str, content: &str) -> Self {
         self.writes.push((path.to_owned(), content.to_owned()));
+        self
+    }
+
+    /// Signs the commit (`git commit -S`) as `signing` says.
+    pub fn signed(mut self, signing: &GitSigning) -> Self {
+        self.signing = Some(signing.clone());
         self
     }
 
@@ -385,9 +408,12 @@ impl Change<'_> {
             run(repo.git().args(["rm", "--quiet", "--"]).arg(path))?;
         }
         run(repo.git().args(["add", "--all"]))?;
-        run(repo
-            .git()
-            .args(["commit", "--quiet", "--allow-empty", "--message", message]))?;
+        let mut command = repo.git();
+        if let Some(signing) = &self.signing {
+            signing.apply(&mut command);
+            command.arg("-c").arg("commit.gpgSign=true");
+        }
+        run(command.args(["commit", "--quiet", "--allow-empty", "--message", message]))?;
         run(repo
             .git()
             .args(["push", "--quiet", "origin"])

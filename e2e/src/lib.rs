@@ -28,6 +28,7 @@ mod names;
 mod namespace;
 mod proxy;
 mod registry;
+mod signing;
 mod wait;
 
 pub use charts::{Chart, ChartRepository};
@@ -38,4 +39,5 @@ pub use names::unique_name;
 pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use proxy::LoopbackProxy;
 pub use registry::{PushedImage, Registry, RegistryCredentials};
+pub use signing::{GitSigning, GpgKey, SshSigningKey};
 pub use wait::{DEFAULT_DEADLINE, wait_until, wait_until_within};

@@ -89,7 +89,7 @@ async fn forward(mut client: TcpStream, upstream: String, wanted: String, count:
         let _ = client
             .write_all(
                 b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\
-                  connection: close\r\n\r\n",
+                  proxy-authenticate: Basic realm=\"weir\"\r\nconnection: close\r\n\r\n",
             )
             .await;
         return;

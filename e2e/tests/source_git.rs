@@ -1013,3 +1013,768 @@ async fn unreachable_or_silent_servers_time_out_release_their_thread_and_hold_ba
     holder.abort();
     Ok(())
 }
+
+/// `spec.verify`: commits and tags signed by the real `git`, with keys made by `gpg` and
+/// `ssh-keygen`, verified against the public keys of a Secret.
+mod verify {
+    use weir_api::source::GitVerificationMode;
+    use weir_e2e::{GpgKey, SshSigningKey};
+
+    use super::*;
+
+    fn conditions(repo: &GitRepository) -> Vec<weir_api::Condition> {
+        repo.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+
+    /// `SourceVerified`'s status, reason and message.
+    fn source_verified(repo: &GitRepository) -> Option<(String, String, String)> {
+        find_condition(&conditions(repo), types::SOURCE_VERIFIED).map(|c| {
+            (
+                format!("{:?}", c.status),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+    }
+
+    fn ready(repo: &GitRepository) -> (String, String, String) {
+        let conditions = conditions(repo);
+        let c = find_condition(&conditions, types::READY).unwrap();
+        (
+            format!("{:?}", c.status),
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    }
+
+    fn verify_spec(git: &GitRepo, mode: &str, secret: &str) -> serde_json::Value {
+        json!({
+            "url": git.http_url(),
+            "interval": "10m",
+            "verify": { "mode": mode, "secretRef": { "name": secret } },
+        })
+    }
+
+    /// The archives stored for `name`.
+    fn stored_artifacts(f: &Fixture, name: &str) -> usize {
+        let dir = f
+            .storage
+            .path()
+            .join(format!("gitrepository/{}/{name}", f.ns.name()));
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
+            })
+            .count()
+        })
+    }
+
+    #[tokio::test]
+    async fn gpg_and_ssh_signed_commits_are_verified_and_the_mode_recorded() -> Result<()> {
+        let gpg = GpgKey::generate("Release Bot <release@weir.invalid>")?;
+        let ssh = SshSigningKey::generate()?;
+        let f = Fixture::start().await?;
+        let (_, git) = harness_repo().await?;
+        let gpg_signed = git.change().signed(&gpg.signing()).commit("gpg signed")?;
+        f.secret(
+            "keys",
+            &[
+                ("release.asc", &gpg.public_key()?),
+                ("ci.sshpub", &ssh.public_key()?),
+            ],
+        )
+        .await?;
+        f.create("app", verify_spec(&git, "HEAD", "keys")).await?;
+        let repo = f.wait_ready("app", "True").await?;
+        assert_eq!(revision(&repo), format!("main@sha1:{gpg_signed}"));
+        assert_eq!(
+            source_verified(&repo),
+            Some((
+                "True".to_owned(),
+                reasons::SUCCEEDED.to_owned(),
+                format!(
+                    "verified signature of\n\t- commit '{gpg_signed}' with key '{}'",
+                    gpg.key_id()?
+                )
+            ))
+        );
+        assert_eq!(
+            repo.status.as_ref().unwrap().source_verification_mode,
+            Some(GitVerificationMode::Head)
+        );
+
+        let ssh_signed = git.change().signed(&ssh.signing()).commit("ssh signed")?;
+        let repo = f.request_reconcile("app", "ssh-signed").await?;
+        assert_eq!(revision(&repo), format!("main@sha1:{ssh_signed}"));
+        let (status, _, message) = source_verified(&repo).unwrap();
+        assert_eq!(status, "True");
+        assert!(
+            message.ends_with(&format!("with key '{}'", ssh.fingerprint()?)),
+            "{message}"
+        );
+        Ok(())
+    }
+
+    /// Asks for a reconcile and checks it failed verification with `reason` and a message
+    /// containing `detail`, keeping `kept` as the artifact and writing no archive.
+    async fn rejected(
+        f: &Fixture,
+        token: &str,
+        reason: &str,
+        detail: &str,
+        kept: &str,
+    ) -> Result<()> {
+        let written = f
+            .controller
+            .metrics
+            .artifacts_written
+            .load(Ordering::Relaxed);
+        let archives = stored_artifacts(f, "app");
+        let repo = f.request_reconcile("app", token).await?;
+        let (status, ready_reason, message) = ready(&repo);
+        ensure!(
+            status == "False" && ready_reason == reason,
+            "{token}: Ready {status} {ready_reason}: {message}"
+        );
+        ensure!(message.contains(detail), "{token}: {message}");
+        let verified = source_verified(&repo);
+        ensure!(
+            verified == Some(("False".to_owned(), reason.to_owned(), message.clone())),
+            "{token}: SourceVerified {verified:?}"
+        );
+        ensure!(
+            revision(&repo) == format!("main@sha1:{kept}"),
+            "{token}: the last verified artifact stays"
+        );
+        ensure!(
+            download(&repo).await.is_ok(),
+            "{token}: and is still served"
+        );
+        ensure!(
+            f.controller
+                .metrics
+                .artifacts_written
+                .load(Ordering::Relaxed)
+                == written
+                && stored_artifacts(f, "app") == archives,
+            "{token}: no archive was written"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unsigned_unknown_and_tampered_commits_are_rejected_and_keep_the_last_artifact()
+    -> Result<()> {
+        let (trusted, stranger) = (SshSigningKey::generate()?, SshSigningKey::generate()?);
+        let f = Fixture::start().await?;
+        let (_, git) = harness_repo().await?;
+        let good = git.change().signed(&trusted.signing()).commit("trusted")?;
+        f.secret("keys", &[("trusted.sshpub", &trusted.public_key()?)])
+            .await?;
+        f.create("app", verify_spec(&git, "HEAD", "keys")).await?;
+        f.wait_ready("app", "True").await?;
+
+        let unsigned = git
+            .change()
+            .write("a.yaml", "kind: List\n")
+            .commit("unsigned")?;
+        rejected(&f, "unsigned", reasons::INVALID_COMMIT_SIGNATURE, &format!("signature verification of commit '{unsigned}' failed: unsupported signature type: empty"), &good).await?;
+        git.change()
+            .signed(&stranger.signing())
+            .commit("by a stranger")?;
+        rejected(
+            &f,
+            "stranger",
+            reasons::INVALID_COMMIT_SIGNATURE,
+            "no matching key",
+            &good,
+        )
+        .await?;
+
+        let good = git
+            .change()
+            .signed(&trusted.signing())
+            .commit("trusted again")?;
+        let repo = f.request_reconcile("app", "trusted-again").await?;
+        assert_eq!(
+            (revision(&repo), ready(&repo).0),
+            (format!("main@sha1:{good}"), "True".to_owned())
+        );
+
+        // The trusted commit with another message and its signature kept: a valid git object
+        // whose signature no longer matches it.
+        let git_dir = || {
+            let mut command = weir_e2e::git_command();
+            command.arg("--git-dir").arg(git.path());
+            command
+        };
+        let raw = git_dir().args(["cat-file", "commit", &good]).output()?;
+        let forged = String::from_utf8(raw.stdout)?.replace("trusted again", "not what was signed");
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), forged)?;
+        let out = git_dir()
+            .args(["hash-object", "-t", "commit", "-w"])
+            .arg(file.path())
+            .output()?;
+        let tampered = String::from_utf8(out.stdout)?.trim().to_owned();
+        let moved = git_dir()
+            .args(["update-ref", "refs/heads/main", &tampered, &good])
+            .status()?;
+        ensure!(moved.success() && tampered.len() == 40 && tampered != good);
+        rejected(
+            &f,
+            "tampered",
+            reasons::INVALID_COMMIT_SIGNATURE,
+            "no matching key",
+            &good,
+        )
+        .await?;
+        let events = f.events_text().await?;
+        assert!(
+            events.contains(reasons::INVALID_COMMIT_SIGNATURE),
+            "a Warning event with the reason"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_secret_is_named_and_no_artifact_is_made() -> Result<()> {
+        let ssh = SshSigningKey::generate()?;
+        let f = Fixture::start().await?;
+        let (_, git) = harness_repo().await?;
+        git.change().signed(&ssh.signing()).commit("signed")?;
+        f.create("app", verify_spec(&git, "HEAD", "no-such-keys"))
+            .await?;
+        let repo = f.wait_ready("app", "False").await?;
+        let (_, reason, message) = ready(&repo);
+        assert_eq!(reason, reasons::VERIFICATION_ERROR);
+        assert!(
+            message.contains(&format!("'{}/no-such-keys' not found", f.ns.name())),
+            "{message}"
+        );
+        assert_eq!(
+            source_verified(&repo).map(|v| v.0),
+            Some("False".to_owned())
+        );
+        assert!(repo.status.as_ref().unwrap().artifact.is_none());
+        assert_eq!(stored_artifacts(&f, "app"), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn adding_verify_to_an_unchanged_source_verifies_it_at_once() -> Result<()> {
+        let ssh = SshSigningKey::generate()?;
+        let f = Fixture::start().await?;
+        let (_, git) = harness_repo().await?;
+        f.secret("keys", &[("ci.sshpub", &ssh.public_key()?)])
+            .await?;
+        f.create("app", json!({ "url": git.http_url(), "interval": "10m" }))
+            .await?;
+        let before = f.wait_ready("app", "True").await?;
+        assert_eq!(
+            source_verified(&before),
+            None,
+            "only present with spec.verify"
+        );
+
+        // The remote did not move, yet the unsigned head must not pass as verified.
+        let patch = json!({ "spec": { "verify": { "secretRef": { "name": "keys" } } } });
+        f.api
+            .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let repo = f.wait_ready("app", "False").await?;
+        assert_eq!(ready(&repo).1, reasons::INVALID_COMMIT_SIGNATURE);
+        assert_eq!(revision(&repo), revision(&before));
+        assert_eq!(repo.status.as_ref().unwrap().source_verification_mode, None);
+
+        // And removing it again clears the verification from status.
+        let patch = json!({ "spec": { "verify": null } });
+        f.api
+            .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let repo = f.wait_ready("app", "True").await?;
+        assert_eq!(source_verified(&repo), None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn signed_tags_verify_in_tag_modes_and_a_branch_ref_stalls() -> Result<()> {
+        let ssh = SshSigningKey::generate()?;
+        let f = Fixture::start().await?;
+        let (_, git) = harness_repo().await?;
+        let commit = git.change().signed(&ssh.signing()).commit("release")?;
+        git.signed_tag("v1.0.0", "release 1.0.0", &ssh.signing())?;
+        git.annotated_tag("v1.0.1", "unsigned release")?;
+        f.secret("keys", &[("ci.sshpub", &ssh.public_key()?)])
+            .await?;
+        let mut both = verify_spec(&git, "TagAndHEAD", "keys");
+        both["ref"] = json!({ "tag": "v1.0.0" });
+        f.create("signed", both).await?;
+        let mut unsigned = verify_spec(&git, "Tag", "keys");
+        unsigned["ref"] = json!({ "semver": "1.0.1" });
+        f.create("unsigned", unsigned).await?;
+        f.create("branch", verify_spec(&git, "Tag", "keys")).await?;
+
+        let repo = f.wait_ready("signed", "True").await?;
+        assert_eq!(revision(&repo), format!("v1.0.0@sha1:{commit}"));
+        let (_, _, message) = source_verified(&repo).unwrap();
+        let key = ssh.fingerprint()?;
+        assert!(
+            message.starts_with("verified signature of\n\t- tag 'v1.0.0@")
+                && message.ends_with(&format!(
+                    "with key '{key}'\n\t- commit '{commit}' with key '{key}'"
+                )),
+            "{message}"
+        );
+        assert_eq!(
+            repo.status.as_ref().unwrap().source_verification_mode,
+            Some(GitVerificationMode::TagAndHead)
+        );
+
+        let repo = f.wait_ready("unsigned", "False").await?;
+        let (_, reason, message) = ready(&repo);
+        assert_eq!(reason, reasons::INVALID_GIT_OBJECT);
+        assert!(
+            message.contains("tag 'v1.0.1@") && message.ends_with("since it is not signed"),
+            "{message}"
+        );
+
+        let repo = f.wait_ready("branch", "False").await?;
+        assert_eq!(ready(&repo).1, reasons::INVALID_VERIFICATION_MODE);
+        let conditions = conditions(&repo);
+        let stalled = find_condition(&conditions, types::STALLED);
+        assert!(
+            stalled.is_some_and(weir_api::Condition::is_true),
+            "only a new spec fixes it"
+        );
+        assert!(repo.status.as_ref().unwrap().artifact.is_none());
+        Ok(())
+    }
+}
+
+/// What goes into the artifact besides the commit's tree (`include`, `sparseCheckout`,
+/// `recurseSubmodules`), how git reaches the remote (`proxySecretRef`) and whose identity
+/// authenticates (`provider`).
+mod content {
+    use super::*;
+
+    fn status(repo: &GitRepository) -> weir_api::GitRepositoryStatus {
+        repo.status.clone().unwrap_or_default()
+    }
+
+    fn condition(repo: &GitRepository, kind: &str) -> Option<weir_api::Condition> {
+        find_condition(&status(repo).conditions, kind).cloned()
+    }
+
+    async fn patch_spec(f: &Fixture, name: &str, spec: serde_json::Value) -> Result<()> {
+        f.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until `name` is Ready=True at its generation and `check` holds.
+    async fn wait_ready_and(
+        f: &Fixture,
+        name: &str,
+        what: &str,
+        check: impl Fn(&GitRepository) -> bool,
+    ) -> Result<GitRepository> {
+        let api = f.api.clone();
+        let check = &check;
+        Ok(wait_until(&format!("GitRepository {name}: {what}"), || {
+            let api = api.clone();
+            async move {
+                let repo = api.get(name).await.map_err(|e| e.to_string())?;
+                let st = status(&repo);
+                let ready = find_condition(&st.conditions, types::READY)
+                    .is_some_and(weir_api::Condition::is_true);
+                if ready && st.observed_generation == repo.metadata.generation && check(&repo) {
+                    Ok(repo)
+                } else {
+                    Err(format!("{:?}", st.conditions))
+                }
+            }
+        })
+        .await?)
+    }
+
+    fn digest(repo: &GitRepository) -> Option<String> {
+        status(repo).artifact.and_then(|a| a.digest)
+    }
+
+    #[tokio::test]
+    async fn an_included_artifact_is_copied_in_and_its_new_revision_rebuilds_the_includer()
+    -> Result<()> {
+        let f = Fixture::start().await?;
+        let (harness, app) = harness_repo().await?;
+        let shared = harness.git().create_repo(
+            "shared",
+            &BTreeMap::from([
+                ("deploy/shared.yaml", "kind: Shared\n"),
+                ("README.md", "# shared\n"),
+            ]),
+        )?;
+        f.create(
+            "shared",
+            json!({ "url": shared.http_url(), "interval": "10m" }),
+        )
+        .await?;
+        let shared_repo = f.wait_ready("shared", "True").await?;
+        f.create(
+            "app",
+            json!({
+                "url": app.http_url(),
+                "interval": "10m",
+                "include": [
+                    { "repository": { "name": "shared" }, "fromPath": "deploy", "toPath": "vendor/shared" },
+                    { "repository": { "name": "shared" } },
+                ],
+            }),
+        )
+        .await?;
+        let first = f.wait_ready("app", "True").await?;
+        assert_eq!(revision(&first), format!("main@sha1:{}", app.head()?));
+        let files = download(&first).await?;
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            [
+                "README.md",
+                "deploy/configmap.yaml",
+                "shared/README.md",
+                "shared/deploy/shared.yaml",
+                "vendor/shared/shared.yaml"
+            ]
+        );
+        assert_eq!(files["vendor/shared/shared.yaml"], "kind: Shared\n");
+        let st = status(&first);
+        let shared_artifact = status(&shared_repo).artifact.unwrap();
+        assert_eq!(
+            st.included_artifacts,
+            vec![shared_artifact.clone(), shared_artifact]
+        );
+        assert_eq!(st.observed_include, first.spec.include);
+        let fetches = f.controller.metrics.fetches.load(Ordering::Relaxed);
+
+        // Only the included repository moves, and only it is asked to reconcile: the includer
+        // follows by itself, with a new artifact for the same commit.
+        let moved = shared
+            .change()
+            .write("deploy/shared.yaml", "kind: Shared\nv: 2\n")
+            .commit("shared v2")?;
+        f.request_reconcile("shared", "moved-1").await?;
+        let second = wait_ready_and(&f, "app", "the new shared revision included", |r| {
+            status(r)
+                .included_artifacts
+                .first()
+                .is_some_and(|a| a.revision == format!("main@sha1:{moved}"))
+        })
+        .await?;
+        assert_eq!(revision(&second), revision(&first));
+        assert_ne!(digest(&second), digest(&first));
+        assert_eq!(
+            download(&second).await?["vendor/shared/shared.yaml"],
+            "kind: Shared\nv: 2\n"
+        );
+        assert!(f.controller.metrics.fetches.load(Ordering::Relaxed) > fetches);
+
+        // Nothing moved: no clone.
+        let fetches = f.controller.metrics.fetches.load(Ordering::Relaxed);
+        f.request_reconcile("app", "unchanged-1").await?;
+        assert_eq!(
+            f.controller.metrics.fetches.load(Ordering::Relaxed),
+            fetches
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_missing_include_waits_with_fluxs_reason_and_an_escaping_to_path_stalls() -> Result<()>
+    {
+        let f = Fixture::start().await?;
+        let (harness, app) = harness_repo().await?;
+        f.create(
+            "app",
+            json!({ "url": app.http_url(), "interval": "10m",
+                    "include": [{ "repository": { "name": "later" } }] }),
+        )
+        .await?;
+        let waiting = f.wait_ready("app", "False").await?;
+        assert_eq!(ready_reason(&waiting), "NotFound");
+        let unavailable =
+            condition(&waiting, types::INCLUDE_UNAVAILABLE).context("no IncludeUnavailable")?;
+        assert!(
+            unavailable.is_true() && unavailable.message.contains("'later'"),
+            "{unavailable:?}"
+        );
+
+        // The included repository appears: the includer is reconciled when its artifact does.
+        let later = harness
+            .git()
+            .create_repo("later", &BTreeMap::from([("x.yaml", "x: 1\n")]))?;
+        f.create(
+            "later",
+            json!({ "url": later.http_url(), "interval": "10m" }),
+        )
+        .await?;
+        let ready = wait_ready_and(&f, "app", "the include available", |r| {
+            condition(r, types::INCLUDE_UNAVAILABLE).is_none()
+        })
+        .await?;
+        assert!(download(&ready).await?.contains_key("later/x.yaml"));
+
+        f.create(
+            "escape",
+            json!({ "url": app.http_url(), "interval": "10m",
+                    "include": [{ "repository": { "name": "later" }, "toPath": "a/../../etc" }] }),
+        )
+        .await?;
+        let stalled = f.wait_ready("escape", "False").await?;
+        assert_eq!(ready_reason(&stalled), "IllegalPath");
+        assert!(
+            condition(&stalled, types::STALLED)
+                .as_ref()
+                .is_some_and(weir_api::Condition::is_true)
+        );
+        let message = condition(&stalled, types::READY).unwrap().message;
+        assert!(message.contains("spec.include[0].toPath"), "{message}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sparse_checkout_keeps_the_listed_directories_and_a_change_rebuilds_without_a_new_commit()
+    -> Result<()> {
+        let f = Fixture::start().await?;
+        let harness = Harness::get().await?;
+        let git = harness.git().create_repo(
+            "sparse",
+            &BTreeMap::from([
+                ("deploy/a.yaml", "a: 1\n"),
+                ("apps/b.yaml", "b: 1\n"),
+                ("infra/c.yaml", "c: 1\n"),
+                ("README.md", "# r\n"),
+            ]),
+        )?;
+        f.create(
+            "sparse",
+            json!({ "url": git.http_url(), "interval": "10m", "sparseCheckout": ["./deploy"] }),
+        )
+        .await?;
+        let first = f.wait_ready("sparse", "True").await?;
+        assert_eq!(
+            download(&first).await?.keys().collect::<Vec<_>>(),
+            ["deploy/a.yaml"]
+        );
+        assert_eq!(status(&first).observed_sparse_checkout, ["./deploy"]);
+        let metrics = &f.controller.metrics;
+        let fetches = metrics.fetches.load(Ordering::Relaxed);
+        f.request_reconcile("sparse", "unchanged-1").await?;
+        assert_eq!(
+            metrics.fetches.load(Ordering::Relaxed),
+            fetches,
+            "no clone when nothing changed"
+        );
+
+        patch_spec(
+            &f,
+            "sparse",
+            json!({ "sparseCheckout": ["deploy", "apps/"] }),
+        )
+        .await?;
+        let second = wait_ready_and(&f, "sparse", "apps checked out too", |r| {
+            status(r).observed_sparse_checkout == ["deploy", "apps/"]
+        })
+        .await?;
+        assert_eq!(revision(&second), revision(&first));
+        assert_eq!(
+            download(&second).await?.keys().collect::<Vec<_>>(),
+            ["apps/b.yaml", "deploy/a.yaml"]
+        );
+
+        patch_spec(&f, "sparse", json!({ "sparseCheckout": ["missing"] })).await?;
+        let failed = f.wait_ready("sparse", "False").await?;
+        assert_eq!(ready_reason(&failed), reasons::GIT_OPERATION_FAILED);
+        let message = condition(&failed, types::READY).unwrap().message;
+        assert!(message.contains("'missing' does not exist"), "{message}");
+        assert_eq!(
+            revision(&failed),
+            revision(&first),
+            "the last good artifact stays"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn git_over_https_goes_through_the_proxy_of_proxy_secret_ref() -> Result<()> {
+        let f = Fixture::start().await?;
+        let (harness, git) = harness_repo().await?;
+        let url = git.https_url()?;
+        let upstream = url
+            .strip_prefix("https://")
+            .and_then(|r| r.split('/').next())
+            .context("harness URL")?
+            .to_owned();
+        // `localhost` is in the server's certificate, and nothing listens on port 1: only the
+        // proxy, which sends every tunnel to the server, makes this URL work.
+        let via_proxy_only = url.replacen(&upstream, "localhost:1", 1);
+        let proxy = weir_e2e::LoopbackProxy::start(&upstream, "proxy-user", "proxy-s3cret").await?;
+        let ca = read(harness.git().https_ca()?)?;
+        f.secret("ca", &[("ca.crt", &ca)]).await?;
+        let address = proxy.url();
+        let proxy_secret = |name: &'static str, password: &'static str| {
+            let (f, address) = (&f, &address);
+            async move {
+                f.secret(
+                    name,
+                    &[
+                        ("address", address.as_str()),
+                        ("username", "proxy-user"),
+                        ("password", password),
+                    ],
+                )
+                .await
+            }
+        };
+        proxy_secret("proxy", "proxy-s3cret").await?;
+        let spec = |secret: &str| {
+            json!({ "url": via_proxy_only, "interval": "10m", "secretRef": { "name": "ca" },
+                    "proxySecretRef": { "name": secret } })
+        };
+        f.create("proxied", spec("proxy")).await?;
+        let ready = f.wait_ready("proxied", "True").await?;
+        assert_eq!(revision(&ready), format!("main@sha1:{}", git.head()?));
+        assert!(proxy.forwarded() > 0, "nothing went through the proxy");
+
+        // A proxy refusing the credentials fails the fetch; no password shows anywhere.
+        proxy_secret("bad-proxy", "wrong-pw-123").await?;
+        f.create("refused", spec("bad-proxy")).await?;
+        let refused = f.wait_ready("refused", "False").await?;
+        let message = condition(&refused, types::READY).unwrap().message;
+        f.create("no-secret", spec("absent")).await?;
+        let missing = f.wait_ready("no-secret", "False").await?;
+        assert_eq!(ready_reason(&missing), reasons::AUTHENTICATION_FAILED);
+        let missing_message = condition(&missing, types::READY).unwrap().message;
+        assert!(
+            missing_message.contains("/absent' not found"),
+            "{missing_message}"
+        );
+
+        // Plain http:// would go around the proxy (libgit2 connects to the server itself):
+        // refused, naming the field.
+        f.create(
+            "plain",
+            json!({ "url": git.http_url(), "interval": "10m",
+                    "proxySecretRef": { "name": "proxy" } }),
+        )
+        .await?;
+        let plain = f.wait_ready("plain", "False").await?;
+        assert!(
+            condition(&plain, types::STALLED)
+                .as_ref()
+                .is_some_and(weir_api::Condition::is_true)
+        );
+        let plain_message = condition(&plain, types::READY).unwrap().message;
+        assert!(
+            plain_message.contains("spec.proxySecretRef") && plain_message.contains("https://"),
+            "{plain_message}"
+        );
+
+        let everything = format!(
+            "{message}{missing_message}{}{}",
+            f.events_text().await?,
+            serde_json::to_string(&f.api.get("refused").await?.status)?
+        );
+        assert!(!everything.contains("wrong-pw-123") && !everything.contains("proxy-s3cret"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn providers_other_than_generic_stall_naming_the_provider() -> Result<()> {
+        let f = Fixture::start().await?;
+        let (_, git) = harness_repo().await?;
+        f.create(
+            "generic",
+            json!({ "url": git.http_url(), "interval": "10m", "provider": "generic" }),
+        )
+        .await?;
+        f.create(
+            "azure",
+            json!({ "url": git.http_url(), "interval": "10m", "provider": "azure",
+                    "serviceAccountName": "git-identity" }),
+        )
+        .await?;
+        f.create(
+            "github",
+            json!({ "url": git.http_url(), "interval": "10m", "provider": "github" }),
+        )
+        .await?;
+        f.wait_ready("generic", "True").await?;
+        for provider in ["azure", "github"] {
+            let repo = f.wait_ready(provider, "False").await?;
+            assert_eq!(ready_reason(&repo), "InvalidProviderConfiguration");
+            assert!(
+                condition(&repo, types::STALLED)
+                    .as_ref()
+                    .is_some_and(weir_api::Condition::is_true)
+            );
+            let message = condition(&repo, types::READY).unwrap().message;
+            assert!(
+                message.contains(&format!("spec.provider '{provider}'")),
+                "{message}"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn submodules_are_archived_when_recurse_submodules_is_set() -> Result<()> {
+        let f = Fixture::start().await?;
+        let harness = Harness::get().await?;
+        let lib = harness
+            .git()
+            .create_repo("lib", &BTreeMap::from([("lib.yaml", "lib: 1\n")]))?;
+        let (_, app) = harness_repo().await?;
+        // Add the submodule by its http URL through a clone of the bare repository.
+        let work = tempfile::tempdir()?;
+        let git = |args: &[&str]| -> Result<()> {
+            let out = weir_e2e::git_command()
+                .current_dir(work.path())
+                .args(args)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        git(&["clone", "--quiet", &app.path().display().to_string(), "."])?;
+        git(&["submodule", "add", "--quiet", &lib.http_url(), "vendor/lib"])?;
+        git(&["commit", "--quiet", "--message", "add lib"])?;
+        git(&["push", "--quiet", "origin", "HEAD:refs/heads/main"])?;
+
+        f.create("app", json!({ "url": app.http_url(), "interval": "10m" }))
+            .await?;
+        let plain = f.wait_ready("app", "True").await?;
+        assert!(!download(&plain).await?.contains_key("vendor/lib/lib.yaml"));
+
+        patch_spec(&f, "app", json!({ "recurseSubmodules": true })).await?;
+        let recursed = wait_ready_and(&f, "app", "submodules recursed", |r| {
+            status(r).observed_recurse_submodules
+        })
+        .await?;
+        assert_eq!(revision(&recursed), revision(&plain));
+        let files = download(&recursed).await?;
+        assert_eq!(files["vendor/lib/lib.yaml"], "lib: 1\n");
+        assert!(files.contains_key("deploy/configmap.yaml"));
+        Ok(())
+    }
+}

@@ -2,7 +2,7 @@
 //! and rules always give the same bytes: entries sorted, modes fixed, times and owners zeroed.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     path::{Path, PathBuf},
 };
@@ -101,11 +101,19 @@ fn layer(dir: &Path, sources: &[(&str, &str)]) -> Result<Gitignore, ArchiveError
     })
 }
 
-/// A file of the tree that goes into the archive.
+/// A file that goes into the archive.
 struct FileEntry {
     path: String,
-    oid: Oid,
+    content: Content,
     executable: bool,
+}
+
+/// Where a file's bytes are.
+enum Content {
+    /// A blob of the repository at this index of [`Sources::repos`] (0: the commit's own).
+    Blob { repo: usize, oid: Oid },
+    /// Bytes copied from an included artifact.
+    Bytes(Vec<u8>),
 }
 
 /// The archive's digest and size.
@@ -117,6 +125,43 @@ pub struct ArchiveSummary {
     pub files: usize,
 }
 
+/// A submodule's repository, fetched, and the commit the parent's tree pins it at.
+pub struct Submodule {
+    pub repo: Repository,
+    pub commit: Oid,
+}
+
+impl std::fmt::Debug for Submodule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submodule")
+            .field("commit", &self.commit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file copied into the artifact by `spec.include`: its path in the artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludedFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub executable: bool,
+}
+
+/// What the artifact holds besides the commit's tree, and how the tree is cut.
+#[derive(Debug, Default)]
+pub struct ArchiveInput<'a> {
+    /// `spec.ignore`.
+    pub extra_ignore: Option<&'a str>,
+    /// `spec.sparseCheckout`, normalized (no `./`, no trailing `/`): only the tree's files under
+    /// these directories are kept. Empty keeps the whole tree.
+    pub sparse: &'a [String],
+    /// With `spec.recurseSubmodules`: each gitlink's path from the root, and its repository.
+    /// A gitlink without one is left out, as without recursion.
+    pub submodules: BTreeMap<String, Submodule>,
+    /// `spec.include`'s files; each replaces a file of the tree at the same path.
+    pub included: Vec<IncludedFile>,
+}
+
 /// Writes the tree of `commit` as tar.gz to `out`, honouring the default exclusions, every
 /// `.sourceignore` in the tree and `extra_ignore` (spec.ignore). Symlinks and submodules are
 /// left out, as Flux does: an artifact never points outside itself.
@@ -126,48 +171,201 @@ pub fn write_archive(
     extra_ignore: Option<&str>,
     out: impl Write,
 ) -> Result<ArchiveSummary, ArchiveError> {
+    let input = ArchiveInput {
+        extra_ignore,
+        ..ArchiveInput::default()
+    };
+    write_artifact(repo, commit, &input, out)
+}
+
+/// [`write_archive`] with `input`: sparse directories, submodules and included files. The
+/// ignore rules apply to all of them; a submodule's or include's own `.sourceignore` files
+/// count like the tree's.
+pub fn write_artifact(
+    repo: &Repository,
+    commit: Oid,
+    input: &ArchiveInput<'_>,
+    out: impl Write,
+) -> Result<ArchiveSummary, ArchiveError> {
     let git = |e: git2::Error| ArchiveError::Git(e.message().to_owned());
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
         .map_err(git)?;
-    let (files, ignore_files) = collect(&tree)?;
-
-    // The root layer: defaults, the root .sourceignore, then spec.ignore (which may re-include).
-    let root_ignore = read_blob(
-        repo,
-        ignore_files
-            .iter()
-            .find(|(dir, _)| dir.is_empty())
-            .map(|(_, oid)| *oid),
-    )?;
-    let mut root_sources = vec![("default exclusions", DEFAULT_IGNORE)];
-    if let Some(text) = root_ignore.as_deref() {
-        root_sources.push((SOURCEIGNORE, text));
+    let mut repos = vec![repo];
+    repos.extend(input.submodules.values().map(|s| &s.repo));
+    let sources = Sources {
+        repos,
+        submodules: &input.submodules,
+    };
+    let mut files = vec![];
+    sources.collect(&tree, "", 0, &mut files)?;
+    if !input.sparse.is_empty() {
+        files.retain(|f| {
+            input.sparse.iter().any(|d| {
+                f.path
+                    .strip_prefix(d.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            })
+        });
     }
-    if let Some(text) = extra_ignore {
-        root_sources.push(("spec.ignore", text));
-    }
-    let mut layers = vec![(PathBuf::from(ROOT), layer(Path::new(ROOT), &root_sources)?)];
-    for (dir, oid) in ignore_files.iter().filter(|(dir, _)| !dir.is_empty()) {
-        let text = read_blob(repo, Some(*oid))?.unwrap_or_default();
-        let file = format!("{dir}/{SOURCEIGNORE}");
-        let abs = Path::new(ROOT).join(dir);
-        layers.push((abs.clone(), layer(&abs, &[(&file, &text)])?));
-    }
-    // Outer layers first, so nearer ones decide last.
-    layers.sort_by_key(|(dir, _)| dir.components().count());
-    let rules = IgnoreRules { layers };
-
+    let included: BTreeSet<&str> = input.included.iter().map(|f| f.path.as_str()).collect();
+    files.retain(|f| !included.contains(f.path.as_str()));
+    files.extend(input.included.iter().map(|f| FileEntry {
+        path: f.path.clone(),
+        content: Content::Bytes(f.content.clone()),
+        executable: f.executable,
+    }));
+    let rules = sources.ignore_rules(&files, input.extra_ignore)?;
     let kept: Vec<&FileEntry> = files
         .iter()
         .filter(|f| !rules.is_ignored(&f.path, false))
         .collect();
-    let dirs: BTreeSet<&str> = kept
+    write_tar(&sources, &kept, out)
+}
+
+/// The repositories an artifact's files come from.
+struct Sources<'a> {
+    repos: Vec<&'a Repository>,
+    submodules: &'a BTreeMap<String, Submodule>,
+}
+
+impl Sources<'_> {
+    fn bytes<'c>(&self, content: &'c Content) -> Result<std::borrow::Cow<'c, [u8]>, ArchiveError> {
+        match content {
+            Content::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Content::Blob { repo, oid } => {
+                let blob = self
+                    .repos
+                    .get(*repo)
+                    .ok_or_else(|| ArchiveError::Git(format!("no repository for blob {oid}")))?
+                    .find_blob(*oid)
+                    .map_err(|e| ArchiveError::Git(e.message().to_owned()))?;
+                Ok(std::borrow::Cow::Owned(blob.content().to_vec()))
+            }
+        }
+    }
+
+    /// The layers of ignore rules: defaults, the root `.sourceignore` and `extra`, then each
+    /// nested `.sourceignore` among `files`.
+    fn ignore_rules(
+        &self,
+        files: &[FileEntry],
+        extra: Option<&str>,
+    ) -> Result<IgnoreRules, ArchiveError> {
+        let mut root_sources = vec![("default exclusions".to_owned(), DEFAULT_IGNORE.to_owned())];
+        let mut nested = vec![];
+        for f in files
+            .iter()
+            .filter(|f| f.path == SOURCEIGNORE || f.path.ends_with(&format!("/{SOURCEIGNORE}")))
+        {
+            let text = String::from_utf8_lossy(&self.bytes(&f.content)?).into_owned();
+            let dir = f.path.strip_suffix(SOURCEIGNORE).unwrap_or_default();
+            if dir.is_empty() {
+                root_sources.push((SOURCEIGNORE.to_owned(), text));
+            } else {
+                nested.push((dir.trim_end_matches('/').to_owned(), text));
+            }
+        }
+        // spec.ignore comes after the root .sourceignore, so it may re-include.
+        if let Some(text) = extra {
+            root_sources.push(("spec.ignore".to_owned(), text.to_owned()));
+        }
+        let root: Vec<(&str, &str)> = root_sources
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .collect();
+        let mut layers = vec![(PathBuf::from(ROOT), layer(Path::new(ROOT), &root)?)];
+        for (dir, text) in &nested {
+            let file = format!("{dir}/{SOURCEIGNORE}");
+            let abs = Path::new(ROOT).join(dir);
+            layers.push((abs.clone(), layer(&abs, &[(&file, text)])?));
+        }
+        // Outer layers first, so nearer ones decide last.
+        layers.sort_by_key(|(dir, _)| dir.components().count());
+        Ok(IgnoreRules { layers })
+    }
+
+    /// Regular files of `tree` (of the repository at index `repo`) under `prefix`, and of the
+    /// submodules whose gitlinks it holds.
+    fn collect(
+        &self,
+        tree: &Tree<'_>,
+        prefix: &str,
+        repo: usize,
+        files: &mut Vec<FileEntry>,
+    ) -> Result<(), ArchiveError> {
+        let mut bad_name = None;
+        let mut gitlinks = vec![];
+        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            let Ok(name) = entry.name() else {
+                bad_name = Some(format!("{prefix}{dir}<non-UTF-8 name>"));
+                return TreeWalkResult::Abort;
+            };
+            // Git forbids these names, but a crafted tree could carry them.
+            if name == ".." || name == "." || name.contains('/') {
+                bad_name = Some(format!("{prefix}{dir}{name}"));
+                return TreeWalkResult::Abort;
+            }
+            let path = format!("{prefix}{dir}{name}");
+            if entry.kind() == Some(ObjectType::Commit) {
+                gitlinks.push(path);
+                return TreeWalkResult::Ok;
+            }
+            if entry.kind() != Some(ObjectType::Blob) {
+                return TreeWalkResult::Ok; // trees are walked into
+            }
+            let executable = match entry.filemode() {
+                0o100_644 | 0o100_664 => false,
+                0o100_755 => true,
+                _ => return TreeWalkResult::Ok, // symlinks (0o120000) are left out
+            };
+            files.push(FileEntry {
+                path,
+                content: Content::Blob {
+                    repo,
+                    oid: entry.id(),
+                },
+                executable,
+            });
+            TreeWalkResult::Ok
+        })
+        .map_err(|e| ArchiveError::Git(e.message().to_owned()))?;
+        if let Some(name) = bad_name {
+            return Err(ArchiveError::Git(format!(
+                "the tree holds an unusable path {name:?}"
+            )));
+        }
+        for path in gitlinks {
+            let Some((index, (_, sub))) = self
+                .submodules
+                .iter()
+                .enumerate()
+                .find(|(_, (p, _))| **p == path)
+            else {
+                continue;
+            };
+            let sub_tree = sub
+                .repo
+                .find_commit(sub.commit)
+                .and_then(|c| c.tree())
+                .map_err(|e| ArchiveError::Git(format!("submodule {path}: {}", e.message())))?;
+            self.collect(&sub_tree, &format!("{path}/"), index + 1, files)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `files` as a reproducible tar.gz: directories and files in one sorted sequence.
+fn write_tar(
+    sources: &Sources<'_>,
+    files: &[&FileEntry],
+    out: impl Write,
+) -> Result<ArchiveSummary, ArchiveError> {
+    let dirs: BTreeSet<&str> = files
         .iter()
         .flat_map(|f| f.path.match_indices('/').map(|(i, _)| &f.path[..i]))
         .collect();
-
     let hashing = HashingWriter {
         inner: out,
         hasher: Sha256::new(),
@@ -179,10 +377,10 @@ pub fn write_archive(
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
 
-    // One sorted sequence of directories and files: a directory sorts before what it holds.
+    // A directory sorts before what it holds.
     let mut entries: Vec<(String, Option<&FileEntry>)> =
         dirs.iter().map(|d| (format!("{d}/"), None)).collect();
-    entries.extend(kept.iter().map(|f| (f.path.clone(), Some(*f))));
+    entries.extend(files.iter().map(|f| (f.path.clone(), Some(*f))));
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (path, file) in &entries {
         let mut header = tar::Header::new_gnu();
@@ -197,11 +395,11 @@ pub fn write_archive(
                 tar.append_data(&mut header, path, std::io::empty())?;
             }
             Some(f) => {
-                let blob = repo.find_blob(f.oid).map_err(git)?;
+                let content = sources.bytes(&f.content)?;
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(if f.executable { 0o755 } else { 0o644 });
-                header.set_size(blob.content().len() as u64);
-                tar.append_data(&mut header, path, blob.content())?;
+                header.set_size(content.len() as u64);
+                tar.append_data(&mut header, path, &content[..])?;
             }
         }
     }
@@ -216,65 +414,8 @@ pub fn write_archive(
     Ok(ArchiveSummary {
         digest: format!("sha256:{}", hex::encode(hasher.finalize())),
         size,
-        files: kept.len(),
+        files: files.len(),
     })
-}
-
-/// Regular files of the tree, and the `.sourceignore` files with their directories.
-/// The `.sourceignore` files of a tree: their directory (empty for the root) and blob.
-type IgnoreFiles = Vec<(String, Oid)>;
-
-fn collect(tree: &Tree<'_>) -> Result<(Vec<FileEntry>, IgnoreFiles), ArchiveError> {
-    let mut files = vec![];
-    let mut ignore_files = vec![];
-    let mut bad_name = None;
-    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
-        if entry.kind() != Some(ObjectType::Blob) {
-            return TreeWalkResult::Ok; // trees are walked into; submodules (commits) skipped
-        }
-        let Ok(name) = entry.name() else {
-            bad_name = Some(format!("{dir}<non-UTF-8 name>"));
-            return TreeWalkResult::Abort;
-        };
-        // Git forbids these names, but a crafted tree could carry them.
-        if name == ".." || name == "." || name.contains('/') {
-            bad_name = Some(format!("{dir}{name}"));
-            return TreeWalkResult::Abort;
-        }
-        let path = format!("{dir}{name}");
-        match entry.filemode() {
-            0o100_644 | 0o100_664 => files.push(FileEntry {
-                path,
-                oid: entry.id(),
-                executable: false,
-            }),
-            0o100_755 => files.push(FileEntry {
-                path,
-                oid: entry.id(),
-                executable: true,
-            }),
-            _ => return TreeWalkResult::Ok, // symlinks (0o120000) are left out
-        }
-        if name == SOURCEIGNORE {
-            ignore_files.push((dir.trim_end_matches('/').to_owned(), entry.id()));
-        }
-        TreeWalkResult::Ok
-    })
-    .map_err(|e| ArchiveError::Git(e.message().to_owned()))?;
-    if let Some(name) = bad_name {
-        return Err(ArchiveError::Git(format!(
-            "the tree holds an unusable path {name:?}"
-        )));
-    }
-    Ok((files, ignore_files))
-}
-
-fn read_blob(repo: &Repository, oid: Option<Oid>) -> Result<Option<String>, ArchiveError> {
-    let Some(oid) = oid else { return Ok(None) };
-    let blob = repo
-        .find_blob(oid)
-        .map_err(|e| ArchiveError::Git(e.message().to_owned()))?;
-    Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
 }
 
 struct HashingWriter<W> {
@@ -403,6 +544,99 @@ mod tests {
                 "tmp/",
                 "tmp/keep.yaml"
             ]
+        );
+    }
+
+    #[test]
+    fn sparse_dirs_includes_and_submodules_shape_the_artifact() {
+        let (_sd, sub, sub_commit) = repo_with(&[("lib.yaml", "lib", false)]);
+        let (_d, repo, c) = repo_with(&[
+            ("apps/a.yaml", "a", false),
+            ("apps/shared/old.yaml", "tree", false),
+            ("infra/i.yaml", "i", false),
+            ("docs/d.md", "d", false),
+            ("root.yaml", "r", false),
+        ]);
+        let names = |input: &ArchiveInput<'_>| {
+            let mut out = vec![];
+            write_artifact(&repo, c, input, &mut out).unwrap();
+            listing(&out)
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| !n.ends_with('/'))
+                .collect::<Vec<_>>()
+        };
+        let sparse = ["apps".to_owned(), "infra".to_owned()];
+        let input = ArchiveInput {
+            sparse: &sparse,
+            ..ArchiveInput::default()
+        };
+        assert_eq!(
+            names(&input),
+            ["apps/a.yaml", "apps/shared/old.yaml", "infra/i.yaml"]
+        );
+
+        let input = ArchiveInput {
+            extra_ignore: Some("*.png\n"),
+            included: vec![
+                IncludedFile {
+                    path: "apps/shared/old.yaml".into(),
+                    content: b"included".to_vec(),
+                    executable: false,
+                },
+                IncludedFile {
+                    path: "apps/shared/logo.png".into(),
+                    content: b"x".to_vec(),
+                    executable: false,
+                },
+            ],
+            ..ArchiveInput::default()
+        };
+        let mut out = vec![];
+        write_artifact(&repo, c, &input, &mut out).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&out[..]));
+        let mut seen = BTreeMap::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            seen.insert(e.path().unwrap().to_string_lossy().into_owned(), text);
+        }
+        assert_eq!(seen["apps/shared/old.yaml"], "included");
+        assert!(!seen.contains_key("apps/shared/logo.png"));
+
+        // A gitlink, archived only when its repository is given.
+        let (_gd, parent, pc) = repo_with(&[("main.yaml", "m", false)]);
+        let tree = parent.find_commit(pc).unwrap().tree().unwrap();
+        let mut builder = parent.treebuilder(Some(&tree)).unwrap();
+        builder.insert("vendor", sub_commit, 0o160_000).unwrap();
+        let tree = parent.find_tree(builder.write().unwrap()).unwrap();
+        let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(0, 0)).unwrap();
+        let with_link = parent.commit(None, &sig, &sig, "link", &tree, &[]).unwrap();
+        let archived = |input: &ArchiveInput<'_>| {
+            let mut out = vec![];
+            write_artifact(&parent, with_link, input, &mut out).unwrap();
+            listing(&out)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(archived(&ArchiveInput::default()), ["main.yaml"]);
+        let mut submodules = BTreeMap::new();
+        submodules.insert(
+            "vendor".to_owned(),
+            Submodule {
+                repo: sub,
+                commit: sub_commit,
+            },
+        );
+        let input = ArchiveInput {
+            submodules,
+            ..ArchiveInput::default()
+        };
+        assert_eq!(
+            archived(&input),
+            ["main.yaml", "vendor/", "vendor/lib.yaml"]
         );
     }
 

@@ -1,9 +1,9 @@
 //! The typed failures of a GitRepository reconcile, each with its condition reason.
 
-use weir_api::{reasons, types};
+use weir_api::{GitProvider, reasons, types};
 use weir_runtime::{Disposition, Failure};
 
-use crate::{archive::ArchiveError, git::GitError};
+use crate::{archive::ArchiveError, git::GitError, verify::VerifyError};
 
 /// Why a GitRepository reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +41,65 @@ pub enum SourceError {
     Storage(#[source] std::io::Error),
     #[error("the git task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// `spec.verify` failed; boxed, as its signature errors are large.
+    #[error(transparent)]
+    Verification(Box<VerifyError>),
     #[error("the remote gave no commit to check out")]
     NothingToCheckOut,
+    #[error(
+        "spec.provider '{}': Weir does not implement its identity (Azure workload identity or a \
+         GitHub App token, fetched from the provider's service); use provider 'generic' with \
+         secretRef (spec.serviceAccountName is only read with provider 'azure')",
+        .0.as_str()
+    )]
+    ProviderUnsupported(GitProvider),
+    #[error("failed to configure proxy options: secret '{namespace}/{name}' not found")]
+    ProxySecretNotFound { namespace: String, name: String },
+    #[error("failed to configure proxy options: secret '{name}' (spec.proxySecretRef): {why}")]
+    ProxySecretInvalid { name: String, why: String },
+    #[error(
+        "spec.proxySecretRef '{0}': libgit2 sends plain http:// git traffic to the server \
+         directly, around the proxy; use an https:// URL (proxied with CONNECT)"
+    )]
+    ProxyNeedsHttps(String),
+    #[error(
+        "could not get resource for include '{name}': GitRepository '{namespace}/{name}' not found"
+    )]
+    IncludeNotFound { namespace: String, name: String },
+    #[error("could not get resource for include '{name}': {message}")]
+    IncludeUnreadable { name: String, message: String },
+    #[error("no artifact available for include '{0}'")]
+    IncludeNoArtifact(String),
+    #[error("{field} '{path}' leaves the artifact's root")]
+    IllegalIncludePath { field: String, path: String },
+    #[error("failed to copy '{name}' include from '{from}' to '{to}': {why}")]
+    IncludeCopyFailed {
+        name: String,
+        from: String,
+        to: String,
+        why: String,
+    },
+    #[error(
+        "failed to sparse checkout directories: spec.sparseCheckout dir '{0}' does not exist in repository"
+    )]
+    SparseCheckoutMissing(String),
+    #[error("submodule '{path}': {source}")]
+    Submodule {
+        path: String,
+        #[source]
+        source: GitError,
+    },
+}
+
+/// How long an include that is not available yet waits before it is looked at again, when no
+/// change of the included GitRepository triggers a reconcile first (Flux's default
+/// `--requeue-dependency`).
+pub const INCLUDE_REQUEUE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl From<VerifyError> for SourceError {
+    fn from(e: VerifyError) -> Self {
+        Self::Verification(Box::new(e))
+    }
 }
 
 impl From<std::io::Error> for SourceError {
@@ -56,7 +113,14 @@ impl SourceError {
     #[must_use]
     pub fn condition_type(&self) -> &'static str {
         match self {
-            Self::Archive(_) | Self::Storage(_) => types::STORAGE_OPERATION_FAILED,
+            Self::Verification(_) => types::SOURCE_VERIFIED,
+            Self::Archive(_)
+            | Self::Storage(_)
+            | Self::IllegalIncludePath { .. }
+            | Self::IncludeCopyFailed { .. } => types::STORAGE_OPERATION_FAILED,
+            Self::IncludeNotFound { .. }
+            | Self::IncludeUnreadable { .. }
+            | Self::IncludeNoArtifact(_) => types::INCLUDE_UNAVAILABLE,
             Self::InvalidUrl { .. }
             | Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
@@ -70,7 +134,26 @@ impl SourceError {
             | Self::Timeout(_)
             | Self::StillRunning(_)
             | Self::Task(_)
-            | Self::NothingToCheckOut => types::FETCH_FAILED,
+            | Self::NothingToCheckOut
+            | Self::ProviderUnsupported(_)
+            | Self::ProxySecretNotFound { .. }
+            | Self::ProxySecretInvalid { .. }
+            | Self::ProxyNeedsHttps(_)
+            | Self::SparseCheckoutMissing(_)
+            | Self::Submodule { .. } => types::FETCH_FAILED,
+        }
+    }
+}
+
+impl SourceError {
+    /// The status this failure sets its condition to: False for the bipolar `SourceVerified`,
+    /// True for the negative-polarity rest.
+    #[must_use]
+    pub fn condition_status(&self) -> weir_api::ConditionStatus {
+        if self.condition_type() == types::SOURCE_VERIFIED {
+            weir_api::ConditionStatus::False
+        } else {
+            weir_api::ConditionStatus::True
         }
     }
 }
@@ -78,12 +161,25 @@ impl SourceError {
 impl Failure for SourceError {
     fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidUrl { .. } => reasons::URL_INVALID,
+            Self::Verification(e) => e.reason(),
+            Self::InvalidUrl { .. } | Self::ProxyNeedsHttps(_) => reasons::URL_INVALID,
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
+            | Self::ProxySecretNotFound { .. }
+            | Self::ProxySecretInvalid { .. }
             | Self::Git(
                 GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
-            ) => reasons::AUTHENTICATION_FAILED,
+            )
+            | Self::Submodule {
+                source:
+                    GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
+                ..
+            } => reasons::AUTHENTICATION_FAILED,
+            Self::ProviderUnsupported(_) => reasons::INVALID_PROVIDER_CONFIGURATION,
+            Self::IncludeNotFound { .. } | Self::IncludeUnreadable { .. } => reasons::NOT_FOUND,
+            Self::IncludeNoArtifact(_) => reasons::NO_ARTIFACT,
+            Self::IllegalIncludePath { .. } => reasons::ILLEGAL_PATH,
+            Self::IncludeCopyFailed { .. } => reasons::COPY_FAILURE,
             Self::Archive(_) => reasons::ARCHIVE_OPERATION_FAILED,
             Self::Storage(_) => reasons::WRITE_OPERATION_FAILED,
             Self::InvalidSemver(_)
@@ -96,14 +192,24 @@ impl Failure for SourceError {
             | Self::Timeout(_)
             | Self::StillRunning(_)
             | Self::Task(_)
-            | Self::NothingToCheckOut => reasons::GIT_OPERATION_FAILED,
+            | Self::NothingToCheckOut
+            | Self::SparseCheckoutMissing(_)
+            | Self::Submodule { .. } => reasons::GIT_OPERATION_FAILED,
         }
     }
 
     fn disposition(&self) -> Disposition {
         match self {
+            Self::Verification(e) => e.disposition(),
             // Only a change of the spec fixes these.
-            Self::InvalidUrl { .. } | Self::InvalidSemver(_) => Disposition::Stalled,
+            Self::InvalidUrl { .. }
+            | Self::InvalidSemver(_)
+            | Self::ProviderUnsupported(_)
+            | Self::ProxyNeedsHttps(_)
+            | Self::IllegalIncludePath { .. } => Disposition::Stalled,
+            Self::IncludeNotFound { .. } | Self::IncludeNoArtifact(_) => {
+                Disposition::Waiting(INCLUDE_REQUEUE)
+            }
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
             | Self::Git(_)
@@ -117,7 +223,13 @@ impl Failure for SourceError {
             | Self::Archive(_)
             | Self::Storage(_)
             | Self::Task(_)
-            | Self::NothingToCheckOut => Disposition::Transient,
+            | Self::NothingToCheckOut
+            | Self::ProxySecretNotFound { .. }
+            | Self::ProxySecretInvalid { .. }
+            | Self::IncludeUnreadable { .. }
+            | Self::IncludeCopyFailed { .. }
+            | Self::SparseCheckoutMissing(_)
+            | Self::Submodule { .. } => Disposition::Transient,
         }
     }
 }

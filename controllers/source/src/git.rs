@@ -10,7 +10,7 @@ use std::{
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid,
-    PushOptions, RemoteCallbacks, Repository,
+    ProxyOptions, PushOptions, RemoteCallbacks, Repository,
 };
 
 use crate::known_hosts::{HostKeyError, KnownHosts};
@@ -30,6 +30,98 @@ pub struct Credentials {
     /// `ca.crt`: a PEM CA bundle the HTTPS server's certificate must chain to, instead of the
     /// system's trust store.
     pub ca_cert: Option<Vec<u8>>,
+    /// The HTTP(S) proxy of `spec.proxySecretRef`, when set. SSH never goes through it.
+    pub proxy: Option<Proxy>,
+}
+
+/// An HTTP(S) proxy from a Secret with Flux's keys: `address`, optional `username`/`password`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// `http://host:port` or `https://host:port`, without credentials.
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "*****"))
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// Reads `address`, `username` and `password`; the error names what is wrong, never a value
+    /// but the address.
+    pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, String> {
+        let text = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let address = text("address").ok_or_else(|| "key 'address' not found".to_owned())?;
+        let valid = address.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https")
+                && !rest.is_empty()
+                && !rest.contains('@')
+                && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+        if !valid {
+            return Err(format!(
+                "invalid 'address' {:?}: want http(s)://host:port without credentials",
+                weir_runtime::redact::strip_url_credentials(&address)
+            ));
+        }
+        Ok(Self {
+            address,
+            username: text("username"),
+            password: text("password"),
+        })
+    }
+
+    /// The URL libgit2 is given: the address with the credentials as userinfo, which libgit2
+    /// answers a proxy's `407` with.
+    fn url(&self) -> String {
+        let Some(user) = &self.username else {
+            return self.address.clone();
+        };
+        let (scheme, rest) = self
+            .address
+            .split_once("://")
+            .unwrap_or(("http", &self.address));
+        let password = self
+            .password
+            .as_deref()
+            .map(|p| format!(":{}", percent_encode(p)))
+            .unwrap_or_default();
+        format!("{scheme}://{}{password}@{rest}", percent_encode(user))
+    }
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Proxy options for a remote: its proxy, or none (libgit2 then ignores the environment's).
+fn proxy_options<'a>(remote: &Remote<'_>) -> ProxyOptions<'a> {
+    let mut po = ProxyOptions::new();
+    if let Some(proxy) = &remote.credentials.proxy {
+        po.url(&proxy.url());
+    }
+    po
 }
 
 impl std::fmt::Debug for Credentials {
@@ -44,6 +136,7 @@ impl std::fmt::Debug for Credentials {
             )
             .field("known_hosts", &self.known_hosts.is_some())
             .field("ca_cert", &self.ca_cert.is_some())
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -62,6 +155,7 @@ impl Credentials {
             ssh_identity: identity,
             known_hosts: text("known_hosts").map(|k| KnownHosts::parse(&k)),
             ca_cert: data.get("ca.crt").cloned(),
+            proxy: None,
         }
     }
 
@@ -75,6 +169,11 @@ impl Credentials {
         out.extend(self.bearer_token.clone());
         out.extend(self.ssh_identity.clone());
         out.extend(self.ssh_passphrase.clone());
+        if let Some(password) = self.proxy.as_ref().and_then(|p| p.password.as_ref()) {
+            // libgit2 is given it percent-encoded in the proxy URL.
+            out.push(percent_encode(password));
+            out.push(password.clone());
+        }
         out
     }
 }
@@ -305,6 +404,7 @@ fn fetch_options<'a>(
     let mut fo = FetchOptions::new();
     fo.remote_callbacks(callbacks(remote, state));
     fo.download_tags(AutotagOption::None);
+    fo.proxy_options(proxy_options(remote));
     if let Some(h) = header {
         fo.custom_headers(&[h.as_str()]);
     }
@@ -337,7 +437,11 @@ pub fn ls_remote(remote: &Remote<'_>, scratch: &Path) -> Result<RemoteRefs, GitE
             .map_err(|e| state.error(&e))?;
     } else {
         git_remote
-            .connect_auth(Direction::Fetch, Some(callbacks(remote, &state)), None)
+            .connect_auth(
+                Direction::Fetch,
+                Some(callbacks(remote, &state)),
+                Some(proxy_options(remote)),
+            )
             .map_err(|e| state.error(&e))?;
     }
     let heads = git_remote.list().map_err(|e| state.error(&e))?;
@@ -412,6 +516,7 @@ pub fn push_with_options(
         });
         let mut options = PushOptions::new();
         options.remote_callbacks(cb);
+        options.proxy_options(proxy_options(remote));
         if let Some(h) = &header {
             options.custom_headers(&[h.as_str()]);
         }
@@ -473,6 +578,36 @@ mod tests {
             "4444444444444444444444444444444444444444"
         );
         assert_eq!(refs.tags().collect::<Vec<_>>(), ["v0.9.0", "v1.0.0"]);
+    }
+
+    #[test]
+    fn proxies_come_from_fluxs_keys_and_never_print_the_password() {
+        let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let proxy = Proxy::from_secret_data(&data(&[
+            ("address", "http://127.0.0.1:3128"),
+            ("username", "me"),
+            ("password", "p@ss:w/rd"),
+        ]))
+        .unwrap();
+        assert_eq!(proxy.url(), "http://me:p%40ss%3Aw%2Frd@127.0.0.1:3128");
+        assert!(!format!("{proxy:?}").contains("p@ss"));
+        let plain = Proxy::from_secret_data(&data(&[("address", "https://proxy:8443")])).unwrap();
+        assert_eq!(plain.url(), "https://proxy:8443");
+        assert_eq!(
+            Proxy::from_secret_data(&data(&[("username", "me")])).unwrap_err(),
+            "key 'address' not found"
+        );
+        let e =
+            Proxy::from_secret_data(&data(&[("address", "socks5://u:hunter2@h:1")])).unwrap_err();
+        assert!(
+            e.contains("invalid 'address'") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]

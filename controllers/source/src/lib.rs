@@ -2,12 +2,16 @@
 //! served over HTTP and published in `status.artifact` for other controllers to download.
 
 pub mod archive;
+pub mod content;
 pub mod error;
 pub mod git;
+pub mod include;
 pub mod known_hosts;
 pub mod reconcile;
 pub mod storage;
+pub mod submodule;
 pub mod tls;
+pub mod verify;
 
 use std::{
     net::SocketAddr,
@@ -216,6 +220,7 @@ pub async fn start(
         config.concurrency,
         &mut synced,
     );
+    let controller = watch_includes(controller, &client, config.namespace.as_deref());
     let controller = weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal);
     tracing::info!(storage = %storage_url, "source controller started");
     Ok(Handle {
@@ -224,6 +229,37 @@ pub async fn start(
         storage_url,
         controller,
         server,
+    })
+}
+
+/// A GitRepository whose artifact changes starts every GitRepository including it at once, so a
+/// new included artifact makes a new artifact of the includer (the include requeue is only the
+/// fallback).
+fn watch_includes(
+    controller: kube::runtime::Controller<GitRepository>,
+    client: &Client,
+    namespace: Option<&str>,
+) -> kube::runtime::Controller<GitRepository> {
+    use kube::runtime::{WatchStreamExt, reflector::ObjectRef, watcher};
+    let api: Api<GitRepository> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let changed = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(
+            include::artifact_trigger,
+            kube::runtime::PredicateConfig::default(),
+        );
+    let store = controller.store();
+    controller.watches_stream(changed, move |changed: GitRepository| {
+        store
+            .state()
+            .into_iter()
+            .filter(|repo| include::includes(repo, &changed))
+            .map(|repo| ObjectRef::from_obj(&*repo))
+            .collect::<Vec<_>>()
     })
 }
 
@@ -304,9 +340,14 @@ async fn apply(
             ))
             .await;
     }
+    let mut included = vec![];
     let (result, redactor) = match reconcile::load_credentials(repo, ctx).await {
         Ok((url, credentials, redactor)) => (
-            reconcile::reconcile_source(repo, ctx, url, credentials, &mut progress).await,
+            with_includes(repo, ctx, &mut status, &mut included, async |included| {
+                reconcile::reconcile_source(repo, ctx, url, credentials, included, &mut progress)
+                    .await
+            })
+            .await,
             redactor,
         ),
         Err(e) => {
@@ -324,7 +365,7 @@ async fn apply(
             .and_then(|s| s.last_handled_reconcile_at.as_deref()),
     );
     let action = match result {
-        Ok(outcome) => {
+        Ok((outcome, verified)) => {
             ctx.backoff.succeeded(&key);
             let (artifact, new) = match outcome {
                 SourceOutcome::Unchanged(a) => (a, None),
@@ -364,6 +405,8 @@ async fn apply(
             }
             status.artifact = Some(artifact);
             status.observed_ignore.clone_from(&repo.spec.ignore);
+            include::record(&mut status, &repo.spec, included);
+            verify::record_success(&mut status, repo, verified.as_ref());
             Action::requeue(schedule::jittered(repo.spec.interval.as_std()))
         }
         Err(error) => failed(repo, ctx, &mut status, &error, &redactor, &key).await,
@@ -373,6 +416,20 @@ async fn apply(
     let current = progress.written.take().or(previous);
     apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
+}
+
+/// Step: the included artifacts (into `included`; `IncludeUnavailable` cleared once they all
+/// are), then `source` with them.
+async fn with_includes<T>(
+    repo: &GitRepository,
+    ctx: &Context,
+    status: &mut GitRepositoryStatus,
+    included: &mut Vec<weir_api::Artifact>,
+    source: impl AsyncFnOnce(&[weir_api::Artifact]) -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    *included = include::fetch_includes(&ctx.client, repo).await?;
+    condition::remove_condition(&mut status.conditions, types::INCLUDE_UNAVAILABLE);
+    source(included).await
 }
 
 /// Writes Reconciling=True (Flux's `Progressing` reason) and Ready=Unknown before the work a new
@@ -441,11 +498,12 @@ async fn failed(
     let reason = error.reason();
     let message = redactor.redact(&error.to_string());
     tracing::warn!(reason, error = message, "reconcile failed");
+    verify::record_failure(status, error);
     condition::set_condition(
         &mut status.conditions,
         weir_api::Condition::new(
             error.condition_type(),
-            weir_api::ConditionStatus::True,
+            error.condition_status(),
             reason,
             &message,
         )

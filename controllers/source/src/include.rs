@@ -1,0 +1,289 @@
+//! `spec.include`: other GitRepositories' artifacts copied into this one's, as Flux does. Each
+//! include's artifact (from storage, not downloaded: the included repository is reconciled by
+//! this controller) contributes its files under `fromPath` (its root by default), placed under
+//! `toPath` (the included repository's name by default). The included artifacts are recorded in
+//! `status.includedArtifacts`; a change of one, or of `include`, `sparseCheckout` or
+//! `recurseSubmodules`, builds a new artifact even when the commit did not move.
+//!
+//! Where Weir deviates: Flux clamps a `toPath` or `fromPath` that climbs out of the root
+//! (`../x` becomes `x`); Weir refuses it, naming the field, since such a path is a mistake.
+
+use std::io::Read;
+
+use kube::{Api, ResourceExt};
+use weir_api::{
+    Artifact, GitRepository, GitRepositoryInclude, GitRepositorySpec, GitRepositoryStatus,
+};
+
+use crate::{archive::IncludedFile, error::SourceError, storage::Storage};
+
+/// A path of the spec made relative to the artifact's root: no empty, `.` or leading `/`
+/// components. `None` when it climbs out with `..`.
+#[must_use]
+pub fn normalize(path: &str) -> Option<String> {
+    let mut parts = vec![];
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The `fromPath` and `toPath` of include `index`, normalized; a path that leaves the root is
+/// an error naming the field.
+pub fn include_paths(
+    include: &GitRepositoryInclude,
+    index: usize,
+) -> Result<(String, String), SourceError> {
+    let check = |field: &str, value: &str| {
+        normalize(value).ok_or_else(|| SourceError::IllegalIncludePath {
+            field: format!("spec.include[{index}].{field}"),
+            path: value.to_owned(),
+        })
+    };
+    Ok((
+        check("fromPath", include.from_path())?,
+        check("toPath", include.to_path())?,
+    ))
+}
+
+/// Step: the artifact of every included GitRepository, in `spec.include`'s order. A missing
+/// repository or one without an artifact yet is [`SourceError::IncludeNotFound`] or
+/// [`SourceError::IncludeNoArtifact`] (`IncludeUnavailable`, Flux's reasons).
+pub async fn fetch_includes(
+    client: &kube::Client,
+    repo: &GitRepository,
+) -> Result<Vec<Artifact>, SourceError> {
+    let namespace = repo.namespace().unwrap_or_default();
+    let api: Api<GitRepository> = Api::namespaced(client.clone(), &namespace);
+    let mut artifacts = Vec::with_capacity(repo.spec.include.len());
+    for (index, include) in repo.spec.include.iter().enumerate() {
+        include_paths(include, index)?;
+        let name = &include.repository.name;
+        let included = api
+            .get_opt(name)
+            .await
+            .map_err(|e| SourceError::IncludeUnreadable {
+                name: name.clone(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| SourceError::IncludeNotFound {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })?;
+        let artifact = included
+            .status
+            .and_then(|s| s.artifact)
+            .ok_or_else(|| SourceError::IncludeNoArtifact(name.clone()))?;
+        artifacts.push(artifact);
+    }
+    Ok(artifacts)
+}
+
+/// Whether the artifact in status was built with other includes, sparse directories or
+/// submodule setting than the spec asks for now, or with other included artifacts than
+/// `included` (compared by revision and digest, as Flux does).
+#[must_use]
+pub fn content_config_changed(
+    spec: &GitRepositorySpec,
+    status: Option<&GitRepositoryStatus>,
+    included: &[Artifact],
+) -> bool {
+    let default = GitRepositoryStatus::default();
+    let status = status.unwrap_or(&default);
+    spec.recurse_submodules != status.observed_recurse_submodules
+        || spec.sparse_checkout != status.observed_sparse_checkout
+        || spec.include != status.observed_include
+        || included.len() != status.included_artifacts.len()
+        || included
+            .iter()
+            .zip(&status.included_artifacts)
+            .any(|(now, then)| now.revision != then.revision || now.digest != then.digest)
+}
+
+/// Whether `repo` includes `other` (same namespace, named in `spec.include`).
+#[must_use]
+pub fn includes(repo: &GitRepository, other: &GitRepository) -> bool {
+    repo.namespace() == other.namespace()
+        && repo
+            .spec
+            .include
+            .iter()
+            .any(|i| i.repository.name == other.name_any())
+}
+
+/// What of a GitRepository starts the GitRepositories including it: its artifact's revision
+/// and digest. The same trigger as the kustomize controller's for its sources.
+#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
+#[must_use]
+pub fn artifact_trigger(repo: &GitRepository) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let artifact = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
+    artifact.map(|a| &a.revision).hash(&mut hasher);
+    artifact.map(|a| &a.digest).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Records what a successful artifact was built with: the included artifacts and the spec's
+/// include, sparse and submodule settings (Flux's observed fields).
+pub fn record(status: &mut GitRepositoryStatus, spec: &GitRepositorySpec, included: Vec<Artifact>) {
+    status.included_artifacts = included;
+    status.observed_include.clone_from(&spec.include);
+    status.observed_recurse_submodules = spec.recurse_submodules;
+    status
+        .observed_sparse_checkout
+        .clone_from(&spec.sparse_checkout);
+}
+
+/// Reads the files of include `index` from its artifact in storage: those under `fromPath`,
+/// placed under `toPath`.
+pub fn included_files(
+    storage: &Storage,
+    include: &GitRepositoryInclude,
+    index: usize,
+    artifact: &Artifact,
+) -> Result<Vec<IncludedFile>, SourceError> {
+    let (from, to) = include_paths(include, index)?;
+    let name = &include.repository.name;
+    let copy_failed = |why: String| SourceError::IncludeCopyFailed {
+        name: name.clone(),
+        from: include.from_path().to_owned(),
+        to: include.to_path().to_owned(),
+        why,
+    };
+    let file = std::fs::File::open(storage.path(&artifact.path))
+        .map_err(|e| copy_failed(format!("reading artifact '{}': {e}", artifact.path)))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut files = vec![];
+    let mut from_exists = from.is_empty();
+    let entries = archive.entries().map_err(|e| copy_failed(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| copy_failed(e.to_string()))?;
+        let path = entry.path().map_err(|e| copy_failed(e.to_string()))?;
+        let Some(path) = normalize(&path.to_string_lossy()) else {
+            return Err(copy_failed(
+                "the artifact holds a path with '..'".to_owned(),
+            ));
+        };
+        let relative = if from.is_empty() {
+            Some(path.as_str())
+        } else {
+            path.strip_prefix(from.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+        };
+        let Some(relative) = relative else { continue };
+        from_exists = true;
+        if !entry.header().entry_type().is_file() || relative.is_empty() {
+            continue;
+        }
+        let target = [to.as_str(), relative]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+        let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
+        let mut content = vec![];
+        entry
+            .read_to_end(&mut content)
+            .map_err(|e| copy_failed(e.to_string()))?;
+        files.push(IncludedFile {
+            path: target,
+            content,
+            executable,
+        });
+    }
+    if !from_exists {
+        return Err(copy_failed(format!(
+            "fromPath '{}' is not in the artifact",
+            include.from_path()
+        )));
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_api::LocalObjectReference;
+
+    fn include(name: &str, from: Option<&str>, to: Option<&str>) -> GitRepositoryInclude {
+        GitRepositoryInclude {
+            repository: LocalObjectReference { name: name.into() },
+            from_path: from.map(Into::into),
+            to_path: to.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn paths_default_and_never_leave_the_root() {
+        assert_eq!(
+            include_paths(&include("shared", None, None), 0).unwrap(),
+            (String::new(), "shared".into())
+        );
+        assert_eq!(
+            include_paths(&include("shared", Some("./deploy/"), Some("/vendor//x")), 0).unwrap(),
+            ("deploy".into(), "vendor/x".into())
+        );
+        assert_eq!(
+            include_paths(&include("shared", None, Some(".")), 0).unwrap(),
+            (String::new(), String::new())
+        );
+        let e = include_paths(&include("shared", None, Some("a/../../etc")), 2).unwrap_err();
+        assert!(e.to_string().contains("spec.include[2].toPath"), "{e}");
+        let e = include_paths(&include("shared", Some(".."), None), 0).unwrap_err();
+        assert!(e.to_string().contains("spec.include[0].fromPath"), "{e}");
+    }
+
+    fn artifact(revision: &str, digest: &str) -> Artifact {
+        serde_json::from_value(serde_json::json!({
+            "path": "p", "url": "u", "revision": revision, "digest": digest,
+            "lastUpdateTime": "2024-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn content_config_changes_are_seen() {
+        let mut spec: GitRepositorySpec =
+            serde_json::from_value(serde_json::json!({ "url": "https://h/r", "interval": "1m" }))
+                .unwrap();
+        let mut status = GitRepositoryStatus::default();
+        assert!(!content_config_changed(&spec, Some(&status), &[]));
+        assert!(!content_config_changed(&spec, None, &[]));
+
+        spec.sparse_checkout = vec!["deploy".into()];
+        assert!(content_config_changed(&spec, Some(&status), &[]));
+        status.observed_sparse_checkout = vec!["deploy".into()];
+        assert!(!content_config_changed(&spec, Some(&status), &[]));
+
+        spec.recurse_submodules = true;
+        assert!(content_config_changed(&spec, Some(&status), &[]));
+        status.observed_recurse_submodules = true;
+
+        spec.include = vec![include("shared", None, None)];
+        let a = artifact("main@sha1:1", "sha256:1");
+        assert!(content_config_changed(
+            &spec,
+            Some(&status),
+            std::slice::from_ref(&a)
+        ));
+        status.observed_include.clone_from(&spec.include);
+        status.included_artifacts = vec![a.clone()];
+        assert!(!content_config_changed(&spec, Some(&status), &[a]));
+        assert!(content_config_changed(
+            &spec,
+            Some(&status),
+            &[artifact("main@sha1:1", "sha256:2")]
+        ));
+        assert!(content_config_changed(
+            &spec,
+            Some(&status),
+            &[artifact("main@sha1:2", "sha256:1")]
+        ));
+    }
+}

@@ -140,6 +140,11 @@ pub struct KustomizationSpec {
     /// Kustomize components (paths relative to `path`) included in the build.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<String>,
+    /// Build metadata kustomize adds to the built objects, applied with them:
+    /// `originAnnotations` (`config.kubernetes.io/origin`, the file each object came from) and
+    /// `transformerAnnotations` (`alpha.config.kubernetes.io/transformations`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_metadata: Vec<BuildMetadataOption>,
     /// Leave out the `components` that are not in the source instead of failing the build.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_missing_components: bool,
@@ -223,6 +228,25 @@ pub struct PostBuild {
     /// ConfigMaps and Secrets whose data are variables, read in order; later ones win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub substitute_from: Vec<SubstituteReference>,
+}
+
+/// A kind of build metadata (Flux's `buildMetadata`, kustomize's names).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum BuildMetadataOption {
+    OriginAnnotations,
+    TransformerAnnotations,
+}
+
+impl BuildMetadataOption {
+    /// The name kustomize's `buildMetadata` takes.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OriginAnnotations => "originAnnotations",
+            Self::TransformerAnnotations => "transformerAnnotations",
+        }
+    }
 }
 
 /// When `postBuild` substitutes variables (Flux's `substituteStrategy`).

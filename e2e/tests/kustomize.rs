@@ -2235,3 +2235,50 @@ async fn ignore_rules_leave_the_selected_fields_to_the_cluster() -> Result<()> {
     );
     f.teardown().await
 }
+
+/// `buildMetadata`: kustomize's origin and transformer annotations are applied with the objects
+/// when asked for, and only then (Weir's own origin annotations never reach the cluster).
+#[tokio::test]
+async fn build_metadata_annotations_are_applied_only_when_asked_for() -> Result<()> {
+    let f = Fixture::start(&[
+        ("apps/a.yaml", &config_map_yaml("a", "1")),
+        ("apps/kustomization.yaml", "resources: [a.yaml]\n"),
+    ])
+    .await?;
+    f.create_ks(
+        "with",
+        json!({
+            "path": "./apps",
+            "namePrefix": "with-",
+            "buildMetadata": ["originAnnotations", "transformerAnnotations"],
+        }),
+    )
+    .await?;
+    f.create_ks(
+        "without",
+        json!({ "path": "./apps", "namePrefix": "without-" }),
+    )
+    .await?;
+    let head = f.repo.head()?;
+    f.wait_applied("with", &head).await?;
+    f.wait_applied("without", &head).await?;
+    let annotations = |cm: Option<ConfigMap>| cm.unwrap().metadata.annotations.unwrap_or_default();
+    let with = annotations(f.config_map("with-a").await?);
+    let origin = with
+        .get("config.kubernetes.io/origin")
+        .unwrap_or_else(|| panic!("no origin annotation: {with:?}"));
+    assert!(origin.contains("path: a.yaml"), "{origin}");
+    let transformations = with
+        .get("alpha.config.kubernetes.io/transformations")
+        .unwrap_or_else(|| panic!("no transformer annotation: {with:?}"));
+    assert!(
+        transformations.contains("PrefixTransformer"),
+        "{transformations}"
+    );
+    let without = annotations(f.config_map("without-a").await?);
+    assert!(
+        without.keys().all(|k| !k.contains("config.kubernetes.io/")),
+        "{without:?}"
+    );
+    f.teardown().await
+}

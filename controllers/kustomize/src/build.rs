@@ -270,9 +270,11 @@ pub fn find_binary(path: &Path) -> Option<PathBuf> {
 
 /// Whether Weir builds a plain directory with this spec exactly as kustomize would, without
 /// kustomize: namespaces are set natively, and `commonMetadata` is applied after every build
-/// (as Flux does); prefixes, suffixes, images, patches and components need kustomize.
+/// (as Flux does); prefixes, suffixes, images, patches, components and build metadata need
+/// kustomize.
 fn natively_buildable(spec: &KustomizationSpec) -> bool {
-    spec.name_prefix.is_none()
+    spec.build_metadata.is_empty()
+        && spec.name_prefix.is_none()
         && spec.name_suffix.is_none()
         && spec.images.is_empty()
         && spec.patches.is_empty()

@@ -79,6 +79,14 @@ pub fn merge_spec(
         }
     }
     let build_metadata = list(doc, "buildMetadata", file)?;
+    for option in &spec.build_metadata {
+        if !build_metadata
+            .iter()
+            .any(|m| m.as_str() == Some(option.as_str()))
+        {
+            build_metadata.push(json!(option.as_str()));
+        }
+    }
     let asked = build_metadata
         .iter()
         .any(|m| m.as_str() == Some(ORIGIN_ANNOTATIONS));

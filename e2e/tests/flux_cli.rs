@@ -400,23 +400,45 @@ async fn flux_tree_trace_events_and_export_read_weirs_objects() -> Result<()> {
         "{source}"
     );
 
-    // Flux's CRD categories: `kubectl get fluxcd` (and `all`) list Weir's objects.
+    // Flux's CRD categories: `kubectl get fluxcd` (and `all`) list Weir's objects. Discovery
+    // serves a new CRD's categories a moment after it is Established, so ask until it does, each
+    // time with an empty discovery cache.
+    let kubectl = Harness::get().await?.tool("kubectl");
     for category in ["fluxcd", "all", "fluxcd-sources", "fluxcd-appliers"] {
-        let output = tokio::process::Command::new(Harness::get().await?.tool("kubectl"))
-            .args(["get", category, "--namespace", ns, "--output", "name"])
-            .env("KUBECONFIG", &f.kubeconfig)
-            .output()
-            .await?;
-        let names = String::from_utf8_lossy(&output.stdout);
         let source = "gitrepository.source.toolkit.fluxcd.io/app";
         let ks = "kustomization.kustomize.toolkit.fluxcd.io/app";
-        let (want_source, want_ks) = match category {
+        let want = match category {
             "fluxcd-sources" => (true, false),
             "fluxcd-appliers" => (false, true),
             _ => (true, true),
         };
-        assert_eq!(names.contains(source), want_source, "{category}: {names}");
-        assert_eq!(names.contains(ks), want_ks, "{category}: {names}");
+        wait_until(
+            &format!("kubectl get {category} to list the objects"),
+            || {
+                let (kubectl, kubeconfig) = (kubectl.clone(), f.kubeconfig.clone());
+                async move {
+                    let cache = tempfile::tempdir().map_err(|e| e.to_string())?;
+                    let output = tokio::process::Command::new(&kubectl)
+                        .args(["get", category, "--namespace", ns, "--output", "name"])
+                        .arg("--cache-dir")
+                        .arg(cache.path())
+                        .env("KUBECONFIG", &kubeconfig)
+                        .output()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let names = String::from_utf8_lossy(&output.stdout);
+                    if (names.contains(source), names.contains(ks)) == want {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "got {names:?}, stderr {:?}",
+                            String::from_utf8_lossy(&output.stderr)
+                        ))
+                    }
+                }
+            },
+        )
+        .await?;
     }
     Ok(())
 }

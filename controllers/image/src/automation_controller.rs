@@ -131,12 +131,7 @@ async fn signer(
         .get_opt(&key.secret_ref.name)
         .await?
         .ok_or_else(|| fail(SigningError::NotFound))?;
-    let data: BTreeMap<String, Vec<u8>> = found
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let data: BTreeMap<String, Vec<u8>> = weir_runtime::secrets::data(found);
     for field in [signing::PASSPHRASE_FIELD, signing::SSH_PASSPHRASE_FIELD] {
         if let Some(p) = data.get(field) {
             redactor.add(String::from_utf8_lossy(p).into_owned());

@@ -207,12 +207,7 @@ async fn read_secret(
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         })?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
+    Ok(weir_runtime::secrets::data(secret))
 }
 
 /// The credentials for `registry` in a `.dockerconfigjson`: `username`/`password` or `auth`.

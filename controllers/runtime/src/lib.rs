@@ -10,6 +10,7 @@ pub mod failure;
 pub mod metrics;
 pub mod redact;
 pub mod schedule;
+pub mod secrets;
 pub mod semver_range;
 pub mod status;
 pub mod trigger;

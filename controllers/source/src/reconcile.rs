@@ -67,12 +67,7 @@ pub async fn git_credentials(
                 namespace: namespace.clone(),
                 name: r.name.clone(),
             })?;
-            let data = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
+            let data = weir_runtime::secrets::data(secret);
             Credentials::from_secret_data(&data)
         }
     };
@@ -113,12 +108,7 @@ async fn load_proxy(
             namespace,
             name: r.name.clone(),
         })?;
-    let data = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let data = weir_runtime::secrets::data(secret);
     git::Proxy::from_secret_data(&data)
         .map(Some)
         .map_err(|why| SourceError::ProxySecretInvalid {

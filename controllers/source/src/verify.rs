@@ -377,12 +377,7 @@ impl Verifier {
                 namespace,
                 name: name.clone(),
             })?;
-        let data = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
+        let data = weir_runtime::secrets::data(secret);
         Ok(Some(Self::new(
             verification,
             TrustedKeys::from_secret_data(&data),

@@ -84,6 +84,11 @@ pub struct KustomizeArgs {
     /// own namespace).
     #[arg(long)]
     pub default_service_account: Option<String>,
+    /// The kustomize controller's Flux feature gates, `Name=true|false`, comma-separated:
+    /// `StrictPostBuildSubstitutions` (default true: a postBuild variable with no value or
+    /// default fails the build).
+    #[arg(long, value_delimiter = ',')]
+    pub feature_gates: Vec<String>,
 }
 
 /// Flags of the image controller (boxed in [`Args`] to keep the command enum small).
@@ -148,6 +153,9 @@ async fn run_async(args: &Args) -> Result<(), String> {
     } else {
         args.controllers.clone()
     };
+    // Flag values are checked before anything connects.
+    let feature_gates = weir_kustomize::FeatureGates::parse(&args.kustomize.feature_gates)
+        .map_err(|e| format!("--feature-gates: {e}"))?;
     // kube uses ring and oci-client also compiles aws-lc-rs; with two providers rustls picks none,
     // so choose one for the process before any client exists. An error means one is chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -200,6 +208,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                         no_cross_namespace_refs: args.no_cross_namespace_refs,
                         default_service_account: args.kustomize.default_service_account.clone(),
                     },
+                    feature_gates,
                 };
                 let handle = weir_kustomize::start(kube_config, config, true)
                     .await

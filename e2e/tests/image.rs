@@ -1456,6 +1456,7 @@ impl Fixture {
                 dependency_requeue: std::time::Duration::from_secs(10),
                 artifact_limits: weir_kustomize::fetch::Limits::default(),
                 lockdown: weir_kustomize::Lockdown::default(),
+                feature_gates: weir_kustomize::FeatureGates::default(),
             },
             false,
         )

@@ -46,7 +46,22 @@ impl Fixture {
         files: &[(&str, &str)],
         kustomize_path: std::path::PathBuf,
     ) -> Result<Self> {
-        Self::start_with(files, kustomize_path, weir_kustomize::Lockdown::default()).await
+        Self::start_with(
+            files,
+            kustomize_path,
+            weir_kustomize::Lockdown::default(),
+            weir_kustomize::FeatureGates::default(),
+        )
+        .await
+    }
+
+    /// A fixture whose kustomize controller runs with Flux's `--feature-gates` `gates`.
+    async fn start_with_gates(
+        files: &[(&str, &str)],
+        gates: weir_kustomize::FeatureGates,
+    ) -> Result<Self> {
+        let kustomize = Harness::get().await?.tool("kustomize");
+        Self::start_with(files, kustomize, weir_kustomize::Lockdown::default(), gates).await
     }
 
     /// A fixture whose kustomize controller runs with Flux's multi-tenancy `lockdown` flags.
@@ -55,13 +70,20 @@ impl Fixture {
         lockdown: weir_kustomize::Lockdown,
     ) -> Result<Self> {
         let kustomize = Harness::get().await?.tool("kustomize");
-        Self::start_with(files, kustomize, lockdown).await
+        Self::start_with(
+            files,
+            kustomize,
+            lockdown,
+            weir_kustomize::FeatureGates::default(),
+        )
+        .await
     }
 
     async fn start_with(
         files: &[(&str, &str)],
         kustomize_path: std::path::PathBuf,
         lockdown: weir_kustomize::Lockdown,
+        feature_gates: weir_kustomize::FeatureGates,
     ) -> Result<Self> {
         let harness = Harness::get().await?;
         let ns = harness.namespace().await?;
@@ -93,6 +115,7 @@ impl Fixture {
                 dependency_requeue: std::time::Duration::from_secs(600),
                 artifact_limits: weir_kustomize::fetch::Limits::default(),
                 lockdown,
+                feature_gates,
             },
             false,
         )
@@ -1146,6 +1169,27 @@ async fn substitute_strategy_always_substitutes_without_variables() -> Result<()
         "${region:=eu}"
     );
     assert_eq!(region(f.config_map("always").await?), "eu");
+    f.teardown().await
+}
+
+/// Flux's `--feature-gates=StrictPostBuildSubstitutions=false`: a variable with no value and no
+/// default becomes the empty string instead of failing the build (the default, strict, is
+/// table-tested in substitute.rs).
+#[tokio::test]
+async fn lenient_substitution_is_flux_feature_gate_turned_off() -> Result<()> {
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: vars\n  namespace: NAMESPACE\ndata:\n  set: ${set}\n  unset: \"${unset}\"\n";
+    let gates = weir_kustomize::FeatureGates::parse(&["StrictPostBuildSubstitutions=false"])
+        .map_err(anyhow::Error::msg)?;
+    let f = Fixture::start_with_gates(&[("apps/vars.yaml", cm)], gates).await?;
+    f.create_ks(
+        "app",
+        json!({ "path": "./apps", "postBuild": { "substitute": { "set": "yes" } } }),
+    )
+    .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    let data = f.config_map("vars").await?.unwrap().data.unwrap();
+    assert_eq!(data["set"], "yes");
+    assert_eq!(data["unset"], "");
     f.teardown().await
 }
 

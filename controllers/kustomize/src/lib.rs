@@ -99,6 +99,73 @@ pub struct Config {
     /// Multi-tenancy lockdown, as Flux's `--no-cross-namespace-refs` and
     /// `--default-service-account`.
     pub lockdown: Lockdown,
+    /// Flux's kustomize-controller feature gates (`--feature-gates`).
+    pub feature_gates: FeatureGates,
+}
+
+/// The feature gates of Flux's kustomize-controller that Weir implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureGates {
+    /// `StrictPostBuildSubstitutions` (on by default since Flux 2.9): a variable without a value
+    /// or default fails the build; off, it becomes the empty string.
+    pub strict_post_build_substitutions: bool,
+}
+
+impl Default for FeatureGates {
+    fn default() -> Self {
+        Self {
+            strict_post_build_substitutions: true,
+        }
+    }
+}
+
+impl FeatureGates {
+    /// The names Weir knows.
+    pub const KNOWN: &[&str] = &["StrictPostBuildSubstitutions"];
+
+    /// Parses Flux's `--feature-gates` values (`Name=true|false`, comma-separated or repeated)
+    /// over the defaults; an unknown gate or a value that is not a bool is an error, as in Flux.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Self, String> {
+        let mut gates = Self::default();
+        for item in values.iter().flat_map(|v| v.as_ref().split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("feature gate {item:?}: expected Name=true|false"))?;
+            let on = match value.trim() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(format!(
+                        "feature gate {name}: {other:?} is not true or false"
+                    ));
+                }
+            };
+            match name.trim() {
+                "StrictPostBuildSubstitutions" => gates.strict_post_build_substitutions = on,
+                other => {
+                    return Err(format!(
+                        "unknown feature gate {other:?} (known: {})",
+                        Self::KNOWN.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(gates)
+    }
+
+    /// How `postBuild` treats a variable with no value and no default.
+    #[must_use]
+    pub fn substitution(self) -> substitute::Strictness {
+        if self.strict_post_build_substitutions {
+            substitute::Strictness::Strict
+        } else {
+            substitute::Strictness::Lenient
+        }
+    }
 }
 
 /// Flux's multi-tenancy lockdown flags.
@@ -616,4 +683,33 @@ async fn failed(
         ctx.events.warning(ks, reason, "Reconcile", &note).await;
     }
     action
+}
+
+#[cfg(test)]
+mod feature_gate_tests {
+    use super::FeatureGates;
+
+    #[test]
+    fn feature_gates_parse_as_fluxs_flag_and_refuse_unknown_ones() {
+        assert_eq!(
+            FeatureGates::parse::<&str>(&[]).unwrap(),
+            FeatureGates::default()
+        );
+        assert!(FeatureGates::default().strict_post_build_substitutions);
+        let off = FeatureGates::parse(&["StrictPostBuildSubstitutions=false"]).unwrap();
+        assert!(!off.strict_post_build_substitutions);
+        let on = FeatureGates::parse(&[
+            "StrictPostBuildSubstitutions=false,StrictPostBuildSubstitutions=true",
+        ])
+        .unwrap();
+        assert!(on.strict_post_build_substitutions);
+        let err = FeatureGates::parse(&["CacheSecretsAndConfigMaps=true"]).unwrap_err();
+        assert!(
+            err.contains("unknown feature gate") && err.contains("StrictPostBuildSubstitutions"),
+            "{err}"
+        );
+        let err = FeatureGates::parse(&["StrictPostBuildSubstitutions=yes"]).unwrap_err();
+        assert!(err.contains("not true or false"), "{err}");
+        assert!(FeatureGates::parse(&["StrictPostBuildSubstitutions"]).is_err());
+    }
 }

@@ -520,9 +520,9 @@ async fn substitute_variables(
                 message: format!("cannot write {object_name} for substitution: {e}"),
             })
         })?;
-        // Strict, Flux 2.9's default (`StrictPostBuildSubstitutions`).
-        let substituted =
-            substitute::substitute(&yaml, &vars, substitute::Strictness::Strict).map_err(err)?;
+        // Strict unless `--feature-gates=StrictPostBuildSubstitutions=false`, as in Flux 2.9.
+        let strictness = ctx.config.feature_gates.substitution();
+        let substituted = substitute::substitute(&yaml, &vars, strictness).map_err(err)?;
         let object: Value = serde_yaml_ng::from_str(&substituted).map_err(|e| {
             KustomizeError::Build(build::BuildError::InvalidYaml {
                 file: manifest.file.clone(),

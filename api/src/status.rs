@@ -13,6 +13,8 @@ use crate::{
 /// The fields Flux's status types share (`meta.ReconcileRequestStatus` and conditions).
 pub trait ObjectStatus {
     fn conditions(&self) -> &[Condition];
+    /// The conditions, to change (the runtime's progressing mark).
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn observed_generation(&self) -> Option<i64>;
     fn last_handled_reconcile_at(&self) -> Option<&str>;
 
@@ -33,6 +35,9 @@ macro_rules! object_status {
         impl ObjectStatus for $status {
             fn conditions(&self) -> &[Condition] {
                 &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
             }
             fn observed_generation(&self) -> Option<i64> {
                 self.observed_generation

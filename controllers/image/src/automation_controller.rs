@@ -23,17 +23,20 @@ use weir_api::{
     GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, meta::handled_reconcile_at,
     reasons,
 };
+use weir_git::bounded::BoundedError;
 use weir_runtime::{
-    ControllerError, Redactor, controller::Reconciler, schedule, status::apply_status,
+    ControllerError, Redactor,
+    controller::Reconciler,
+    decision::StepResult,
+    progress::{self, Progress},
+    schedule,
+    status::apply_status,
 };
-use weir_source::error::SourceError;
 
 use crate::{
-    Context, FIELD_MANAGER,
+    Context, FIELD_MANAGER, conclude,
     error::ImageError,
-    failed,
     signing::{self, CommitSigner, SigningError},
-    succeeded,
     template::Template,
     update::{self, Checkout, UpdateOutcome, UpdateRequest},
 };
@@ -142,10 +145,39 @@ async fn signer(
         .map_err(fail)
 }
 
+/// Why a run is work in progress before it starts: the GitRepository has a revision this
+/// automation has not worked on. Compared only when the automation checks out and pushes the
+/// GitRepository's own branch, where the two revisions name the same thing; never after its own
+/// push, which the GitRepository may not have fetched yet.
+fn source_progress(
+    auto: &ImageUpdateAutomation,
+    git_spec: &weir_api::image::GitSpec,
+    repo: &GitRepository,
+    switch_branch: bool,
+) -> Option<String> {
+    let comparable = git_spec.checkout.is_none()
+        && !switch_branch
+        && git_spec
+            .push
+            .as_ref()
+            .and_then(|p| p.refspec.as_deref())
+            .is_none_or(str::is_empty);
+    let revision = &repo.status.as_ref()?.artifact.as_ref()?.revision;
+    let status = auto.status.as_ref()?;
+    let observed = status.observed_source_revision.as_deref()?;
+    let own_push = status
+        .last_push_commit
+        .as_deref()
+        .is_some_and(|commit| observed.ends_with(commit));
+    (comparable && !own_push && observed != revision)
+        .then(|| format!("processing object: new source revision '{revision}'"))
+}
+
 async fn prepare(
     auto: &ImageUpdateAutomation,
     ctx: &Context,
     redactor: &mut Redactor,
+    progress: &mut Progress<'_, ImageUpdateAutomation>,
 ) -> Result<(UpdateRequest, BTreeMap<String, ImageRef>), ImageError> {
     let namespace = auto.namespace().unwrap_or_default();
     let git_spec = auto.spec.git.as_ref().ok_or_else(|| {
@@ -153,18 +185,12 @@ async fn prepare(
     })?;
     let repo = source_repository(auto, ctx).await?;
     let (checkout, push_branch, switch_branch) = checkout_and_push(git_spec, &repo)?;
-    let (url, credentials, secrets) = weir_source::reconcile::git_credentials(&ctx.client, &repo)
-        .await
-        .map_err(|e| match e {
-            SourceError::SecretNotFound { namespace, name } => {
-                ImageError::SecretNotFound { namespace, name }
-            }
-            SourceError::SecretUnreadable { name, message } => {
-                ImageError::SecretUnreadable { name, message }
-            }
-            other => ImageError::InvalidSource(other.to_string()),
-        })?;
-    *redactor = secrets;
+    if let Some(message) = source_progress(auto, git_spec, &repo, switch_branch) {
+        progress.mark(&message).await;
+    }
+    let access = weir_git::credentials::for_repository(&ctx.client, &repo).await?;
+    *redactor = access.redactor;
+    let (url, credentials) = (access.url, access.credentials);
     let signing_secret = git_spec
         .commit
         .signing_key
@@ -243,23 +269,35 @@ async fn run(
     auto: &ImageUpdateAutomation,
     ctx: &Context,
     redactor: &mut Redactor,
+    progress: &mut Progress<'_, ImageUpdateAutomation>,
 ) -> Result<(UpdateOutcome, BTreeMap<String, ImageRef>), ImageError> {
-    let (request, policies) = prepare(auto, ctx, redactor).await?;
+    let (request, policies) = prepare(auto, ctx, redactor, progress).await?;
     // Each attempt has the source's timeout; the delays between them add up to a few seconds.
     let limit = request
         .timeout
         .saturating_mul(MAX_PUSH_ATTEMPTS + 1)
         .saturating_add(Duration::from_secs(10));
     let metrics = ctx.metrics.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        update::run(&request, &|| {
-            metrics.push_retries.fetch_add(1, Ordering::Relaxed);
+    // One clone-and-push per automation and URL: a retry while a timed-out one still waits on a
+    // silent server takes no second thread.
+    let key = format!(
+        "{}/{} {}",
+        request.automation.0, request.automation.1, request.url
+    );
+    let outcome = ctx
+        .in_flight
+        .run(&key, limit, move || {
+            update::run(&request, &|| {
+                metrics.push_retries.fetch_add(1, Ordering::Relaxed);
+            })
         })
-    });
-    let outcome = tokio::time::timeout(limit, work)
         .await
-        .map_err(|_| ImageError::GitTimeout(limit))?
-        .map_err(ImageError::Task)??;
+        .map_err(|e| match e {
+            BoundedError::StillRunning(after) => ImageError::GitStillRunning(after),
+            BoundedError::Timeout(after) => ImageError::GitTimeout(after),
+            BoundedError::Task(join) => ImageError::Task(join),
+            BoundedError::Operation(e) => e,
+        })?;
     Ok((outcome, policies))
 }
 
@@ -293,64 +331,78 @@ async fn automate(
     );
     let interval = auto.spec.interval.as_std();
     let mut redactor = Redactor::default();
-    let action = match run(&auto, ctx, &mut redactor).await {
+    // A new generation is in progress from the start; a new source revision once it is seen.
+    let mut progress = Progress::new(api, &*auto, FIELD_MANAGER);
+    if let Some(message) = progress::new_generation(
+        previous.as_ref().and_then(|s| s.observed_generation),
+        auto.metadata.generation,
+    ) {
+        progress.mark(&message).await;
+    }
+    let result = match run(&auto, ctx, &mut redactor, &mut progress).await {
         Ok((outcome, policies)) => {
-            let now = Time(Timestamp::now());
-            status.last_automation_run_time = Some(now.clone());
             status.observed_policies = policies;
-            let message = match outcome {
-                UpdateOutcome::NoChange { revision, .. } => {
-                    status.observed_source_revision = Some(revision);
-                    "repository up-to-date".to_owned()
-                }
-                UpdateOutcome::Pushed {
-                    commit,
-                    branch,
-                    revision,
-                    refspec,
-                    message,
-                    rejected,
-                    ..
-                } => {
-                    ctx.metrics.pushes.fetch_add(1, Ordering::Relaxed);
-                    status.observed_source_revision = Some(revision);
-                    let summary = match refspec {
-                        Some(r) => format!(
-                            "pushed commit '{commit}' to branch '{branch}' and refspecs '{r}'"
-                        ),
-                        None => format!("pushed commit '{commit}' to branch '{branch}'"),
-                    };
-                    let note = if rejected > 0 {
-                        format!("{summary} after {rejected} rejected push(es)\n{message}")
-                    } else {
-                        format!("{summary}\n{message}")
-                    };
-                    ctx.events
-                        .normal(&*auto, reasons::SUCCEEDED, "Push", &redactor.redact(&note))
-                        .await;
-                    status.last_push_commit = Some(commit);
-                    status.last_push_time = Some(now);
-                    summary
-                }
-            };
-            succeeded(&*auto, ctx, &mut status.conditions, &message);
-            Action::requeue(schedule::jittered(interval))
+            record_run(&mut status, outcome, &redactor, ctx)
         }
-        Err(error) => {
-            failed(
-                &*auto,
-                ctx,
-                &mut status.conditions,
-                &error,
-                &redactor,
-                interval,
-                "Push",
-            )
-            .await
-        }
+        Err(error) => StepResult::failed(&error, &redactor),
     };
-    apply_status(api, &*auto, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    let action = conclude(
+        &*auto,
+        ctx,
+        &mut status.conditions,
+        &result,
+        Some(schedule::jittered(interval)),
+        interval,
+        "Push",
+    )
+    .await;
+    let current = progress.into_written().or(previous);
+    apply_status(api, &*auto, current.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
+}
+
+/// Records a successful run in `status`; a push is news, announced with its commit message.
+fn record_run(
+    status: &mut weir_api::ImageUpdateAutomationStatus,
+    outcome: UpdateOutcome,
+    redactor: &Redactor,
+    ctx: &Context,
+) -> StepResult {
+    let now = Time(Timestamp::now());
+    status.last_automation_run_time = Some(now.clone());
+    match outcome {
+        UpdateOutcome::NoChange { revision, .. } => {
+            status.observed_source_revision = Some(revision);
+            StepResult::succeeded(reasons::SUCCEEDED, "repository up-to-date")
+        }
+        UpdateOutcome::Pushed {
+            commit,
+            branch,
+            revision,
+            refspec,
+            message,
+            rejected,
+            ..
+        } => {
+            ctx.metrics.pushes.fetch_add(1, Ordering::Relaxed);
+            status.observed_source_revision = Some(revision);
+            let summary = match refspec {
+                Some(r) => {
+                    format!("pushed commit '{commit}' to branch '{branch}' and refspecs '{r}'")
+                }
+                None => format!("pushed commit '{commit}' to branch '{branch}'"),
+            };
+            let note = if rejected > 0 {
+                format!("{summary} after {rejected} rejected push(es)\n{message}")
+            } else {
+                format!("{summary}\n{message}")
+            };
+            status.last_push_commit = Some(commit);
+            status.last_push_time = Some(now);
+            StepResult::succeeded(reasons::SUCCEEDED, summary)
+                .announcing(reasons::SUCCEEDED, redactor.redact(&note))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -474,5 +526,59 @@ mod tests {
             );
             assert_eq!(error.reason(), reasons::INVALID_SOURCE_CONFIGURATION);
         }
+    }
+
+    #[test]
+    fn only_a_source_revision_not_worked_on_marks_a_run_in_progress() {
+        let git: weir_api::image::GitSpec =
+            serde_json::from_value(json!({ "commit": { "author": { "email": "b@w.invalid" } } }))
+                .unwrap();
+        let mut repo = GitRepository::new(
+            "fleet",
+            serde_json::from_value(json!({ "url": "http://git.invalid/r.git", "interval": "1m" }))
+                .unwrap(),
+        );
+        repo.status = Some(
+            serde_json::from_value(json!({ "artifact": {
+                "path": "p", "url": "u", "revision": "main@sha1:bbb",
+                "lastUpdateTime": "2026-01-01T00:00:00Z",
+            }}))
+            .unwrap(),
+        );
+        let auto_at = |observed: &str, pushed: Option<&str>| {
+            let mut auto: ImageUpdateAutomation = serde_json::from_value(json!({
+                "apiVersion": "image.toolkit.fluxcd.io/v1",
+                "kind": "ImageUpdateAutomation",
+                "metadata": { "name": "auto", "namespace": "a", "generation": 1 },
+                "spec": {
+                    "interval": "1m",
+                    "sourceRef": { "kind": "GitRepository", "name": "fleet" },
+                },
+            }))
+            .unwrap();
+            let status = auto.status.get_or_insert_default();
+            status.observed_source_revision = Some(observed.to_owned());
+            status.last_push_commit = pushed.map(str::to_owned);
+            auto
+        };
+        assert_eq!(
+            source_progress(&auto_at("main@sha1:aaa", None), &git, &repo, false).as_deref(),
+            Some("processing object: new source revision 'main@sha1:bbb'")
+        );
+        assert_eq!(
+            source_progress(&auto_at("main@sha1:bbb", None), &git, &repo, false),
+            None,
+            "the revision worked on"
+        );
+        assert_eq!(
+            source_progress(&auto_at("main@sha1:ccc", Some("ccc")), &git, &repo, false),
+            None,
+            "its own push, not fetched by the GitRepository yet"
+        );
+        assert_eq!(
+            source_progress(&auto_at("auto@sha1:aaa", None), &git, &repo, true),
+            None,
+            "another push branch names other revisions"
+        );
     }
 }

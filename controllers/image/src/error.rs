@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use weir_api::{image::RegistryProvider, reasons};
+use weir_git::{GitError, credentials::CredentialsError};
 use weir_runtime::{Disposition, Failure};
 
 use crate::{
@@ -70,12 +71,18 @@ pub enum ImageError {
         #[source]
         why: SigningError,
     },
+    /// The GitRepository's URL or Secrets give no usable remote.
+    #[error(transparent)]
+    GitAccess(#[from] CredentialsError),
     #[error("git: {0}")]
-    Git(#[source] weir_source::git::GitError),
+    Git(#[source] GitError),
     #[error("push to branch '{branch}' was rejected {attempts} times: the branch kept moving")]
     PushRejected { branch: String, attempts: u32 },
     #[error("git operation timed out after {0:?}")]
     GitTimeout(Duration),
+    /// The automation's previous clone or push timed out and still waits on the server.
+    #[error("the previous git operation (timed out after {0:?}) is still waiting on the server")]
+    GitStillRunning(Duration),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("the update task failed: {0}")]
@@ -86,7 +93,6 @@ pub enum ImageError {
 
 impl Failure for ImageError {
     fn reason(&self) -> &'static str {
-        use weir_source::git::GitError;
         match self {
             Self::InvalidImage { .. } => reasons::IMAGE_URL_INVALID,
             Self::InvalidExclusion { .. } | Self::InvalidUpdatePath(_) => reasons::INVALID_SPEC,
@@ -96,6 +102,9 @@ impl Failure for ImageError {
             | Self::ServiceAccountNotFound { .. }
             | Self::ProviderUnsupported(_)
             | Self::RegistryAuthentication { .. }
+            | Self::GitAccess(
+                CredentialsError::SecretNotFound { .. } | CredentialsError::SecretUnreadable { .. },
+            )
             | Self::Git(
                 GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
             ) => reasons::AUTHENTICATION_FAILED,
@@ -105,15 +114,23 @@ impl Failure for ImageError {
             | Self::RepositoryNotFound(_)
             | Self::RepositoryNotWatched { .. } => reasons::DEPENDENCY_NOT_READY,
             Self::NoMatchingTag { .. } => reasons::NO_MATCHING_TAG,
-            Self::InvalidSource(_) | Self::SigningKey { .. } => {
-                reasons::INVALID_SOURCE_CONFIGURATION
-            }
+            Self::InvalidSource(_)
+            | Self::SigningKey { .. }
+            | Self::GitAccess(
+                CredentialsError::InvalidUrl { .. }
+                | CredentialsError::ProxySecretNotFound { .. }
+                | CredentialsError::ProxySecretUnreadable { .. }
+                | CredentialsError::ProxySecretInvalid { .. }
+                | CredentialsError::ProxyNeedsHttps(_),
+            ) => reasons::INVALID_SOURCE_CONFIGURATION,
             Self::AccessDenied(_) | Self::RepositoryAccess(_) => reasons::ACCESS_DENIED,
             Self::InvalidSelector(_) => reasons::INVALID_POLICY_SELECTOR,
             Self::PushRejected { .. } => reasons::PUSH_REJECTED,
             Self::Marker(_) => reasons::INVALID_MARKER,
             Self::Template(_) => reasons::INVALID_MESSAGE_TEMPLATE,
-            Self::Git(_) | Self::GitTimeout(_) => reasons::GIT_OPERATION_FAILED,
+            Self::Git(_) | Self::GitTimeout(_) | Self::GitStillRunning(_) => {
+                reasons::GIT_OPERATION_FAILED
+            }
             Self::Kube(_) | Self::Task(_) | Self::Scratch(_) => reasons::RECONCILIATION_FAILED,
         }
     }
@@ -150,6 +167,8 @@ impl Failure for ImageError {
             | Self::Git(_)
             | Self::PushRejected { .. }
             | Self::GitTimeout(_)
+            | Self::GitStillRunning(_)
+            | Self::GitAccess(_)
             | Self::Kube(_)
             | Self::Task(_)
             | Self::Scratch(_) => Disposition::Transient,

@@ -23,17 +23,15 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef, watcher},
 };
-use weir_api::{
-    Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation, Outcome, condition,
-};
+use weir_api::{Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation};
 use weir_runtime::{
-    Failure, Redactor,
     controller::{Runtime, Synced, spawn, watch},
+    decision::{Schedule, StepResult, decide},
     events::EventPublisher,
     schedule,
 };
 
-use crate::{error::ImageError, store::TagStore};
+use crate::store::TagStore;
 
 pub use weir_api::meta::FINALIZER;
 /// The field manager of status writes.
@@ -142,6 +140,8 @@ pub struct Context {
     pub no_cross_namespace_refs: bool,
     /// The namespaces watched; all when `None`.
     pub namespaces: Option<Vec<String>>,
+    /// Automations (by name and URL) with a clone or push still running: one thread each.
+    pub in_flight: weir_git::bounded::InFlight,
 }
 
 impl Context {
@@ -227,7 +227,7 @@ pub async fn start(
     // oci-client compiles rustls's aws-lc-rs provider next to kube's ring; with two providers
     // rustls picks none, so choose one for the process. An error means one is already chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    weir_source::git::bound_socket_waits();
+    weir_git::bound_socket_waits();
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(TagStore::default());
     let ctx = Arc::new(Context {
@@ -248,6 +248,7 @@ pub async fn start(
             }
             all
         }),
+        in_flight: weir_git::bounded::InFlight::default(),
     });
     // One set of controllers per watched namespace (one for all namespaces), sharing `ctx`.
     let scopes: Vec<Option<String>> = match &ctx.namespaces {
@@ -347,43 +348,42 @@ impl Runtime for Context {
 
 use weir_runtime::controller::object_key;
 
-/// Records a failed reconcile in `conditions` (Ready=False plus Reconciling or Stalled), with
-/// the message redacted; publishes a Warning event; returns when to reconcile again. Retries back
-/// off, but never wait longer than `interval`.
-async fn failed<K: Resource<DynamicType = ()>>(
+/// Records the result of a reconcile in `conditions` as [`decide`] says, publishes the event it
+/// chose under `action_name`, and returns when to reconcile again. The backoff is reset by a
+/// success and advanced by a failure, whose retry never waits longer than `retry_cap`.
+async fn conclude<K: Resource<DynamicType = ()>>(
     obj: &K,
     ctx: &Context,
     conditions: &mut Vec<Condition>,
-    error: &ImageError,
-    redactor: &Redactor,
-    interval: std::time::Duration,
+    result: &StepResult,
+    after_success: Option<std::time::Duration>,
+    retry_cap: std::time::Duration,
     action_name: &str,
 ) -> Action {
-    let generation = obj.meta().generation;
-    let reason = error.reason();
-    let message = redactor.redact(&error.to_string());
-    tracing::warn!(reason, error = message, "reconcile failed");
-    let retry = ctx
-        .backoff
-        .failed(&object_key(obj))
-        .min(interval.max(std::time::Duration::from_secs(1)));
-    let (outcome, action) = error.disposition().outcome(reason, &message, retry);
-    condition::summarize(conditions, &outcome, generation);
-    ctx.events.warning(obj, reason, action_name, &message).await;
-    action
-}
-
-/// Records a successful reconcile: Ready=True with `message`.
-fn succeeded<K: Resource>(obj: &K, ctx: &Context, conditions: &mut Vec<Condition>, message: &str) {
-    ctx.backoff.succeeded(&object_key(obj));
-    condition::summarize(
-        conditions,
-        &Outcome::Ready {
-            reason: weir_api::reasons::SUCCEEDED.to_owned(),
-            message: message.to_owned(),
-        },
-        obj.meta().generation,
-    );
+    let key = object_key(obj);
+    let retry = match result {
+        StepResult::Succeeded { .. } => {
+            ctx.backoff.succeeded(&key);
+            std::time::Duration::ZERO
+        }
+        StepResult::Failed {
+            reason, message, ..
+        } => {
+            tracing::warn!(reason, error = message, "reconcile failed");
+            ctx.backoff.failed(&key)
+        }
+    };
+    let schedule = Schedule {
+        after_success,
+        retry,
+        retry_cap: Some(retry_cap),
+    };
+    let decision = decide(conditions, obj.meta().generation, result, &schedule);
+    *conditions = decision.conditions;
+    ctx.events
+        .announce(obj, decision.event.as_ref(), action_name)
+        .await;
+    decision.action
 }
 
 #[cfg(test)]

@@ -19,14 +19,18 @@ use weir_api::{
     meta::{AccessFrom, handled_reconcile_at},
     reasons,
 };
-use weir_runtime::{ControllerError, Redactor, controller::Reconciler, status::apply_status};
+use weir_runtime::{
+    ControllerError, Redactor,
+    controller::Reconciler,
+    decision::StepResult,
+    progress::{self, Progress},
+    status::apply_status,
+};
 
 use crate::{
-    Context, FIELD_MANAGER,
+    Context, FIELD_MANAGER, conclude,
     error::{AccessDenial, ImageError},
-    failed,
     policy::Policy,
-    succeeded,
 };
 
 /// How soon a policy whose repository is not scanned yet (after a restart) looks again.
@@ -232,54 +236,57 @@ async fn evaluate(
     {
         return Ok(Action::requeue(SCAN_PENDING_RECHECK));
     }
-    let action = match choose(&policy, ctx, &mut redactor).await {
+    // A new generation is evaluated in progress, as in Flux; a new scan or a digest look-up
+    // of the interval writes nothing until done.
+    let mut progress = Progress::new(api, &*policy, FIELD_MANAGER);
+    if let Some(message) = progress::new_generation(
+        previous.as_ref().and_then(|s| s.observed_generation),
+        policy.metadata.generation,
+    ) {
+        progress.mark(&message).await;
+    }
+    let result = match choose(&policy, ctx, &mut redactor).await {
         Ok(chosen) => {
             let message = format!(
                 "Latest image tag for {} resolved to {}",
                 chosen.name, chosen.tag
             );
+            let mut result = StepResult::succeeded(reasons::SUCCEEDED, &message);
             if status.latest_ref.as_ref() != Some(&chosen) {
-                if let Some(old) = status.latest_ref.take() {
-                    ctx.events
-                        .normal(
-                            &*policy,
-                            reasons::SUCCEEDED,
-                            "Policy",
-                            &format!("{message} (previously {})", old.tag),
-                        )
-                        .await;
-                    status.observed_previous_ref = Some(old);
-                } else {
-                    ctx.events
-                        .normal(&*policy, reasons::SUCCEEDED, "Policy", &message)
-                        .await;
-                }
+                let note = match status.latest_ref.take() {
+                    Some(old) => {
+                        let note = format!("{message} (previously {})", old.tag);
+                        status.observed_previous_ref = Some(old);
+                        note
+                    }
+                    None => message.clone(),
+                };
+                result = result.announcing(reasons::SUCCEEDED, note);
                 status.latest_ref = Some(chosen);
             }
-            succeeded(&*policy, ctx, &mut status.conditions, &message);
-            // With `Always`, the digest is looked up again every interval; otherwise only a new
-            // scan or a change of the policy starts a new evaluation.
-            match &policy.spec.interval {
-                Some(interval) => {
-                    Action::requeue(weir_runtime::schedule::jittered(interval.as_std()))
-                }
-                None => Action::await_change(),
-            }
+            result
         }
-        Err(error) => {
-            failed(
-                &*policy,
-                ctx,
-                &mut status.conditions,
-                &error,
-                &redactor,
-                RETRY_CAP,
-                "Policy",
-            )
-            .await
-        }
+        Err(error) => StepResult::failed(&error, &redactor),
     };
-    apply_status(api, &*policy, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    // With `Always`, the digest is looked up again every interval; otherwise only a new scan or
+    // a change of the policy starts a new evaluation.
+    let after_success = policy
+        .spec
+        .interval
+        .as_ref()
+        .map(|interval| weir_runtime::schedule::jittered(interval.as_std()));
+    let action = conclude(
+        &*policy,
+        ctx,
+        &mut status.conditions,
+        &result,
+        after_success,
+        RETRY_CAP,
+        "Policy",
+    )
+    .await;
+    let current = progress.into_written().or(previous);
+    apply_status(api, &*policy, current.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
 }
 

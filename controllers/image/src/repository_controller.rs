@@ -5,14 +5,22 @@ use std::sync::{Arc, atomic::Ordering};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
-use weir_api::{ImageRepository, image::ScanResult, meta::handled_reconcile_at, reasons};
+use weir_api::{
+    ImageRepository,
+    image::ScanResult,
+    meta::{handled_reconcile_at, pending_reconcile_request},
+    reasons,
+};
 use weir_runtime::{
-    ControllerError, Redactor, controller::Reconciler, schedule, status::apply_status,
+    ControllerError, Redactor,
+    controller::Reconciler,
+    decision::StepResult,
+    progress::{self, Progress},
+    schedule,
+    status::apply_status,
 };
 
-use crate::{
-    Context, FIELD_MANAGER, error::ImageError, failed, scan, store::ScannedTags, succeeded,
-};
+use crate::{Context, FIELD_MANAGER, conclude, error::ImageError, scan, store::ScannedTags};
 
 impl Reconciler<ImageRepository> for Context {
     async fn apply(
@@ -88,8 +96,26 @@ async fn scan_repository(
     Ok(scanned)
 }
 
-/// One reconcile of a live ImageRepository. Sets Ready (and Reconciling/Stalled on failure);
-/// keeps the last scan result when a scan fails.
+/// Why a scan is work in progress before it starts, as Flux says it: a generation not handled
+/// yet, or a requested reconcile. A scan of the interval is not: it writes nothing until done.
+fn scan_progress(repo: &ImageRepository) -> Option<String> {
+    let status = repo.status.as_ref();
+    progress::new_generation(
+        status.and_then(|s| s.observed_generation),
+        repo.metadata.generation,
+    )
+    .or_else(|| {
+        pending_reconcile_request(
+            repo.metadata.annotations.as_ref(),
+            status.and_then(|s| s.last_handled_reconcile_at.as_deref()),
+        )
+        .map(|_| "scanning: reconcile requested".to_owned())
+    })
+}
+
+/// One reconcile of a live ImageRepository. Marks a new generation or a requested scan
+/// Reconciling first; sets Ready (and Reconciling/Stalled on failure); keeps the last scan
+/// result when a scan fails.
 async fn apply(
     api: &Api<ImageRepository>,
     repo: &ImageRepository,
@@ -105,9 +131,12 @@ async fn apply(
             .as_ref()
             .and_then(|s| s.last_handled_reconcile_at.as_deref()),
     );
+    let mut progress = Progress::new(api, repo, FIELD_MANAGER);
+    if let Some(message) = scan_progress(repo) {
+        progress.mark(&message).await;
+    }
     let mut redactor = Redactor::default();
-    let result = scan_repository(repo, ctx, &mut redactor).await;
-    let action = match result {
+    let result = match scan_repository(repo, ctx, &mut redactor).await {
         Ok(scanned) => {
             let message = format!("successful scan: found {} tags", scanned.count);
             let changed = status
@@ -125,27 +154,64 @@ async fn apply(
             status
                 .observed_exclusion_list
                 .clone_from(&repo.spec.exclusion_list);
-            succeeded(repo, ctx, &mut status.conditions, &message);
+            let result = StepResult::succeeded(reasons::SUCCEEDED, &message);
             if changed {
-                ctx.events
-                    .normal(repo, reasons::SUCCEEDED, "Scan", &message)
-                    .await;
+                result.announcing(reasons::SUCCEEDED, message)
+            } else {
+                result
             }
-            Action::requeue(schedule::jittered(repo.spec.interval.as_std()))
         }
-        Err(error) => {
-            failed(
-                repo,
-                ctx,
-                &mut status.conditions,
-                &error,
-                &redactor,
-                repo.spec.interval.as_std(),
-                "Scan",
-            )
-            .await
-        }
+        Err(error) => StepResult::failed(&error, &redactor),
     };
-    apply_status(api, repo, previous.as_ref(), &status, FIELD_MANAGER).await?;
+    let interval = repo.spec.interval.as_std();
+    let action = conclude(
+        repo,
+        ctx,
+        &mut status.conditions,
+        &result,
+        Some(schedule::jittered(interval)),
+        interval,
+        "Scan",
+    )
+    .await;
+    // Compared with what the object holds now: the progressing mark, when one was written.
+    let current = progress.into_written().or(previous);
+    apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_new_generation_or_a_request_marks_a_scan_in_progress() {
+        let mut repo: ImageRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "image.toolkit.fluxcd.io/v1",
+            "kind": "ImageRepository",
+            "metadata": { "name": "app", "namespace": "a", "generation": 1 },
+            "spec": { "image": "registry.invalid/app", "interval": "5m" },
+        }))
+        .unwrap();
+        assert_eq!(
+            scan_progress(&repo).as_deref(),
+            Some("processing object: new generation 0 -> 1")
+        );
+        let status = repo.status.get_or_insert_default();
+        status.observed_generation = Some(1);
+        assert_eq!(scan_progress(&repo), None, "a scan of the interval");
+        repo.metadata.annotations = Some(
+            [(
+                weir_api::meta::RECONCILE_REQUESTED_AT_ANNOTATION.to_owned(),
+                "now".to_owned(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            scan_progress(&repo).as_deref(),
+            Some("scanning: reconcile requested")
+        );
+        repo.status.as_mut().unwrap().last_handled_reconcile_at = Some("now".to_owned());
+        assert_eq!(scan_progress(&repo), None, "a request already handled");
+    }
 }

@@ -18,8 +18,8 @@ use std::{
 
 use git2::{FileMode, ObjectType, Oid, Repository, Signature, TreeWalkMode, TreeWalkResult};
 use weir_api::{ImageRef, source::ResolvedRef};
+use weir_git::{self as git, Credentials, GitError, Remote, RemoteRefs};
 use weir_runtime::semver_range;
-use weir_source::git::{self, Credentials, GitError, Remote, RemoteRefs};
 
 use crate::{
     error::ImageError,

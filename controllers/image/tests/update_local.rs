@@ -12,12 +12,12 @@ use git2::{Oid, Repository, Signature};
 use pgp::composed::{Deserializable, DetachedSignature};
 use tempfile::TempDir;
 use weir_api::{ImageRef, image::SigningKeyType};
+use weir_git::Credentials;
 use weir_image::{
     error::ImageError,
     signing::CommitSigner,
     update::{self, Checkout, UpdateOutcome, UpdateRequest},
 };
-use weir_source::git::Credentials;
 
 const MARKED: &str = "image: reg/app:1.0.0 # {\"$imagepolicy\": \"apps:app\"}\n";
 

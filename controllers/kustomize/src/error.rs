@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use weir_api::reasons;
 use weir_runtime::{Disposition, Failure};
+use weir_ssa::{HealthExprError, SsaError};
 
-use crate::{
-    build::BuildError, fetch::FetchError, health::HealthExprError, substitute::SubstituteError,
-};
+use crate::{build::BuildError, fetch::FetchError, substitute::SubstituteError};
 
 /// Why a Kustomization reconcile failed. Messages never hold secret values: substituted
 /// variables are masked by the caller's redactor before a message leaves the process.
@@ -52,16 +51,26 @@ pub enum KustomizeError {
     SubstituteInput(#[source] SubstituteError),
     #[error("{kind} '{name}' for postBuild.substituteFrom not found")]
     SubstituteFromNotFound { kind: &'static str, name: String },
-    #[error("cannot impersonate service account '{0}': {1}")]
-    Impersonation(String, String),
+    #[error("cannot impersonate service account '{account}': {source}")]
+    Impersonation {
+        account: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The set was refused by its dry run (or a kind or namespace did not resolve).
     #[error("validation failed, nothing applied:\n{0}")]
-    Validation(String),
+    Validation(#[source] SsaError),
     #[error("apply failed: {0}")]
-    Apply(String),
+    Apply(#[source] SsaError),
     #[error("prune failed: {0}")]
-    Prune(String),
-    #[error("health check failed after {after:?}: {objects}")]
-    HealthCheck { after: Duration, objects: String },
+    Prune(#[source] SsaError),
+    #[error("health check failed after {after:?}: {source}")]
+    HealthCheck {
+        after: Duration,
+        /// Boxed: beside `after`, it would make every result of a step large.
+        #[source]
+        source: Box<SsaError>,
+    },
     #[error("healthChecks: {0}")]
     HealthCheckKind(String),
     #[error("{0}")]
@@ -70,6 +79,9 @@ pub enum KustomizeError {
     IgnoreRule(String),
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    /// Discovery of the kinds of the set (or of healthChecks) failed.
+    #[error("kubernetes API: {0}")]
+    Discovery(#[source] SsaError),
 }
 
 impl Failure for KustomizeError {
@@ -91,11 +103,12 @@ impl Failure for KustomizeError {
                 reasons::INVALID_CEL_EXPRESSION
             }
             Self::AccessDenied(_) => reasons::ACCESS_DENIED,
-            Self::Impersonation(..)
+            Self::Impersonation { .. }
             | Self::Validation(_)
             | Self::Apply(_)
             | Self::IgnoreRule(_)
-            | Self::Kube(_) => reasons::RECONCILIATION_FAILED,
+            | Self::Kube(_)
+            | Self::Discovery(_) => reasons::RECONCILIATION_FAILED,
         }
     }
 
@@ -113,14 +126,15 @@ impl Failure for KustomizeError {
             | Self::Substitute { .. }
             | Self::SubstituteInput(_)
             | Self::SubstituteFromNotFound { .. }
-            | Self::Impersonation(..)
+            | Self::Impersonation { .. }
             | Self::AccessDenied(_)
             | Self::Validation(_)
             | Self::Apply(_)
             | Self::Prune(_)
             | Self::HealthCheck { .. }
             | Self::HealthCheckKind(_)
-            | Self::Kube(_) => Disposition::Transient,
+            | Self::Kube(_)
+            | Self::Discovery(_) => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
             Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule(_) => {
                 Disposition::Stalled

@@ -4,27 +4,10 @@
 use std::collections::BTreeSet;
 
 use weir_api::kustomize::{ObjMetadata, ResourceInventory, ResourceRef};
-
-/// Kinds applied first (and pruned last): they define what other objects need.
-const DEFINITION_KINDS: &[(&str, &str)] = &[
-    ("apiextensions.k8s.io", "CustomResourceDefinition"),
-    ("", "Namespace"),
-    ("rbac.authorization.k8s.io", "ClusterRole"),
-];
-
-/// Whether objects of this group and kind are applied in the first stage.
-#[must_use]
-pub fn is_definition(group: &str, kind: &str) -> bool {
-    DEFINITION_KINDS
-        .iter()
-        .any(|(g, k)| *g == group && *k == kind)
-}
-
-/// `apiVersion` split into group and version (`v1` → `("", "v1")`).
-#[must_use]
-pub fn split_api_version(api_version: &str) -> (&str, &str) {
-    api_version.rsplit_once('/').unwrap_or(("", api_version))
-}
+use weir_ssa::{
+    kinds::{is_definition, split_api_version},
+    prune::Recorded,
+};
 
 /// An inventory entry of an object.
 #[must_use]
@@ -72,6 +55,21 @@ impl InventoryDiff {
         Self { stale }
     }
 
+    /// The stale entries as objects to prune, in the same order; an entry whose id does not
+    /// parse names no object and is left out.
+    #[must_use]
+    pub fn to_prune(&self) -> Vec<Recorded> {
+        self.stale
+            .iter()
+            .filter_map(|e| {
+                ObjMetadata::parse(&e.id).map(|meta| Recorded {
+                    meta,
+                    version: e.v.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Whether nothing is left to prune.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -109,6 +107,8 @@ mod tests {
                 "_apps__Namespace"
             ]
         );
+        let names: Vec<_> = diff.to_prune().into_iter().map(|o| o.meta.name).collect();
+        assert_eq!(names, ["cfg", "web", "apps"]);
     }
 
     #[test]
@@ -130,10 +130,7 @@ mod tests {
             kind: "Deployment".into(),
         };
         assert_eq!(entry(&meta, "apps/v1"), r("a_b_apps_Deployment"));
-        assert_eq!(split_api_version("v1"), ("", "v1"));
         let inv = inventory([r("b"), r("a"), r("b")]);
         assert_eq!(inv.entries, vec![r("a"), r("b")]);
-        assert!(is_definition("", "Namespace"));
-        assert!(!is_definition("", "ConfigMap"));
     }
 }

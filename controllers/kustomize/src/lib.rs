@@ -30,14 +30,11 @@
 //!   `targetNamespace` are built natively. `commonMetadata` goes on the built objects' metadata
 //!   only, as in Flux.
 
-pub mod apply;
 pub mod build;
 pub mod built;
-pub mod drift;
 pub mod error;
 pub mod fetch;
 pub mod generator;
-pub mod health;
 pub mod inventory;
 pub mod native;
 pub mod reconcile;
@@ -62,22 +59,27 @@ use kube::{
     runtime::{WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 use weir_api::{
-    Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, Outcome,
-    condition, history, kustomize::DeletionPolicy, meta::handled_reconcile_at, reasons, types,
+    Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
+    history, kustomize::DeletionPolicy, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
-    ControllerError, Disposition, Failure,
+    ControllerError, Failure,
     controller::{Reconciler, Runtime, Synced},
+    decision::{Schedule, StepResult, decide},
     events::EventPublisher,
     schedule,
     status::apply_status,
 };
 
-use crate::{apply::KindCache, error::KustomizeError, fetch::ArtifactFetcher, reconcile::Attempt};
+use weir_ssa::KindCache;
+
+use crate::{error::KustomizeError, fetch::ArtifactFetcher, reconcile::Attempt};
 
 pub use weir_api::meta::FINALIZER;
 /// The field manager of status writes.
 pub const STATUS_FIELD_MANAGER: &str = "weir-kustomize-controller";
+/// The field manager of applied objects: Flux's, so objects move between engines.
+pub const APPLY_FIELD_MANAGER: &str = "kustomize-controller";
 /// The name events are reported under.
 pub const CONTROLLER_NAME: &str = "weir-kustomize-controller";
 
@@ -204,6 +206,16 @@ impl Metrics {
     pub fn write(&self) {
         self.request();
         self.object_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl weir_ssa::ApiCounter for Metrics {
+    fn request(&self) {
+        Self::request(self);
+    }
+
+    fn write(&self) {
+        Self::write(self);
     }
 }
 
@@ -478,7 +490,7 @@ async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, Controller
     if let Some(error) = waited {
         tracing::error!(
             kustomization = %ObjectRef::from_obj(ks),
-            error,
+            %error,
             "deleted objects did not terminate within the timeout"
         );
     }
@@ -619,30 +631,26 @@ async fn succeeded(
             .for_generation(generation),
         );
     }
-    condition::summarize(
-        &mut status.conditions,
-        &Outcome::Ready {
-            reason: reasons::RECONCILIATION_SUCCEEDED.to_owned(),
-            message: message.clone(),
-        },
-        generation,
-    );
     let new_revision = status.last_applied_revision.as_deref() != Some(revision.as_str());
     status.last_applied_revision = Some(revision);
     status
         .last_applied_origin_revision
         .clone_from(&attempt.origin_revision);
+    let mut result = StepResult::succeeded(reasons::RECONCILIATION_SUCCEEDED, &message);
     if attempt.changes.wrote() || new_revision {
-        ctx.events
-            .normal(
-                ks,
-                reasons::RECONCILIATION_SUCCEEDED,
-                "Reconcile",
-                &note(attempt, &message),
-            )
-            .await;
+        result = result.announcing(reasons::RECONCILIATION_SUCCEEDED, note(attempt, &message));
     }
-    Action::requeue(schedule::jittered(ks.spec.interval.as_std()))
+    let schedule = Schedule {
+        after_success: Some(schedule::jittered(ks.spec.interval.as_std())),
+        retry: Duration::ZERO,
+        retry_cap: None,
+    };
+    let decision = decide(&status.conditions, generation, &result, &schedule);
+    status.conditions = decision.conditions;
+    ctx.events
+        .announce(ks, decision.event.as_ref(), "Reconcile")
+        .await;
+    decision.action
 }
 
 /// Records a failure: Ready=False with the error's reason, Reconciling or Stalled, Healthy=False
@@ -671,18 +679,26 @@ async fn failed(
         .as_ref()
         .unwrap_or(&ks.spec.interval)
         .as_std();
-    let (outcome, action) =
-        error
-            .disposition()
-            .outcome(reason, &message, schedule::jittered(retry));
-    condition::summarize(&mut status.conditions, &outcome, generation);
-    let note = note(attempt, &message);
-    if matches!(error.disposition(), Disposition::Waiting(_)) {
-        ctx.events.normal(ks, reason, "Reconcile", &note).await;
-    } else {
-        ctx.events.warning(ks, reason, "Reconcile", &note).await;
+    let result = StepResult::Failed {
+        reason: reason.to_owned(),
+        disposition: error.disposition(),
+        message,
+    };
+    let schedule = Schedule {
+        after_success: None,
+        retry: schedule::jittered(retry),
+        retry_cap: None,
+    };
+    let mut decision = decide(&status.conditions, generation, &result, &schedule);
+    status.conditions = decision.conditions;
+    // The event says what was changed before the failure, too.
+    if let (Some(event), StepResult::Failed { message, .. }) = (&mut decision.event, &result) {
+        event.message = note(attempt, message);
     }
-    action
+    ctx.events
+        .announce(ks, decision.event.as_ref(), "Reconcile")
+        .await;
+    decision.action
 }
 
 #[cfg(test)]

@@ -8,21 +8,22 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 use weir_api::{
-    Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
+    GitRepository, Kustomization, KustomizationStatus,
     condition::{find_condition, types},
     kustomize::{ObjMetadata, ResourceInventory, SubstituteKind, SubstituteStrategy, annotations},
-    reasons,
 };
-use weir_runtime::{Redactor, status::apply_status};
+use weir_runtime::{Redactor, progress::Progress};
+use weir_ssa::{
+    ApplyFailure, ApplySet, ChangeSet, HealthRules, HealthTarget, IgnoreRules, ManifestFields as _,
+    Refusal, Refusals, SsaError, Target,
+    kinds::{resource_from_crd, split_api_version},
+};
 
 use crate::{
     Context,
-    apply::{ApplySet, ChangeSet, HealthTarget, Target, resource_from_crd},
     build::{self, BuildPlan, Manifest},
-    drift::IgnoreRules,
     error::KustomizeError,
-    health::HealthRules,
-    inventory::{self, InventoryDiff, split_api_version},
+    inventory::{self, InventoryDiff},
     native, substitute,
 };
 
@@ -122,8 +123,8 @@ pub async fn run(
     let targets = resolve(ks, ctx, &client, manifests).await?;
     let set = ApplySet {
         client: &client,
-        kinds: &ctx.kinds,
-        metrics: &ctx.metrics,
+        counter: ctx.metrics.as_ref(),
+        field_manager: crate::APPLY_FIELD_MANAGER,
         force: spec.force,
         timeout,
         ignore: &ignore,
@@ -132,7 +133,7 @@ pub async fn run(
     let changes = set
         .apply(&targets)
         .await
-        .map_err(|failure| apply_failed(failure, old.as_ref(), attempt))?;
+        .map_err(|failure| apply_failed(failure, &targets, old.as_ref(), attempt))?;
     attempt.changes = changes;
     // Every object of the set, those left alone by annotation included: an object still in
     // the source is never pruned.
@@ -146,14 +147,18 @@ pub async fn run(
     if spec.prune {
         let diff = InventoryDiff::between(old.as_ref(), &new_inventory);
         if !diff.is_empty() {
-            match set.prune(&diff.stale, (&ks.name_any(), &namespace)).await {
+            let name = ks.name_any();
+            match set
+                .prune(&diff.to_prune(), &owner_labels(&name, &namespace))
+                .await
+            {
                 Ok(deleted) => attempt.changes.entries.extend(deleted.entries),
-                Err(message) => {
+                Err(error) => {
                     // Keep the stale entries so the next reconcile tries again.
                     attempt.inventory = Some(inventory::inventory(
                         new_inventory.entries.iter().cloned().chain(diff.stale),
                     ));
-                    return Err(KustomizeError::Prune(message));
+                    return Err(KustomizeError::Prune(error));
                 }
             }
         }
@@ -164,11 +169,11 @@ pub async fn run(
         let started = std::time::Instant::now();
         let result = set.wait_healthy(&health_targets, &health_rules).await;
         attempt.healthy = Some(result.is_ok());
-        result.map_err(|objects| KustomizeError::HealthCheck {
+        result.map_err(|source| KustomizeError::HealthCheck {
             after: std::time::Duration::from_millis(
                 u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ),
-            objects,
+            source: Box::new(source),
         })?;
     }
     Ok(())
@@ -192,40 +197,20 @@ async fn mark_progressing(
     if attempted {
         return;
     }
-    let generation = ks.metadata.generation;
-    let mut progressing = current.cloned().unwrap_or_default();
     let fetching = format!(
         "Fetching manifests for revision {revision} with a timeout of {}",
         weir_api::duration::go_format(timeout)
     );
-    for (kind, status, message) in [
-        (types::RECONCILING, ConditionStatus::True, fetching.as_str()),
-        (
-            types::READY,
-            ConditionStatus::Unknown,
-            "Reconciliation in progress",
-        ),
-    ] {
-        condition::set_condition(
-            &mut progressing.conditions,
-            Condition::new(kind, status, reasons::PROGRESSING, message).for_generation(generation),
-        );
-    }
-    condition::remove_condition(&mut progressing.conditions, types::STALLED);
     let api =
         Api::<Kustomization>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
-    match apply_status(&api, ks, current, &progressing, crate::STATUS_FIELD_MANAGER).await {
-        Ok(written) => {
-            if written {
-                ctx.metrics.request();
-                ctx.metrics
-                    .status_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            attempt.progressing = Some(progressing);
-        }
-        Err(error) => tracing::warn!(%error, "cannot write the progressing status"),
+    let mut progress = Progress::new(&api, ks, crate::STATUS_FIELD_MANAGER);
+    if progress.mark(&fetching).await {
+        ctx.metrics.request();
+        ctx.metrics
+            .status_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    attempt.progressing = progress.into_written();
 }
 
 /// Fetches the artifact (cached by digest) and builds the path: natively from the shared
@@ -286,21 +271,35 @@ async fn fetch_and_build(
     Ok(manifests)
 }
 
-/// Records what a failed apply wrote (so it can be pruned later) and types its error.
+/// The labels that make an object the Kustomization `namespace/name`'s to prune, as Flux
+/// sets them.
+fn owner_labels<'a>(name: &'a str, namespace: &'a str) -> [(&'static str, &'a str); 2] {
+    [
+        (annotations::NAME_LABEL, name),
+        (annotations::NAMESPACE_LABEL, namespace),
+    ]
+}
+
+/// Records what a failed apply wrote (so it can be pruned later) and types its error (its
+/// message is redacted when status and events are written).
 fn apply_failed(
-    failure: crate::apply::ApplyFailure,
+    failure: ApplyFailure,
+    targets: &[Target],
     old: Option<&ResourceInventory>,
     attempt: &mut Attempt,
 ) -> KustomizeError {
     if !failure.applied.is_empty() {
         let kept = old.iter().flat_map(|o| o.entries.clone());
-        attempt.inventory = Some(inventory::inventory(kept.chain(failure.applied)));
+        let applied = failure
+            .applied
+            .iter()
+            .map(|i| inventory::entry(&targets[*i].meta, &targets[*i].api_version));
+        attempt.inventory = Some(inventory::inventory(kept.chain(applied)));
     }
-    let message = attempt.redactor.redact(&failure.message);
-    if failure.validation {
-        KustomizeError::Validation(message)
+    if failure.error.is_refusal() {
+        KustomizeError::Validation(failure.error)
     } else {
-        KustomizeError::Apply(message)
+        KustomizeError::Apply(failure.error)
     }
 }
 
@@ -308,8 +307,7 @@ fn apply_failed(
 /// and decoded, so an API server message that echoes one never reaches status or events.
 fn register_secret_values(object: &Value, redactor: &mut Redactor) {
     use base64::Engine as _;
-    let is_secret = object.get("apiVersion").and_then(Value::as_str) == Some("v1")
-        && object.get("kind").and_then(Value::as_str) == Some("Secret");
+    let is_secret = object.api_version() == "v1" && object.kind() == "Secret";
     if !is_secret {
         return;
     }
@@ -347,7 +345,7 @@ async fn check_dependencies(
         (r.kind.as_str().to_owned(), ns, r.name.clone())
     };
     // Compiled before any dependency is read: a bad expression stalls whatever their state.
-    let env = crate::health::cel_env();
+    let env = weir_ssa::health::cel_env();
     let exprs = ks
         .spec
         .depends_on
@@ -427,7 +425,7 @@ fn ready_expr_refusal(
     let mut context = cel::Context::with_env(std::sync::Arc::clone(env));
     for (name, object) in [("dep", dep), ("self", ks)] {
         let value = serde_json::to_value(object).unwrap_or_default();
-        context.add_variable_from_value(name, crate::health::to_cel(&value));
+        context.add_variable_from_value(name, weir_ssa::health::to_cel(&value));
     }
     match program.execute(&context) {
         Ok(cel::Value::Bool(true)) => None,
@@ -498,12 +496,7 @@ async fn substitute_variables(
 
     let mut out = Vec::with_capacity(manifests.len());
     for manifest in manifests {
-        let disabled = manifest
-            .object
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(annotations::SUBSTITUTE))
-            .and_then(Value::as_str)
-            == Some("disabled");
+        let disabled = manifest.object.annotation(annotations::SUBSTITUTE) == Some("disabled");
         if disabled {
             out.push(manifest);
             continue;
@@ -553,7 +546,10 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
     let mut config = ctx.kube_config.clone();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
     config.auth_info.impersonate_groups = None;
-    Client::try_from(config).map_err(|e| KustomizeError::Impersonation(sa.clone(), e.to_string()))
+    Client::try_from(config).map_err(|source| KustomizeError::Impersonation {
+        account: sa.clone(),
+        source,
+    })
 }
 
 /// Labels every object with its owner and resolves its kind against the API server (or a CRD
@@ -567,37 +563,25 @@ async fn resolve(
     let namespace = ks.namespace().unwrap_or_default();
     let crds: Vec<Value> = manifests
         .iter()
-        .filter(|m| {
-            m.object.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition")
-        })
+        .filter(|m| m.object.kind() == "CustomResourceDefinition")
         .map(|m| m.object.clone())
         .collect();
     let mut targets = Vec::with_capacity(manifests.len());
     let mut errors = vec![];
     for Manifest { mut object, file } in manifests {
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let (api_version, kind, name) = (
+            object.api_version().to_owned(),
+            object.kind().to_owned(),
+            object.name().to_owned(),
+        );
         let (group, version) = split_api_version(&api_version);
         let served = ctx
             .kinds
-            .resolve(client, &ctx.metrics, group, version, &kind)
+            .resolve(client, ctx.metrics.as_ref(), group, version, &kind)
             .await
-            .map_err(KustomizeError::Kube)?;
+            .map_err(KustomizeError::Discovery)?;
         let in_set = crds.iter().find_map(|crd| {
-            let name = crd.pointer("/metadata/name").and_then(Value::as_str)?;
+            let name = Some(crd.name()).filter(|n| !n.is_empty())?;
             resource_from_crd(crd, &api_version, &kind).map(|r| (r, name.to_owned()))
         });
         let defining_crd = in_set.as_ref().map(|(_, name)| name.clone());
@@ -605,9 +589,12 @@ async fn resolve(
             (Some((r, n)), _) => (r, n, false),
             (None, Some(((r, n), _))) => (r, n, true),
             (None, None) => {
-                errors.push(format!(
-                    "{kind}/{name} ({file}): no matches for kind \"{kind}\" in version \"{api_version}\" (is its CRD installed?)"
-                ));
+                errors.push(Refusal::UnknownKind {
+                    object: format!("{kind}/{name}"),
+                    file,
+                    kind,
+                    api_version,
+                });
                 continue;
             }
         };
@@ -623,7 +610,10 @@ async fn resolve(
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned)
             else {
-                errors.push(format!("{kind}/{name} ({file}): namespace not specified"));
+                errors.push(Refusal::NoNamespace {
+                    object: format!("{kind}/{name}"),
+                    file,
+                });
                 continue;
             };
             ns
@@ -660,7 +650,9 @@ async fn resolve(
     if errors.is_empty() {
         Ok(targets)
     } else {
-        Err(KustomizeError::Validation(errors.join("\n")))
+        Err(KustomizeError::Validation(SsaError::Invalid(Refusals(
+            errors,
+        ))))
     }
 }
 
@@ -690,9 +682,9 @@ async fn health_targets(
         let (group, version) = split_api_version(&api_version);
         let resolved = ctx
             .kinds
-            .resolve(client, &ctx.metrics, group, version, &check.kind)
+            .resolve(client, ctx.metrics.as_ref(), group, version, &check.kind)
             .await
-            .map_err(KustomizeError::Kube)?;
+            .map_err(KustomizeError::Discovery)?;
         let Some((resource, namespaced)) = resolved else {
             return Err(KustomizeError::HealthCheckKind(format!(
                 "{}/{}: the API server does not serve kind {} in {api_version}{}",
@@ -731,15 +723,15 @@ pub async fn delete_inventory(
     ks: &Kustomization,
     ctx: &Context,
     wait: bool,
-) -> Result<(ChangeSet, Option<String>), KustomizeError> {
+) -> Result<(ChangeSet, Option<SsaError>), KustomizeError> {
     let Some(inventory) = ks.status.as_ref().and_then(|s| s.inventory.clone()) else {
         return Ok((ChangeSet::default(), None));
     };
     let client = impersonated_client(ks, ctx)?;
     let set = ApplySet {
         client: &client,
-        kinds: &ctx.kinds,
-        metrics: &ctx.metrics,
+        counter: ctx.metrics.as_ref(),
+        field_manager: crate::APPLY_FIELD_MANAGER,
         force: false,
         timeout: ks.spec.timeout(),
         ignore: &IgnoreRules::default(),
@@ -747,8 +739,8 @@ pub async fn delete_inventory(
     let diff = InventoryDiff::between(Some(&inventory), &ResourceInventory::default());
     let (changes, deleted) = set
         .prune_tracked(
-            &diff.stale,
-            (&ks.name_any(), &ks.namespace().unwrap_or_default()),
+            &diff.to_prune(),
+            &owner_labels(&ks.name_any(), &ks.namespace().unwrap_or_default()),
         )
         .await
         .map_err(KustomizeError::Prune)?;
@@ -775,7 +767,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let env = crate::health::cel_env();
+        let env = weir_ssa::health::cel_env();
         let program = env
             .compile(
                 "dep.metadata.generation == dep.status.observedGeneration && \

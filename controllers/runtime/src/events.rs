@@ -100,6 +100,19 @@ impl EventPublisher {
             .await;
     }
 
+    /// Publishes the event a [`crate::decision::decide`] chose, if any, under `action`.
+    pub async fn announce<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        notice: Option<&crate::decision::Notice>,
+        action: &str,
+    ) {
+        if let Some(n) = notice {
+            self.publish(obj, n.r#type, &n.reason, action, &n.message)
+                .await;
+        }
+    }
+
     /// Publishes an event about `obj`. `note` must already be redacted.
     pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,

@@ -5,9 +5,11 @@
 //! written once per reconcile, how events are published, and how secrets are kept out of text.
 
 pub mod controller;
+pub mod decision;
 pub mod events;
 pub mod failure;
 pub mod metrics;
+pub mod progress;
 pub mod redact;
 pub mod schedule;
 pub mod secrets;

@@ -10,10 +10,11 @@ use std::io::Write;
 use git2::{ObjectType, Oid, Repository};
 use weir_api::{Artifact, GitRepositoryInclude, GitRepositorySpec};
 
+use weir_git::Remote;
+
 use crate::{
     archive::{self, ArchiveInput, ArchiveSummary, IncludedFile},
     error::SourceError,
-    git::Remote,
     include,
     storage::Storage,
     submodule,
@@ -127,7 +128,7 @@ fn check_sparse(repo: &Repository, commit: Oid, dirs: &[String]) -> Result<(), S
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
-        .map_err(|e| SourceError::Git(crate::git::GitError::Git(e.message().to_owned())))?;
+        .map_err(|e| SourceError::Git(weir_git::GitError::Git(e.message().to_owned())))?;
     for dir in dirs {
         let is_dir = !dir.is_empty()
             && tree

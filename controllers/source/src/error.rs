@@ -3,17 +3,16 @@
 use weir_api::{GitProvider, reasons, types};
 use weir_runtime::{Disposition, Failure};
 
-use crate::{archive::ArchiveError, git::GitError, verify::VerifyError};
+use weir_git::{GitError, credentials::CredentialsError};
+
+use crate::{archive::ArchiveError, verify::VerifyError};
 
 /// Why a GitRepository reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("invalid URL {url:?}: {why}")]
-    InvalidUrl { url: String, why: String },
-    #[error("secret '{namespace}/{name}' not found")]
-    SecretNotFound { namespace: String, name: String },
-    #[error("cannot read secret '{name}': {message}")]
-    SecretUnreadable { name: String, message: String },
+    /// The URL, `spec.secretRef` or `spec.proxySecretRef` does not give a usable remote.
+    #[error(transparent)]
+    Access(#[from] CredentialsError),
     #[error("{0}")]
     InvalidSemver(String),
     #[error("failed to checkout and determine revision: {0}")]
@@ -53,15 +52,6 @@ pub enum SourceError {
         .0.as_str()
     )]
     ProviderUnsupported(GitProvider),
-    #[error("failed to configure proxy options: secret '{namespace}/{name}' not found")]
-    ProxySecretNotFound { namespace: String, name: String },
-    #[error("failed to configure proxy options: secret '{name}' (spec.proxySecretRef): {why}")]
-    ProxySecretInvalid { name: String, why: String },
-    #[error(
-        "spec.proxySecretRef '{0}': libgit2 sends plain http:// git traffic to the server \
-         directly, around the proxy; use an https:// URL (proxied with CONNECT)"
-    )]
-    ProxyNeedsHttps(String),
     #[error(
         "could not get resource for include '{name}': GitRepository '{namespace}/{name}' not found"
     )]
@@ -121,9 +111,7 @@ impl SourceError {
             Self::IncludeNotFound { .. }
             | Self::IncludeUnreadable { .. }
             | Self::IncludeNoArtifact(_) => types::INCLUDE_UNAVAILABLE,
-            Self::InvalidUrl { .. }
-            | Self::SecretNotFound { .. }
-            | Self::SecretUnreadable { .. }
+            Self::Access(_)
             | Self::InvalidSemver(_)
             | Self::Git(_)
             | Self::BranchNotFound(_)
@@ -136,9 +124,6 @@ impl SourceError {
             | Self::Task(_)
             | Self::NothingToCheckOut
             | Self::ProviderUnsupported(_)
-            | Self::ProxySecretNotFound { .. }
-            | Self::ProxySecretInvalid { .. }
-            | Self::ProxyNeedsHttps(_)
             | Self::SparseCheckoutMissing(_)
             | Self::Submodule { .. } => types::FETCH_FAILED,
         }
@@ -162,12 +147,8 @@ impl Failure for SourceError {
     fn reason(&self) -> &'static str {
         match self {
             Self::Verification(e) => e.reason(),
-            Self::InvalidUrl { .. } | Self::ProxyNeedsHttps(_) => reasons::URL_INVALID,
-            Self::SecretNotFound { .. }
-            | Self::SecretUnreadable { .. }
-            | Self::ProxySecretNotFound { .. }
-            | Self::ProxySecretInvalid { .. }
-            | Self::Git(
+            Self::Access(e) => e.reason(),
+            Self::Git(
                 GitError::Authentication(_) | GitError::HostKey(_) | GitError::Certificate(_),
             )
             | Self::Submodule {
@@ -202,17 +183,14 @@ impl Failure for SourceError {
         match self {
             Self::Verification(e) => e.disposition(),
             // Only a change of the spec fixes these.
-            Self::InvalidUrl { .. }
-            | Self::InvalidSemver(_)
+            Self::Access(e) => e.disposition(),
+            Self::InvalidSemver(_)
             | Self::ProviderUnsupported(_)
-            | Self::ProxyNeedsHttps(_)
             | Self::IllegalIncludePath { .. } => Disposition::Stalled,
             Self::IncludeNotFound { .. } | Self::IncludeNoArtifact(_) => {
                 Disposition::Waiting(INCLUDE_REQUEUE)
             }
-            Self::SecretNotFound { .. }
-            | Self::SecretUnreadable { .. }
-            | Self::Git(_)
+            Self::Git(_)
             | Self::BranchNotFound(_)
             | Self::TagNotFound(_)
             | Self::RefNotFound(_)
@@ -224,8 +202,6 @@ impl Failure for SourceError {
             | Self::Storage(_)
             | Self::Task(_)
             | Self::NothingToCheckOut
-            | Self::ProxySecretNotFound { .. }
-            | Self::ProxySecretInvalid { .. }
             | Self::IncludeUnreadable { .. }
             | Self::IncludeCopyFailed { .. }
             | Self::SparseCheckoutMissing(_)

@@ -4,13 +4,10 @@
 pub mod archive;
 pub mod content;
 pub mod error;
-pub mod git;
 pub mod include;
-pub mod known_hosts;
 pub mod reconcile;
 pub mod storage;
 pub mod submodule;
-pub mod tls;
 pub mod verify;
 
 use std::{
@@ -22,12 +19,12 @@ use std::{
 
 use kube::{Api, Client, ResourceExt, runtime::controller::Action};
 use weir_api::{
-    GitRepository, GitRepositoryStatus, Outcome, condition, meta::handled_reconcile_at, reasons,
-    types,
+    GitRepository, GitRepositoryStatus, condition, meta::handled_reconcile_at, reasons, types,
 };
 use weir_runtime::{
     ControllerError, Failure,
     controller::{Reconciler, Runtime, Synced},
+    decision::{Schedule, StepResult, decide},
     events::EventPublisher,
     schedule,
     status::apply_status,
@@ -106,7 +103,7 @@ pub struct Context {
     pub events: EventPublisher,
     pub backoff: schedule::Backoff,
     pub metrics: Arc<Metrics>,
-    pub in_flight: reconcile::InFlight,
+    pub in_flight: weir_git::bounded::InFlight,
 }
 
 impl std::fmt::Debug for Context {
@@ -171,7 +168,7 @@ pub async fn start(
     config: Config,
     shutdown_on_signal: bool,
 ) -> Result<Handle, StartError> {
-    git::bound_socket_waits();
+    weir_git::bound_socket_waits();
     let listener =
         storage::bind(config.storage_addr)
             .await
@@ -211,7 +208,7 @@ pub async fn start(
         events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
         backoff: schedule::Backoff::default(),
         metrics: metrics.clone(),
-        in_flight: reconcile::InFlight::default(),
+        in_flight: weir_git::bounded::InFlight::default(),
     });
     let mut synced = Synced::default();
     let controller = weir_runtime::controller::watch::<GitRepository>(
@@ -321,24 +318,12 @@ async fn apply(
 
     // A new generation is work in progress from the start (Flux's message); a new upstream
     // revision is marked when it is found, unless this already was.
-    let new_generation = previous.as_ref().and_then(|s| s.observed_generation) != generation;
-    let mut progress = Progress {
-        api,
-        repo,
-        marked: false,
-        written: None,
-    };
-    if new_generation {
-        let old = previous
-            .as_ref()
-            .and_then(|s| s.observed_generation)
-            .unwrap_or(0);
-        progress
-            .mark(&format!(
-                "processing object: new generation {old} -> {}",
-                generation.unwrap_or(0)
-            ))
-            .await;
+    let mut progress = Progress::new(api, repo, FIELD_MANAGER);
+    if let Some(message) = weir_runtime::progress::new_generation(
+        previous.as_ref().and_then(|s| s.observed_generation),
+        generation,
+    ) {
+        progress.mark(&message).await;
     }
     let mut included = vec![];
     let (result, redactor) = match reconcile::load_credentials(repo, ctx).await {
@@ -387,33 +372,36 @@ async fn apply(
                 )
                 .for_generation(generation),
             );
-            condition::summarize(
-                &mut status.conditions,
-                &Outcome::Ready {
-                    reason: reasons::SUCCEEDED.to_owned(),
-                    message: message.clone(),
-                },
-                generation,
-            );
+            let mut result = StepResult::succeeded(reasons::SUCCEEDED, message);
             if let Some(summary) = new {
                 let note = redactor.redact(&format!(
                     "stored artifact for commit '{summary}', revision '{}'",
                     artifact.revision
                 ));
-                ctx.events.normal(repo, "NewArtifact", "Fetch", &note).await;
+                result = result.announcing("NewArtifact", note);
                 tracing::info!(revision = artifact.revision, "stored new artifact");
             }
+            let schedule = Schedule {
+                after_success: Some(schedule::jittered(repo.spec.interval.as_std())),
+                retry: Duration::ZERO,
+                retry_cap: None,
+            };
+            let decision = decide(&status.conditions, generation, &result, &schedule);
+            status.conditions = decision.conditions;
+            ctx.events
+                .announce(repo, decision.event.as_ref(), "Fetch")
+                .await;
             status.artifact = Some(artifact);
             status.observed_ignore.clone_from(&repo.spec.ignore);
             include::record(&mut status, &repo.spec, included);
             verify::record_success(&mut status, repo, verified.as_ref());
-            Action::requeue(schedule::jittered(repo.spec.interval.as_std()))
+            decision.action
         }
         Err(error) => failed(repo, ctx, &mut status, &error, &redactor, &key).await,
     };
     // Compared with what the object holds now: a progressing status written above must be
     // replaced even when the outcome equals the status before it.
-    let current = progress.written.take().or(previous);
+    let current = progress.into_written().or(previous);
     apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
     Ok(action)
 }
@@ -435,54 +423,8 @@ async fn with_includes<T>(
 /// Writes Reconciling=True (Flux's `Progressing` reason) and Ready=Unknown before the work a new
 /// generation or a new upstream revision needs, as Flux's source-controller does, so kstatus,
 /// `kubectl wait` and dependents see it in progress. At most once per reconcile; a reconcile with
-/// nothing new writes nothing here. A failed write is logged: the final write says what happened.
-pub struct Progress<'a> {
-    api: &'a Api<GitRepository>,
-    repo: &'a GitRepository,
-    marked: bool,
-    /// The status written by [`Progress::mark`], when it was.
-    written: Option<GitRepositoryStatus>,
-}
-
-impl std::fmt::Debug for Progress<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Progress")
-            .field("marked", &self.marked)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Progress<'_> {
-    /// Marks the object progressing with `message`, unless already marked in this reconcile.
-    pub async fn mark(&mut self, message: &str) {
-        if self.marked {
-            return;
-        }
-        self.marked = true;
-        let generation = self.repo.metadata.generation;
-        let current = self.repo.status.as_ref();
-        let mut progressing = current.cloned().unwrap_or_default();
-        for (kind, status, message) in [
-            (types::RECONCILING, weir_api::ConditionStatus::True, message),
-            (
-                types::READY,
-                weir_api::ConditionStatus::Unknown,
-                "Reconciliation in progress",
-            ),
-        ] {
-            condition::set_condition(
-                &mut progressing.conditions,
-                weir_api::Condition::new(kind, status, reasons::PROGRESSING, message)
-                    .for_generation(generation),
-            );
-        }
-        condition::remove_condition(&mut progressing.conditions, types::STALLED);
-        match apply_status(self.api, self.repo, current, &progressing, FIELD_MANAGER).await {
-            Ok(_) => self.written = Some(progressing),
-            Err(error) => tracing::warn!(%error, "cannot write the progressing status"),
-        }
-    }
-}
+/// nothing new writes nothing here.
+pub type Progress<'a> = weir_runtime::progress::Progress<'a, GitRepository>;
 
 /// Records a failure: the negative-polarity condition, Ready=False, Reconciling or Stalled, an
 /// event; the last good artifact stays in status.
@@ -495,8 +437,7 @@ async fn failed(
     key: &str,
 ) -> Action {
     let generation = repo.metadata.generation;
-    let reason = error.reason();
-    let message = redactor.redact(&error.to_string());
+    let (reason, message) = (error.reason(), redactor.redact(&error.to_string()));
     tracing::warn!(reason, error = message, "reconcile failed");
     verify::record_failure(status, error);
     condition::set_condition(
@@ -509,12 +450,21 @@ async fn failed(
         )
         .for_generation(generation),
     );
-    let retry = ctx
-        .backoff
-        .failed(key)
-        .min(repo.spec.interval.as_std().max(Duration::from_secs(1)));
-    let (outcome, action) = error.disposition().outcome(reason, &message, retry);
-    condition::summarize(&mut status.conditions, &outcome, generation);
-    ctx.events.warning(repo, reason, "Fetch", &message).await;
-    action
+    let result = StepResult::Failed {
+        reason: reason.to_owned(),
+        disposition: error.disposition(),
+        message,
+    };
+    let interval = repo.spec.interval.as_std();
+    let schedule = Schedule {
+        after_success: Some(interval),
+        retry: ctx.backoff.failed(key),
+        retry_cap: Some(interval),
+    };
+    let decision = decide(&status.conditions, generation, &result, &schedule);
+    status.conditions = decision.conditions;
+    ctx.events
+        .announce(repo, decision.event.as_ref(), "Fetch")
+        .await;
+    decision.action
 }

@@ -4,17 +4,15 @@
 use std::{sync::atomic::Ordering, time::Instant};
 
 use git2::Oid;
-use k8s_openapi::{
-    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
-};
-use kube::{Api, ResourceExt};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::ResourceExt;
 use weir_api::{Artifact, GitRepository, source::ResolvedRef};
-use weir_runtime::{Redactor, redact::strip_url_credentials, semver_range};
+use weir_git::{self as git, Credentials, Remote, RemoteRefs, bounded::BoundedError};
+use weir_runtime::{Redactor, semver_range};
 
 use crate::{
     Context,
     error::SourceError,
-    git::{self, Credentials, Remote, RemoteRefs},
     storage::Storage,
     verify::{self, Verified, Verifier},
 };
@@ -36,110 +34,8 @@ pub async fn load_credentials(
     repo: &GitRepository,
     ctx: &Context,
 ) -> Result<(String, Credentials, Redactor), SourceError> {
-    git_credentials(&ctx.client, repo).await
-}
-
-/// [`load_credentials`] for any controller that talks to a GitRepository's remote (the image
-/// automation pushes with the same credentials).
-pub async fn git_credentials(
-    client: &kube::Client,
-    repo: &GitRepository,
-) -> Result<(String, Credentials, Redactor), SourceError> {
-    let namespace = repo.namespace().unwrap_or_default();
-    let mut redactor = Redactor::default();
-    redactor.add_url_credentials(&repo.spec.url);
-    let url = strip_url_credentials(&repo.spec.url);
-    validate_url(&url, &repo.spec.url)?;
-
-    let mut credentials = match &repo.spec.secret_ref {
-        None => Credentials::default(),
-        Some(r) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-            let secret =
-                secrets
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(|e| SourceError::SecretUnreadable {
-                        name: r.name.clone(),
-                        message: e.to_string(),
-                    })?;
-            let secret = secret.ok_or_else(|| SourceError::SecretNotFound {
-                namespace: namespace.clone(),
-                name: r.name.clone(),
-            })?;
-            let data = weir_runtime::secrets::data(secret);
-            Credentials::from_secret_data(&data)
-        }
-    };
-    credentials.proxy = load_proxy(client, repo).await?;
-    if let (Some(r), true) = (&repo.spec.proxy_secret_ref, url.starts_with("http://")) {
-        return Err(SourceError::ProxyNeedsHttps(r.name.clone()));
-    }
-    // Credentials embedded in the URL are used when the secret gives none.
-    if credentials.basic.is_none()
-        && let Some((user, password)) = url_userinfo(&repo.spec.url)
-    {
-        credentials.basic = Some((user, password));
-    }
-    for value in credentials.secret_values() {
-        redactor.add(value);
-    }
-    Ok((url, credentials, redactor))
-}
-
-/// The proxy of `spec.proxySecretRef` (Flux's keys `address`, `username`, `password`).
-async fn load_proxy(
-    client: &kube::Client,
-    repo: &GitRepository,
-) -> Result<Option<git::Proxy>, SourceError> {
-    let Some(r) = &repo.spec.proxy_secret_ref else {
-        return Ok(None);
-    };
-    let namespace = repo.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let secret = secrets
-        .get_opt(&r.name)
-        .await
-        .map_err(|e| SourceError::ProxySecretInvalid {
-            name: r.name.clone(),
-            why: e.to_string(),
-        })?
-        .ok_or_else(|| SourceError::ProxySecretNotFound {
-            namespace,
-            name: r.name.clone(),
-        })?;
-    let data = weir_runtime::secrets::data(secret);
-    git::Proxy::from_secret_data(&data)
-        .map(Some)
-        .map_err(|why| SourceError::ProxySecretInvalid {
-            name: r.name.clone(),
-            why,
-        })
-}
-
-fn url_userinfo(url: &str) -> Option<(String, String)> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
-}
-
-fn validate_url(url: &str, original: &str) -> Result<(), SourceError> {
-    let invalid = |why: &str| SourceError::InvalidUrl {
-        url: strip_url_credentials(original),
-        why: why.to_owned(),
-    };
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(invalid("no scheme"));
-    };
-    if !matches!(scheme, "http" | "https" | "ssh") {
-        return Err(invalid("the scheme must be http, https or ssh"));
-    }
-    if rest.split('/').next().is_none_or(str::is_empty) {
-        return Err(invalid("no host"));
-    }
-    Ok(())
+    let access = weir_git::credentials::for_repository(&ctx.client, repo).await?;
+    Ok((access.url, access.credentials, access.redactor))
 }
 
 /// The ref to fetch and the revision string it will be recorded as.
@@ -247,44 +143,8 @@ fn resolve(reference: &ResolvedRef<'_>, refs: Option<&RemoteRefs>) -> Result<Tar
     }
 }
 
-/// Objects (by name and URL) with a git operation still running on a blocking thread. libgit2
-/// cannot be interrupted while it waits on a silent server, so a timed-out operation may keep
-/// its thread until [`crate::git::SOCKET_TIMEOUT`] passes; this keeps it to one such thread per
-/// object and URL instead of one per retry, and a changed URL starts at once.
-#[derive(Debug, Default, Clone)]
-pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
-
-/// Marks an object's git operation as running until dropped (when its thread ends).
-#[derive(Debug)]
-pub struct InFlightGuard {
-    set: InFlight,
-    key: String,
-}
-
-impl InFlight {
-    fn start(&self, key: &str) -> Option<InFlightGuard> {
-        let mut set = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        set.insert(key.to_owned()).then(|| InFlightGuard {
-            set: self.clone(),
-            key: key.to_owned(),
-        })
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.set
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.key);
-    }
-}
-
-/// Runs `f` on a blocking thread within the spec's timeout, at most one per object at a time.
+/// Runs `f` on a blocking thread within the spec's timeout, at most one per object and URL at a
+/// time (see [`weir_git::bounded`]).
 async fn blocking<T: Send + 'static>(
     ctx: &Context,
     key: &str,
@@ -292,18 +152,15 @@ async fn blocking<T: Send + 'static>(
     label: String,
     f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
 ) -> Result<T, SourceError> {
-    let Some(guard) = ctx.in_flight.start(key) else {
-        return Err(SourceError::StillRunning(label));
-    };
-    let task = tokio::task::spawn_blocking(move || {
-        let _guard = guard;
-        f()
-    });
-    match tokio::time::timeout(timeout, task).await {
-        Err(_) => Err(SourceError::Timeout(label)),
-        Ok(Err(join)) => Err(SourceError::Task(join)),
-        Ok(Ok(result)) => result,
-    }
+    ctx.in_flight
+        .run(key, timeout, f)
+        .await
+        .map_err(|e| match e {
+            BoundedError::StillRunning(_) => SourceError::StillRunning(label),
+            BoundedError::Timeout(_) => SourceError::Timeout(label),
+            BoundedError::Task(join) => SourceError::Task(join),
+            BoundedError::Operation(e) => e,
+        })
 }
 
 /// Step: list the remote's refs (`ls-remote`), counted in `remote_checks`.
@@ -546,23 +403,4 @@ fn find_commit(repo: &git2::Repository, target: &Target) -> Result<Oid, SourceEr
         }
     }
     Ok(commit)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_validation_and_userinfo() {
-        assert!(validate_url("https://example.com/repo", "https://example.com/repo").is_ok());
-        assert!(validate_url("ftp://example.com/repo", "ftp://example.com/repo").is_err());
-        assert!(validate_url("https:///repo", "https:///repo").is_err());
-        assert_eq!(
-            url_userinfo("https://bob:pw@h/r"),
-            Some(("bob".into(), "pw".into()))
-        );
-        assert_eq!(url_userinfo("ssh://git@h/r"), None);
-        let e = validate_url("ftp://h/r", "ftp://bob:secretpw@h/r").unwrap_err();
-        assert!(!e.to_string().contains("secretpw"), "{e}");
-    }
 }

@@ -12,11 +12,8 @@ use std::{collections::BTreeMap, time::Instant};
 
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 
-use crate::{
-    archive::Submodule,
-    error::SourceError,
-    git::{self, Credentials, GitError, Remote},
-};
+use crate::{archive::Submodule, error::SourceError};
+use weir_git::{self as git, Credentials, GitError, Remote};
 
 /// How deep submodules of submodules are followed; git has no limit, a loop would have none.
 const MAX_DEPTH: usize = 8;

@@ -463,7 +463,7 @@ impl Verifier {
 }
 
 fn git_error(e: &git2::Error) -> SourceError {
-    SourceError::Git(crate::git::GitError::Git(e.message().to_owned()))
+    SourceError::Git(weir_git::GitError::Git(e.message().to_owned()))
 }
 
 /// Whether the no-change short cut must be skipped to verify: `spec.verify` is set and the mode

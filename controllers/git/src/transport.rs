@@ -1,5 +1,5 @@
-//! Git transport with libgit2: listing a remote's refs without cloning, shallow fetches, and
-//! credentials from a GitRepository's secret. Blocking; callers run it on a blocking thread.
+//! Git transport with libgit2: listing a remote's refs without cloning, shallow fetches and
+//! pushes. Blocking; callers run it on a blocking thread (see [`crate::bounded`]).
 
 use std::{
     cell::{Cell, RefCell},

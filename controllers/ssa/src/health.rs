@@ -18,6 +18,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use weir_api::kustomize::CustomHealthCheck;
 
+use crate::ManifestFields as _;
+
 /// The kstatus reading of one live object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -30,6 +32,7 @@ pub enum Health {
 }
 
 impl Health {
+    /// Whether the object is current.
     #[must_use]
     pub fn is_current(&self) -> bool {
         matches!(self, Self::Current)
@@ -77,14 +80,6 @@ fn condition<'a>(obj: &'a Value, r#type: &str) -> Option<Condition<'a>> {
     conditions(obj).find(|c| c.r#type == r#type)
 }
 
-/// The API group of an object (`""` for the core group).
-fn group(obj: &Value) -> &str {
-    obj.get("apiVersion")
-        .and_then(Value::as_str)
-        .and_then(|v| v.rsplit_once('/').map(|(g, _)| g))
-        .unwrap_or_default()
-}
-
 /// Reads a live object's health by the built-in rules.
 #[must_use]
 pub fn object_health(obj: &Value) -> Health {
@@ -96,8 +91,7 @@ fn object_health_at(obj: &Value, now: DateTime<Utc>) -> Health {
     if let Some(health) = generic_properties(obj) {
         return health;
     }
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-    match (group(obj), kind) {
+    match (obj.group(), obj.kind()) {
         ("apps" | "extensions", "Deployment") => deployment(obj),
         ("apps" | "extensions", "ReplicaSet") => replica_set(obj),
         ("apps", "StatefulSet") => stateful_set(obj),
@@ -462,7 +456,7 @@ struct CompiledCheck {
     programs: [Option<Program>; 3],
 }
 
-/// How the health of objects is read for one Kustomization spec: the `healthCheckExprs`,
+/// How the health of objects is read for one spec (a Kustomization's): the `healthCheckExprs`,
 /// compiled once, for the objects of their group and kind, the built-in rules for the rest.
 ///
 /// As Flux evaluates them (RFC 0009): an object whose `status.observedGeneration` is set and
@@ -559,8 +553,7 @@ impl HealthRules {
     /// kind, otherwise by the built-in rules.
     #[must_use]
     pub fn health(&self, obj: &Value) -> Health {
-        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let group = group(obj);
+        let (group, kind) = (obj.group(), obj.kind());
         let found = self
             .checks
             .iter()
@@ -572,9 +565,10 @@ impl HealthRules {
     }
 }
 
-/// The CEL environment of Flux's expressions (healthCheckExprs, dependsOn readyExpr).
-/// Flux's CEL environment, built once per process and shared by every expression.
-pub(crate) fn cel_env() -> Arc<Env> {
+/// The CEL environment of Flux's expressions (healthCheckExprs, dependsOn readyExpr), built
+/// once per process and shared by every expression.
+#[must_use]
+pub fn cel_env() -> Arc<Env> {
     static ENV: std::sync::LazyLock<Arc<Env>> = std::sync::LazyLock::new(|| Arc::new(build_env()));
     Arc::clone(&ENV)
 }
@@ -637,7 +631,8 @@ fn evaluate(check: &CompiledCheck, env: &Arc<Env>, obj: &Value) -> Health {
 
 /// A JSON value as CEL sees it: whole numbers are `int` (as Kubernetes' unstructured objects
 /// hold them), larger ones `uint`, the rest `double`.
-pub(crate) fn to_cel(value: &Value) -> cel::Value {
+#[must_use]
+pub fn to_cel(value: &Value) -> cel::Value {
     match value {
         Value::Null => cel::Value::Null,
         Value::Bool(b) => cel::Value::Bool(*b),

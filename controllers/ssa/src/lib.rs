@@ -1,0 +1,100 @@
+//! Server-side apply of a set of objects, for every controller that applies manifests (the
+//! Kustomization controller today; the HelmRelease controller and `weir diff`/`weir build`
+//! next), as Flux's `fluxcd/pkg/ssa` serves its controllers:
+//!
+//! - [`kinds`]: which resource serves each kind (discovery, cached; or a CRD of the set);
+//! - [`plan`]: validate the whole set with a server-side dry run and decide, per object,
+//!   whether applying changes anything (`spec.ignore`'s paths, [`drift`], left out);
+//! - [`write`]: apply what changed, definitions first, new CRDs Established before the rest;
+//! - [`prune`]: delete what left the set, and wait for it to be gone;
+//! - [`wait`]: wait until objects are healthy by [`health`]'s rules (kstatus, or CEL
+//!   `healthCheckExprs`).
+//!
+//! What is a caller's is a parameter: the field manager, the owner labels an object must carry
+//! to be pruned, the client (the controller's or an impersonated one). The
+//! `kustomize.toolkit.fluxcd.io/{ssa,force,prune,reconcile}` annotations are Flux's contract
+//! with any object it applies, so they are read here.
+//!
+//! Every failure is an [`SsaError`]; the caller maps it to its own condition reasons.
+
+pub mod drift;
+pub mod error;
+pub mod health;
+pub mod kinds;
+pub mod object;
+pub mod plan;
+pub mod prune;
+pub mod wait;
+pub mod write;
+
+use std::time::Duration;
+
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject},
+};
+
+pub use crate::{
+    drift::IgnoreRules,
+    error::{ObjectError, ObjectErrors, Refusal, Refusals, SsaError},
+    health::{Health, HealthExprError, HealthRules},
+    kinds::KindCache,
+    object::{Change, ChangeSet, ManifestFields, Target},
+    prune::Deleted,
+    wait::HealthTarget,
+    write::ApplyFailure,
+};
+
+/// How often health, CRD establishment and termination are polled.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Counts the API requests an apply makes, for the caller's metrics.
+pub trait ApiCounter: Send + Sync {
+    /// One read, dry run or discovery request.
+    fn request(&self);
+    /// One write of an object (created, changed or deleted; also a request).
+    fn write(&self);
+}
+
+/// Applies, prunes and waits on a set of objects under one client (the controller's, or an
+/// impersonated one).
+pub struct ApplySet<'a> {
+    /// The client objects are read and written with.
+    pub client: &'a Client,
+    /// Counts the requests made.
+    pub counter: &'a dyn ApiCounter,
+    /// The field manager of applied objects.
+    pub field_manager: &'a str,
+    /// Recreate objects whose immutable fields changed (Flux's `spec.force`).
+    pub force: bool,
+    /// How long to wait for CRDs, recreations, terminations and health.
+    pub timeout: Duration,
+    /// Fields drift detection and apply leave to the cluster (Flux's `spec.ignore`).
+    pub ignore: &'a IgnoreRules,
+}
+
+impl std::fmt::Debug for ApplySet<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplySet")
+            .field("field_manager", &self.field_manager)
+            .field("force", &self.force)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApplySet<'_> {
+    /// The API of objects of `resource` in `namespace` (ignored when cluster-scoped).
+    fn api_for(
+        &self,
+        resource: &ApiResource,
+        namespaced: bool,
+        namespace: &str,
+    ) -> Api<DynamicObject> {
+        if namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, resource)
+        } else {
+            Api::all_with(self.client.clone(), resource)
+        }
+    }
+}

@@ -7,7 +7,7 @@ source e2e/scripts/harness-lib.sh
 trap stop_harness_if_started EXIT
 ensure_harness
 
-# The smoke suite runs the weir binary itself, as a user does.
+# The cli suite (e2e/tests/cli) runs the weir binary itself, as a user does.
 cargo build -q -p weir --bin weir
 export WEIR_BIN="${WEIR_BIN:-$PWD/target/debug/weir}"
 

@@ -21,6 +21,7 @@
 //! repository, image repository, chart) carries the test's name and a random suffix.
 
 mod charts;
+mod controllers;
 mod error;
 mod git;
 mod harness;
@@ -32,6 +33,7 @@ mod signing;
 mod wait;
 
 pub use charts::{Chart, ChartRepository};
+pub use controllers::ControllerConfigs;
 pub use error::Error;
 pub use git::{Change, GitRepo, GitServer, git_command};
 pub use harness::{Harness, repo_root};
@@ -40,4 +42,4 @@ pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use proxy::LoopbackProxy;
 pub use registry::{PushedImage, Registry, RegistryCredentials};
 pub use signing::{GitSigning, GpgKey, SshSigningKey};
-pub use wait::{DEFAULT_DEADLINE, wait_until, wait_until_within};
+pub use wait::{DEFAULT_DEADLINE, wait_gone, wait_ready, wait_until, wait_until_within};

@@ -9,7 +9,7 @@ const SUFFIX_LEN: usize = 5;
 /// (lowercase letters, digits and `-`), cut so the whole fits in `max_len`, plus `-` and a
 /// random suffix, so parallel tests and reruns never collide.
 ///
-/// A module path (`smoke::some_test`) keeps only its last segment.
+/// A module path (`harness_git::some_test`) keeps only its last segment.
 #[must_use]
 pub fn unique_name(hint: &str, max_len: usize) -> String {
     let hint = hint.rsplit("::").next().unwrap_or(hint);

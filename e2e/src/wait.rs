@@ -1,6 +1,11 @@
-use std::fmt::Display;
+use std::fmt::{Debug, Display};
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+use kube::core::object::HasStatus;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use weir_api::status::ObjectStatus;
 
 use crate::Error;
 
@@ -50,6 +55,66 @@ where
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Waits until the `Ready` condition of `name` has `status` (`"True"`, `"False"` or
+/// `"Unknown"`), and `reason` when one is given, at the object's current generation; returns the
+/// object as it was then.
+pub async fn wait_ready<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + HasStatus + Clone + DeserializeOwned + Debug,
+    K::Status: ObjectStatus,
+{
+    let kind = K::kind(&());
+    let what = match reason {
+        Some(reason) => format!("{kind} {name} Ready={status} ({reason})"),
+        None => format!("{kind} {name} Ready={status}"),
+    };
+    wait_until(&what, || async move {
+        let object = api.get(name).await.map_err(|e| e.to_string())?;
+        let (ready, observed) = object
+            .status()
+            .map(|s| (s.ready().cloned(), s.observed_generation()))
+            .unwrap_or_default();
+        match ready {
+            Some(c)
+                if format!("{:?}", c.status) == status
+                    && reason.is_none_or(|r| r == c.reason)
+                    && observed == object.meta().generation =>
+            {
+                Ok(object)
+            }
+            other => Err(format!(
+                "Ready is {other:?} (observed generation {observed:?})"
+            )),
+        }
+    })
+    .await
+}
+
+/// Waits until `name` no longer exists in `api` (its finalizers, if any, done).
+pub async fn wait_gone<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let kind = K::kind(&());
+    wait_until(&format!("{kind} {name} to be gone"), || async move {
+        match api.get_opt(name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(object)) => Err(format!(
+                "still there, deletionTimestamp {:?}, finalizers {:?}",
+                object.meta().deletion_timestamp,
+                object.meta().finalizers
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -1,9 +1,6 @@
 //! The install manifests in `config/` build with the pinned kustomize and every object passes the
 //! real API server's strict validation (server-side dry run).
 
-// A test's helpers fail the test by panicking; that is their job.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use anyhow::{Context, Result, ensure};
 use kube::{
     Api,

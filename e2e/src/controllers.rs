@@ -1,0 +1,74 @@
+//! The controllers' configurations every suite starts them with: each controller watches only the
+//! test's namespace, serves on a free loopback port and keeps its files in the test's temporary
+//! directories. A test changes what it is about with struct update syntax:
+//!
+//! ```no_run
+//! # fn example(storage: &std::path::Path, cache: &std::path::Path) {
+//! let configs = weir_e2e::ControllerConfigs::new("my-test-ns");
+//! let source = configs.source(storage);
+//! let kustomize = weir_kustomize::Config {
+//!     dependency_requeue: std::time::Duration::from_secs(600),
+//!     ..configs.kustomize("/usr/local/bin/kustomize".into(), cache)
+//! };
+//! # }
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Builds the `Config` of each controller for a test scoped to one namespace.
+#[derive(Debug, Clone)]
+pub struct ControllerConfigs {
+    namespace: String,
+}
+
+impl ControllerConfigs {
+    /// Configurations of controllers that watch only `namespace`.
+    #[must_use]
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The source controller: artifacts stored in `storage` (two kept per object) and served on
+    /// a free loopback port, four reconciles at a time.
+    #[must_use]
+    pub fn source(&self, storage: &Path) -> weir_source::Config {
+        weir_source::Config {
+            storage_path: storage.to_path_buf(),
+            storage_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            storage_adv_addr: None,
+            artifact_retention: 2,
+            namespace: Some(self.namespace.clone()),
+            concurrency: 4,
+        }
+    }
+
+    /// The kustomize controller: builds with the `kustomize` binary at `kustomize_path`, caches
+    /// artifacts in `cache`, four reconciles at a time, dependents requeued every 30 s, and
+    /// Flux's default limits, lockdown flags and feature gates.
+    #[must_use]
+    pub fn kustomize(&self, kustomize_path: PathBuf, cache: &Path) -> weir_kustomize::Config {
+        weir_kustomize::Config {
+            namespace: Some(self.namespace.clone()),
+            concurrency: 4,
+            kustomize_path,
+            cache_dir: cache.to_path_buf(),
+            dependency_requeue: Duration::from_secs(30),
+            artifact_limits: weir_kustomize::fetch::Limits::default(),
+            lockdown: weir_kustomize::Lockdown::default(),
+            feature_gates: weir_kustomize::FeatureGates::default(),
+        }
+    }
+
+    /// The image controller with its defaults.
+    #[must_use]
+    pub fn image(&self) -> weir_image::Config {
+        weir_image::Config {
+            namespace: Some(self.namespace.clone()),
+            ..weir_image::Config::default()
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The `flux` CLI pointed at Weir's controllers, in-process and scoped to one namespace.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, GroupVersionKind};
+use serde_json::Value;
+use weir_e2e::{ControllerConfigs, Error, GitRepo, Harness, TestNamespace};
+
+/// A namespace with Weir's controllers watching only it, and the `flux` CLI pointed at it.
+pub(crate) struct Fixture {
+    pub(crate) ns: TestNamespace,
+    pub(crate) client: kube::Client,
+    pub(crate) flux: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
+    pub(crate) _source: weir_source::Handle,
+    pub(crate) _kustomize: weir_kustomize::Handle,
+    pub(crate) _image: weir_image::Handle,
+    pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// What one `flux` command did.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    /// stdout and stderr together: `flux` writes its progress lines (`►`, `✔`, `✗`) to stderr.
+    pub(crate) all: String,
+}
+
+impl Fixture {
+    pub(crate) async fn start() -> Result<Self> {
+        let harness = Harness::get().await?;
+        let ns = harness.namespace().await?;
+        let client = harness.client()?;
+        let storage = tempfile::tempdir()?;
+        let cache = tempfile::tempdir()?;
+        let configs = ControllerConfigs::new(ns.name());
+        let source =
+            weir_source::start(client.clone(), configs.source(storage.path()), false).await?;
+        let kustomize = weir_kustomize::start(
+            harness.kube_config().clone(),
+            configs.kustomize(harness.tool("kustomize"), cache.path()),
+            false,
+        )
+        .await?;
+        let image = weir_image::start(client.clone(), configs.image(), false).await?;
+        Ok(Self {
+            ns,
+            client,
+            flux: harness.tool("flux"),
+            kubeconfig: harness.kubeconfig_path().to_path_buf(),
+            _source: source,
+            _kustomize: kustomize,
+            _image: image,
+            _dirs: (storage, cache),
+        })
+    }
+
+    /// Runs `flux <args> -n <namespace>` without blocking the controllers on this runtime.
+    pub(crate) async fn run(&self, args: &[&str]) -> Result<Run> {
+        let output = tokio::process::Command::new(&self.flux)
+            .args(args)
+            .args(["--namespace", self.ns.name(), "--timeout", "60s"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            // No colour, no spinner: plain lines to compare.
+            .env("NO_COLOR", "1")
+            .env("TERM", "dumb")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.flux.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok(Run {
+            code: output.status.code(),
+            all: format!("{stdout}{stderr}"),
+            stdout,
+        })
+    }
+
+    /// Runs `flux <args>` and fails unless it exits 0.
+    pub(crate) async fn ok(&self, args: &[&str]) -> Result<Run> {
+        let run = self.run(args).await?;
+        ensure!(
+            run.code == Some(0),
+            "flux {} exited with {:?}:\n{}",
+            args.join(" "),
+            run.code,
+            run.all
+        );
+        Ok(run)
+    }
+
+    pub(crate) fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    /// A git repository whose `deploy/` holds one ConfigMap `demo` with `data.a: <value>`.
+    pub(crate) async fn repo_with_config_map(&self, value: &str) -> Result<GitRepo> {
+        let cm = config_map_yaml(self.ns.name(), value);
+        let files = BTreeMap::from([("deploy/cm.yaml", cm.as_str())]);
+        Ok(Harness::get()
+            .await?
+            .git()
+            .create_repo("flux-cli", &files)?)
+    }
+
+    /// `flux create source git app` and `flux create kustomization app --wait` over `repo`.
+    pub(crate) async fn create_source_and_kustomization(
+        &self,
+        repo: &GitRepo,
+    ) -> Result<(Run, Run)> {
+        let url = repo.http_url();
+        let source = self
+            .ok(&[
+                "create",
+                "source",
+                "git",
+                "app",
+                "--url",
+                &url,
+                "--branch",
+                "main",
+                "--interval",
+                "10m",
+            ])
+            .await?;
+        let ks = self
+            .ok(&[
+                "create",
+                "kustomization",
+                "app",
+                "--source",
+                "GitRepository/app",
+                "--path",
+                "./deploy",
+                "--prune",
+                "--interval",
+                "10m",
+                "--wait",
+            ])
+            .await?;
+        Ok((source, ks))
+    }
+
+    pub(crate) async fn config_map_value(&self) -> Result<Option<String>> {
+        let cm = self.api::<ConfigMap>().get_opt("demo").await?;
+        Ok(cm.and_then(|c| c.data).and_then(|d| d.get("a").cloned()))
+    }
+}
+
+pub(crate) fn config_map_yaml(namespace: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  namespace: {namespace}\n\
+         data:\n  a: \"{value}\"\n"
+    )
+}
+
+/// The cell under `column` in the row named `name` of `flux get` output, which may hold several
+/// tables (`flux get all`), each under its own header line.
+pub(crate) fn cell(output: &str, name: &str, column: &str) -> Result<String> {
+    let mut header: Vec<&str> = vec![];
+    for line in output.lines() {
+        let cells: Vec<&str> = line.split('\t').map(str::trim).collect();
+        if cells
+            .first()
+            .is_some_and(|c| *c == "NAME" || *c == "NAMESPACE")
+        {
+            header = cells;
+        } else if cells.iter().take(2).any(|c| *c == name) {
+            let i = header
+                .iter()
+                .position(|h| *h == column)
+                .with_context(|| format!("no column {column} above {name} in:\n{output}"))?;
+            return cells
+                .get(i)
+                .map(|c| (*c).to_owned())
+                .with_context(|| format!("short row {name} in:\n{output}"));
+        }
+    }
+    bail!("no row {name} in:\n{output}")
+}
+
+impl Fixture {
+    /// `flux create image repository|policy|update app` for `image`, the automation writing to
+    /// the GitRepository `app`.
+    pub(crate) async fn create_image_automation(&self, image: &str) -> Result<()> {
+        self.ok(&[
+            "create",
+            "image",
+            "repository",
+            "app",
+            "--image",
+            image,
+            "--interval",
+            "10m",
+        ])
+        .await?;
+        self.ok(&[
+            "create",
+            "image",
+            "policy",
+            "app",
+            "--image-ref",
+            "app",
+            "--select-semver",
+            ">=1.0.0",
+        ])
+        .await?;
+        self.ok(&[
+            "create",
+            "image",
+            "update",
+            "app",
+            "--git-repo-ref",
+            "app",
+            "--git-repo-path",
+            "./deploy",
+            "--checkout-branch",
+            "main",
+            "--author-name",
+            "weir",
+            "--author-email",
+            "weir@example.com",
+            "--interval",
+            "10m",
+        ])
+        .await?;
+        Ok(())
+    }
+}
+
+/// The API of `object`'s kind in `namespace`, found by discovery.
+pub(crate) async fn dynamic_api(
+    client: &kube::Client,
+    namespace: &str,
+    object: &Value,
+) -> Result<Api<DynamicObject>> {
+    let api_version = object["apiVersion"].as_str().context("no apiVersion")?;
+    let kind = object["kind"].as_str().context("no kind")?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("{api_version} {kind} is not served"))?;
+    Ok(Api::namespaced_with(client.clone(), namespace, &resource))
+}
+
+pub(crate) const APP_YAML: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n";
+
+pub(crate) fn app_repo(harness: &Harness) -> Result<GitRepo, Error> {
+    harness
+        .git()
+        .create_repo("app", &BTreeMap::from([("deploy/app.yaml", APP_YAML)]))
+}

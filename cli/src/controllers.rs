@@ -159,8 +159,12 @@ async fn run_async(args: &Args) -> Result<(), String> {
     // kube uses ring and oci-client also compiles aws-lc-rs; with two providers rustls picks none,
     // so choose one for the process before any client exists. An error means one is chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default()
+    // One configuration for the process: the kustomize controller builds impersonating clients
+    // from it, every other controller shares the client made from it.
+    let kube_config = kube::Config::infer()
         .await
+        .map_err(|e| format!("cannot read the Kubernetes configuration (check KUBECONFIG): {e}"))?;
+    let client = kube::Client::try_from(kube_config.clone())
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -190,9 +194,6 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 running.push(tokio::spawn(handle.wait()));
             }
             Controller::Kustomize => {
-                let kube_config = kube::Config::infer().await.map_err(|e| {
-                    format!("cannot read the Kubernetes configuration (check KUBECONFIG): {e}")
-                })?;
                 let config = weir_kustomize::Config {
                     namespace: args.namespace.clone(),
                     concurrency: args.concurrency,
@@ -210,7 +211,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     },
                     feature_gates,
                 };
-                let handle = weir_kustomize::start(kube_config, config, true)
+                let handle = weir_kustomize::start(kube_config.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string())?;
                 registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(

@@ -42,4 +42,7 @@ pub use namespace::{TEST_NAMESPACE_LABEL, TestNamespace};
 pub use proxy::LoopbackProxy;
 pub use registry::{PushedImage, Registry, RegistryCredentials};
 pub use signing::{GitSigning, GpgKey, SshSigningKey};
-pub use wait::{DEFAULT_DEADLINE, wait_gone, wait_ready, wait_until, wait_until_within};
+pub use wait::{
+    DEFAULT_DEADLINE, Seen, wait_gone, wait_ready, wait_seen, wait_until, wait_until_within,
+    watch_reconciling,
+};

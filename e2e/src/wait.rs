@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use kube::core::object::HasStatus;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use weir_api::status::ObjectStatus;
+use std::sync::PoisonError;
+
+use weir_api::{condition::find_condition, status::ObjectStatus, types};
 
 use crate::Error;
 
@@ -112,6 +114,63 @@ where
                 object.meta().finalizers
             )),
             Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// Every `(reason, message, Ready's status)` a watch of one object saw its `Reconciling`
+/// condition with, in order (a repeat of the last one is not recorded again).
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// Watches `name` from now on (also before it exists) in a background task, recording each
+/// `Reconciling` condition it is seen with, so a test sees work in progress that no poll would
+/// catch.
+#[must_use]
+pub fn watch_reconciling<K>(api: &Api<K>, name: &str) -> Seen
+where
+    K: Resource + HasStatus + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::Status: ObjectStatus,
+{
+    use futures::StreamExt;
+    let seen = Seen::default();
+    let (stream, record) = (
+        kube::runtime::watcher::watch_object(api.clone(), name),
+        seen.clone(),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            // None until the object exists; a watch error is retried by the watcher.
+            let Ok(Some(obj)) = item else { continue };
+            let Some(status) = obj.status() else { continue };
+            let conditions = status.conditions();
+            if let Some(c) = find_condition(conditions, types::RECONCILING) {
+                let ready = find_condition(conditions, types::READY)
+                    .map(|r| format!("{:?}", r.status))
+                    .unwrap_or_default();
+                let entry = (c.reason.clone(), c.message.clone(), ready);
+                let mut seen = record.lock().unwrap_or_else(PoisonError::into_inner);
+                if seen.last() != Some(&entry) {
+                    seen.push(entry);
+                }
+            }
+        }
+    });
+    seen
+}
+
+/// Waits until a [`watch_reconciling`] has seen `entry`.
+pub async fn wait_seen(seen: &Seen, entry: (String, String, String)) -> Result<(), Error> {
+    wait_until(&format!("a watch to see Reconciling {entry:?}"), || {
+        let (seen, entry) = (seen.clone(), entry.clone());
+        async move {
+            let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if seen.contains(&entry) {
+                Ok(())
+            } else {
+                Err(format!("seen {seen:?}"))
+            }
         }
     })
     .await

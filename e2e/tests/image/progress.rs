@@ -2,54 +2,13 @@
 //! requested scan, are `Reconciling=True` with Flux's `Progressing` reason (Ready=Unknown)
 //! before they are `Ready=True` again, as a watch of the object sees them.
 
-use std::sync::{Arc, Mutex};
-
 use anyhow::Result;
-use kube::{
-    Api, Resource,
-    api::{Patch, PatchParams},
-};
-use serde::de::DeserializeOwned;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use weir_api::{ImagePolicy, ImageRepository, condition::find_condition, reasons, types};
-use weir_e2e::wait_until;
+use weir_e2e::{Seen, wait_seen, wait_until, watch_reconciling};
 
 use crate::fixture::*;
-
-/// Every `(reason, message, Ready's status)` of `Reconciling` a watch of `name` sees, in order.
-type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
-
-/// Watches `name` from now on, recording each `Reconciling` condition it is seen with.
-fn watch_reconciling<K>(api: &Api<K>, name: &str) -> Seen
-where
-    K: Resource + Observed + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    use futures::StreamExt;
-    let seen: Seen = Arc::default();
-    let (stream, record) = (
-        kube::runtime::watcher::watch_object(api.clone(), name),
-        seen.clone(),
-    );
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            // None until the object exists; a watch error is retried by the watcher.
-            let Ok(Some(obj)) = item else { continue };
-            let conditions = obj.conditions();
-            if let Some(c) = find_condition(&conditions, types::RECONCILING) {
-                let ready = find_condition(&conditions, types::READY)
-                    .map(|r| format!("{:?}", r.status))
-                    .unwrap_or_default();
-                let entry = (c.reason.clone(), c.message.clone(), ready);
-                let mut seen = record.lock().unwrap();
-                if seen.last() != Some(&entry) {
-                    seen.push(entry);
-                }
-            }
-        }
-    });
-    seen
-}
 
 /// Waits until the watch has seen `Reconciling=True` with `Progressing`, `message` and
 /// Ready=Unknown.
@@ -59,18 +18,7 @@ async fn wait_progressing(seen: &Seen, message: &str) -> Result<()> {
         message.to_owned(),
         "Unknown".to_owned(),
     );
-    wait_until(&format!("a watch to see Reconciling {entry:?}"), || {
-        let (seen, entry) = (seen.clone(), entry.clone());
-        async move {
-            let seen = seen.lock().unwrap();
-            if seen.contains(&entry) {
-                Ok(())
-            } else {
-                Err(format!("seen {seen:?}"))
-            }
-        }
-    })
-    .await?;
+    wait_seen(seen, entry).await?;
     Ok(())
 }
 

@@ -4,62 +4,12 @@
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use weir_api::{GitRepository, condition::find_condition, reasons, types};
-use weir_e2e::wait_until;
+use weir_api::{condition::find_condition, reasons, types};
+use weir_e2e::{wait_seen, watch_reconciling};
 
 use crate::fixture::*;
-
-/// Every `Reconciling` condition a watch of `name` sees, in order, with Ready's status beside it.
-fn watch_reconciling(api: &Api<GitRepository>, name: &str) -> Seen {
-    use futures::StreamExt;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
-    let (stream, record) = (
-        kube::runtime::watcher::watch_object(api.clone(), name),
-        seen.clone(),
-    );
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            // None until the object exists; a watch error is retried by the watcher.
-            let Ok(Some(repo)) = item else { continue };
-            let conditions = repo.status.unwrap_or_default().conditions;
-            if let Some(c) = find_condition(&conditions, types::RECONCILING) {
-                let ready = find_condition(&conditions, types::READY)
-                    .map(|r| format!("{:?}", r.status))
-                    .unwrap_or_default();
-                let entry = (c.reason.clone(), c.message.clone(), ready);
-                let mut seen = record.lock().unwrap();
-                if seen.last() != Some(&entry) {
-                    seen.push(entry);
-                }
-            }
-        }
-    });
-    seen
-}
-
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
-
-async fn wait_seen(seen: &Seen, entry: (String, String, String)) -> Result<()> {
-    wait_until(&format!("a watch to see Reconciling {entry:?}"), || {
-        let (seen, entry) = (seen.clone(), entry.clone());
-        async move {
-            let seen = seen.lock().unwrap();
-            if seen.contains(&entry) {
-                Ok(())
-            } else {
-                Err(format!("seen {seen:?}"))
-            }
-        }
-    })
-    .await?;
-    Ok(())
-}
 
 #[tokio::test]
 async fn new_generations_and_revisions_are_reconciling_while_they_are_built() -> Result<()> {

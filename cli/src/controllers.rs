@@ -163,7 +163,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
     // from it, every other controller shares the client made from it.
     let kube_config = kube::Config::infer()
         .await
-        .map_err(|e| format!("cannot read the Kubernetes configuration (check KUBECONFIG): {e}"))?;
+        .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
     let client = kube::Client::try_from(kube_config.clone())
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)

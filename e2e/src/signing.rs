@@ -61,6 +61,74 @@ impl GpgKey {
         Ok(key)
     }
 
+    /// Generates a key for `uid` made on 2020-01-01 that expired a year later. Its home fakes
+    /// the time to 2020-06-01 (`gpg.conf`), so what git signs with it was signed while it was
+    /// valid; only the verification, now, finds it expired.
+    pub fn generate_expired(uid: &str) -> Result<Self, Error> {
+        let home = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .map_err(Error::io("making a GnuPG home"))?;
+        let key = Self {
+            home,
+            uid: uid.to_owned(),
+        };
+        run(key.gpg().args([
+            "--faked-system-time",
+            "20200101T000000",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "ed25519",
+            "sign",
+            "1y",
+        ]))?;
+        std::fs::write(
+            key.home.path().join("gpg.conf"),
+            "faked-system-time 20200601T000000\n",
+        )
+        .map_err(Error::io("writing gpg.conf"))?;
+        Ok(key)
+    }
+
+    /// Revokes the key by importing the revocation certificate `gpg` made with it (stored with
+    /// its armor's first line escaped, against an import by accident); the exported public
+    /// key carries the revocation from then on.
+    pub fn revoke(&self) -> Result<(), Error> {
+        let dir = self.home.path().join("openpgp-revocs.d");
+        let certificate = std::fs::read_dir(&dir)
+            .map_err(Error::io("listing revocation certificates"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "rev"))
+            .ok_or_else(|| Error::HarnessEnvironment {
+                source_name: "gpg".to_owned(),
+                reason: format!("no revocation certificate in {}", dir.display()),
+            })?;
+        let text = std::fs::read_to_string(&certificate)
+            .map_err(Error::io("reading the revocation certificate"))?;
+        let path = self.home.path().join("revocation.asc");
+        std::fs::write(&path, text.replace(":-----BEGIN", "-----BEGIN"))
+            .map_err(Error::io("writing the revocation certificate"))?;
+        run(self.gpg().arg("--import").arg(path))?;
+        Ok(())
+    }
+
+    /// The primary key's fingerprint, as `gpg --list-keys --with-colons` lists it.
+    pub fn fingerprint(&self) -> Result<String, Error> {
+        let listing = run(self.gpg().args(["--with-colons", "--list-keys", &self.uid]))?;
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').nth(8))
+            .map(str::to_owned)
+            .ok_or_else(|| Error::HarnessEnvironment {
+                source_name: "gpg --list-keys".to_owned(),
+                reason: format!("no fingerprint listed for {}", self.uid),
+            })
+    }
+
     fn gpg(&self) -> Command {
         let mut command = Command::new("gpg");
         command

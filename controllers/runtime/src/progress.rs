@@ -92,12 +92,22 @@ where
     /// Marks the object progressing with `message`, unless it already was in this reconcile.
     /// Returns whether a status write was made.
     pub async fn mark(&mut self, message: &str) -> bool {
-        if self.marked {
+        self.mark_with(message, &[]).await
+    }
+
+    /// [`Progress::mark`] with `conditions` set in the same write, as Flux persists what it
+    /// observed (such as `ArtifactOutdated`) with its progressing mark. Unlike a plain mark,
+    /// one with conditions is written even after an earlier mark of this reconcile, over it.
+    pub async fn mark_with(&mut self, message: &str, conditions: &[Condition]) -> bool {
+        if self.marked && conditions.is_empty() {
             return false;
         }
         self.marked = true;
-        let current = self.obj.status();
+        let current = self.written.as_ref().or(self.obj.status());
         let mut progressing = current.cloned().unwrap_or_default();
+        for c in conditions {
+            condition::set_condition(progressing.conditions_mut(), c.clone());
+        }
         mark(
             progressing.conditions_mut(),
             self.obj.meta().generation,

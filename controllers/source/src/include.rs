@@ -5,14 +5,29 @@
 //! `status.includedArtifacts`; a change of one, or of `include`, `sparseCheckout` or
 //! `recurseSubmodules`, builds a new artifact even when the commit did not move.
 //!
-//! Where Weir deviates: Flux clamps a `toPath` or `fromPath` that climbs out of the root
-//! (`../x` becomes `x`); Weir refuses it, naming the field, since such a path is a mistake.
+//! An artifact built with other included artifacts than those there are now is outdated, as
+//! Flux says it: `ArtifactOutdated=True` with reason `IncludeChange` and the message
+//! [`INCLUDE_CHANGE`], set once the includes are fetched and found to differ from
+//! `status.includedArtifacts` (unless none were recorded: a first include is no change of one)
+//! and written with the progressing mark (`building artifact: ` and the message) before the
+//! build. It is removed when an artifact is stored, or when a reconcile finds the includes back
+//! at what the artifact was built with; a reconcile that fails before it has the includes to
+//! compare keeps it as it was.
+//!
+//! Where Weir deviates: Flux drops `ArtifactOutdated` from the object in memory right after its
+//! progressing write, so a build that then fails ends without it (unlike its `NewRevision`
+//! reason, which stays); Weir keeps it until the new artifact is stored, since the artifact in
+//! status is still the outdated one. Flux also sets `ArtifactOutdated` with `NewRevision` for a
+//! new commit; Weir does not (its progressing mark names the new revision). Flux clamps a
+//! `toPath` or `fromPath` that climbs out of the root (`../x` becomes `x`); Weir refuses it,
+//! naming the field, since such a path is a mistake.
 
 use std::io::Read;
 
 use kube::{Api, ResourceExt};
 use weir_api::{
-    Artifact, GitRepository, GitRepositoryInclude, GitRepositorySpec, GitRepositoryStatus,
+    Artifact, Condition, ConditionStatus, GitRepository, GitRepositoryInclude, GitRepositorySpec,
+    GitRepositoryStatus, condition, types,
 };
 
 use crate::{archive::IncludedFile, error::SourceError, storage::Storage};
@@ -83,6 +98,60 @@ pub async fn fetch_includes(
     Ok(artifacts)
 }
 
+/// `ArtifactOutdated`'s reason for an include change (Flux's; it is not in Flux's API constants,
+/// so not in `weir_api::reasons` either).
+pub const INCLUDE_CHANGE_REASON: &str = "IncludeChange";
+/// `ArtifactOutdated`'s message for an include change, as Flux words it.
+pub const INCLUDE_CHANGE: &str = "included artifacts differ from last observed includes";
+
+/// Whether `included` differs from the included artifacts the artifact in status was built with
+/// (by revision and digest, in order).
+#[must_use]
+pub fn included_changed(status: Option<&GitRepositoryStatus>, included: &[Artifact]) -> bool {
+    let recorded = status.map_or(&[][..], |s| &s.included_artifacts);
+    included.len() != recorded.len()
+        || included
+            .iter()
+            .zip(recorded)
+            .any(|(now, then)| now.revision != then.revision || now.digest != then.digest)
+}
+
+/// Step: compares `included` with what the artifact in `repo`'s status was built with. On a
+/// change, `ArtifactOutdated=True` (`IncludeChange`) goes into `status` and, with the
+/// progressing mark, onto the object at once; without one, `ArtifactOutdated` is removed.
+pub async fn observe(
+    repo: &GitRepository,
+    status: &mut GitRepositoryStatus,
+    included: &[Artifact],
+    progress: &mut crate::Progress<'_>,
+) {
+    let previous = repo.status.as_ref();
+    if !included_changed(previous, included) {
+        condition::remove_condition(&mut status.conditions, types::ARTIFACT_OUTDATED);
+        return;
+    }
+    let outdated = previous
+        .is_some_and(|s| !s.included_artifacts.is_empty())
+        .then(|| {
+            Condition::new(
+                types::ARTIFACT_OUTDATED,
+                ConditionStatus::True,
+                INCLUDE_CHANGE_REASON,
+                INCLUDE_CHANGE,
+            )
+            .for_generation(repo.metadata.generation)
+        });
+    if let Some(outdated) = &outdated {
+        condition::set_condition(&mut status.conditions, outdated.clone());
+    }
+    progress
+        .mark_with(
+            &format!("building artifact: {INCLUDE_CHANGE}"),
+            outdated.as_slice(),
+        )
+        .await;
+}
+
 /// Whether the artifact in status was built with other includes, sparse directories or
 /// submodule setting than the spec asks for now, or with other included artifacts than
 /// `included` (compared by revision and digest, as Flux does).
@@ -97,11 +166,7 @@ pub fn content_config_changed(
     spec.recurse_submodules != status.observed_recurse_submodules
         || spec.sparse_checkout != status.observed_sparse_checkout
         || spec.include != status.observed_include
-        || included.len() != status.included_artifacts.len()
-        || included
-            .iter()
-            .zip(&status.included_artifacts)
-            .any(|(now, then)| now.revision != then.revision || now.digest != then.digest)
+        || included_changed(Some(status), included)
 }
 
 /// Whether `repo` includes `other` (same namespace, named in `spec.include`).
@@ -245,6 +310,31 @@ mod tests {
             "lastUpdateTime": "2024-01-01T00:00:00Z",
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn included_artifacts_change_by_count_revision_or_digest() {
+        let recorded = GitRepositoryStatus {
+            included_artifacts: vec![artifact("main@sha1:1", "sha256:1")],
+            ..GitRepositoryStatus::default()
+        };
+        assert!(!included_changed(None, &[]));
+        assert!(included_changed(
+            None,
+            &[artifact("main@sha1:1", "sha256:1")]
+        ));
+        assert!(included_changed(Some(&recorded), &[]));
+        for (now, changed) in [
+            (artifact("main@sha1:1", "sha256:1"), false),
+            (artifact("main@sha1:2", "sha256:1"), true),
+            (artifact("main@sha1:1", "sha256:2"), true),
+        ] {
+            assert_eq!(
+                included_changed(Some(&recorded), std::slice::from_ref(&now)),
+                changed,
+                "{now:?}"
+            );
+        }
     }
 
     #[test]

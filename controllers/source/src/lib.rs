@@ -325,22 +325,7 @@ async fn apply(
     ) {
         progress.mark(&message).await;
     }
-    let mut included = vec![];
-    let (result, redactor) = match reconcile::load_credentials(repo, ctx).await {
-        Ok((url, credentials, redactor)) => (
-            with_includes(repo, ctx, &mut status, &mut included, async |included| {
-                reconcile::reconcile_source(repo, ctx, url, credentials, included, &mut progress)
-                    .await
-            })
-            .await,
-            redactor,
-        ),
-        Err(e) => {
-            let mut r = weir_runtime::Redactor::default();
-            r.add_url_credentials(&repo.spec.url);
-            (Err(e), r)
-        }
-    };
+    let (result, redactor, included) = steps(repo, ctx, &mut status, &mut progress).await;
 
     status.observed_generation = generation;
     status.last_handled_reconcile_at = handled_reconcile_at(
@@ -362,6 +347,7 @@ async fn apply(
             let message = format!("stored artifact for revision '{}'", artifact.revision);
             condition::remove_condition(&mut status.conditions, types::FETCH_FAILED);
             condition::remove_condition(&mut status.conditions, types::STORAGE_OPERATION_FAILED);
+            condition::remove_condition(&mut status.conditions, types::ARTIFACT_OUTDATED);
             condition::set_condition(
                 &mut status.conditions,
                 weir_api::Condition::new(
@@ -406,18 +392,48 @@ async fn apply(
     Ok(action)
 }
 
-/// Step: the included artifacts (into `included`; `IncludeUnavailable` cleared once they all
-/// are), then `source` with them.
-async fn with_includes<T>(
+/// The steps: credentials, the included artifacts, the source. Returns the outcome, the
+/// redactor of what the credentials hold, and the included artifacts the source was built with.
+async fn steps(
     repo: &GitRepository,
     ctx: &Context,
     status: &mut GitRepositoryStatus,
-    included: &mut Vec<weir_api::Artifact>,
-    source: impl AsyncFnOnce(&[weir_api::Artifact]) -> Result<T, SourceError>,
-) -> Result<T, SourceError> {
-    *included = include::fetch_includes(&ctx.client, repo).await?;
+    progress: &mut Progress<'_>,
+) -> (
+    Result<(SourceOutcome, Option<verify::Verified>), SourceError>,
+    weir_runtime::Redactor,
+    Vec<weir_api::Artifact>,
+) {
+    let (url, credentials, redactor) = match reconcile::load_credentials(repo, ctx).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let mut r = weir_runtime::Redactor::default();
+            r.add_url_credentials(&repo.spec.url);
+            return (Err(e), r, vec![]);
+        }
+    };
+    match included_artifacts(repo, ctx, status, progress).await {
+        Ok(included) => {
+            let result =
+                reconcile::reconcile_source(repo, ctx, url, credentials, &included, progress).await;
+            (result, redactor, included)
+        }
+        Err(e) => (Err(e), redactor, vec![]),
+    }
+}
+
+/// Step: the included artifacts (`IncludeUnavailable` cleared once they all are,
+/// `ArtifactOutdated` set when they changed: see [`include::observe`]).
+async fn included_artifacts(
+    repo: &GitRepository,
+    ctx: &Context,
+    status: &mut GitRepositoryStatus,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<weir_api::Artifact>, SourceError> {
+    let included = include::fetch_includes(&ctx.client, repo).await?;
     condition::remove_condition(&mut status.conditions, types::INCLUDE_UNAVAILABLE);
-    source(included).await
+    include::observe(repo, status, &included, progress).await;
+    Ok(included)
 }
 
 /// Writes Reconciling=True (Flux's `Progressing` reason) and Ready=Unknown before the work a new

@@ -15,8 +15,11 @@
 //!
 //! Where Weir differs: a `name` ref under `refs/tags/` verifies its annotated tag (Flux sees only
 //! the tag's name there and reports it unsigned). OpenPGP signatures are checked
-//! cryptographically against the primary key and its bound subkeys; key expiry and revocation
-//! are not evaluated.
+//! cryptographically against the primary key and its bound subkeys, then, as go-crypto (Flux's
+//! OpenPGP library) does, rejected when the key (or the subkey that signed) is revoked or
+//! expired, or the signature expired, at the time of verification. Flux reports such a
+//! signature as matching no key; Weir says which key and why (`InvalidCommitSignature` or
+//! `InvalidTagSignature` all the same), naming the key by its fingerprint.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -95,6 +98,30 @@ pub enum PgpFailure {
     KeyRing(#[source] pgp::errors::Error),
     #[error("unable to verify payload with any of the given key rings: no matching key")]
     NoMatchingKey,
+    /// The signature matched a key that is not valid now.
+    #[error("unable to verify payload with any of the given key rings: {0}")]
+    Rejected(KeyRejection),
+}
+
+/// Why a signature made by a trusted key is not accepted: the checks go-crypto (Flux's OpenPGP
+/// library) makes once a signature matched, in its order: revocation, key expiry, signature
+/// expiry, each at the time of verification. Keys are named by their fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejection {
+    #[error("signature made by revoked key {key}")]
+    KeyRevoked { key: String },
+    #[error("signature made by revoked subkey {subkey} of key {key}")]
+    SubkeyRevoked { key: String, subkey: String },
+    #[error("signature made by expired key {key} (expired {at})")]
+    KeyExpired { key: String, at: String },
+    #[error("signature made by expired subkey {subkey} of key {key} (expired {at})")]
+    SubkeyExpired {
+        key: String,
+        subkey: String,
+        at: String,
+    },
+    #[error("signature made by key {key} expired {at}")]
+    SignatureExpired { key: String, at: String },
 }
 
 /// Why an SSH signature did not verify.
@@ -238,12 +265,27 @@ impl TrustedKeys {
     }
 }
 
-/// The first key ring whose primary key or bound subkey made the signature. A ring that does not
-/// parse is reported only when no ring parsed.
+/// The first key ring whose primary key or bound subkey made the signature and is valid now
+/// (see [`KeyRejection`]). A ring that does not parse is reported only when no ring parsed; a
+/// matching key that is not valid is reported over no match at all.
 fn verify_pgp(signature: &str, payload: &[u8], key_rings: &[String]) -> Result<String, PgpFailure> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    verify_pgp_at(signature, payload, key_rings, now)
+}
+
+/// [`verify_pgp`] with validity judged at `now` (seconds since the epoch).
+fn verify_pgp_at(
+    signature: &str,
+    payload: &[u8],
+    key_rings: &[String],
+    now: u64,
+) -> Result<String, PgpFailure> {
     let (signature, _) = DetachedSignature::from_armor_single(signature.trim().as_bytes())
         .map_err(PgpFailure::Signature)?;
     let mut unreadable = None;
+    let mut rejected = None;
     let mut read_any = false;
     for ring in key_rings {
         let keys = match SignedPublicKey::from_armor_many(ring.as_bytes()) {
@@ -262,21 +304,166 @@ fn verify_pgp(signature: &str, payload: &[u8], key_rings: &[String]) -> Result<S
                 }
             };
             read_any = true;
-            let by_primary = signature.verify(&key.primary_key, payload).is_ok();
-            let by_subkey = || {
-                key.public_subkeys.iter().any(|sub| {
-                    sub.verify_bindings(&key.primary_key).is_ok()
-                        && signature.verify(&sub.key, payload).is_ok()
-                })
+            let signer = if signature.verify(&key.primary_key, payload).is_ok() {
+                Some(None)
+            } else {
+                key.public_subkeys
+                    .iter()
+                    .find(|sub| {
+                        sub.verify_bindings(&key.primary_key).is_ok()
+                            && signature.verify(&sub.key, payload).is_ok()
+                    })
+                    .map(Some)
             };
-            if by_primary || by_subkey() {
-                return Ok(hex::encode_upper(key.primary_key.legacy_key_id()));
+            let Some(subkey) = signer else { continue };
+            match validity::check(&key, subkey, &signature.signature, now) {
+                Ok(()) => return Ok(hex::encode_upper(key.primary_key.legacy_key_id())),
+                Err(rejection) => {
+                    rejected.get_or_insert(rejection);
+                }
             }
         }
     }
-    match unreadable {
-        Some(e) if !read_any => Err(PgpFailure::KeyRing(e)),
+    match (rejected, unreadable) {
+        (Some(rejection), _) => Err(PgpFailure::Rejected(rejection)),
+        (None, Some(e)) if !read_any => Err(PgpFailure::KeyRing(e)),
         _ => Err(PgpFailure::NoMatchingKey),
+    }
+}
+
+/// Whether an OpenPGP key that made a signature is valid at a time, as go-crypto judges it.
+///
+/// Where Weir differs: go-crypto reads the primary key's expiry from its primary identity's
+/// self-signature; Weir reads it from the newest valid self-signature (a user ID certification
+/// or a direct key signature), which is the same for keys `gpg` makes and updates. A revoked
+/// user ID, a designated revoker's revocation and the expiry of self-signatures are not checked.
+mod validity {
+    use pgp::{
+        composed::{SignedPublicKey, SignedPublicSubKey},
+        packet::{Signature, SignatureType},
+        types::{KeyDetails, Tag},
+    };
+
+    use super::KeyRejection;
+
+    fn created(signature: &Signature) -> u64 {
+        signature.created().map_or(0, |t| u64::from(t.as_secs()))
+    }
+
+    /// When a key created at `created` expires by `binding`'s key expiration time, if it does.
+    fn expiry(created: u64, binding: &Signature) -> Option<u64> {
+        binding
+            .key_expiration_time()
+            .map(|d| u64::from(d.as_secs()))
+            .filter(|d| *d != 0)
+            .map(|d| created + d)
+    }
+
+    /// An RFC 3339 time.
+    fn time(secs: u64) -> String {
+        i64::try_from(secs)
+            .ok()
+            .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+            .map_or_else(|| secs.to_string(), |t| t.to_string())
+    }
+
+    fn fingerprint(key: &impl KeyDetails) -> String {
+        format!("{:X}", key.fingerprint())
+    }
+
+    /// The newest self-signature binding the primary key: a user ID certification or a direct
+    /// key signature made by the primary key itself.
+    fn newest_self_signature(key: &SignedPublicKey, now: u64) -> Option<&Signature> {
+        let primary = &key.primary_key;
+        let certifications = key.details.users.iter().flat_map(|user| {
+            user.signatures.iter().filter(move |s| {
+                s.typ() != Some(SignatureType::CertRevocation)
+                    && s.verify_certification(primary, Tag::UserId, &user.id)
+                        .is_ok()
+            })
+        });
+        let direct = key
+            .details
+            .direct_signatures
+            .iter()
+            .filter(|s| s.verify_key(primary).is_ok());
+        certifications
+            .chain(direct)
+            .filter(|s| created(s) <= now)
+            .max_by_key(|s| created(s))
+    }
+
+    /// Checks `key` (and `subkey`, when it made the signature) and `signature` at `now`.
+    pub(super) fn check(
+        key: &SignedPublicKey,
+        subkey: Option<&SignedPublicSubKey>,
+        signature: &Signature,
+        now: u64,
+    ) -> Result<(), KeyRejection> {
+        let primary = &key.primary_key;
+        let name = fingerprint(primary);
+        let revoked = key
+            .details
+            .revocation_signatures
+            .iter()
+            .any(|s| created(s) <= now && s.verify_key(primary).is_ok());
+        if revoked {
+            return Err(KeyRejection::KeyRevoked { key: name });
+        }
+        if let Some(sub) = subkey {
+            let revoked = sub.signatures.iter().any(|s| {
+                s.typ() == Some(SignatureType::SubkeyRevocation)
+                    && created(s) <= now
+                    && s.verify_subkey_binding(primary, &sub.key).is_ok()
+            });
+            if revoked {
+                return Err(KeyRejection::SubkeyRevoked {
+                    key: name,
+                    subkey: fingerprint(&sub.key),
+                });
+            }
+        }
+        let created_at = u64::from(primary.created_at().as_secs());
+        if let Some(at) = newest_self_signature(key, now)
+            .and_then(|s| expiry(created_at, s))
+            .filter(|at| *at <= now)
+        {
+            return Err(KeyRejection::KeyExpired {
+                key: name,
+                at: time(at),
+            });
+        }
+        if let Some(sub) = subkey {
+            let binding = sub
+                .signatures
+                .iter()
+                .filter(|s| s.typ() == Some(SignatureType::SubkeyBinding) && created(s) <= now)
+                .max_by_key(|s| created(s));
+            let sub_created = u64::from(sub.key.created_at().as_secs());
+            if let Some(at) = binding
+                .and_then(|s| expiry(sub_created, s))
+                .filter(|at| *at <= now)
+            {
+                return Err(KeyRejection::SubkeyExpired {
+                    key: name,
+                    subkey: fingerprint(&sub.key),
+                    at: time(at),
+                });
+            }
+        }
+        if let Some(at) = signature
+            .signature_expiration_time()
+            .map(|d| u64::from(d.as_secs()))
+            .filter(|d| *d != 0)
+            .map(|d| created(signature) + d)
+            .filter(|at| *at <= now)
+        {
+            return Err(KeyRejection::SignatureExpired {
+                key: name,
+                at: time(at),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -578,6 +765,58 @@ mod tests {
             gpg
         }
 
+        /// A key made on 2020-01-01 that expired a year later. Its home's `gpg.conf` fakes the
+        /// time to 2020-06-01, so what `gpg` signs with it there was signed while it was valid.
+        fn expired(uid: &str) -> Self {
+            let home = tempfile::Builder::new()
+                .prefix("gpg")
+                .tempdir_in("/tmp")
+                .unwrap();
+            let gpg = Self {
+                home,
+                uid: uid.to_owned(),
+            };
+            run(gpg
+                .command()
+                .args(["--faked-system-time", "20200101T000000"])
+                .args(["--passphrase", "", "--quick-gen-key", uid])
+                .args(["ed25519", "sign", "1y"]));
+            std::fs::write(
+                gpg.home.path().join("gpg.conf"),
+                "faked-system-time 20200601T000000\n",
+            )
+            .unwrap();
+            gpg
+        }
+
+        /// Revokes the key: imports the revocation certificate `gpg` made with it (stored
+        /// with its armor's first line escaped, so it is not imported by accident).
+        fn revoke(&self) {
+            let dir = self.home.path().join("openpgp-revocs.d");
+            let certificate = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "rev"))
+                .unwrap();
+            let text = std::fs::read_to_string(&certificate).unwrap();
+            let path = self.home.path().join("revocation.asc");
+            std::fs::write(&path, text.replace(":-----BEGIN", "-----BEGIN")).unwrap();
+            run(self.command().arg("--import").arg(path));
+        }
+
+        /// The primary key's fingerprint, as `gpg` lists it.
+        fn fingerprint(&self) -> String {
+            let listing = run(self
+                .command()
+                .args(["--with-colons", "--list-keys", &self.uid]));
+            listing
+                .lines()
+                .find_map(|l| l.strip_prefix("fpr:"))
+                .and_then(|l| l.split(':').nth(8))
+                .unwrap()
+                .to_owned()
+        }
+
         fn command(&self) -> Command {
             let mut command = Command::new("gpg");
             command.env("GNUPGHOME", self.home.path()).args([
@@ -850,6 +1089,77 @@ mod tests {
                  commit: unable to verify payload with any of the given key rings: no matching key"
             )
         );
+    }
+
+    /// The commit's signature and what it signed.
+    fn commit_signature(repo: &Repo, commit: Oid) -> (String, Vec<u8>) {
+        let (signature, payload) = repo.open().extract_signature(&commit, None).unwrap();
+        (
+            String::from_utf8(signature.to_vec()).unwrap(),
+            payload.to_vec(),
+        )
+    }
+
+    #[test]
+    fn signatures_by_expired_keys_are_rejected_naming_the_key() {
+        let old = Gpg::expired("Old <old@weir.invalid>");
+        let stranger = Gpg::new("X <x@x>");
+        let repo = Repo::new();
+        let commit = repo.commit(Some(&old.sign_options()), Some(&old));
+        let rings = [stranger.public_key(), old.public_key()];
+        let (signature, payload) = commit_signature(&repo, commit);
+        // 2020-06-01: the key was valid when it signed, and is judged at the time given.
+        assert_eq!(
+            verify_pgp_at(&signature, &payload, &rings, 1_590_969_600).unwrap(),
+            old.key_id()
+        );
+
+        let keys = [
+            ("stranger.asc", rings[0].clone()),
+            ("old.asc", rings[1].clone()),
+        ];
+        let (reason, message) =
+            failure(verifier(GitVerificationMode::Head, &keys).verify(&repo.open(), commit, None));
+        assert_eq!(reason, reasons::INVALID_COMMIT_SIGNATURE);
+        assert_eq!(
+            message,
+            format!(
+                "signature verification of commit '{commit}' failed: unable to verify Git \
+                 commit: unable to verify payload with any of the given key rings: signature \
+                 made by expired key {} (expired 2020-12-31T00:00:00Z)",
+                old.fingerprint()
+            )
+        );
+    }
+
+    #[test]
+    fn signatures_by_revoked_keys_are_rejected_naming_the_key() {
+        let signer = Gpg::new("Gone <gone@weir.invalid>");
+        let repo = Repo::new();
+        let commit = repo.commit(Some(&signer.sign_options()), Some(&signer));
+        repo.tag("v1.0.0", Some(&signer.sign_options()), Some(&signer));
+        let before = [("gone.asc", signer.public_key())];
+        verifier(GitVerificationMode::TagAndHead, &before)
+            .verify(&repo.open(), commit, Some("refs/tags/v1.0.0"))
+            .unwrap();
+
+        signer.revoke();
+        let after = [("gone.asc", signer.public_key())];
+        let expected = format!("signature made by revoked key {}", signer.fingerprint());
+        let (reason, message) =
+            failure(verifier(GitVerificationMode::Head, &after).verify(&repo.open(), commit, None));
+        assert_eq!(reason, reasons::INVALID_COMMIT_SIGNATURE);
+        assert!(
+            message.ends_with(&format!("any of the given key rings: {expected}")),
+            "{message}"
+        );
+        let (reason, message) = failure(verifier(GitVerificationMode::Tag, &after).verify(
+            &repo.open(),
+            commit,
+            Some("refs/tags/v1.0.0"),
+        ));
+        assert_eq!(reason, reasons::INVALID_TAG_SIGNATURE);
+        assert!(message.ends_with(&expected), "{message}");
     }
 
     #[test]

@@ -146,6 +146,147 @@ async fn an_included_artifact_is_copied_in_and_its_new_revision_rebuilds_the_inc
     Ok(())
 }
 
+/// `ArtifactOutdated`'s status, reason and message, if present.
+fn outdated(conditions: &[weir_api::Condition]) -> Option<(String, String, String)> {
+    find_condition(conditions, types::ARTIFACT_OUTDATED).map(|c| {
+        (
+            format!("{:?}", c.status),
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    })
+}
+
+/// What [`watch_progress`] saw: Reconciling's message and `ArtifactOutdated`, per status.
+type Progressing =
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Option<(String, String, String)>)>>>;
+
+/// Watches `name` and records, for each status with Reconciling=True, Reconciling's message and
+/// `ArtifactOutdated` (see [`outdated`]): what was written while the work ran.
+fn watch_progress(f: &Fixture, name: &str) -> Progressing {
+    use futures::StreamExt;
+    let seen = Progressing::default();
+    let (stream, record) = (
+        kube::runtime::watcher::watch_object(f.api.clone(), name),
+        std::sync::Arc::clone(&seen),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            let Ok(Some(repo)) = item else { continue };
+            let conditions = status(&repo).conditions;
+            let Some(reconciling) =
+                find_condition(&conditions, types::RECONCILING).filter(|c| c.is_true())
+            else {
+                continue;
+            };
+            let entry = (reconciling.message.clone(), outdated(&conditions));
+            let mut seen = record.lock().unwrap();
+            if seen.last() != Some(&entry) {
+                seen.push(entry);
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn a_changed_include_marks_the_artifact_outdated_until_its_new_artifact_is_stored()
+-> Result<()> {
+    let f = Fixture::start().await?;
+    let (harness, app) = harness_repo().await?;
+    let shared = harness.git().create_repo(
+        "shared",
+        &BTreeMap::from([("deploy/shared.yaml", "kind: Shared\n")]),
+    )?;
+    f.create(
+        "shared",
+        json!({ "url": shared.http_url(), "interval": "10m" }),
+    )
+    .await?;
+    f.wait_ready("shared", "True").await?;
+    f.create(
+        "app",
+        json!({
+            "url": app.http_url(),
+            "interval": "10m",
+            "include": [{ "repository": { "name": "shared" }, "fromPath": "deploy" }],
+        }),
+    )
+    .await?;
+    let first = f.wait_ready("app", "True").await?;
+    assert_eq!(outdated(&status(&first).conditions), None);
+    let progress = watch_progress(&f, "app");
+
+    // The included repository moves to a commit without the `fromPath`: the includer sees the
+    // change, and its build fails.
+    shared
+        .change()
+        .delete("deploy/shared.yaml")
+        .write("README.md", "# moved\n")
+        .commit("no deploy")?;
+    f.request_reconcile("shared", "no-deploy").await?;
+    let failed = f.wait_ready("app", "False").await?;
+    let st = status(&failed);
+    let expected = Some((
+        "True".to_owned(),
+        "IncludeChange".to_owned(),
+        "included artifacts differ from last observed includes".to_owned(),
+    ));
+    assert_eq!(outdated(&st.conditions), expected, "{:?}", st.conditions);
+    assert_eq!(
+        condition(&failed, types::STORAGE_OPERATION_FAILED).map(|c| c.reason),
+        Some(reasons::COPY_FAILURE.to_owned())
+    );
+    assert_eq!(
+        (st.artifact, st.included_artifacts),
+        (
+            status(&first).artifact,
+            status(&first).included_artifacts.clone()
+        ),
+        "the last artifact and what it was built with stay"
+    );
+    // Written before the build, with the progressing mark.
+    let mark = (
+        "building artifact: included artifacts differ from last observed includes".to_owned(),
+        expected,
+    );
+    wait_until("the include change marked while building", || {
+        let (progress, mark) = (std::sync::Arc::clone(&progress), mark.clone());
+        async move {
+            let seen = progress.lock().unwrap();
+            if seen.contains(&mark) {
+                Ok(())
+            } else {
+                Err(format!("seen {seen:?}"))
+            }
+        }
+    })
+    .await?;
+
+    // Back with a `fromPath`: the new artifact is stored and it is no longer outdated.
+    let restored = shared
+        .change()
+        .write("deploy/shared.yaml", "kind: Shared\nv: 2\n")
+        .commit("deploy again")?;
+    f.request_reconcile("shared", "deploy-again").await?;
+    let rebuilt = wait_ready_and(&f, "app", "the restored include built", |r| {
+        status(r)
+            .included_artifacts
+            .first()
+            .is_some_and(|a| a.revision == format!("main@sha1:{restored}"))
+    })
+    .await?;
+    let st = status(&rebuilt);
+    assert_eq!(outdated(&st.conditions), None, "{:?}", st.conditions);
+    assert_eq!(condition(&rebuilt, types::STORAGE_OPERATION_FAILED), None);
+    assert_eq!(
+        download(&rebuilt).await?["shared/shared.yaml"],
+        "kind: Shared\nv: 2\n"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_missing_include_waits_with_fluxs_reason_and_an_escaping_to_path_stalls() -> Result<()> {
     let f = Fixture::start().await?;

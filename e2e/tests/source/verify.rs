@@ -339,3 +339,62 @@ async fn signed_tags_verify_in_tag_modes_and_a_branch_ref_stalls() -> Result<()>
     assert!(repo.status.as_ref().unwrap().artifact.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn signatures_by_expired_or_revoked_gpg_keys_are_rejected_naming_the_key() -> Result<()> {
+    let trusted = GpgKey::generate("Release Bot <release@weir.invalid>")?;
+    let expired = GpgKey::generate_expired("Old Bot <old@weir.invalid>")?;
+    let revoked = GpgKey::generate("Gone Bot <gone@weir.invalid>")?;
+    let f = Fixture::start().await?;
+    let (_, git) = harness_repo().await?;
+    let good = git.change().signed(&trusted.signing()).commit("trusted")?;
+    f.secret(
+        "keys",
+        &[
+            ("release.asc", &trusted.public_key()?),
+            ("old.asc", &expired.public_key()?),
+            ("gone.asc", &revoked.public_key()?),
+        ],
+    )
+    .await?;
+    f.create("app", verify_spec(&git, "HEAD", "keys")).await?;
+    f.wait_ready("app", "True").await?;
+
+    // Signed in 2020 while the key was valid; it expired at the end of that year.
+    git.change()
+        .signed(&expired.signing())
+        .commit("by an expired key")?;
+    let detail = format!(
+        "signature made by expired key {} (expired 2020-12-31T00:00:00Z)",
+        expired.fingerprint()?
+    );
+    rejected(
+        &f,
+        "expired",
+        reasons::INVALID_COMMIT_SIGNATURE,
+        &detail,
+        &good,
+    )
+    .await?;
+
+    // Signed while the key was good, then the key was revoked and the Secret given the
+    // revocation (`gpg` signs with no revoked key).
+    git.change()
+        .signed(&revoked.signing())
+        .commit("by a key revoked since")?;
+    revoked.revoke()?;
+    let patch = json!({ "stringData": { "gone.asc": revoked.public_key()? } });
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.client.clone(), f.ns.name())
+        .patch("keys", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let detail = format!("signature made by revoked key {}", revoked.fingerprint()?);
+    rejected(
+        &f,
+        "revoked",
+        reasons::INVALID_COMMIT_SIGNATURE,
+        &detail,
+        &good,
+    )
+    .await?;
+    Ok(())
+}

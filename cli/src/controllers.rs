@@ -1,5 +1,6 @@
-//! `weir controllers`: runs the selected controllers in one process. Controllers share no
-//! memory; each talks only to the API server.
+//! `weir controllers`: runs the selected controllers in one process. Controllers share nothing
+//! but the process's watches (one watcher and cache per kind, read by every controller that
+//! reads the kind); each writes only through the API server.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -156,9 +157,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
     // Flag values are checked before anything connects.
     let feature_gates = weir_kustomize::FeatureGates::parse(&args.kustomize.feature_gates)
         .map_err(|e| format!("--feature-gates: {e}"))?;
-    // kube uses ring and oci-client also compiles aws-lc-rs; with two providers rustls picks none,
-    // so choose one for the process before any client exists. An error means one is chosen.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    weir_runtime::tls::install_crypto_provider();
     // One configuration for the process: the kustomize controller builds impersonating clients
     // from it, every other controller shares the client made from it.
     let kube_config = kube::Config::infer()
@@ -171,6 +170,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
     let mut registry = prometheus_client::registry::Registry::default();
     weir_runtime::metrics::register(&mut registry);
+    let watches = weir_runtime::watches::Watches::new(client.clone());
     let mut synced = weir_runtime::controller::Synced::default();
     let mut running = vec![];
     for controller in selected {
@@ -183,6 +183,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     artifact_retention: args.artifact_retention,
                     namespace: args.namespace.clone(),
                     concurrency: args.concurrency,
+                    watches: Some(watches.clone()),
                 };
                 let handle = weir_source::start(client.clone(), config, true)
                     .await
@@ -210,6 +211,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                         default_service_account: args.kustomize.default_service_account.clone(),
                     },
                     feature_gates,
+                    watches: Some(watches.clone()),
                 };
                 let handle = weir_kustomize::start(kube_config.clone(), config, true)
                     .await
@@ -228,6 +230,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                         args.image.registry_mirrors.iter().map(String::as_str),
                     )?,
                     no_cross_namespace_refs: args.no_cross_namespace_refs,
+                    watches: Some(watches.clone()),
                     ..weir_image::Config::default()
                 };
                 let handle = weir_image::start(client.clone(), config, true)

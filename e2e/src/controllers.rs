@@ -17,18 +17,32 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use weir_runtime::watches::Watches;
+
 /// Builds the `Config` of each controller for a test scoped to one namespace.
 #[derive(Debug, Clone)]
 pub struct ControllerConfigs {
     namespace: String,
+    watches: Option<Watches>,
 }
 
 impl ControllerConfigs {
-    /// Configurations of controllers that watch only `namespace`.
+    /// Configurations of controllers that watch only `namespace`, each on its own.
     #[must_use]
     pub fn new(namespace: &str) -> Self {
         Self {
             namespace: namespace.to_owned(),
+            watches: None,
+        }
+    }
+
+    /// Configurations of controllers that share `watches`, as in one `weir controllers`
+    /// process: each kind watched once, whichever controllers read it.
+    #[must_use]
+    pub fn sharing(self, watches: &Watches) -> Self {
+        Self {
+            watches: Some(watches.clone()),
+            ..self
         }
     }
 
@@ -43,6 +57,7 @@ impl ControllerConfigs {
             artifact_retention: 2,
             namespace: Some(self.namespace.clone()),
             concurrency: 4,
+            watches: self.watches.clone(),
         }
     }
 
@@ -60,6 +75,7 @@ impl ControllerConfigs {
             artifact_limits: weir_kustomize::fetch::Limits::default(),
             lockdown: weir_kustomize::Lockdown::default(),
             feature_gates: weir_kustomize::FeatureGates::default(),
+            watches: self.watches.clone(),
         }
     }
 
@@ -68,6 +84,7 @@ impl ControllerConfigs {
     pub fn image(&self) -> weir_image::Config {
         weir_image::Config {
             namespace: Some(self.namespace.clone()),
+            watches: self.watches.clone(),
             ..weir_image::Config::default()
         }
     }

@@ -63,10 +63,7 @@ impl Harness {
     }
 
     async fn connect() -> Result<Harness, Error> {
-        // oci-client compiles rustls's aws-lc-rs provider in next to kube's ring; with two
-        // providers rustls picks none, so choose one for the process. An error only means one is
-        // already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        weir_runtime::tls::install_crypto_provider();
 
         let env = HarnessEnv::load()?;
         let kubeconfig_path = PathBuf::from(env.var("KUBECONFIG")?);

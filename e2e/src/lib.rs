@@ -46,3 +46,4 @@ pub use wait::{
     DEFAULT_DEADLINE, Seen, wait_gone, wait_ready, wait_seen, wait_until, wait_until_within,
     watch_reconciling,
 };
+pub use weir_runtime::watches::Watches;

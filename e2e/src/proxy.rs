@@ -18,7 +18,7 @@ use crate::Error;
 pub struct LoopbackProxy {
     address: SocketAddr,
     forwarded: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    _task: weir_runtime::controller::AbortOnDropHandle<()>,
 }
 
 impl LoopbackProxy {
@@ -50,7 +50,7 @@ impl LoopbackProxy {
         Ok(Self {
             address,
             forwarded,
-            task,
+            _task: weir_runtime::controller::AbortOnDropHandle::new(task),
         })
     }
 
@@ -64,12 +64,6 @@ impl LoopbackProxy {
     #[must_use]
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for LoopbackProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

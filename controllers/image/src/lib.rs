@@ -20,15 +20,16 @@ pub mod update;
 use std::sync::{Arc, atomic::AtomicU64};
 
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    runtime::{controller::Action, reflector::ObjectRef, watcher},
+    Client, Resource, ResourceExt,
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use weir_api::{Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation};
 use weir_runtime::{
-    controller::{Runtime, Synced, spawn, watch},
+    controller::{AbortOnDropHandle, Runtime, Synced, spawn, watch},
     decision::{Schedule, StepResult, decide},
     events::EventPublisher,
     schedule,
+    watches::Watches,
 };
 
 use crate::store::TagStore;
@@ -57,6 +58,9 @@ pub struct Config {
     /// Refuse an ImageUpdateAutomation's `sourceRef` and an ImagePolicy's `imageRepositoryRef`
     /// to another namespace (Flux's `--no-cross-namespace-refs`).
     pub no_cross_namespace_refs: bool,
+    /// The process's shared watches (`weir controllers`); when `None`, the controller watches on
+    /// its own.
+    pub watches: Option<Watches>,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             tag_page_size: scan::PAGE_SIZE,
             mirrors: scan::Mirrors::default(),
             no_cross_namespace_refs: false,
+            watches: None,
         }
     }
 }
@@ -175,13 +180,14 @@ pub struct Handle {
     pub synced: Synced,
     /// The scanned tag lists (read by tests and benchmarks).
     pub store: Arc<TagStore>,
-    controllers: Vec<tokio::task::JoinHandle<()>>,
+    /// Stopped when the handle is dropped.
+    controllers: Vec<AbortOnDropHandle<()>>,
 }
 
 impl Handle {
     /// Runs until the controllers stop (on SIGTERM/SIGINT when `shutdown_on_signal`).
-    pub async fn wait(mut self) {
-        for task in std::mem::take(&mut self.controllers) {
+    pub async fn wait(self) {
+        for task in self.controllers {
             let _ = task.await;
         }
     }
@@ -191,22 +197,6 @@ impl Handle {
         for task in &self.controllers {
             task.abort();
         }
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.abort();
-    }
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
@@ -224,9 +214,7 @@ pub async fn start(
             "concurrency and tag_page_size must be at least 1".into(),
         ));
     }
-    // oci-client compiles rustls's aws-lc-rs provider next to kube's ring; with two providers
-    // rustls picks none, so choose one for the process. An error means one is already chosen.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    weir_runtime::tls::install_crypto_provider();
     weir_git::bound_socket_waits();
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(TagStore::default());
@@ -255,11 +243,15 @@ pub async fn start(
         None => vec![None],
         Some(all) => all.iter().cloned().map(Some).collect(),
     };
+    let watches = config
+        .watches
+        .clone()
+        .unwrap_or_else(|| Watches::new(client.clone()));
     let mut synced = Synced::default();
     let mut controllers = Vec::new();
     for ns in &scopes {
         controllers.extend(spawn_scope(
-            &client,
+            &watches,
             ns.as_deref(),
             &scopes,
             &ctx,
@@ -294,31 +286,29 @@ fn policies_of(
 /// Starts the three controllers for the objects of `ns` (all namespaces when `None`). A policy
 /// may name a repository of any namespace in `scopes`, so its controller watches them all.
 fn spawn_scope(
-    client: &Client,
+    watches: &Watches,
     ns: Option<&str>,
     scopes: &[Option<String>],
     ctx: &Arc<Context>,
     concurrency: u16,
     synced: &mut Synced,
     shutdown_on_signal: bool,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let repositories = watch::<ImageRepository>(client, ns, concurrency, synced);
-    let mut policies = watch::<ImagePolicy>(client, ns, concurrency, synced);
+) -> Vec<AbortOnDropHandle<()>> {
+    let repositories = watch::<ImageRepository>(watches, ns, concurrency, synced);
+    let mut policies = watch::<ImagePolicy>(watches, ns, concurrency, synced);
     // A new scan (the repository's status changes) re-evaluates its policies.
     for repo_ns in scopes {
         let policy_store = policies.store();
-        policies = policies.watches(
-            api::<ImageRepository>(client, repo_ns.as_deref()),
-            watcher::Config::default(),
+        policies = policies.watches_shared_stream(
+            watches.subscribe::<ImageRepository>(repo_ns.as_deref(), synced),
             move |repo| policies_of(&policy_store, &repo),
         );
     }
-    let automations_of_ns = watch::<ImageUpdateAutomation>(client, ns, concurrency, synced);
+    let automations_of_ns = watch::<ImageUpdateAutomation>(watches, ns, concurrency, synced);
     let automation_store = automations_of_ns.store();
     // A policy's new pick runs the automations of its namespace.
-    let automations = automations_of_ns.watches(
-        api::<ImagePolicy>(client, ns),
-        watcher::Config::default(),
+    let automations = automations_of_ns.watches_shared_stream(
+        watches.subscribe::<ImagePolicy>(ns, synced),
         move |policy| {
             let namespace = policy.namespace();
             automation_store

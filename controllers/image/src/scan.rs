@@ -870,7 +870,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_are_followed_by_link_or_past_the_last_tag_until_one_adds_nothing() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        weir_runtime::tls::install_crypto_provider();
         let all: Vec<String> = (0..23).map(|i| format!("t{i:02}")).collect();
         let addr = paging_registry(all.clone(), false).await;
         let access = RegistryAccess {
@@ -949,7 +949,7 @@ mod tests {
 
     #[test]
     fn an_unusable_ca_is_an_error_not_a_silent_default() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        weir_runtime::tls::install_crypto_provider();
         let mut access = RegistryAccess {
             insecure: false,
             ca_pem: Some(b"not a certificate".to_vec()),

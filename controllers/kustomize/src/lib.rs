@@ -56,7 +56,7 @@ use std::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use weir_api::{
     Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
@@ -64,11 +64,12 @@ use weir_api::{
 };
 use weir_runtime::{
     ControllerError, Failure,
-    controller::{Reconciler, Runtime, Synced},
+    controller::{AbortOnDropHandle, Reconciler, Runtime, Synced},
     decision::{Schedule, StepResult, decide},
     events::EventPublisher,
     schedule,
     status::apply_status,
+    watches::Watches,
 };
 
 use weir_ssa::KindCache;
@@ -103,6 +104,9 @@ pub struct Config {
     pub lockdown: Lockdown,
     /// Flux's kustomize-controller feature gates (`--feature-gates`).
     pub feature_gates: FeatureGates,
+    /// The process's shared watches (`weir controllers`); when `None`, the controller watches on
+    /// its own.
+    pub watches: Option<Watches>,
 }
 
 /// The feature gates of Flux's kustomize-controller that Weir implements.
@@ -292,25 +296,19 @@ pub struct Handle {
     pub metrics: Arc<Metrics>,
     /// Whether the controller's cache has synced.
     pub synced: Synced,
-    controller: tokio::task::JoinHandle<()>,
+    /// Stopped when the handle is dropped.
+    controller: AbortOnDropHandle<()>,
 }
 
 impl Handle {
     /// Runs until the controller stops (on SIGTERM/SIGINT when `shutdown_on_signal`).
-    pub async fn wait(mut self) {
-        let controller = std::mem::replace(&mut self.controller, tokio::spawn(async {}));
-        let _ = controller.await;
+    pub async fn wait(self) {
+        let _ = self.controller.await;
     }
 
     /// Stops the controller.
     pub fn abort(&self) {
         self.controller.abort();
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.abort();
     }
 }
 
@@ -383,13 +381,10 @@ pub async fn start(
     let fetcher = ArtifactFetcher::new(config.cache_dir.clone(), config.artifact_limits)
         .map_err(StartError::Cache)?;
     let metrics = Arc::new(Metrics::default());
-    let (ks_api, repo_api): (Api<Kustomization>, Api<GitRepository>) = match &config.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let watches = config
+        .watches
+        .clone()
+        .unwrap_or_else(|| Watches::new(client.clone()));
     let (namespace, concurrency) = (config.namespace.clone(), config.concurrency);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -403,23 +398,22 @@ pub async fn start(
         builds: built::BuildCache::default(),
     });
     let mut synced = Synced::default();
+    let namespace = namespace.as_deref();
     let controller = weir_runtime::controller::watch::<Kustomization>(
-        &client,
-        namespace.as_deref(),
+        &watches,
+        namespace,
         concurrency,
         &mut synced,
     );
-    let sources = watcher(repo_api, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(artifact_trigger, kube::runtime::PredicateConfig::default());
-    let dependencies = watcher(ks_api, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(readiness_trigger, kube::runtime::PredicateConfig::default());
+    let sources = watches
+        .subscribe::<GitRepository>(namespace, &mut synced)
+        .changed(artifact_trigger);
+    let dependencies = watches
+        .subscribe::<Kustomization>(namespace, &mut synced)
+        .changed(readiness_trigger);
     let (by_source, by_dependency) = (controller.store(), controller.store());
     let controller = controller
-        .watches_stream(sources, move |repo: GitRepository| {
+        .watches_shared_stream(sources, move |repo: Arc<GitRepository>| {
             by_source
                 .state()
                 .into_iter()
@@ -429,7 +423,7 @@ pub async fn start(
         })
         // A dependency that becomes Ready starts its dependents at once; the dependency requeue
         // is only the fallback.
-        .watches_stream(dependencies, move |dependency: Kustomization| {
+        .watches_shared_stream(dependencies, move |dependency: Arc<Kustomization>| {
             by_dependency
                 .state()
                 .into_iter()

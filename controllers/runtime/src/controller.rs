@@ -4,7 +4,8 @@
 //! and its metrics; failures are logged and backed off per object.
 //!
 //! The controllers differ only in their `Reconciler`s and in which other kinds they watch
-//! (`Controller::watches` on what [`watch`] returns).
+//! (`Controller::watches_shared_stream` on what [`watch`] returns, with a subscription of the
+//! process's [`Watches`]).
 
 use std::{
     fmt::{Debug, Display},
@@ -18,45 +19,28 @@ use futures::StreamExt;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::{self, Action},
         finalizer::{Event as FinalizerEvent, finalizer},
-        reflector::{self, ObjectRef},
+        reflector::ObjectRef,
         watcher,
     },
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
+pub use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use weir_api::{meta::FINALIZER, status::Reconciled};
 
-use crate::{ControllerError, schedule::Backoff};
+use crate::{
+    ControllerError,
+    schedule::Backoff,
+    watches::{Watched, Watches},
+};
 
 /// What every reconciled kind is, for [`watch`] and [`spawn`].
-pub trait Object:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Reconciled
-    + Clone
-    + DeserializeOwned
-    + Serialize
-    + Debug
-    + Send
-    + Sync
-    + 'static
-{
-}
+pub trait Object: Watched + Reconciled + Serialize {}
 
-impl<K> Object for K where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Reconciled
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug
-        + Send
-        + Sync
-        + 'static
-{
-}
+impl<K> Object for K where K: Watched + Reconciled + Serialize {}
 
 /// What a controller's shared context gives the runtime, whatever kinds it reconciles.
 pub trait Runtime: Send + Sync + 'static {
@@ -90,41 +74,29 @@ pub fn object_key<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// A controller of `K` in `namespace` (all when `None`) whose reconciles start only on changes
-/// that ask for one (spec, `requestedAt`, finalizers, deletion), never on its own status writes;
-/// its watch counts in `synced`.
+/// A controller of `K` in `namespace` (all when `None`) on the process's shared watch of that
+/// scope, whose reconciles start only on changes that ask for one (spec, `requestedAt`,
+/// finalizers, deletion), never on its own status writes; the watch counts in `synced`.
 pub fn watch<K: Object>(
-    client: &Client,
+    watches: &Watches,
     namespace: Option<&str>,
     concurrency: u16,
     synced: &mut Synced,
 ) -> Controller<K> {
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (reader, writer) = reflector::store::<K>();
-    let flag = synced.flag();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| flag.observe(event))
-        .applied_objects()
-        .predicate_filter(
-            crate::trigger::reconcile_trigger,
-            kube::runtime::PredicateConfig::default(),
-        );
-    Controller::for_stream(stream, reader)
+    let subscription = watches.subscribe::<K>(namespace, synced);
+    let store = subscription.store();
+    let trigger = subscription.changed(crate::trigger::reconcile_trigger::<K>);
+    Controller::for_shared_stream(trigger, store)
         .with_config(controller::Config::default().concurrency(concurrency))
 }
 
 /// Runs `controller` with `reconciler` until it stops (on SIGTERM or SIGINT when
-/// `shutdown_on_signal`).
+/// `shutdown_on_signal`), or until the returned handle is dropped.
 pub fn spawn<K, R>(
     controller: Controller<K>,
     reconciler: Arc<R>,
     shutdown_on_signal: bool,
-) -> tokio::task::JoinHandle<()>
+) -> AbortOnDropHandle<()>
 where
     K: Object,
     R: Reconciler<K>,
@@ -134,12 +106,12 @@ where
     } else {
         controller
     };
-    tokio::spawn(async move {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         controller
             .run(reconcile::<K, R>, error_policy::<K, R>, reconciler)
             .for_each(report)
             .await;
-    })
+    }))
 }
 
 async fn reconcile<K, R>(obj: Arc<K>, reconciler: Arc<R>) -> Result<Action, ControllerError>
@@ -180,8 +152,9 @@ where
 }
 
 /// Reports one item of `Controller::run`'s stream. A failed reconcile was already logged, with
-/// its object, by the error policy, so it is kept at `debug`; anything else (a watch that cannot
-/// list or decode, a queue failure) would otherwise go unseen and is a `warn`.
+/// its object, by the error policy, so it is kept at `debug`; anything else (a queue failure)
+/// would otherwise go unseen and is a `warn`. The shared watches log their own list and watch
+/// errors ([`crate::watches`]).
 #[allow(clippy::unused_async)] // The shape `StreamExt::for_each` takes.
 pub async fn report<K, E>(
     result: Result<(ObjectRef<K>, Action), controller::Error<E, watcher::Error>>,
@@ -211,7 +184,7 @@ fn report_stream_error(error: &impl Display) {
 pub struct Synced(Vec<Arc<AtomicBool>>);
 
 /// One watch's part of [`Synced`]: raised when the watch has listed its kind.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SyncFlag(Arc<AtomicBool>);
 
 impl SyncFlag {
@@ -224,16 +197,30 @@ impl SyncFlag {
 }
 
 impl Synced {
-    /// A new watch this set waits for.
-    pub fn flag(&mut self) -> SyncFlag {
-        let flag = Arc::new(AtomicBool::new(false));
-        self.0.push(flag.clone());
-        SyncFlag(flag)
+    /// Waits for `flag`'s watch too; a watch already waited for (a shared one) counts once.
+    pub fn insert(&mut self, flag: &SyncFlag) {
+        if !self.0.iter().any(|known| Arc::ptr_eq(known, &flag.0)) {
+            self.0.push(flag.0.clone());
+        }
     }
 
-    /// Adds the watches `other` waits for.
+    /// Adds the watches `other` waits for, each once.
     pub fn extend(&mut self, other: &Self) {
-        self.0.extend(other.0.iter().cloned());
+        for flag in &other.0 {
+            self.insert(&SyncFlag(flag.clone()));
+        }
+    }
+
+    /// How many watches this set waits for.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it waits for none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether all of them have listed once.

@@ -23,11 +23,12 @@ use weir_api::{
 };
 use weir_runtime::{
     ControllerError, Failure,
-    controller::{Reconciler, Runtime, Synced},
+    controller::{AbortOnDropHandle, Reconciler, Runtime, Synced},
     decision::{Schedule, StepResult, decide},
     events::EventPublisher,
     schedule,
     status::apply_status,
+    watches::Watches,
 };
 
 use crate::{error::SourceError, reconcile::SourceOutcome, storage::Storage};
@@ -53,6 +54,9 @@ pub struct Config {
     pub namespace: Option<String>,
     /// How many objects are reconciled at once.
     pub concurrency: u16,
+    /// The process's shared watches (`weir controllers`); when `None`, the controller watches on
+    /// its own.
+    pub watches: Option<Watches>,
 }
 
 /// Counters read by tests and benchmarks (and later exported as Prometheus metrics).
@@ -137,27 +141,21 @@ pub struct Handle {
     pub synced: Synced,
     /// The base URL artifacts are advertised at.
     pub storage_url: String,
-    controller: tokio::task::JoinHandle<()>,
-    server: tokio::task::JoinHandle<()>,
+    /// Stopped, like the server, when the handle is dropped.
+    controller: AbortOnDropHandle<()>,
+    server: AbortOnDropHandle<()>,
 }
 
 impl Handle {
     /// Runs until the controller stops (it stops on SIGTERM/SIGINT when `shutdown_on_signal`).
-    pub async fn wait(mut self) {
-        let controller = std::mem::replace(&mut self.controller, tokio::spawn(async {}));
-        let _ = controller.await;
+    pub async fn wait(self) {
+        let _ = self.controller.await;
     }
 
     /// Stops the controller and the artifact server.
     pub fn abort(&self) {
         self.controller.abort();
         self.server.abort();
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.abort();
     }
 }
 
@@ -195,11 +193,11 @@ pub async fn start(
         source,
     })?;
     let root = storage.root().to_path_buf();
-    let server = tokio::spawn(async move {
+    let server = AbortOnDropHandle::new(tokio::spawn(async move {
         if let Err(error) = storage::serve(root, listener).await {
             tracing::error!(%error, "artifact server stopped");
         }
-    });
+    }));
 
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context {
@@ -210,14 +208,22 @@ pub async fn start(
         metrics: metrics.clone(),
         in_flight: weir_git::bounded::InFlight::default(),
     });
+    let watches = config
+        .watches
+        .clone()
+        .unwrap_or_else(|| Watches::new(client.clone()));
+    let namespace = config.namespace.as_deref();
     let mut synced = Synced::default();
     let controller = weir_runtime::controller::watch::<GitRepository>(
-        &client,
-        config.namespace.as_deref(),
+        &watches,
+        namespace,
         config.concurrency,
         &mut synced,
     );
-    let controller = watch_includes(controller, &client, config.namespace.as_deref());
+    let includes = watches
+        .subscribe::<GitRepository>(namespace, &mut synced)
+        .changed(include::artifact_trigger);
+    let controller = watch_includes(controller, includes);
     let controller = weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal);
     tracing::info!(storage = %storage_url, "source controller started");
     Ok(Handle {
@@ -234,23 +240,11 @@ pub async fn start(
 /// fallback).
 fn watch_includes(
     controller: kube::runtime::Controller<GitRepository>,
-    client: &Client,
-    namespace: Option<&str>,
+    changed: impl futures::Stream<Item = Arc<GitRepository>> + Send + 'static,
 ) -> kube::runtime::Controller<GitRepository> {
-    use kube::runtime::{WatchStreamExt, reflector::ObjectRef, watcher};
-    let api: Api<GitRepository> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let changed = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(
-            include::artifact_trigger,
-            kube::runtime::PredicateConfig::default(),
-        );
+    use kube::runtime::reflector::ObjectRef;
     let store = controller.store();
-    controller.watches_stream(changed, move |changed: GitRepository| {
+    controller.watches_shared_stream(changed, move |changed: Arc<GitRepository>| {
         store
             .state()
             .into_iter()

@@ -41,14 +41,14 @@ pub enum SsaError {
         /// `Kind/namespace/name`.
         object: String,
     },
-    /// Reading a CRD of the set, to see it Established, failed.
-    #[error("CustomResourceDefinition/{name}: {}", server_message(source))]
+    /// Watching a CRD of the set, to see it Established, failed.
+    #[error("CustomResourceDefinition/{name}: {source}")]
     ReadDefinition {
         /// The CRD's name.
         name: String,
-        /// The API server's answer.
+        /// Why the watch failed.
         #[source]
-        source: kube::Error,
+        source: kube::runtime::wait::Error,
     },
     /// A CRD of the set was not Established within the timeout.
     #[error("CustomResourceDefinition/{name} not established after {timeout:?}")]

@@ -10,6 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{
     Api,
     api::{DeleteParams, Patch},
+    runtime::{conditions, wait::await_condition},
 };
 
 use crate::{
@@ -173,34 +174,23 @@ impl ApplySet<'_> {
         Ok(())
     }
 
+    /// Waits on a watch of the CRD (kube-runtime's `await_condition`) until it is Established,
+    /// for at most the set's timeout.
     async fn wait_established(&self, name: &str) -> Result<(), SsaError> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            self.counter.request();
-            let established = crds
-                .get_opt(name)
-                .await
-                .map_err(|source| SsaError::ReadDefinition {
-                    name: name.to_owned(),
-                    source,
-                })?
-                .and_then(|crd| crd.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-            if established {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(SsaError::NotEstablished {
-                    name: name.to_owned(),
-                    timeout: self.timeout,
-                });
-            }
-            tokio::time::sleep(POLL).await;
+        // The watch's list and watch requests count as one.
+        self.counter.request();
+        let established = await_condition(crds, name, conditions::is_crd_established());
+        match tokio::time::timeout(self.timeout, established).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(SsaError::ReadDefinition {
+                name: name.to_owned(),
+                source,
+            }),
+            Err(_elapsed) => Err(SsaError::NotEstablished {
+                name: name.to_owned(),
+                timeout: self.timeout,
+            }),
         }
     }
 }

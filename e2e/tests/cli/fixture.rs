@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, GroupVersionKind};
 use serde_json::Value;
-use weir_e2e::{ControllerConfigs, Error, GitRepo, Harness, TestNamespace};
+use weir_e2e::{ControllerConfigs, Error, GitRepo, Harness, TestNamespace, Watches};
 
 /// A namespace with Weir's controllers watching only it, and the `flux` CLI pointed at it.
 pub(crate) struct Fixture {
@@ -15,9 +15,11 @@ pub(crate) struct Fixture {
     pub(crate) client: kube::Client,
     pub(crate) flux: PathBuf,
     pub(crate) kubeconfig: PathBuf,
-    pub(crate) _source: weir_source::Handle,
-    pub(crate) _kustomize: weir_kustomize::Handle,
-    pub(crate) _image: weir_image::Handle,
+    /// The watches the three controllers share, as in one `weir controllers` process.
+    pub(crate) watches: Watches,
+    pub(crate) source: weir_source::Handle,
+    pub(crate) kustomize: weir_kustomize::Handle,
+    pub(crate) image: weir_image::Handle,
     pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -37,7 +39,8 @@ impl Fixture {
         let client = harness.client()?;
         let storage = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
-        let configs = ControllerConfigs::new(ns.name());
+        let watches = Watches::new(client.clone());
+        let configs = ControllerConfigs::new(ns.name()).sharing(&watches);
         let source =
             weir_source::start(client.clone(), configs.source(storage.path()), false).await?;
         let kustomize = weir_kustomize::start(
@@ -52,11 +55,20 @@ impl Fixture {
             client,
             flux: harness.tool("flux"),
             kubeconfig: harness.kubeconfig_path().to_path_buf(),
-            _source: source,
-            _kustomize: kustomize,
-            _image: image,
+            watches,
+            source,
+            kustomize,
+            image,
             _dirs: (storage, cache),
         })
+    }
+
+    /// The caches the three controllers wait for, each shared one once.
+    pub(crate) fn synced(&self) -> weir_runtime::controller::Synced {
+        let mut synced = self.source.synced.clone();
+        synced.extend(&self.kustomize.synced);
+        synced.extend(&self.image.synced);
+        synced
     }
 
     /// Runs `flux <args> -n <namespace>` without blocking the controllers on this runtime.

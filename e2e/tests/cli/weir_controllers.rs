@@ -7,6 +7,28 @@ use weir_e2e::{Harness, wait_until};
 
 use crate::fixture::*;
 
+/// The controllers of one process share their watches: each of the five kinds they read is
+/// listed and watched once, however many controllers read it (the source controller reads
+/// GitRepository twice, for itself and for includes; the kustomize controller GitRepository for
+/// new artifacts and Kustomization twice, for itself and for dependencies; the image controller
+/// ImageRepository and ImagePolicy twice), and readiness waits for each of them once.
+#[tokio::test]
+async fn controllers_in_one_process_watch_each_kind_once() -> Result<()> {
+    let f = Fixture::start().await?;
+    assert_eq!(f.watches.len(), 5, "{:?}", f.watches);
+    let synced = f.synced();
+    assert_eq!(synced.len(), 5);
+    wait_until("the shared caches to sync", || async {
+        if synced.is_synced() {
+            Ok(())
+        } else {
+            Err("not synced yet")
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 /// `weir controllers` (built by `make integration`, found through `WEIR_BIN`) runs every
 /// controller in one process: `/readyz` answers once the caches have synced, and `/metrics`
 /// has Flux's reconcile metrics for every kind, so Flux's dashboards work unchanged.

@@ -14,7 +14,9 @@ use weir_api::{
     Condition, ImagePolicy, ImageRepository, condition::find_condition, manifest,
     status::ObjectStatus, types,
 };
-use weir_e2e::{ControllerConfigs, Harness, TestNamespace, unique_name, wait_gone, wait_until};
+use weir_e2e::{
+    ControllerConfigs, Harness, TestNamespace, Watches, unique_name, wait_gone, wait_until,
+};
 
 /// A namespace with its own image controller watching only it.
 pub(crate) struct Fixture {
@@ -334,7 +336,8 @@ impl Fixture {
         let harness = Harness::get().await?;
         let storage = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
-        let configs = ControllerConfigs::new(self.ns.name());
+        let configs =
+            ControllerConfigs::new(self.ns.name()).sharing(&Watches::new(self.client.clone()));
         let source = weir_source::start(
             self.client.clone(),
             weir_source::Config {

@@ -11,7 +11,9 @@ use kube::{
 };
 use serde_json::{Value, json};
 use weir_api::{Kustomization, condition::find_condition, manifest, types};
-use weir_e2e::{ControllerConfigs, GitRepo, Harness, TestNamespace, wait_gone, wait_until};
+use weir_e2e::{
+    ControllerConfigs, GitRepo, Harness, TestNamespace, Watches, wait_gone, wait_until,
+};
 
 /// A namespace with its own source and kustomize controllers watching only it, and one git
 /// repository with a GitRepository pointing at it.
@@ -80,7 +82,8 @@ impl Fixture {
         let client = harness.client()?;
         let storage = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
-        let configs = ControllerConfigs::new(ns.name());
+        // One watch of GitRepository and of Kustomization for both, as in `weir controllers`.
+        let configs = ControllerConfigs::new(ns.name()).sharing(&Watches::new(client.clone()));
         let source =
             weir_source::start(client.clone(), configs.source(storage.path()), false).await?;
         let kustomize = weir_kustomize::start(

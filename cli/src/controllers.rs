@@ -187,7 +187,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 };
                 let handle = weir_source::start(client.clone(), config, true)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| weir_runtime::chain(&e))?;
                 registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
                     handle.metrics.clone(),
                 )));
@@ -215,7 +215,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 };
                 let handle = weir_kustomize::start(kube_config.clone(), config, true)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| weir_runtime::chain(&e))?;
                 registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
                     handle.metrics.clone(),
                 )));
@@ -235,7 +235,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 };
                 let handle = weir_image::start(client.clone(), config, true)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| weir_runtime::chain(&e))?;
                 registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
                     handle.metrics.clone(),
                 )));

@@ -27,7 +27,7 @@ pub enum BoundedError<E> {
     #[error("git operation timed out after {0:?}")]
     Timeout(Duration),
     /// The blocking task panicked or was cancelled.
-    #[error("the git task failed: {0}")]
+    #[error("the git task failed")]
     Task(#[source] tokio::task::JoinError),
     /// The operation ended with its own error.
     #[error(transparent)]

@@ -16,7 +16,7 @@ pub enum CredentialsError {
     InvalidUrl { url: String, why: &'static str },
     #[error("secret '{namespace}/{name}' not found")]
     SecretNotFound { namespace: String, name: String },
-    #[error("cannot read secret '{name}': {source}")]
+    #[error("cannot read secret '{name}'")]
     SecretUnreadable {
         name: String,
         #[source]
@@ -24,7 +24,7 @@ pub enum CredentialsError {
     },
     #[error("failed to configure proxy options: secret '{namespace}/{name}' not found")]
     ProxySecretNotFound { namespace: String, name: String },
-    #[error("failed to configure proxy options: secret '{name}' (spec.proxySecretRef): {source}")]
+    #[error("failed to configure proxy options: secret '{name}' (spec.proxySecretRef)")]
     ProxySecretUnreadable {
         name: String,
         #[source]

@@ -219,7 +219,7 @@ pub struct Remote<'a> {
 pub enum GitError {
     #[error("authentication failed: {0}")]
     Authentication(String),
-    #[error("ssh host key verification failed: {0}")]
+    #[error("ssh host key verification failed")]
     HostKey(#[from] HostKeyError),
     #[error("TLS certificate verification failed: {0}")]
     Certificate(String),
@@ -228,8 +228,36 @@ pub enum GitError {
     /// The remote refused a push that is not a fast-forward: the branch moved.
     #[error("push rejected: {0}")]
     Rejected(String),
+    /// A failure Weir names itself, in its own words.
     #[error("{0}")]
     Git(String),
+    /// libgit2's own error.
+    #[error(transparent)]
+    LibGit2(LibGit2Error),
+}
+
+/// libgit2's error as a cause. It reads as libgit2's message alone, as in Flux's messages:
+/// `git2::Error`'s `Display` appends its class and code (`; class=Net (12)`).
+#[derive(Debug)]
+pub struct LibGit2Error(pub git2::Error);
+
+impl std::fmt::Display for LibGit2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl std::error::Error for LibGit2Error {}
+
+impl From<&git2::Error> for GitError {
+    /// A copy of `error` (git2's error is not `Clone`): its code, class and message.
+    fn from(error: &git2::Error) -> Self {
+        Self::LibGit2(LibGit2Error(git2::Error::new(
+            error.code(),
+            error.class(),
+            error.message(),
+        )))
+    }
 }
 
 /// What the callbacks learned, beyond libgit2's own error.
@@ -267,7 +295,7 @@ impl CallbackState {
         {
             return GitError::Authentication(message);
         }
-        GitError::Git(message)
+        GitError::from(e)
     }
 }
 
@@ -422,10 +450,10 @@ fn bearer_header(remote: &Remote<'_>) -> Option<String> {
 /// Lists the remote's refs without fetching any object (`git ls-remote`). `scratch` is an empty
 /// directory for a throwaway repository.
 pub fn ls_remote(remote: &Remote<'_>, scratch: &Path) -> Result<RemoteRefs, GitError> {
-    let repo = Repository::init_bare(scratch).map_err(|e| GitError::Git(e.message().to_owned()))?;
+    let repo = Repository::init_bare(scratch).map_err(|e| GitError::from(&e))?;
     let mut git_remote = repo
         .remote_anonymous(remote.url)
-        .map_err(|e| GitError::Git(e.message().to_owned()))?;
+        .map_err(|e| GitError::from(&e))?;
     let state = CallbackState::default();
     let header = bearer_header(remote);
     if header.is_some() {
@@ -463,11 +491,11 @@ pub fn fetch(
     refspecs: &[String],
     depth: i32,
 ) -> Result<Repository, GitError> {
-    let repo = Repository::init_bare(dir).map_err(|e| GitError::Git(e.message().to_owned()))?;
+    let repo = Repository::init_bare(dir).map_err(|e| GitError::from(&e))?;
     {
         let mut git_remote = repo
             .remote_anonymous(remote.url)
-            .map_err(|e| GitError::Git(e.message().to_owned()))?;
+            .map_err(|e| GitError::from(&e))?;
         let state = CallbackState::default();
         let header = bearer_header(remote);
         let mut fo = fetch_options(remote, &state, header.as_ref());
@@ -502,7 +530,7 @@ pub fn push_with_options(
     }
     let mut git_remote = repo
         .remote_anonymous(remote.url)
-        .map_err(|e| GitError::Git(e.message().to_owned()))?;
+        .map_err(|e| GitError::from(&e))?;
     let state = CallbackState::default();
     let rejected: RefCell<Option<String>> = RefCell::new(None);
     let header = bearer_header(remote);

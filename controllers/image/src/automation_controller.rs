@@ -205,7 +205,7 @@ async fn prepare(
         .clone()
         .map(Selector::try_from)
         .transpose()
-        .map_err(|e| ImageError::InvalidSelector(e.to_string()))?;
+        .map_err(ImageError::InvalidSelector)?;
     // By policy name, as `status.observedPolicies` holds them.
     let policies: BTreeMap<String, ImageRef> =
         Api::<ImagePolicy>::namespaced(ctx.client.clone(), &namespace)

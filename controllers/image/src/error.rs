@@ -20,8 +20,12 @@ pub enum ImageError {
     InvalidExclusion { pattern: String, why: String },
     #[error("secret '{namespace}/{name}' not found")]
     SecretNotFound { namespace: String, name: String },
-    #[error("cannot read secret '{name}': {message}")]
-    SecretUnreadable { name: String, message: String },
+    #[error("cannot read secret '{name}'")]
+    SecretUnreadable {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("secret '{name}': {why}")]
     SecretInvalid { name: String, why: String },
     #[error("authentication to the registry of {image} failed: {message}")]
@@ -30,11 +34,11 @@ pub enum ImageError {
     Registry { image: String, message: String },
     #[error("scanning {image} timed out after {after:?}")]
     ScanTimeout { image: String, after: Duration },
-    #[error("ImagePolicy: {0}")]
+    #[error("ImagePolicy")]
     InvalidPolicy(#[from] PolicyError),
     #[error("ImageRepository '{0}' has no scan result yet")]
     RepositoryNotReady(String),
-    #[error("failed to get the referred ImageRepository: {0}")]
+    #[error("failed to get the referred ImageRepository")]
     RepositoryAccess(#[from] AccessDenial),
     #[error("referenced ImageRepository '{0}' does not exist")]
     RepositoryNotFound(String),
@@ -56,11 +60,11 @@ pub enum ImageError {
     InvalidSource(String),
     #[error("can't access '{0}', cross-namespace references have been blocked")]
     AccessDenied(String),
-    #[error("invalid policySelector: {0}")]
-    InvalidSelector(String),
-    #[error("{0}")]
+    #[error("invalid policySelector")]
+    InvalidSelector(#[source] kube::core::ParseExpressionError),
+    #[error(transparent)]
     Marker(#[from] MarkerError),
-    #[error("commit message template: {0}")]
+    #[error("commit message template")]
     Template(#[from] TemplateError),
     #[error("invalid update.path {0:?}: it must stay inside the repository")]
     InvalidUpdatePath(String),
@@ -74,7 +78,7 @@ pub enum ImageError {
     /// The GitRepository's URL or Secrets give no usable remote.
     #[error(transparent)]
     GitAccess(#[from] CredentialsError),
-    #[error("git: {0}")]
+    #[error("git")]
     Git(#[source] GitError),
     #[error("push to branch '{branch}' was rejected {attempts} times: the branch kept moving")]
     PushRejected { branch: String, attempts: u32 },
@@ -83,11 +87,11 @@ pub enum ImageError {
     /// The automation's previous clone or push timed out and still waits on the server.
     #[error("the previous git operation (timed out after {0:?}) is still waiting on the server")]
     GitStillRunning(Duration),
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API")]
     Kube(#[from] kube::Error),
-    #[error("the update task failed: {0}")]
+    #[error("the update task failed")]
     Task(#[from] tokio::task::JoinError),
-    #[error("scratch space for the update: {0}")]
+    #[error("scratch space for the update")]
     Scratch(#[source] std::io::Error),
 }
 

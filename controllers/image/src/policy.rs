@@ -15,8 +15,8 @@ use weir_runtime::semver_range::{self, Range};
 /// Why a policy cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("invalid semver range: {0}")]
-    Range(String),
+    #[error("invalid semver range")]
+    Range(#[source] semver_range::RangeError),
     #[error("invalid filterTags.pattern {pattern:?}: {why}")]
     Pattern { pattern: String, why: String },
     #[error(
@@ -72,9 +72,9 @@ impl Policy {
             return Err(PolicyError::Interval);
         }
         let order = match &spec.policy {
-            ImagePolicyChoice::Semver(s) => Order::Semver(
-                Range::parse(&s.range).map_err(|e| PolicyError::Range(e.to_string()))?,
-            ),
+            ImagePolicyChoice::Semver(s) => {
+                Order::Semver(Range::parse(&s.range).map_err(PolicyError::Range)?)
+            }
             ImagePolicyChoice::Alphabetical(a) => Order::Alphabetical(a.order),
             ImagePolicyChoice::Numerical(n) => Order::Numerical(n.order),
         };

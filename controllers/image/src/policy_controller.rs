@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(check_lockdown(false, "a", "b", "app"), Ok(()));
         let denied = check_lockdown(true, "a", "b", "app").unwrap_err();
         assert_eq!(
-            ImageError::from(denied).to_string(),
+            weir_runtime::chain(&ImageError::from(denied)),
             "failed to get the referred ImageRepository: cannot access \
              'ImageRepository/b/app', cross-namespace references have been blocked"
         );

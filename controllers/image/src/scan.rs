@@ -199,9 +199,9 @@ async fn read_secret(
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| ImageError::SecretUnreadable {
+        .map_err(|source| ImageError::SecretUnreadable {
             name: name.to_owned(),
-            message: e.to_string(),
+            source,
         })?
         .ok_or_else(|| ImageError::SecretNotFound {
             namespace: namespace.to_owned(),
@@ -299,9 +299,9 @@ async fn service_account_pull_secrets(
         let secret = Api::<Secret>::namespaced(client.clone(), namespace)
             .get_opt(&pull.name)
             .await
-            .map_err(|e| ImageError::SecretUnreadable {
+            .map_err(|source| ImageError::SecretUnreadable {
                 name: pull.name.clone(),
-                message: e.to_string(),
+                source,
             })?;
         // A missing or other-typed pull secret is skipped, as the kubelet skips it.
         let Some(secret) = secret.filter(|s| s.type_.as_deref() == Some(DOCKER_CONFIG_JSON)) else {

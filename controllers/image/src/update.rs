@@ -243,7 +243,7 @@ pub fn normalize_path(path: Option<&str>) -> Result<String, ImageError> {
 }
 
 fn git_err(e: &git2::Error) -> ImageError {
-    ImageError::Git(GitError::Git(e.message().to_owned()))
+    ImageError::Git(GitError::from(e))
 }
 
 fn map_git(e: GitError) -> ImageError {

@@ -198,7 +198,7 @@ fn commit_and_name_checkouts_start_from_that_commit() {
     };
     let error = update::run(&request(remote.url(), missing, "main", false), &|| {}).unwrap_err();
     assert!(
-        error.to_string().contains("not found on branch 'main'"),
+        weir_runtime::chain(&error).contains("not found on branch 'main'"),
         "{error}"
     );
     let not_a_sha = Checkout::Commit {
@@ -206,7 +206,10 @@ fn commit_and_name_checkouts_start_from_that_commit() {
         branch: None,
     };
     let error = update::run(&request(remote.url(), not_a_sha, "x", true), &|| {}).unwrap_err();
-    assert!(error.to_string().contains("is not a commit SHA"), "{error}");
+    assert!(
+        weir_runtime::chain(&error).contains("is not a commit SHA"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -66,15 +66,15 @@ pub enum BuildError {
     },
     #[error("{file}: {field} must be a list")]
     NotAList { file: String, field: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Reference(#[from] references::ReferenceError),
-    #[error("cannot write the kustomization: {0}")]
+    #[error("cannot write the kustomization")]
     Serialize(#[source] serde_yaml_ng::Error),
     #[error("kustomize build failed: {0}")]
     Kustomize(String),
     #[error("kustomize build timed out after {0:?}")]
     Timeout(Duration),
-    #[error("build I/O: {0}")]
+    #[error("build I/O")]
     Io(#[from] std::io::Error),
 }
 

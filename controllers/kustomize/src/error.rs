@@ -24,11 +24,18 @@ pub enum KustomizeError {
         why: String,
         after: Duration,
     },
-    #[error("invalid dependsOn[{index}].readyExpr: {source}")]
+    #[error("invalid dependsOn[{index}].readyExpr")]
     DependencyExpr {
         index: usize,
         #[source]
         source: cel::ParseErrors,
+    },
+    /// The objects a `readyExpr` reads did not serialize (a bug, not a bad spec).
+    #[error("dependsOn[{index}].readyExpr: cannot serialize the objects it reads")]
+    ReadyExprInput {
+        index: usize,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("can't access '{0}', cross-namespace references have been blocked")]
     AccessDenied(String),
@@ -36,22 +43,22 @@ pub enum KustomizeError {
     SourceNotFound(String, Duration),
     #[error("source '{0}' has no artifact yet")]
     ArtifactNotReady(String, Duration),
-    #[error("{0}")]
-    Fetch(#[source] FetchError),
-    #[error("{0}")]
-    Build(#[source] BuildError),
-    #[error("variable substitution failed in {file} ({object}): {source}")]
+    #[error(transparent)]
+    Fetch(FetchError),
+    #[error(transparent)]
+    Build(BuildError),
+    #[error("variable substitution failed in {file} ({object})")]
     Substitute {
         file: String,
         object: String,
         #[source]
         source: SubstituteError,
     },
-    #[error("variable substitution failed: {0}")]
+    #[error("variable substitution failed")]
     SubstituteInput(#[source] SubstituteError),
     #[error("{kind} '{name}' for postBuild.substituteFrom not found")]
     SubstituteFromNotFound { kind: &'static str, name: String },
-    #[error("cannot impersonate service account '{account}': {source}")]
+    #[error("cannot impersonate service account '{account}'")]
     Impersonation {
         account: String,
         #[source]
@@ -60,11 +67,11 @@ pub enum KustomizeError {
     /// The set was refused by its dry run (or a kind or namespace did not resolve).
     #[error("validation failed, nothing applied:\n{0}")]
     Validation(#[source] SsaError),
-    #[error("apply failed: {0}")]
+    #[error("apply failed")]
     Apply(#[source] SsaError),
-    #[error("prune failed: {0}")]
+    #[error("prune failed")]
     Prune(#[source] SsaError),
-    #[error("health check failed after {after:?}: {source}")]
+    #[error("health check failed after {after:?}")]
     HealthCheck {
         after: Duration,
         /// Boxed: beside `after`, it would make every result of a step large.
@@ -73,14 +80,14 @@ pub enum KustomizeError {
     },
     #[error("healthChecks: {0}")]
     HealthCheckKind(String),
-    #[error("{0}")]
-    HealthCheckExpr(#[source] HealthExprError),
+    #[error(transparent)]
+    HealthCheckExpr(HealthExprError),
     #[error("invalid spec.{0}")]
     IgnoreRule(String),
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API")]
     Kube(#[source] kube::Error),
     /// Discovery of the kinds of the set (or of healthChecks) failed.
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API")]
     Discovery(#[source] SsaError),
 }
 
@@ -108,7 +115,8 @@ impl Failure for KustomizeError {
             | Self::Apply(_)
             | Self::IgnoreRule(_)
             | Self::Kube(_)
-            | Self::Discovery(_) => reasons::RECONCILIATION_FAILED,
+            | Self::Discovery(_)
+            | Self::ReadyExprInput { .. } => reasons::RECONCILIATION_FAILED,
         }
     }
 
@@ -134,7 +142,8 @@ impl Failure for KustomizeError {
             | Self::HealthCheck { .. }
             | Self::HealthCheckKind(_)
             | Self::Kube(_)
-            | Self::Discovery(_) => Disposition::Transient,
+            | Self::Discovery(_)
+            | Self::ReadyExprInput { .. } => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
             Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule(_) => {
                 Disposition::Stalled

@@ -59,7 +59,7 @@ pub enum FetchError {
     UnsafePath(String),
     #[error("cannot extract artifact: {0}")]
     Extract(String),
-    #[error("artifact cache: {0}")]
+    #[error("artifact cache")]
     Cache(#[source] std::io::Error),
 }
 

@@ -282,9 +282,9 @@ impl std::fmt::Debug for Context {
 /// Errors that stop the controller from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot connect to the Kubernetes API: {0}")]
+    #[error("cannot connect to the Kubernetes API")]
     Client(#[source] kube::Error),
-    #[error("cannot prepare the artifact cache: {0}")]
+    #[error("cannot prepare the artifact cache")]
     Cache(#[source] fetch::FetchError),
     #[error("kustomize binary {0:?} not found (set --kustomize-path)")]
     KustomizeNotFound(PathBuf),
@@ -484,7 +484,7 @@ async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, Controller
     if let Some(error) = waited {
         tracing::error!(
             kustomization = %ObjectRef::from_obj(ks),
-            %error,
+            error = %weir_runtime::chain(&error),
             "deleted objects did not terminate within the timeout"
         );
     }
@@ -658,7 +658,7 @@ async fn failed(
 ) -> Action {
     let generation = ks.metadata.generation;
     let reason = error.reason();
-    let message = attempt.redactor.redact(&error.to_string());
+    let message = attempt.redactor.redact(&weir_runtime::chain(error));
     tracing::warn!(reason, error = message, "reconcile failed");
     if attempt.healthy == Some(false) {
         condition::set_condition(

@@ -372,7 +372,9 @@ async fn check_dependencies(
             (_, None) => false,
             // Flux's readyExpr replaces the built-in Ready check; the same-source revision rule
             // below still holds.
-            (Some(program), Some(d)) => match ready_expr_refusal(program, &env, d, ks) {
+            (Some(program), Some(d)) => match ready_expr_refusal(program, &env, d, ks)
+                .map_err(|source| KustomizeError::ReadyExprInput { index, source })?
+            {
                 None => true,
                 Some(why) => {
                     return Err(KustomizeError::DependencyExprNotReady {
@@ -416,23 +418,24 @@ async fn check_dependencies(
 
 /// Why `program` does not say the dependency `dep` of `ks` is ready (`None` when it does): it
 /// returned false, something other than a bool, or failed to evaluate (a field `dep` lacks).
+/// An object that does not serialize is an error, not an empty object.
 fn ready_expr_refusal(
     program: &cel::Program,
     env: &std::sync::Arc<cel::Env>,
     dep: &Kustomization,
     ks: &Kustomization,
-) -> Option<String> {
+) -> Result<Option<String>, serde_json::Error> {
     let mut context = cel::Context::with_env(std::sync::Arc::clone(env));
     for (name, object) in [("dep", dep), ("self", ks)] {
-        let value = serde_json::to_value(object).unwrap_or_default();
+        let value = serde_json::to_value(object)?;
         context.add_variable_from_value(name, weir_ssa::health::to_cel(&value));
     }
-    match program.execute(&context) {
+    Ok(match program.execute(&context) {
         Ok(cel::Value::Bool(true)) => None,
         Ok(cel::Value::Bool(false)) => Some("is false".to_owned()),
         Ok(other) => Some(format!("returned {}, not a bool", other.type_of())),
         Err(error) => Some(format!("failed to evaluate: {error}")),
-    }
+    })
 }
 
 /// Reads `postBuild` variables and substitutes them into every object not annotated
@@ -779,21 +782,27 @@ mod tests {
             serde_json::json!({"v": "1"}),
             serde_json::json!({"observedGeneration": 2}),
         );
-        assert_eq!(ready_expr_refusal(&program, &env, &dep, &me), None);
+        assert_eq!(ready_expr_refusal(&program, &env, &dep, &me).unwrap(), None);
         let older = ks(
             serde_json::json!({"v": "0"}),
             serde_json::json!({"observedGeneration": 2}),
         );
         assert_eq!(
-            ready_expr_refusal(&program, &env, &older, &me).as_deref(),
+            ready_expr_refusal(&program, &env, &older, &me)
+                .unwrap()
+                .as_deref(),
             Some("is false")
         );
         let unobserved = ks(serde_json::json!({"v": "1"}), serde_json::json!({}));
-        let why = ready_expr_refusal(&program, &env, &unobserved, &me).unwrap();
+        let why = ready_expr_refusal(&program, &env, &unobserved, &me)
+            .unwrap()
+            .unwrap();
         assert!(why.starts_with("failed to evaluate"), "{why}");
         let number = env.compile("dep.metadata.generation").unwrap();
         assert_eq!(
-            ready_expr_refusal(&number, &env, &dep, &me).as_deref(),
+            ready_expr_refusal(&number, &env, &dep, &me)
+                .unwrap()
+                .as_deref(),
             Some("returned int, not a bool")
         );
     }

@@ -51,13 +51,13 @@ pub enum ReferenceError {
     },
     #[error("{file} links outside the artifact")]
     LinksOutside { file: String },
-    #[error("cannot read {file}: {source}")]
+    #[error("cannot read {file}")]
     Read {
         file: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}: invalid YAML: {source}")]
+    #[error("{file}: invalid YAML")]
     InvalidYaml {
         file: String,
         #[source]

@@ -147,7 +147,7 @@ where
     R: Reconciler<K>,
 {
     let key = object_key(&*obj);
-    tracing::warn!(%error, object = key, "reconcile failed");
+    tracing::warn!(error = %crate::chain(error), object = key, "reconcile failed");
     Action::requeue(reconciler.backoff().failed(&key))
 }
 
@@ -165,7 +165,7 @@ pub async fn report<K, E>(
     match result {
         Ok(_) => {}
         Err(controller::Error::ReconcilerFailed(error, object)) => {
-            tracing::debug!(%error, %object, "reconcile failed");
+            tracing::debug!(error = %crate::chain(&error), %object, "reconcile failed");
         }
         Err(error) => report_stream_error(&error),
     }

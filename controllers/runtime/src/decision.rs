@@ -72,13 +72,14 @@ impl StepResult {
         self
     }
 
-    /// The failure `error`, its message passed through `redactor`.
+    /// The failure `error`, its message (the error with its causes, [`crate::chain`]) passed
+    /// through `redactor`.
     #[must_use]
     pub fn failed(error: &(impl Failure + ?Sized), redactor: &Redactor) -> Self {
         Self::Failed {
             reason: error.reason().to_owned(),
             disposition: error.disposition(),
-            message: redactor.redact(&error.to_string()),
+            message: redactor.redact(&crate::chain(error)),
         }
     }
 }

@@ -141,7 +141,7 @@ impl EventPublisher {
             .publish_or_bump(key, reference, type_, reason, action, note)
             .await
         {
-            tracing::warn!(%error, reason, "cannot publish event");
+            tracing::warn!(error = %crate::chain(&error), reason, "cannot publish event");
         }
     }
 

@@ -53,10 +53,10 @@ impl Disposition {
 /// finalizer), as opposed to the typed failures of its steps; retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API")]
     Kube(#[from] kube::Error),
     /// Cleaning up after a deleted object failed; its finalizer stays until it succeeds.
-    #[error("cleanup: {0}")]
+    #[error("cleanup")]
     Cleanup(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The finalizer could not be handled for the object as it is (no name, a bad path).
     #[error("finalizer: {0}")]

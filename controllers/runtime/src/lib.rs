@@ -5,6 +5,7 @@
 //! condition and a requeue, how requeues are jittered and backed off, how status is written once
 //! per reconcile, how events are published, and how secrets are kept out of text.
 
+pub mod chain;
 pub mod controller;
 pub mod decision;
 pub mod events;
@@ -20,5 +21,6 @@ pub mod tls;
 pub mod trigger;
 pub mod watches;
 
+pub use chain::chain;
 pub use failure::{ControllerError, Disposition, Failure};
 pub use redact::Redactor;

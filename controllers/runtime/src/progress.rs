@@ -127,7 +127,7 @@ where
                 wrote
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot write the progressing status");
+                tracing::warn!(error = %crate::chain(&error), "cannot write the progressing status");
                 false
             }
         }

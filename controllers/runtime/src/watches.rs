@@ -168,7 +168,9 @@ impl<K: Watched> SharedWatch<K> {
                 // A (re)list: every object listed, now in the store.
                 Ok(watcher::Event::InitDone) => fanout.send(reader.state()),
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, kind = %K::kind(&()), "watch stream error"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::chain(&error), kind = %K::kind(&()), "watch stream error");
+                }
             }
             future::ready(())
         })));

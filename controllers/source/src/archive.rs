@@ -52,9 +52,15 @@ const ROOT: &str = "/repo";
 pub enum ArchiveError {
     #[error("reading the git tree: {0}")]
     Git(String),
-    #[error("invalid ignore rule in {file}: {message}")]
-    IgnoreRule { file: String, message: String },
-    #[error("writing the archive: {0}")]
+    #[error("reading the git tree")]
+    LibGit2(#[source] weir_git::LibGit2Error),
+    #[error("invalid ignore rule in {file}")]
+    IgnoreRule {
+        file: String,
+        #[source]
+        source: ignore::Error,
+    },
+    #[error("writing the archive")]
     Io(#[from] std::io::Error),
 }
 
@@ -89,15 +95,15 @@ fn layer(dir: &Path, sources: &[(&str, &str)]) -> Result<Gitignore, ArchiveError
         for line in text.lines() {
             builder
                 .add_line(Some(PathBuf::from(file)), line)
-                .map_err(|e| ArchiveError::IgnoreRule {
+                .map_err(|source| ArchiveError::IgnoreRule {
                     file: (*file).to_owned(),
-                    message: e.to_string(),
+                    source,
                 })?;
         }
     }
-    builder.build().map_err(|e| ArchiveError::IgnoreRule {
+    builder.build().map_err(|source| ArchiveError::IgnoreRule {
         file: "ignore rules".to_owned(),
-        message: e.to_string(),
+        source,
     })
 }
 
@@ -187,7 +193,7 @@ pub fn write_artifact(
     input: &ArchiveInput<'_>,
     out: impl Write,
 ) -> Result<ArchiveSummary, ArchiveError> {
-    let git = |e: git2::Error| ArchiveError::Git(e.message().to_owned());
+    let git = |e: git2::Error| ArchiveError::LibGit2(weir_git::LibGit2Error(e));
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
@@ -240,7 +246,7 @@ impl Sources<'_> {
                     .get(*repo)
                     .ok_or_else(|| ArchiveError::Git(format!("no repository for blob {oid}")))?
                     .find_blob(*oid)
-                    .map_err(|e| ArchiveError::Git(e.message().to_owned()))?;
+                    .map_err(|e| ArchiveError::LibGit2(weir_git::LibGit2Error(e)))?;
                 Ok(std::borrow::Cow::Owned(blob.content().to_vec()))
             }
         }
@@ -330,7 +336,7 @@ impl Sources<'_> {
             });
             TreeWalkResult::Ok
         })
-        .map_err(|e| ArchiveError::Git(e.message().to_owned()))?;
+        .map_err(|e| ArchiveError::LibGit2(weir_git::LibGit2Error(e)))?;
         if let Some(name) = bad_name {
             return Err(ArchiveError::Git(format!(
                 "the tree holds an unusable path {name:?}"

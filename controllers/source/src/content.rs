@@ -128,7 +128,7 @@ fn check_sparse(repo: &Repository, commit: Oid, dirs: &[String]) -> Result<(), S
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
-        .map_err(|e| SourceError::Git(weir_git::GitError::Git(e.message().to_owned())))?;
+        .map_err(|e| SourceError::Git(weir_git::GitError::from(&e)))?;
     for dir in dirs {
         let is_dir = !dir.is_empty()
             && tree

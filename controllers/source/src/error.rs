@@ -13,9 +13,9 @@ pub enum SourceError {
     /// The URL, `spec.secretRef` or `spec.proxySecretRef` does not give a usable remote.
     #[error(transparent)]
     Access(#[from] CredentialsError),
-    #[error("{0}")]
-    InvalidSemver(String),
-    #[error("failed to checkout and determine revision: {0}")]
+    #[error(transparent)]
+    InvalidSemver(weir_runtime::semver_range::RangeError),
+    #[error("failed to checkout and determine revision")]
     Git(#[source] GitError),
     #[error("branch '{0}' not found in the remote")]
     BranchNotFound(String),
@@ -34,11 +34,11 @@ pub enum SourceError {
     Timeout(String),
     #[error("the previous git operation (timed out after {0}) is still waiting on the server")]
     StillRunning(String),
-    #[error("failed to archive the tree: {0}")]
+    #[error("failed to archive the tree")]
     Archive(#[source] ArchiveError),
-    #[error("failed to write the artifact: {0}")]
+    #[error("failed to write the artifact")]
     Storage(#[source] std::io::Error),
-    #[error("the git task failed: {0}")]
+    #[error("the git task failed")]
     Task(#[from] tokio::task::JoinError),
     /// `spec.verify` failed; boxed, as its signature errors are large.
     #[error(transparent)]
@@ -56,8 +56,12 @@ pub enum SourceError {
         "could not get resource for include '{name}': GitRepository '{namespace}/{name}' not found"
     )]
     IncludeNotFound { namespace: String, name: String },
-    #[error("could not get resource for include '{name}': {message}")]
-    IncludeUnreadable { name: String, message: String },
+    #[error("could not get resource for include '{name}'")]
+    IncludeUnreadable {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("no artifact available for include '{0}'")]
     IncludeNoArtifact(String),
     #[error("{field} '{path}' leaves the artifact's root")]
@@ -73,7 +77,7 @@ pub enum SourceError {
         "failed to sparse checkout directories: spec.sparseCheckout dir '{0}' does not exist in repository"
     )]
     SparseCheckoutMissing(String),
-    #[error("submodule '{path}': {source}")]
+    #[error("submodule '{path}'")]
     Submodule {
         path: String,
         #[source]

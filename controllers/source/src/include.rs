@@ -81,9 +81,9 @@ pub async fn fetch_includes(
         let included = api
             .get_opt(name)
             .await
-            .map_err(|e| SourceError::IncludeUnreadable {
+            .map_err(|source| SourceError::IncludeUnreadable {
                 name: name.clone(),
-                message: e.to_string(),
+                source,
             })?
             .ok_or_else(|| SourceError::IncludeNotFound {
                 namespace: namespace.clone(),

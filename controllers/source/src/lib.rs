@@ -121,12 +121,12 @@ impl std::fmt::Debug for Context {
 /// Errors that stop the controller from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot prepare artifact storage at {path}: {source}")]
+    #[error("cannot prepare artifact storage at {path}")]
     Storage {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -195,7 +195,7 @@ pub async fn start(
     let root = storage.root().to_path_buf();
     let server = AbortOnDropHandle::new(tokio::spawn(async move {
         if let Err(error) = storage::serve(root, listener).await {
-            tracing::error!(%error, "artifact server stopped");
+            tracing::error!(error = %weir_runtime::chain(&error), "artifact server stopped");
         }
     }));
 
@@ -447,7 +447,7 @@ async fn failed(
     key: &str,
 ) -> Action {
     let generation = repo.metadata.generation;
-    let (reason, message) = (error.reason(), redactor.redact(&error.to_string()));
+    let (reason, message) = (error.reason(), redactor.redact(&weir_runtime::chain(error)));
     tracing::warn!(reason, error = message, "reconcile failed");
     verify::record_failure(status, error);
     condition::set_condition(

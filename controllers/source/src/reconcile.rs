@@ -97,8 +97,7 @@ fn resolve(reference: &ResolvedRef<'_>, refs: Option<&RemoteRefs>) -> Result<Tar
         ResolvedRef::Branch(b) => branch_target(b, refs),
         ResolvedRef::Tag(t) => tag_target(t, refs),
         ResolvedRef::Semver(range) => {
-            let parsed = semver_range::Range::parse(range)
-                .map_err(|e| SourceError::InvalidSemver(e.to_string()))?;
+            let parsed = semver_range::Range::parse(range).map_err(SourceError::InvalidSemver)?;
             let best = refs
                 .tags()
                 .filter_map(|t| semver_range::parse_version(t).map(|v| (v, t)))
@@ -239,7 +238,7 @@ async fn fetch_and_store(
             content.write(&repo, commit, ignore.as_deref(), file)
         })?;
         if let Err(error) = storage.collect_garbage(&object_dir, &path) {
-            tracing::warn!(%error, object_dir, "artifact garbage collection failed");
+            tracing::warn!(error = %weir_runtime::chain(&error), object_dir, "artifact garbage collection failed");
         }
         Ok((
             path,
@@ -375,7 +374,7 @@ fn map_git_error(timeout: &str) -> impl Fn(git::GitError) -> SourceError + '_ {
 /// The commit to archive: the fetched ref's head, or for `commit` refs the asked-for commit,
 /// checked to be on the branch when one is given.
 fn find_commit(repo: &git2::Repository, target: &Target) -> Result<Oid, SourceError> {
-    let git = |e: git2::Error| SourceError::Git(git::GitError::Git(e.message().to_owned()));
+    let git = |e: git2::Error| SourceError::Git(git::GitError::from(&e));
     if let Some(local) = &target.local_ref {
         let reference = repo.find_reference(local).map_err(git)?;
         return reference.peel_to_commit().map(|c| c.id()).map_err(git);

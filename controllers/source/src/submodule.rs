@@ -130,7 +130,7 @@ fn fetch_into(
 
 /// The gitlinks (submodule entries) of the commit's tree: path and pinned commit.
 fn gitlinks(repo: &Repository, commit: Oid) -> Result<Vec<(String, Oid)>, SourceError> {
-    let git = |e: git2::Error| SourceError::Git(GitError::Git(e.message().to_owned()));
+    let git = |e: git2::Error| SourceError::Git(GitError::from(&e));
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
@@ -150,7 +150,7 @@ fn gitlinks(repo: &Repository, commit: Oid) -> Result<Vec<(String, Oid)>, Source
 
 /// `.gitmodules` of the commit: submodule path → URL as written.
 fn gitmodules(repo: &Repository, commit: Oid) -> Result<BTreeMap<String, String>, SourceError> {
-    let git = |e: git2::Error| SourceError::Git(GitError::Git(e.message().to_owned()));
+    let git = |e: git2::Error| SourceError::Git(GitError::from(&e));
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())

@@ -92,9 +92,9 @@ impl SignatureKind {
 /// Why an OpenPGP signature did not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum PgpFailure {
-    #[error("unable to read the armored signature: {0}")]
+    #[error("unable to read the armored signature")]
     Signature(#[source] pgp::errors::Error),
-    #[error("unable to read armored key ring: {0}")]
+    #[error("unable to read armored key ring")]
     KeyRing(#[source] pgp::errors::Error),
     #[error("unable to verify payload with any of the given key rings: no matching key")]
     NoMatchingKey,
@@ -127,9 +127,9 @@ pub enum KeyRejection {
 /// Why an SSH signature did not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum SshFailure {
-    #[error("unable to unarmor SSH signature: {0}")]
+    #[error("unable to unarmor SSH signature")]
     Signature(#[source] ssh_key::Error),
-    #[error("unable to parse authorized keys: {0}")]
+    #[error("unable to parse authorized keys")]
     AuthorizedKeys(#[source] ssh_key::Error),
     #[error("unable to verify payload with any of the given authorized keys: no matching key")]
     NoMatchingKey,
@@ -148,13 +148,13 @@ pub enum SignatureError {
     NoSshKeys,
     #[error("unsupported signature type: {}", .0.name())]
     Unsupported(SignatureKind),
-    #[error("unable to verify Git {object}: {source}")]
+    #[error("unable to verify Git {object}")]
     Pgp {
         object: &'static str,
         #[source]
         source: PgpFailure,
     },
-    #[error("unable to verify Git {object} SSH signature: {source}")]
+    #[error("unable to verify Git {object} SSH signature")]
     Ssh {
         object: &'static str,
         #[source]
@@ -167,7 +167,7 @@ pub enum SignatureError {
 pub enum VerifyError {
     #[error("public keys secret error: secret '{namespace}/{name}' not found")]
     SecretNotFound { namespace: String, name: String },
-    #[error("public keys secret error: cannot read secret '{name}': {source}")]
+    #[error("public keys secret error: cannot read secret '{name}'")]
     SecretUnreadable {
         name: String,
         #[source]
@@ -177,13 +177,13 @@ pub enum VerifyError {
     NoTagToVerify,
     #[error("cannot verify signature of tag '{0}' since it is not signed")]
     UnsignedTag(String),
-    #[error("signature verification of tag '{tag}' failed: {source}")]
+    #[error("signature verification of tag '{tag}' failed")]
     TagSignature {
         tag: String,
         #[source]
         source: SignatureError,
     },
-    #[error("signature verification of commit '{commit}' failed: {source}")]
+    #[error("signature verification of commit '{commit}' failed")]
     CommitSignature {
         commit: String,
         #[source]
@@ -650,7 +650,7 @@ impl Verifier {
 }
 
 fn git_error(e: &git2::Error) -> SourceError {
-    SourceError::Git(weir_git::GitError::Git(e.message().to_owned()))
+    SourceError::Git(weir_git::GitError::from(e))
 }
 
 /// Whether the no-change short cut must be skipped to verify: `spec.verify` is set and the mode
@@ -956,7 +956,7 @@ mod tests {
 
     fn failure(result: Result<Verified, SourceError>) -> (&'static str, String) {
         match result {
-            Err(SourceError::Verification(e)) => (e.reason(), e.to_string()),
+            Err(SourceError::Verification(e)) => (e.reason(), weir_runtime::chain(&e)),
             other => panic!("expected a verification failure, got {other:?}"),
         }
     }

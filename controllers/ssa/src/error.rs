@@ -25,7 +25,7 @@ pub enum SsaError {
         definitions: Vec<String>,
     },
     /// Writing (or deleting for recreation) one object failed.
-    #[error("{object} ({file}): {}", server_message(source))]
+    #[error("{object} ({file})")]
     Write {
         /// `Kind/namespace/name`.
         object: String,
@@ -33,7 +33,7 @@ pub enum SsaError {
         file: String,
         /// The API server's answer.
         #[source]
-        source: kube::Error,
+        source: ServerAnswer,
     },
     /// An object deleted for recreation (`force`) was still there at the timeout.
     #[error("{object}: still being deleted for recreation")]
@@ -42,7 +42,7 @@ pub enum SsaError {
         object: String,
     },
     /// Watching a CRD of the set, to see it Established, failed.
-    #[error("CustomResourceDefinition/{name}: {source}")]
+    #[error("CustomResourceDefinition/{name}")]
     ReadDefinition {
         /// The CRD's name.
         name: String,
@@ -59,13 +59,13 @@ pub enum SsaError {
         timeout: Duration,
     },
     /// Discovery of the kind of an object to prune failed: nothing more is pruned.
-    #[error("{object}: discovery failed: {}", server_message(source))]
+    #[error("{object}: discovery failed")]
     PruneDiscovery {
         /// `Kind/namespace/name`.
         object: String,
         /// The API server's answer.
         #[source]
-        source: kube::Error,
+        source: ServerAnswer,
     },
     /// Objects to prune that could not be read or deleted.
     #[error("{0}")]
@@ -115,7 +115,7 @@ impl SsaError {
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// The API server refused it (its dry run, or reading the live object).
-    #[error("{object} ({file}): {}", server_message(source))]
+    #[error("{object} ({file})")]
     Server {
         /// `Kind/namespace/name`.
         object: String,
@@ -123,7 +123,7 @@ pub enum Refusal {
         file: String,
         /// The API server's answer.
         #[source]
-        source: kube::Error,
+        source: ServerAnswer,
     },
     /// Neither the API server nor a CRD of the set defines its kind.
     #[error(
@@ -161,13 +161,13 @@ impl fmt::Display for Refusals {
 
 /// One object the API server would not read or delete.
 #[derive(Debug, thiserror::Error)]
-#[error("{object}: {}", server_message(source))]
+#[error("{object}")]
 pub struct ObjectError {
     /// `Kind/namespace/name`.
     pub object: String,
     /// The API server's answer.
     #[source]
-    pub source: kube::Error,
+    pub source: ServerAnswer,
 }
 
 /// Every failed object of a prune, one a line.
@@ -180,14 +180,42 @@ impl fmt::Display for ObjectErrors {
     }
 }
 
-fn lines(f: &mut fmt::Formatter<'_>, items: &[impl fmt::Display]) -> fmt::Result {
+/// Each item with its causes ([`weir_runtime::chain`]), one a line.
+fn lines(f: &mut fmt::Formatter<'_>, items: &[impl std::error::Error]) -> fmt::Result {
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             f.write_str("\n")?;
         }
-        write!(f, "{item}")?;
+        f.write_str(&weir_runtime::chain(item))?;
     }
     Ok(())
+}
+
+/// The API server's answer to a request, as a cause: it reads as the server's own words
+/// ([`server_message`]); the kube error stays in `.0`.
+#[derive(Debug)]
+pub struct ServerAnswer(pub kube::Error);
+
+impl From<kube::Error> for ServerAnswer {
+    fn from(error: kube::Error) -> Self {
+        Self(error)
+    }
+}
+
+impl fmt::Display for ServerAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&server_message(&self.0))
+    }
+}
+
+impl std::error::Error for ServerAnswer {
+    /// None for the server's answer (its message is all of it); kube's causes otherwise.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            kube::Error::Api(_) => None,
+            other => other.source(),
+        }
+    }
 }
 
 /// What the API server said (`status.message`); kube's own rendering for anything else (a
@@ -222,7 +250,7 @@ mod tests {
                 Refusal::Server {
                     object: "Widget/apps/a".to_owned(),
                     file: "w.yaml".to_owned(),
-                    source: refused(422, "spec.size: Invalid value"),
+                    source: refused(422, "spec.size: Invalid value").into(),
                 },
                 Refusal::NoNamespace {
                     object: "ConfigMap/c".to_owned(),
@@ -232,7 +260,7 @@ mod tests {
             definitions: vec!["CustomResourceDefinition/widgets.example.com".to_owned()],
         };
         assert_eq!(
-            error.to_string(),
+            weir_runtime::chain(&error),
             "Widget/apps/a (w.yaml): spec.size: Invalid value\n\
              ConfigMap/c (c.yaml): namespace not specified\n\
              (definitions were applied first: CustomResourceDefinition/widgets.example.com)"

@@ -140,7 +140,7 @@ impl ApplySet<'_> {
                     let refusal = Refusal::Server {
                         object: target.display(),
                         file: target.file.clone(),
-                        source,
+                        source: source.into(),
                     };
                     if set_namespaces.is_some() && target.defining_crd.is_some() {
                         out.pending.push((index, refusal));

@@ -81,7 +81,7 @@ impl ApplySet<'_> {
                 Err(source) => {
                     errors.push(ObjectError {
                         object: display(meta),
-                        source,
+                        source: source.into(),
                     });
                     continue;
                 }
@@ -106,7 +106,7 @@ impl ApplySet<'_> {
                 Err(e) if is_code(&e, 404) => {}
                 Err(source) => errors.push(ObjectError {
                     object: display(meta),
-                    source,
+                    source: source.into(),
                 }),
             }
         }
@@ -133,7 +133,7 @@ impl ApplySet<'_> {
                 .await
                 .map_err(|source| SsaError::PruneDiscovery {
                     object: display(meta),
-                    source,
+                    source: source.into(),
                 })?;
         kinds.insert(key, found.clone());
         Ok(found)

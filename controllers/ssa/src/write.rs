@@ -144,7 +144,7 @@ impl ApplySet<'_> {
         let err = |source: kube::Error| SsaError::Write {
             object: target.display(),
             file: target.file.clone(),
-            source,
+            source: source.into(),
         };
         if plan.recreate {
             self.counter.write();

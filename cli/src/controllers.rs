@@ -160,9 +160,10 @@ async fn run_async(args: &Args) -> Result<(), String> {
     weir_runtime::tls::install_crypto_provider();
     // One configuration for the process: the kustomize controller builds impersonating clients
     // from it, every other controller shares the client made from it.
-    let kube_config = kube::Config::infer()
+    let mut kube_config = kube::Config::infer()
         .await
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
+    identify(&mut kube_config);
     let client = kube::Client::try_from(kube_config.clone())
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
@@ -249,4 +250,30 @@ async fn run_async(args: &Args) -> Result<(), String> {
         let _ = controller.await;
     }
     Ok(())
+}
+
+/// Makes requests say who sent them (audit logs, API priority and fairness), as Flux's
+/// controllers' do; kube-rs sends no User-Agent of its own.
+fn identify(config: &mut kube::Config) {
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("weir/", env!("CARGO_PKG_VERSION"))),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_weirs_user_agent() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        identify(&mut config);
+        let agent = config
+            .headers
+            .iter()
+            .find(|(name, _)| name == http::header::USER_AGENT)
+            .map(|(_, value)| value.to_str().unwrap());
+        assert_eq!(agent, Some(concat!("weir/", env!("CARGO_PKG_VERSION"))));
+    }
 }

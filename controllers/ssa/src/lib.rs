@@ -45,8 +45,35 @@ pub use crate::{
     write::ApplyFailure,
 };
 
-/// How often health, CRD establishment and termination are polled.
+/// How often, at most, health, recreation and termination are polled once an object has taken
+/// a while.
 const POLL: Duration = Duration::from_secs(1);
+/// The first pause between two polls: most objects (a Deployment scaled to 0, a Service, an
+/// Ingress) are current within milliseconds of being applied, and a reconcile that waited a
+/// whole [`POLL`] for each would spend its time asleep.
+const FIRST_POLL: Duration = Duration::from_millis(50);
+
+/// The pauses between polls of one wait: [`FIRST_POLL`], doubling up to [`POLL`], so an object
+/// that is ready at once is seen at once and one that takes minutes costs one read a second.
+#[derive(Debug)]
+struct Polls(Duration);
+
+impl Polls {
+    fn new() -> Self {
+        Self(FIRST_POLL)
+    }
+
+    /// The pause before the next poll.
+    fn next_pause(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (self.0 * 2).min(POLL);
+        pause
+    }
+
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.next_pause()).await;
+    }
+}
 
 /// Counts the API requests an apply makes, for the caller's metrics.
 pub trait ApiCounter: Send + Sync {
@@ -96,5 +123,17 @@ impl ApplySet<'_> {
         } else {
             Api::all_with(self.client.clone(), resource)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_start_fast_and_slow_down_to_one_a_second() {
+        let mut polls = Polls::new();
+        let pauses: Vec<u128> = (0..7).map(|_| polls.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
     }
 }

@@ -10,7 +10,7 @@ use kube::{
 use weir_api::kustomize::{ObjMetadata, annotations};
 
 use crate::{
-    ApplySet, Change, ChangeSet, KindCache, ObjectError, ObjectErrors, POLL, SsaError,
+    ApplySet, Change, ChangeSet, KindCache, ObjectError, ObjectErrors, Polls, SsaError,
     error::is_code, object::display,
 };
 
@@ -154,6 +154,7 @@ impl ApplySet<'_> {
     /// garbage collector done), or the timeout passes; the error names those still there.
     pub async fn wait_terminated(&self, deleted: &[Deleted]) -> Result<(), SsaError> {
         let deadline = Instant::now() + self.timeout;
+        let mut polls = Polls::new();
         let mut pending: Vec<&Deleted> = deleted.iter().collect();
         loop {
             let mut still = vec![];
@@ -175,7 +176,7 @@ impl ApplySet<'_> {
                 });
             }
             pending = still;
-            tokio::time::sleep(POLL).await;
+            polls.sleep().await;
         }
     }
 }

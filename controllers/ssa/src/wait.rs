@@ -7,7 +7,7 @@ use kube::api::ApiResource;
 use weir_api::kustomize::ObjMetadata;
 
 use crate::{
-    ApplySet, Health, HealthRules, POLL, SsaError, error::server_message, object::display,
+    ApplySet, Health, HealthRules, Polls, SsaError, error::server_message, object::display,
 };
 
 /// An object whose health decides readiness.
@@ -30,6 +30,7 @@ impl ApplySet<'_> {
         rules: &HealthRules,
     ) -> Result<(), SsaError> {
         let deadline = Instant::now() + self.timeout;
+        let mut polls = Polls::new();
         let mut pending: Vec<&HealthTarget> = objects.iter().collect();
         loop {
             let mut still = vec![];
@@ -59,7 +60,7 @@ impl ApplySet<'_> {
                 return Err(SsaError::NotHealthy { objects: reasons });
             }
             pending = still;
-            tokio::time::sleep(POLL).await;
+            polls.sleep().await;
         }
     }
 

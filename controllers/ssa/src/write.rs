@@ -14,7 +14,7 @@ use kube::{
 };
 
 use crate::{
-    ApplySet, Change, ChangeSet, POLL, Refusal, Refusals, SsaError, Target,
+    ApplySet, Change, ChangeSet, Polls, Refusal, Refusals, SsaError, Target,
     error::is_code,
     kinds::is_definition,
     plan::{Plan, settle_pending},
@@ -154,6 +154,7 @@ impl ApplySet<'_> {
                 Err(e) => return Err(err(e)),
             }
             let deadline = Instant::now() + self.timeout;
+            let mut polls = Polls::new();
             while {
                 self.counter.request();
                 api.get_opt(name).await.map_err(err)?.is_some()
@@ -163,7 +164,7 @@ impl ApplySet<'_> {
                         object: target.display(),
                     });
                 }
-                tokio::time::sleep(POLL).await;
+                polls.sleep().await;
             }
         }
         self.counter.write();

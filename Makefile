@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR ?= never
 # The local cluster and services harness: tools, cluster-up, cluster-down, env, cluster-status.
 -include e2e/harness/harness.mk
 
-.PHONY: build crds lint fmt unit integration test dev bench setup
+.PHONY: build crds lint fmt unit integration test dev bench bench-flux setup
 
 ## setup: install what building and testing need on a fresh machine (idempotent).
 setup:
@@ -53,3 +53,8 @@ dev: setup
 ## bench: benchmarks that report figures (never timed assertions).
 bench: setup
 	@bash e2e/scripts/bench.sh
+
+## bench-flux: Weir against Flux's own source- and kustomize-controller on fresh clusters;
+## figures to .tools/bench/bench-flux.txt (WEIR_BENCH_SIZES="100 500 1000" by default).
+bench-flux: setup
+	@bash e2e/scripts/bench-flux.sh

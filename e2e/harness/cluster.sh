@@ -18,6 +18,13 @@
 #   fcgiwrap + nginx (git smart HTTP via git-http-backend, and the Helm chart repo),
 #   sshd (git over SSH), docker-registry x2 (anonymous, and htpasswd auth).
 #
+# Options (env): WEIR_CLUSTER_STATE  another state dir than $WEIR_TOOLS_DIR/cluster, so a second
+#   cluster can run beside the first (`make bench-flux` starts fresh ones this way);
+#   WEIR_APISERVER_AUDIT=1  kube-apiserver writes an audit log of every request (metadata level)
+#   to <state>/audit.log, one JSON line each, which benchmarks count API requests from.
+#   WEIR_KCM_QPS=N  kube-controller-manager's client rate limit (default 20/s, burst 30 per
+#   controller), which bounds how fast Deployments created in bulk become current.
+#
 # State: $WEIR_TOOLS_DIR/cluster (default <repo>/.tools/cluster), removed by `down`:
 #   admin.kubeconfig  env.sh  ports.env  *.log  pki/  etcd/  run/  git/  charts/  ssh/
 #   nginx/  registry/  registry-auth/  gitconfig
@@ -54,7 +61,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 
 TOOLS_DIR="${WEIR_TOOLS_DIR:-$ROOT/.tools}"
 BIN="$TOOLS_DIR/bin/current"
-STATE="$TOOLS_DIR/cluster"
+STATE="${WEIR_CLUSTER_STATE:-$TOOLS_DIR/cluster}"
 RUN="$STATE/run"
 PKI="$STATE/pki"
 ENV_FILE="$STATE/env.sh"
@@ -605,6 +612,13 @@ cmd_up() {
 	start_bg registry-auth /usr/bin/docker-registry serve "$STATE/registry-auth/config.yml"
 
 	wait_for etcd 30 "health" check_etcd
+	local audit=()
+	if [ "${WEIR_APISERVER_AUDIT:-0}" = 1 ]; then
+		printf 'apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n' \
+			>"$STATE/audit-policy.yaml"
+		audit=(--audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/audit.log"
+			--audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0)
+	fi
 	log "starting kube-apiserver"
 	# --endpoint-reconciler-type=none: the advertise address is loopback, which Endpoints
 	# validation rejects (error every 10s); nothing runs in-cluster that needs to reach it.
@@ -627,7 +641,7 @@ cmd_up() {
 		--proxy-client-key-file="$PKI/front-proxy-client.key" \
 		--endpoint-reconciler-type=none \
 		--allow-privileged=true \
-		--profiling=false
+		--profiling=false "${audit[@]}"
 	wait_for kube-apiserver 90 "/readyz ok" check_apiserver
 
 	log "starting kube-controller-manager, kube-scheduler, kwok"
@@ -642,7 +656,7 @@ cmd_up() {
 		--use-service-account-credentials=true \
 		--service-cluster-ip-range="$SERVICE_CIDR" \
 		--flex-volume-plugin-dir="$STATE/flexvolume" \
-		--leader-elect=false --profiling=false
+		--leader-elect=false --profiling=false ${WEIR_KCM_QPS:+--kube-api-qps="$WEIR_KCM_QPS" --kube-api-burst="$((WEIR_KCM_QPS * 2))"}
 	start_bg kube-scheduler "$BIN/kube-scheduler" \
 		--kubeconfig="$STATE/scheduler.kubeconfig" \
 		--authentication-kubeconfig="$STATE/scheduler.kubeconfig" \

@@ -4,6 +4,8 @@
 #
 # Usage: e2e/harness/tools.sh [tool...]     (tools: etcd kubernetes kwok kustomize helm flux;
 #                                           default: all)      -> `make tools`
+#                                           (source-controller kustomize-controller: only
+#                                           when named, for `make bench-flux`)
 #
 # Cache layout ($WEIR_TOOLS_DIR, default <repo>/.tools, git-ignored):
 #   bin/<tool>-<version>/<binary>   immutable build output, one dir per tool+version
@@ -33,6 +35,13 @@
 #     that release's own go.mod) with the published v0.<minor>.<patch> tag, and
 #     the four binaries are built in one `go build` so they share compile work.
 #     Version ldflags make `/version` and `kubectl version` report the pinned tag.
+#   * source-controller, kustomize-controller (Flux's own, for `make bench-flux` only; not in
+#     the default set): each module replaces its `api` submodule with ./api, which its module
+#     zip does not hold; the module is copied to src/<tool>-<v>/, that replace is dropped for
+#     the published api module of the same version, and the controller is built from there.
+#     Its CRDs (config/crd/bases) are copied next to the binary, into bin/<tool>-<v>/crds/.
+#     The proxy does not serve github.com/fluxcd/pkg/artifact v0.18.3, which source-controller
+#     v1.9.5 requires; the nearest served patch release, v0.18.0, is used instead.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,6 +55,8 @@ CUR_DIR="$BIN_DIR/current"
 SRC_DIR="$TOOLS_DIR/src"
 LOG_DIR="$TOOLS_DIR/logs"
 ALL_TOOLS=(etcd kubernetes kwok kustomize helm flux)
+# Built only when named (`make bench-flux`): Flux's controllers, to measure Weir against.
+BENCH_TOOLS=(source-controller kustomize-controller)
 
 export CGO_ENABLED=0
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
@@ -83,6 +94,8 @@ binaries_of() {
 	kustomize) echo kustomize ;;
 	helm) echo helm ;;
 	flux) echo flux ;;
+	source-controller) echo source-controller ;;
+	kustomize-controller) echo kustomize-controller ;;
 	*) return 1 ;;
 	esac
 }
@@ -95,6 +108,8 @@ version_of() {
 	kustomize) echo "$KUSTOMIZE_VERSION" ;;
 	helm) echo "$HELM_VERSION" ;;
 	flux) echo "$FLUX_VERSION" ;;
+	source-controller) echo "$FLUX_SOURCE_CONTROLLER_VERSION" ;;
+	kustomize-controller) echo "$FLUX_KUSTOMIZE_CONTROLLER_VERSION" ;;
 	esac
 }
 
@@ -193,6 +208,31 @@ build_flux() {
 	(cd "$src" && go build -trimpath -ldflags "-s -w -X main.VERSION=${v#v}" -o "$out/flux" ./cmd/flux)
 }
 
+# One of Flux's controllers (github.com/fluxcd/<name>, main package at the module root).
+build_flux_controller() { # out name version [go mod edit args...]
+	local out="$1" name="$2" v="$3" mod="github.com/fluxcd/$2" src="$SRC_DIR/$2-$3" dir
+	shift 3
+	dir="$(go mod download -json "$mod@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+	[ -d "$dir" ] || die "go mod download $mod@$v gave no source directory"
+	rm -rf "$src" && cp -R "$dir" "$src" && chmod -R u+w "$src"
+	(
+		cd "$src"
+		go mod edit -dropreplace="$mod/api" "$@"
+		GOFLAGS="$GOFLAGS -mod=mod" go get "$mod/api@$v"
+		GOFLAGS="$GOFLAGS -mod=mod" go build -trimpath -ldflags "-s -w" -o "$out/$name" .
+	)
+	mkdir -p "$out/crds" && cp "$src"/config/crd/bases/*.yaml "$out/crds/"
+}
+
+build_source-controller() {
+	build_flux_controller "$1" source-controller "$FLUX_SOURCE_CONTROLLER_VERSION" \
+		-replace=github.com/fluxcd/pkg/artifact=github.com/fluxcd/pkg/artifact@v0.18.0
+}
+
+build_kustomize-controller() {
+	build_flux_controller "$1" kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
+}
+
 # --- driver ------------------------------------------------------------------------
 
 link_current() { # tool version
@@ -249,7 +289,7 @@ is_built_in() { # tool dir
 tools=("$@")
 [ ${#tools[@]} -gt 0 ] || tools=("${ALL_TOOLS[@]}")
 for t in "${tools[@]}"; do
-	binaries_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]})"
+	binaries_of "$t" >/dev/null || die "unknown tool '$t' (known: ${ALL_TOOLS[*]} ${BENCH_TOOLS[*]})"
 done
 total_start=$(date +%s)
 for t in "${tools[@]}"; do build_one "$t"; done

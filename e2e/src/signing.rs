@@ -40,6 +40,25 @@ pub struct GpgKey {
 impl GpgKey {
     /// Generates a key for `uid` (such as `Name <email>`), without a passphrase.
     pub fn generate(uid: &str) -> Result<Self, Error> {
+        Self::generate_with(uid, &[], "never")
+    }
+
+    /// Generates a key for `uid` made on 2020-01-01 that expired a year later. Its home fakes
+    /// the time to 2020-06-01 (`gpg.conf`), so what git signs with it was signed while it was
+    /// valid; only the verification, now, finds it expired.
+    pub fn generate_expired(uid: &str) -> Result<Self, Error> {
+        let key = Self::generate_with(uid, &["--faked-system-time", "20200101T000000"], "1y")?;
+        std::fs::write(
+            key.home.path().join("gpg.conf"),
+            "faked-system-time 20200601T000000\n",
+        )
+        .map_err(Error::io("writing gpg.conf"))?;
+        Ok(key)
+    }
+
+    /// An ed25519 signing key for `uid` in a new home, made with `gpg_args` first and expiring
+    /// as `expire` says (`never`, `1y`).
+    fn generate_with(uid: &str, gpg_args: &[&str], expire: &str) -> Result<Self, Error> {
         // Short: gpg-agent's socket path must fit in a socket address.
         let home = tempfile::Builder::new()
             .prefix("gpg")
@@ -49,46 +68,15 @@ impl GpgKey {
             home,
             uid: uid.to_owned(),
         };
-        run(key.gpg().args([
+        run(key.gpg().args(gpg_args).args([
             "--passphrase",
             "",
             "--quick-gen-key",
             uid,
             "ed25519",
             "sign",
-            "never",
+            expire,
         ]))?;
-        Ok(key)
-    }
-
-    /// Generates a key for `uid` made on 2020-01-01 that expired a year later. Its home fakes
-    /// the time to 2020-06-01 (`gpg.conf`), so what git signs with it was signed while it was
-    /// valid; only the verification, now, finds it expired.
-    pub fn generate_expired(uid: &str) -> Result<Self, Error> {
-        let home = tempfile::Builder::new()
-            .prefix("gpg")
-            .tempdir_in("/tmp")
-            .map_err(Error::io("making a GnuPG home"))?;
-        let key = Self {
-            home,
-            uid: uid.to_owned(),
-        };
-        run(key.gpg().args([
-            "--faked-system-time",
-            "20200101T000000",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            uid,
-            "ed25519",
-            "sign",
-            "1y",
-        ]))?;
-        std::fs::write(
-            key.home.path().join("gpg.conf"),
-            "faked-system-time 20200601T000000\n",
-        )
-        .map_err(Error::io("writing gpg.conf"))?;
         Ok(key)
     }
 

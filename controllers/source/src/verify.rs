@@ -748,7 +748,9 @@ mod tests {
     }
 
     impl Gpg {
-        fn new(uid: &str) -> Self {
+        /// An ed25519 signing key for `uid` in a new home, made with `gpg_args` first and
+        /// expiring as `expire` says (`never`, `1y`).
+        fn generate(uid: &str, gpg_args: &[&str], expire: &str) -> Self {
             // Short: gpg-agent's socket path must fit in a socket address.
             let home = tempfile::Builder::new()
                 .prefix("gpg")
@@ -760,27 +762,20 @@ mod tests {
             };
             run(gpg
                 .command()
+                .args(gpg_args)
                 .args(["--passphrase", "", "--quick-gen-key", uid])
-                .args(["ed25519", "sign", "never"]));
+                .args(["ed25519", "sign", expire]));
             gpg
+        }
+
+        fn new(uid: &str) -> Self {
+            Self::generate(uid, &[], "never")
         }
 
         /// A key made on 2020-01-01 that expired a year later. Its home's `gpg.conf` fakes the
         /// time to 2020-06-01, so what `gpg` signs with it there was signed while it was valid.
         fn expired(uid: &str) -> Self {
-            let home = tempfile::Builder::new()
-                .prefix("gpg")
-                .tempdir_in("/tmp")
-                .unwrap();
-            let gpg = Self {
-                home,
-                uid: uid.to_owned(),
-            };
-            run(gpg
-                .command()
-                .args(["--faked-system-time", "20200101T000000"])
-                .args(["--passphrase", "", "--quick-gen-key", uid])
-                .args(["ed25519", "sign", "1y"]));
+            let gpg = Self::generate(uid, &["--faked-system-time", "20200101T000000"], "1y");
             std::fs::write(
                 gpg.home.path().join("gpg.conf"),
                 "faked-system-time 20200601T000000\n",

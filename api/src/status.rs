@@ -17,6 +17,9 @@ pub trait ObjectStatus {
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn observed_generation(&self) -> Option<i64>;
     fn last_handled_reconcile_at(&self) -> Option<&str>;
+    /// Records what a reconcile handled: the object's generation and the
+    /// `reconcile.fluxcd.io/requestedAt` token it answered.
+    fn set_handled(&mut self, generation: Option<i64>, last_handled_reconcile_at: Option<String>);
 
     /// The `Ready` condition, when there is one.
     fn ready(&self) -> Option<&Condition> {
@@ -44,6 +47,10 @@ macro_rules! object_status {
             }
             fn last_handled_reconcile_at(&self) -> Option<&str> {
                 self.last_handled_reconcile_at.as_deref()
+            }
+            fn set_handled(&mut self, generation: Option<i64>, handled: Option<String>) {
+                self.observed_generation = generation;
+                self.last_handled_reconcile_at = handled;
             }
         }
     )*};

@@ -19,13 +19,11 @@ use kube::{
     core::{Selector, SelectorExt},
     runtime::controller::Action,
 };
-use weir_api::{
-    GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, meta::handled_reconcile_at,
-    reasons,
-};
+use weir_api::{GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, reasons};
 use weir_git::bounded::BoundedError;
 use weir_runtime::{
     ControllerError, Redactor,
+    conclude::{Ending, conclude},
     controller::Reconciler,
     decision::StepResult,
     progress::{self, Progress},
@@ -34,7 +32,7 @@ use weir_runtime::{
 };
 
 use crate::{
-    Context, FIELD_MANAGER, conclude,
+    Context, FIELD_MANAGER,
     error::ImageError,
     signing::{self, CommitSigner, SigningError},
     template::Template,
@@ -61,7 +59,7 @@ async fn source_repository(
             source.name
         )));
     }
-    let repo = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
+    let repo = Api::<GitRepository>::namespaced(ctx.base.client.clone(), &source_ns)
         .get_opt(&source.name)
         .await?
         .ok_or_else(|| {
@@ -130,7 +128,7 @@ async fn signer(
         secret: secret.clone(),
         why,
     };
-    let found = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+    let found = Api::<Secret>::namespaced(ctx.base.client.clone(), &namespace)
         .get_opt(&key.secret_ref.name)
         .await?
         .ok_or_else(|| fail(SigningError::NotFound))?;
@@ -188,7 +186,7 @@ async fn prepare(
     if let Some(message) = source_progress(auto, git_spec, &repo, switch_branch) {
         progress.mark(&message).await;
     }
-    let access = weir_git::credentials::for_repository(&ctx.client, &repo).await?;
+    let access = weir_git::credentials::for_repository(&ctx.base.client, &repo).await?;
     *redactor = access.redactor;
     let (url, credentials) = (access.url, access.credentials);
     let signing_secret = git_spec
@@ -208,7 +206,7 @@ async fn prepare(
         .map_err(ImageError::InvalidSelector)?;
     // By policy name, as `status.observedPolicies` holds them.
     let policies: BTreeMap<String, ImageRef> =
-        Api::<ImagePolicy>::namespaced(ctx.client.clone(), &namespace)
+        Api::<ImagePolicy>::namespaced(ctx.base.client.clone(), &namespace)
             .list(&ListParams::default())
             .await?
             .into_iter()
@@ -310,55 +308,32 @@ impl Reconciler<ImageUpdateAutomation> for Context {
         api: &Api<ImageUpdateAutomation>,
         auto: Arc<ImageUpdateAutomation>,
     ) -> Result<Action, ControllerError> {
-        automate(api, auto, self).await
-    }
-}
-
-async fn automate(
-    api: &Api<ImageUpdateAutomation>,
-    auto: Arc<ImageUpdateAutomation>,
-    ctx: &Context,
-) -> Result<Action, ControllerError> {
-    ctx.metrics.automation_runs.fetch_add(1, Ordering::Relaxed);
-    let previous = auto.status.clone();
-    let mut status = previous.clone().unwrap_or_default();
-    status.observed_generation = auto.metadata.generation;
-    status.last_handled_reconcile_at = handled_reconcile_at(
-        auto.annotations().into(),
-        previous
-            .as_ref()
-            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
-    );
-    let interval = auto.spec.interval.as_std();
-    let mut redactor = Redactor::default();
-    // A new generation is in progress from the start; a new source revision once it is seen.
-    let mut progress = Progress::new(api, &*auto, FIELD_MANAGER);
-    if let Some(message) = progress::new_generation(
-        previous.as_ref().and_then(|s| s.observed_generation),
-        auto.metadata.generation,
-    ) {
-        progress.mark(&message).await;
-    }
-    let result = match run(&auto, ctx, &mut redactor, &mut progress).await {
-        Ok((outcome, policies)) => {
-            status.observed_policies = policies;
-            record_run(&mut status, outcome, &redactor, ctx)
+        self.metrics.automation_runs.fetch_add(1, Ordering::Relaxed);
+        let previous = auto.status.clone();
+        let mut status = previous.clone().unwrap_or_default();
+        let interval = auto.spec.interval.as_std();
+        let mut redactor = Redactor::default();
+        // A new generation is in progress from the start; a new source revision once it is seen.
+        let mut progress = Progress::new(api, &*auto, FIELD_MANAGER);
+        if let Some(message) = progress::new_generation(
+            previous.as_ref().and_then(|s| s.observed_generation),
+            auto.metadata.generation,
+        ) {
+            progress.mark(&message).await;
         }
-        Err(error) => StepResult::failed(&error, &redactor),
-    };
-    let action = conclude(
-        &*auto,
-        ctx,
-        &mut status.conditions,
-        &result,
-        Some(schedule::jittered(interval)),
-        interval,
-        "Push",
-    )
-    .await;
-    let current = progress.into_written().or(previous);
-    apply_status(api, &*auto, current.as_ref(), &status, FIELD_MANAGER).await?;
-    Ok(action)
+        let result = match run(&auto, self, &mut redactor, &mut progress).await {
+            Ok((outcome, policies)) => {
+                status.observed_policies = policies;
+                record_run(&mut status, outcome, &redactor, self)
+            }
+            Err(error) => StepResult::failed(&error, &redactor),
+        };
+        let ending = Ending::new("Push", Some(schedule::jittered(interval)), Some(interval));
+        let action = conclude(self, &*auto, &mut status, &result, ending).await;
+        let current = progress.into_written().or(previous);
+        apply_status(api, &*auto, current.as_ref(), &status, FIELD_MANAGER).await?;
+        Ok(action)
+    }
 }
 
 /// Records a successful run in `status`; a push is news, announced with its commit message.

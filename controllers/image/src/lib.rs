@@ -19,16 +19,10 @@ pub mod update;
 
 use std::sync::{Arc, atomic::AtomicU64};
 
-use kube::{
-    Client, Resource, ResourceExt,
-    runtime::{controller::Action, reflector::ObjectRef},
-};
-use weir_api::{Condition, ImagePolicy, ImageRepository, ImageUpdateAutomation};
+use kube::{Client, ResourceExt, runtime::reflector::ObjectRef};
+use weir_api::{ImagePolicy, ImageRepository, ImageUpdateAutomation};
 use weir_runtime::{
-    controller::{AbortOnDropHandle, Runtime, Synced, spawn, watch},
-    decision::{Schedule, StepResult, decide},
-    events::EventPublisher,
-    schedule,
+    controller::{AbortOnDropHandle, Base, Runtime, Synced, spawn, watch},
     watches::Watches,
 };
 
@@ -134,9 +128,8 @@ impl weir_runtime::metrics::Counters for Metrics {
 
 /// Shared by the reconciles of the image controller.
 pub struct Context {
-    pub client: Client,
-    pub events: EventPublisher,
-    pub backoff: schedule::Backoff,
+    /// The client, Events and backoff the runtime uses.
+    pub base: Base,
     pub metrics: Arc<Metrics>,
     pub store: Arc<TagStore>,
     pub tag_page_size: usize,
@@ -219,9 +212,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(TagStore::default());
     let ctx = Arc::new(Context {
-        client: client.clone(),
-        events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
-        backoff: schedule::Backoff::default(),
+        base: Base::new(client.clone(), CONTROLLER_NAME),
         metrics: metrics.clone(),
         store: store.clone(),
         tag_page_size: config.tag_page_size,
@@ -327,53 +318,9 @@ fn spawn_scope(
 }
 
 impl Runtime for Context {
-    fn client(&self) -> &Client {
-        &self.client
+    fn base(&self) -> &Base {
+        &self.base
     }
-
-    fn backoff(&self) -> &schedule::Backoff {
-        &self.backoff
-    }
-}
-
-use weir_runtime::controller::object_key;
-
-/// Records the result of a reconcile in `conditions` as [`decide`] says, publishes the event it
-/// chose under `action_name`, and returns when to reconcile again. The backoff is reset by a
-/// success and advanced by a failure, whose retry never waits longer than `retry_cap`.
-async fn conclude<K: Resource<DynamicType = ()>>(
-    obj: &K,
-    ctx: &Context,
-    conditions: &mut Vec<Condition>,
-    result: &StepResult,
-    after_success: Option<std::time::Duration>,
-    retry_cap: std::time::Duration,
-    action_name: &str,
-) -> Action {
-    let key = object_key(obj);
-    let retry = match result {
-        StepResult::Succeeded { .. } => {
-            ctx.backoff.succeeded(&key);
-            std::time::Duration::ZERO
-        }
-        StepResult::Failed {
-            reason, message, ..
-        } => {
-            tracing::warn!(reason, error = message, "reconcile failed");
-            ctx.backoff.failed(&key)
-        }
-    };
-    let schedule = Schedule {
-        after_success,
-        retry,
-        retry_cap: Some(retry_cap),
-    };
-    let decision = decide(conditions, obj.meta().generation, result, &schedule);
-    *conditions = decision.conditions;
-    ctx.events
-        .announce(obj, decision.event.as_ref(), action_name)
-        .await;
-    decision.action
 }
 
 #[cfg(test)]

@@ -14,13 +14,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, ResourceExt, runtime::controller::Action};
 use oci_client::{Reference, secrets::RegistryAuth};
 use weir_api::{
-    ImagePolicy, ImageRef, ImageRepository,
-    image::ReflectionPolicy,
-    meta::{AccessFrom, handled_reconcile_at},
-    reasons,
+    ImagePolicy, ImageRef, ImageRepository, image::ReflectionPolicy, meta::AccessFrom, reasons,
 };
 use weir_runtime::{
     ControllerError, Redactor,
+    conclude::{Ending, conclude},
     controller::Reconciler,
     decision::StepResult,
     progress::{self, Progress},
@@ -28,7 +26,7 @@ use weir_runtime::{
 };
 
 use crate::{
-    Context, FIELD_MANAGER, conclude,
+    Context, FIELD_MANAGER,
     error::{AccessDenial, ImageError},
     policy::Policy,
 };
@@ -103,12 +101,12 @@ async fn authorize(policy: &ImagePolicy, ctx: &Context) -> Result<(), ImageError
             name,
         });
     }
-    let repo = Api::<ImageRepository>::namespaced(ctx.client.clone(), &repo_ns)
+    let repo = Api::<ImageRepository>::namespaced(ctx.base.client.clone(), &repo_ns)
         .get_opt(&name)
         .await?
         .ok_or_else(|| ImageError::RepositoryNotFound(format!("{repo_ns}/{name}")))?;
     let labels = match repo.spec.access_from {
-        Some(_) => Api::<Namespace>::all(ctx.client.clone())
+        Some(_) => Api::<Namespace>::all(ctx.base.client.clone())
             .get(&policy_ns)
             .await?
             .metadata
@@ -200,94 +198,71 @@ impl Reconciler<ImagePolicy> for Context {
         api: &Api<ImagePolicy>,
         policy: Arc<ImagePolicy>,
     ) -> Result<Action, ControllerError> {
-        evaluate(api, policy, self).await
-    }
-}
-
-async fn evaluate(
-    api: &Api<ImagePolicy>,
-    policy: Arc<ImagePolicy>,
-    ctx: &Context,
-) -> Result<Action, ControllerError> {
-    ctx.metrics
-        .policy_evaluations
-        .fetch_add(1, Ordering::Relaxed);
-    let previous = policy.status.clone();
-    let mut status = previous.clone().unwrap_or_default();
-    status.observed_generation = policy.metadata.generation;
-    status.last_handled_reconcile_at = handled_reconcile_at(
-        policy.annotations().into(),
-        previous
-            .as_ref()
-            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
-    );
-    let mut redactor = Redactor::default();
-    // After a restart the tag lists are empty until the repositories are scanned again (at
-    // once, on start). A policy that has a pick keeps it, and its conditions, meanwhile.
-    let (repo_ns, repo_name) = repository_key(&policy);
-    if ctx.store.get(&repo_ns, &repo_name).is_none()
-        && status.latest_ref.is_some()
-        && previous.as_ref().map(|s| s.observed_generation) == Some(policy.metadata.generation)
-        && ctx.watches(&repo_ns)
-        && Api::<ImageRepository>::namespaced(ctx.client.clone(), &repo_ns)
-            .get_opt(&repo_name)
-            .await?
-            .is_some()
-    {
-        return Ok(Action::requeue(SCAN_PENDING_RECHECK));
-    }
-    // A new generation is evaluated in progress, as in Flux; a new scan or a digest look-up
-    // of the interval writes nothing until done.
-    let mut progress = Progress::new(api, &*policy, FIELD_MANAGER);
-    if let Some(message) = progress::new_generation(
-        previous.as_ref().and_then(|s| s.observed_generation),
-        policy.metadata.generation,
-    ) {
-        progress.mark(&message).await;
-    }
-    let result = match choose(&policy, ctx, &mut redactor).await {
-        Ok(chosen) => {
-            let message = format!(
-                "Latest image tag for {} resolved to {}",
-                chosen.name, chosen.tag
-            );
-            let mut result = StepResult::succeeded(reasons::SUCCEEDED, &message);
-            if status.latest_ref.as_ref() != Some(&chosen) {
-                let note = match status.latest_ref.take() {
-                    Some(old) => {
-                        let note = format!("{message} (previously {})", old.tag);
-                        status.observed_previous_ref = Some(old);
-                        note
-                    }
-                    None => message.clone(),
-                };
-                result = result.announcing(reasons::SUCCEEDED, note);
-                status.latest_ref = Some(chosen);
-            }
-            result
+        self.metrics
+            .policy_evaluations
+            .fetch_add(1, Ordering::Relaxed);
+        let previous = policy.status.clone();
+        let mut status = previous.clone().unwrap_or_default();
+        let mut redactor = Redactor::default();
+        // After a restart the tag lists are empty until the repositories are scanned again (at
+        // once, on start). A policy that has a pick keeps it, and its conditions, meanwhile.
+        let (repo_ns, repo_name) = repository_key(&policy);
+        if self.store.get(&repo_ns, &repo_name).is_none()
+            && status.latest_ref.is_some()
+            && previous.as_ref().map(|s| s.observed_generation) == Some(policy.metadata.generation)
+            && self.watches(&repo_ns)
+            && Api::<ImageRepository>::namespaced(self.base.client.clone(), &repo_ns)
+                .get_opt(&repo_name)
+                .await?
+                .is_some()
+        {
+            return Ok(Action::requeue(SCAN_PENDING_RECHECK));
         }
-        Err(error) => StepResult::failed(&error, &redactor),
-    };
-    // With `Always`, the digest is looked up again every interval; otherwise only a new scan or
-    // a change of the policy starts a new evaluation.
-    let after_success = policy
-        .spec
-        .interval
-        .as_ref()
-        .map(|interval| weir_runtime::schedule::jittered(interval.as_std()));
-    let action = conclude(
-        &*policy,
-        ctx,
-        &mut status.conditions,
-        &result,
-        after_success,
-        RETRY_CAP,
-        "Policy",
-    )
-    .await;
-    let current = progress.into_written().or(previous);
-    apply_status(api, &*policy, current.as_ref(), &status, FIELD_MANAGER).await?;
-    Ok(action)
+        // A new generation is evaluated in progress, as in Flux; a new scan or a digest look-up
+        // of the interval writes nothing until done.
+        let mut progress = Progress::new(api, &*policy, FIELD_MANAGER);
+        if let Some(message) = progress::new_generation(
+            previous.as_ref().and_then(|s| s.observed_generation),
+            policy.metadata.generation,
+        ) {
+            progress.mark(&message).await;
+        }
+        let result = match choose(&policy, self, &mut redactor).await {
+            Ok(chosen) => {
+                let message = format!(
+                    "Latest image tag for {} resolved to {}",
+                    chosen.name, chosen.tag
+                );
+                let mut result = StepResult::succeeded(reasons::SUCCEEDED, &message);
+                if status.latest_ref.as_ref() != Some(&chosen) {
+                    let note = match status.latest_ref.take() {
+                        Some(old) => {
+                            let note = format!("{message} (previously {})", old.tag);
+                            status.observed_previous_ref = Some(old);
+                            note
+                        }
+                        None => message.clone(),
+                    };
+                    result = result.announcing(reasons::SUCCEEDED, note);
+                    status.latest_ref = Some(chosen);
+                }
+                result
+            }
+            Err(error) => StepResult::failed(&error, &redactor),
+        };
+        // With `Always`, the digest is looked up again every interval; otherwise only a new scan or
+        // a change of the policy starts a new evaluation.
+        let after_success = policy
+            .spec
+            .interval
+            .as_ref()
+            .map(|interval| weir_runtime::schedule::jittered(interval.as_std()));
+        let ending = Ending::new("Policy", after_success, Some(RETRY_CAP));
+        let action = conclude(self, &*policy, &mut status, &result, ending).await;
+        let current = progress.into_written().or(previous);
+        apply_status(api, &*policy, current.as_ref(), &status, FIELD_MANAGER).await?;
+        Ok(action)
+    }
 }
 
 #[cfg(test)]

@@ -5,14 +5,10 @@ use std::sync::{Arc, atomic::Ordering};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
-use weir_api::{
-    ImageRepository,
-    image::ScanResult,
-    meta::{handled_reconcile_at, pending_reconcile_request},
-    reasons,
-};
+use weir_api::{ImageRepository, image::ScanResult, meta::pending_reconcile_request, reasons};
 use weir_runtime::{
     ControllerError, Redactor,
+    conclude::{Ending, conclude},
     controller::Reconciler,
     decision::StepResult,
     progress::{self, Progress},
@@ -20,15 +16,60 @@ use weir_runtime::{
     status::apply_status,
 };
 
-use crate::{Context, FIELD_MANAGER, conclude, error::ImageError, scan, store::ScannedTags};
+use crate::{Context, FIELD_MANAGER, error::ImageError, scan, store::ScannedTags};
 
+/// One reconcile of a live ImageRepository. Marks a new generation or a requested scan
+/// Reconciling first; sets Ready (and Reconciling/Stalled on failure); keeps the last scan
+/// result when a scan fails.
 impl Reconciler<ImageRepository> for Context {
     async fn apply(
         &self,
         api: &Api<ImageRepository>,
         repo: Arc<ImageRepository>,
     ) -> Result<Action, ControllerError> {
-        apply(api, &repo, self).await
+        let repo = &*repo;
+        self.metrics.scans.fetch_add(1, Ordering::Relaxed);
+        let previous = repo.status.clone();
+        let mut status = previous.clone().unwrap_or_default();
+        let mut progress = Progress::new(api, repo, FIELD_MANAGER);
+        if let Some(message) = scan_progress(repo) {
+            progress.mark(&message).await;
+        }
+        let mut redactor = Redactor::default();
+        let result = match scan_repository(repo, self, &mut redactor).await {
+            Ok(scanned) => {
+                let message = format!("successful scan: found {} tags", scanned.count);
+                let changed = status
+                    .last_scan_result
+                    .as_ref()
+                    .and_then(|r| r.revision.as_deref())
+                    != Some(scanned.revision.as_str());
+                status.canonical_image_name = Some(scanned.canonical);
+                status.last_scan_result = Some(ScanResult {
+                    revision: Some(scanned.revision),
+                    tag_count: scanned.count as i64,
+                    scan_time: Some(Time(Timestamp::now())),
+                    latest_tags: scanned.latest,
+                });
+                status
+                    .observed_exclusion_list
+                    .clone_from(&repo.spec.exclusion_list);
+                let result = StepResult::succeeded(reasons::SUCCEEDED, &message);
+                if changed {
+                    result.announcing(reasons::SUCCEEDED, message)
+                } else {
+                    result
+                }
+            }
+            Err(error) => StepResult::failed(&error, &redactor),
+        };
+        let interval = repo.spec.interval.as_std();
+        let ending = Ending::new("Scan", Some(schedule::jittered(interval)), Some(interval));
+        let action = conclude(self, repo, &mut status, &result, ending).await;
+        // Compared with what the object holds now: the progressing mark, when one was written.
+        let current = progress.into_written().or(previous);
+        apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
+        Ok(action)
     }
 
     /// The scanned tags go with the repository.
@@ -57,7 +98,7 @@ async fn scan_repository(
     let canonical = scan::canonical_name(&reference);
     let excluded = scan::exclusions(&repo.spec.exclusion_list)?;
     let (access, secrets) =
-        scan::registry_access(&ctx.client, repo, &namespace, &reference).await?;
+        scan::registry_access(&ctx.base.client, repo, &namespace, &reference).await?;
     *redactor = secrets;
     let timeout = repo.spec.scan_timeout();
     let tags = tokio::time::timeout(
@@ -111,73 +152,6 @@ fn scan_progress(repo: &ImageRepository) -> Option<String> {
         )
         .map(|_| "scanning: reconcile requested".to_owned())
     })
-}
-
-/// One reconcile of a live ImageRepository. Marks a new generation or a requested scan
-/// Reconciling first; sets Ready (and Reconciling/Stalled on failure); keeps the last scan
-/// result when a scan fails.
-async fn apply(
-    api: &Api<ImageRepository>,
-    repo: &ImageRepository,
-    ctx: &Context,
-) -> Result<Action, ControllerError> {
-    ctx.metrics.scans.fetch_add(1, Ordering::Relaxed);
-    let previous = repo.status.clone();
-    let mut status = previous.clone().unwrap_or_default();
-    status.observed_generation = repo.metadata.generation;
-    status.last_handled_reconcile_at = handled_reconcile_at(
-        repo.annotations().into(),
-        previous
-            .as_ref()
-            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
-    );
-    let mut progress = Progress::new(api, repo, FIELD_MANAGER);
-    if let Some(message) = scan_progress(repo) {
-        progress.mark(&message).await;
-    }
-    let mut redactor = Redactor::default();
-    let result = match scan_repository(repo, ctx, &mut redactor).await {
-        Ok(scanned) => {
-            let message = format!("successful scan: found {} tags", scanned.count);
-            let changed = status
-                .last_scan_result
-                .as_ref()
-                .and_then(|r| r.revision.as_deref())
-                != Some(scanned.revision.as_str());
-            status.canonical_image_name = Some(scanned.canonical);
-            status.last_scan_result = Some(ScanResult {
-                revision: Some(scanned.revision),
-                tag_count: scanned.count as i64,
-                scan_time: Some(Time(Timestamp::now())),
-                latest_tags: scanned.latest,
-            });
-            status
-                .observed_exclusion_list
-                .clone_from(&repo.spec.exclusion_list);
-            let result = StepResult::succeeded(reasons::SUCCEEDED, &message);
-            if changed {
-                result.announcing(reasons::SUCCEEDED, message)
-            } else {
-                result
-            }
-        }
-        Err(error) => StepResult::failed(&error, &redactor),
-    };
-    let interval = repo.spec.interval.as_std();
-    let action = conclude(
-        repo,
-        ctx,
-        &mut status.conditions,
-        &result,
-        Some(schedule::jittered(interval)),
-        interval,
-        "Scan",
-    )
-    .await;
-    // Compared with what the object holds now: the progressing mark, when one was written.
-    let current = progress.into_written().or(previous);
-    apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
-    Ok(action)
 }
 
 #[cfg(test)]

@@ -60,13 +60,13 @@ use kube::{
 };
 use weir_api::{
     Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
-    history, kustomize::DeletionPolicy, meta::handled_reconcile_at, reasons, types,
+    history, kustomize::DeletionPolicy, reasons, types,
 };
 use weir_runtime::{
     ControllerError, Failure,
-    controller::{AbortOnDropHandle, Reconciler, Runtime, Synced},
-    decision::{Schedule, StepResult, decide},
-    events::EventPublisher,
+    conclude::{Ending, Retry, conclude},
+    controller::{AbortOnDropHandle, Base, Reconciler, Runtime, Synced},
+    decision::StepResult,
     schedule,
     status::apply_status,
     watches::Watches,
@@ -258,14 +258,13 @@ impl weir_runtime::metrics::Counters for Metrics {
 
 /// Shared by the reconciles of one controller; never by two controllers.
 pub struct Context {
-    pub client: Client,
+    /// The client, Events and backoff the runtime uses.
+    pub base: Base,
     /// The controller's own connection settings, from which impersonating clients are made.
     pub kube_config: kube::Config,
     pub config: Config,
     pub fetcher: ArtifactFetcher,
     pub kinds: KindCache,
-    pub events: EventPublisher,
-    pub backoff: schedule::Backoff,
     pub metrics: Arc<Metrics>,
     /// Each Kustomization's last build, reused while nothing it depends on changes.
     pub builds: built::BuildCache,
@@ -387,13 +386,11 @@ pub async fn start(
         .unwrap_or_else(|| Watches::new(client.clone()));
     let (namespace, concurrency) = (config.namespace.clone(), config.concurrency);
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        base: Base::new(client.clone(), CONTROLLER_NAME),
         kube_config,
         config,
         fetcher,
         kinds: KindCache::default(),
-        events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
-        backoff: schedule::Backoff::default(),
         metrics: metrics.clone(),
         builds: built::BuildCache::default(),
     });
@@ -440,27 +437,74 @@ pub async fn start(
     })
 }
 
-fn object_key(ks: &Kustomization) -> String {
-    weir_runtime::controller::object_key(ks)
-}
-
 impl Runtime for Context {
-    fn client(&self) -> &Client {
-        &self.client
-    }
-
-    fn backoff(&self) -> &schedule::Backoff {
-        &self.backoff
+    fn base(&self) -> &Base {
+        &self.base
     }
 }
 
+/// One reconcile of a live object: run the steps, conclude, write status once.
 impl Reconciler<Kustomization> for Context {
     async fn apply(
         &self,
         api: &Api<Kustomization>,
         ks: Arc<Kustomization>,
     ) -> Result<Action, ControllerError> {
-        apply(api, &ks, self).await
+        self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let previous = ks.status.clone();
+        let mut status = previous.clone().unwrap_or_default();
+
+        let mut attempt = Attempt::default();
+        let result = reconcile::run(&ks, self, &mut attempt).await;
+
+        if let Some(revision) = &attempt.revision {
+            status.last_attempted_revision = Some(revision.clone());
+        }
+        if let Some(inventory) = attempt.inventory.take() {
+            status.inventory = Some(inventory);
+        }
+        if !checks_health(&ks) {
+            condition::remove_condition(&mut status.conditions, types::HEALTHY);
+        }
+        if attempt.changes.wrote() {
+            let summary = attempt.redactor.redact(&attempt.changes.summary());
+            tracing::info!(summary, "applied changes");
+        }
+        let (step, ending, outcome) = match &result {
+            Ok(()) => (
+                succeeded(&ks, &mut status, &attempt),
+                Ending::new(
+                    "Reconcile",
+                    Some(schedule::jittered(ks.spec.interval.as_std())),
+                    None,
+                ),
+                reasons::RECONCILIATION_SUCCEEDED,
+            ),
+            Err(error) => {
+                let step = failed(&ks, &mut status, &attempt, error);
+                let retry = ks.spec.retry_interval.as_ref().unwrap_or(&ks.spec.interval);
+                let note = match &step {
+                    StepResult::Failed { message, .. } => Some(note(&attempt, message)),
+                    StepResult::Succeeded { .. } => None,
+                };
+                let ending = Ending {
+                    retry: Retry::After(schedule::jittered(retry.as_std())),
+                    failure_note: note,
+                    ..Ending::new("Reconcile", None, None)
+                };
+                (step, ending, error.reason())
+            }
+        };
+        let action = conclude(self, &*ks, &mut status, &step, ending).await;
+        // Compared with what is there now: the progressing status, when one was written.
+        let current = attempt.progressing.as_ref().or(previous.as_ref());
+        record_history(&mut status, current, &attempt, outcome, started.elapsed());
+        if apply_status(api, &*ks, current, &status, STATUS_FIELD_MANAGER).await? {
+            self.metrics.request();
+            self.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(action)
     }
 
     async fn cleanup(&self, ks: Arc<Kustomization>) -> Result<Action, ControllerError> {
@@ -495,60 +539,6 @@ async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, Controller
         );
     }
     Ok(Action::await_change())
-}
-
-/// One reconcile of a live object: run the steps, summarise, write status once.
-async fn apply(
-    api: &Api<Kustomization>,
-    ks: &Kustomization,
-    ctx: &Context,
-) -> Result<Action, ControllerError> {
-    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-    let started = std::time::Instant::now();
-    let previous = ks.status.clone();
-    let mut status = previous.clone().unwrap_or_default();
-
-    let mut attempt = Attempt::default();
-    let result = reconcile::run(ks, ctx, &mut attempt).await;
-
-    status.observed_generation = ks.metadata.generation;
-    status.last_handled_reconcile_at = handled_reconcile_at(
-        ks.annotations().into(),
-        previous
-            .as_ref()
-            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
-    );
-    if let Some(revision) = &attempt.revision {
-        status.last_attempted_revision = Some(revision.clone());
-    }
-    if let Some(inventory) = attempt.inventory.take() {
-        status.inventory = Some(inventory);
-    }
-    if !checks_health(ks) {
-        condition::remove_condition(&mut status.conditions, types::HEALTHY);
-    }
-    if attempt.changes.wrote() {
-        let summary = attempt.redactor.redact(&attempt.changes.summary());
-        tracing::info!(summary, "applied changes");
-    }
-    let (action, outcome) = match &result {
-        Ok(()) => (
-            succeeded(ks, ctx, &mut status, &attempt).await,
-            reasons::RECONCILIATION_SUCCEEDED,
-        ),
-        Err(error) => (
-            failed(ks, ctx, &mut status, &attempt, error).await,
-            error.reason(),
-        ),
-    };
-    // Compared with what is there now: the progressing status, when one was written.
-    let current = attempt.progressing.as_ref().or(previous.as_ref());
-    record_history(&mut status, current, &attempt, outcome, started.elapsed());
-    if apply_status(api, ks, current, &status, STATUS_FIELD_MANAGER).await? {
-        ctx.metrics.request();
-        ctx.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(action)
 }
 
 /// Records the reconcile in `status.history` once the manifests were built (as Flux does,
@@ -601,16 +591,13 @@ fn note(attempt: &Attempt, message: &str) -> String {
     }
 }
 
-/// Records success: Ready=True, Healthy=True when checked, the applied revision; an event when
-/// something was written or the revision is new.
-async fn succeeded(
+/// Records success: Healthy=True when checked, the applied revision; announced when something
+/// was written or the revision is new.
+fn succeeded(
     ks: &Kustomization,
-    ctx: &Context,
     status: &mut KustomizationStatus,
     attempt: &Attempt,
-) -> Action {
-    let generation = ks.metadata.generation;
-    ctx.backoff.succeeded(&object_key(ks));
+) -> StepResult {
     let revision = attempt.revision.clone().unwrap_or_default();
     let message = format!("Applied revision: {revision}");
     if checks_health(ks) {
@@ -622,7 +609,7 @@ async fn succeeded(
                 reasons::SUCCEEDED,
                 "Health check passed",
             )
-            .for_generation(generation),
+            .for_generation(ks.metadata.generation),
         );
     }
     let new_revision = status.last_applied_revision.as_deref() != Some(revision.as_str());
@@ -630,69 +617,37 @@ async fn succeeded(
     status
         .last_applied_origin_revision
         .clone_from(&attempt.origin_revision);
-    let mut result = StepResult::succeeded(reasons::RECONCILIATION_SUCCEEDED, &message);
+    let result = StepResult::succeeded(reasons::RECONCILIATION_SUCCEEDED, &message);
     if attempt.changes.wrote() || new_revision {
-        result = result.announcing(reasons::RECONCILIATION_SUCCEEDED, note(attempt, &message));
+        result.announcing(reasons::RECONCILIATION_SUCCEEDED, note(attempt, &message))
+    } else {
+        result
     }
-    let schedule = Schedule {
-        after_success: Some(schedule::jittered(ks.spec.interval.as_std())),
-        retry: Duration::ZERO,
-        retry_cap: None,
-    };
-    let decision = decide(&status.conditions, generation, &result, &schedule);
-    status.conditions = decision.conditions;
-    ctx.events
-        .announce(ks, decision.event.as_ref(), "Reconcile")
-        .await;
-    decision.action
 }
 
-/// Records a failure: Ready=False with the error's reason, Reconciling or Stalled, Healthy=False
-/// when health failed, an event; the last applied revision stays.
-async fn failed(
+/// Records a failure: Healthy=False when health failed (Ready, Reconciling or Stalled follow
+/// from the step result); the last applied revision stays.
+fn failed(
     ks: &Kustomization,
-    ctx: &Context,
     status: &mut KustomizationStatus,
     attempt: &Attempt,
     error: &KustomizeError,
-) -> Action {
-    let generation = ks.metadata.generation;
-    let reason = error.reason();
-    let message = attempt.redactor.redact(&weir_runtime::chain(error));
-    tracing::warn!(reason, error = message, "reconcile failed");
-    if attempt.healthy == Some(false) {
+) -> StepResult {
+    let result = StepResult::failed(error, &attempt.redactor);
+    if let (
+        Some(false),
+        StepResult::Failed {
+            reason, message, ..
+        },
+    ) = (attempt.healthy, &result)
+    {
         condition::set_condition(
             &mut status.conditions,
-            Condition::new(types::HEALTHY, ConditionStatus::False, reason, &message)
-                .for_generation(generation),
+            Condition::new(types::HEALTHY, ConditionStatus::False, reason, message)
+                .for_generation(ks.metadata.generation),
         );
     }
-    let retry = ks
-        .spec
-        .retry_interval
-        .as_ref()
-        .unwrap_or(&ks.spec.interval)
-        .as_std();
-    let result = StepResult::Failed {
-        reason: reason.to_owned(),
-        disposition: error.disposition(),
-        message,
-    };
-    let schedule = Schedule {
-        after_success: None,
-        retry: schedule::jittered(retry),
-        retry_cap: None,
-    };
-    let mut decision = decide(&status.conditions, generation, &result, &schedule);
-    status.conditions = decision.conditions;
-    // The event says what was changed before the failure, too.
-    if let (Some(event), StepResult::Failed { message, .. }) = (&mut decision.event, &result) {
-        event.message = note(attempt, message);
-    }
-    ctx.events
-        .announce(ks, decision.event.as_ref(), "Reconcile")
-        .await;
-    decision.action
+    result
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub async fn run(
         return Err(KustomizeError::AccessDenied(source_key));
     }
     ctx.metrics.request();
-    let source = Api::<GitRepository>::namespaced(ctx.client.clone(), &source_ns)
+    let source = Api::<GitRepository>::namespaced(ctx.base.client.clone(), &source_ns)
         .get_opt(&spec.source_ref.name)
         .await
         .map_err(KustomizeError::Kube)?
@@ -201,8 +201,10 @@ async fn mark_progressing(
         "Fetching manifests for revision {revision} with a timeout of {}",
         weir_api::duration::go_format(timeout)
     );
-    let api =
-        Api::<Kustomization>::namespaced(ctx.client.clone(), &ks.namespace().unwrap_or_default());
+    let api = Api::<Kustomization>::namespaced(
+        ctx.base.client.clone(),
+        &ks.namespace().unwrap_or_default(),
+    );
     let mut progress = Progress::new(&api, ks, crate::STATUS_FIELD_MANAGER);
     if progress.mark(&fetching).await {
         ctx.metrics.request();
@@ -364,7 +366,7 @@ async fn check_dependencies(
         let ns = dep.namespace.clone().unwrap_or_else(|| namespace.clone());
         let key = format!("{ns}/{}", dep.name);
         ctx.metrics.request();
-        let found = Api::<Kustomization>::namespaced(ctx.client.clone(), &ns)
+        let found = Api::<Kustomization>::namespaced(ctx.base.client.clone(), &ns)
             .get_opt(&dep.name)
             .await
             .map_err(KustomizeError::Kube)?;
@@ -455,25 +457,27 @@ async fn substitute_variables(
         ctx.metrics.request();
         let data: Option<BTreeMap<String, String>> = match source.kind {
             SubstituteKind::ConfigMap => {
-                Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
+                Api::<ConfigMap>::namespaced(ctx.base.client.clone(), &namespace)
                     .get_opt(&source.name)
                     .await
                     .map_err(KustomizeError::Kube)?
                     .map(|cm| cm.data.unwrap_or_default())
             }
-            SubstituteKind::Secret => Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-                .get_opt(&source.name)
-                .await
-                .map_err(KustomizeError::Kube)?
-                .map(|s| {
-                    s.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .chain(s.string_data.unwrap_or_default())
-                        .inspect(|(_, v)| redactor.add(v.clone()))
-                        .collect()
-                }),
+            SubstituteKind::Secret => {
+                Api::<Secret>::namespaced(ctx.base.client.clone(), &namespace)
+                    .get_opt(&source.name)
+                    .await
+                    .map_err(KustomizeError::Kube)?
+                    .map(|s| {
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                            .chain(s.string_data.unwrap_or_default())
+                            .inspect(|(_, v)| redactor.add(v.clone()))
+                            .collect()
+                    })
+            }
         };
         match data {
             Some(data) => vars.extend(data),
@@ -543,7 +547,7 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
         .filter(|sa| !sa.is_empty())
         .or(ctx.config.lockdown.default_service_account.as_ref())
     else {
-        return Ok(ctx.client.clone());
+        return Ok(ctx.base.client.clone());
     };
     let namespace = ks.namespace().unwrap_or_default();
     let mut config = ctx.kube_config.clone();

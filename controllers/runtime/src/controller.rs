@@ -33,6 +33,7 @@ use weir_api::{meta::FINALIZER, status::Reconciled};
 
 use crate::{
     ControllerError,
+    events::EventPublisher,
     schedule::Backoff,
     watches::{Watched, Watches},
 };
@@ -42,13 +43,40 @@ pub trait Object: Watched + Reconciled + Serialize {}
 
 impl<K> Object for K where K: Watched + Reconciled + Serialize {}
 
-/// What a controller's shared context gives the runtime, whatever kinds it reconciles.
-pub trait Runtime: Send + Sync + 'static {
+/// What the runtime needs of every controller's context, whatever kinds it reconciles.
+pub struct Base {
     /// The client objects are read and written with.
-    fn client(&self) -> &Client;
-
+    pub client: Client,
+    /// The controller's Events.
+    pub events: EventPublisher,
     /// The per-object backoff failed reconciles are retried with.
-    fn backoff(&self) -> &Backoff;
+    pub backoff: Backoff,
+}
+
+impl Debug for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Base")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Base {
+    /// A controller reporting its Events as `component`, with the default backoff.
+    #[must_use]
+    pub fn new(client: Client, component: &str) -> Self {
+        Self {
+            events: EventPublisher::new(client.clone(), component),
+            client,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A controller's shared context, as the runtime sees it.
+pub trait Runtime: Send + Sync + 'static {
+    /// The client, Events and backoff of the controller.
+    fn base(&self) -> &Base;
 }
 
 /// One controller's reconcile of kind `K`; implemented by the controller's shared context.
@@ -121,7 +149,7 @@ where
 {
     let span = tracing::info_span!("reconcile", object = %object_key(&*obj));
     let api: Api<K> = Api::namespaced(
-        reconciler.client().clone(),
+        reconciler.base().client.clone(),
         &obj.namespace().unwrap_or_default(),
     );
     let observed = obj.clone();
@@ -132,7 +160,11 @@ where
                 Ok(Action::await_change())
             }
             FinalizerEvent::Apply(obj) => reconciler.apply(&api, obj).await,
-            FinalizerEvent::Cleanup(obj) => reconciler.cleanup(obj).await,
+            FinalizerEvent::Cleanup(obj) => {
+                // A deleted object's failures are forgotten with it.
+                reconciler.base().backoff.succeeded(&object_key(&*obj));
+                reconciler.cleanup(obj).await
+            }
         }
     });
     crate::metrics::measured(&*observed, steps)
@@ -148,7 +180,7 @@ where
 {
     let key = object_key(&*obj);
     tracing::warn!(error = %crate::chain(error), object = key, "reconcile failed");
-    Action::requeue(reconciler.backoff().failed(&key))
+    Action::requeue(reconciler.base().backoff.failed(&key))
 }
 
 /// Reports one item of `Controller::run`'s stream. A failed reconcile was already logged, with

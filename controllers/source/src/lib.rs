@@ -14,18 +14,15 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::AtomicU64},
-    time::Duration,
 };
 
 use kube::{Api, Client, ResourceExt, runtime::controller::Action};
-use weir_api::{
-    GitRepository, GitRepositoryStatus, condition, meta::handled_reconcile_at, reasons, types,
-};
+use weir_api::{GitRepository, GitRepositoryStatus, condition, reasons, types};
 use weir_runtime::{
-    ControllerError, Failure,
-    controller::{AbortOnDropHandle, Reconciler, Runtime, Synced},
-    decision::{Schedule, StepResult, decide},
-    events::EventPublisher,
+    ControllerError,
+    conclude::{Ending, conclude},
+    controller::{AbortOnDropHandle, Base, Reconciler, Runtime, Synced},
+    decision::StepResult,
     schedule,
     status::apply_status,
     watches::Watches,
@@ -102,10 +99,9 @@ impl weir_runtime::metrics::Counters for Metrics {
 
 /// Shared by the reconciles of one controller; never by two controllers.
 pub struct Context {
-    pub client: Client,
+    /// The client, Events and backoff the runtime uses.
+    pub base: Base,
     pub storage: Storage,
-    pub events: EventPublisher,
-    pub backoff: schedule::Backoff,
     pub metrics: Arc<Metrics>,
     pub in_flight: weir_git::bounded::InFlight,
 }
@@ -201,10 +197,8 @@ pub async fn start(
 
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        base: Base::new(client.clone(), CONTROLLER_NAME),
         storage,
-        events: EventPublisher::new(client.clone(), CONTROLLER_NAME),
-        backoff: schedule::Backoff::default(),
         metrics: metrics.clone(),
         in_flight: weir_git::bounded::InFlight::default(),
     });
@@ -254,136 +248,114 @@ fn watch_includes(
     })
 }
 
-fn object_key(repo: &GitRepository) -> String {
-    weir_runtime::controller::object_key(repo)
-}
-
 impl Runtime for Context {
-    fn client(&self) -> &Client {
-        &self.client
-    }
-
-    fn backoff(&self) -> &schedule::Backoff {
-        &self.backoff
+    fn base(&self) -> &Base {
+        &self.base
     }
 }
 
+/// One reconcile of a live object: run the steps, conclude, write status once. Deleting a
+/// GitRepository removes all its artifacts.
 impl Reconciler<GitRepository> for Context {
     async fn apply(
         &self,
         api: &Api<GitRepository>,
         repo: Arc<GitRepository>,
     ) -> Result<Action, ControllerError> {
-        apply(api, &repo, self).await
+        use std::sync::atomic::Ordering;
+        self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+        let previous = repo.status.clone();
+        let mut status = previous.clone().unwrap_or_default();
+
+        // A new generation is work in progress from the start (Flux's message); a new upstream
+        // revision is marked when it is found, unless this already was.
+        let mut progress = Progress::new(api, &repo, FIELD_MANAGER);
+        if let Some(message) = weir_runtime::progress::new_generation(
+            previous.as_ref().and_then(|s| s.observed_generation),
+            repo.metadata.generation,
+        ) {
+            progress.mark(&message).await;
+        }
+        let (result, redactor, included) = steps(&repo, self, &mut status, &mut progress).await;
+        let interval = repo.spec.interval.as_std();
+        let result = match result {
+            Ok((outcome, verified)) => {
+                let (artifact, result) = succeeded(&mut status, &repo, outcome, &redactor);
+                status.artifact = Some(artifact);
+                status.observed_ignore.clone_from(&repo.spec.ignore);
+                include::record(&mut status, &repo.spec, included);
+                verify::record_success(&mut status, &repo, verified.as_ref());
+                result
+            }
+            Err(error) => failed(&repo, &mut status, &error, &redactor),
+        };
+        let ending = Ending::new("Fetch", Some(schedule::jittered(interval)), Some(interval));
+        let action = conclude(self, &*repo, &mut status, &result, ending).await;
+        // Compared with what the object holds now: a progressing status written above must be
+        // replaced even when the outcome equals the status before it.
+        let current = progress.into_written().or(previous);
+        apply_status(api, &*repo, current.as_ref(), &status, FIELD_MANAGER).await?;
+        Ok(action)
     }
 
     async fn cleanup(&self, repo: Arc<GitRepository>) -> Result<Action, ControllerError> {
-        cleanup(&repo, self)
-    }
-}
-
-/// Deleting a GitRepository removes all its artifacts.
-fn cleanup(repo: &GitRepository, ctx: &Context) -> Result<Action, ControllerError> {
-    let dir = Storage::object_dir(
-        "GitRepository",
-        &repo.namespace().unwrap_or_default(),
-        &repo.name_any(),
-    )
-    .map_err(ControllerError::cleanup)?;
-    ctx.storage
-        .remove_object(&dir)
+        let dir = Storage::object_dir(
+            "GitRepository",
+            &repo.namespace().unwrap_or_default(),
+            &repo.name_any(),
+        )
         .map_err(ControllerError::cleanup)?;
-    tracing::info!(dir, "removed artifacts");
-    Ok(Action::await_change())
+        self.storage
+            .remove_object(&dir)
+            .map_err(ControllerError::cleanup)?;
+        tracing::info!(dir, "removed artifacts");
+        Ok(Action::await_change())
+    }
 }
 
-/// One reconcile of a live object: run the steps, summarise, write status once.
-async fn apply(
-    api: &Api<GitRepository>,
+/// Records success: `ArtifactInStorage=True`, the failure conditions removed; announces a new
+/// artifact. Returns the artifact to publish and the step result.
+fn succeeded(
+    status: &mut GitRepositoryStatus,
     repo: &GitRepository,
-    ctx: &Context,
-) -> Result<Action, ControllerError> {
-    use std::sync::atomic::Ordering;
-    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-    let key = object_key(repo);
-    let previous = repo.status.clone();
-    let mut status = previous.clone().unwrap_or_default();
-    let generation = repo.metadata.generation;
-
-    // A new generation is work in progress from the start (Flux's message); a new upstream
-    // revision is marked when it is found, unless this already was.
-    let mut progress = Progress::new(api, repo, FIELD_MANAGER);
-    if let Some(message) = weir_runtime::progress::new_generation(
-        previous.as_ref().and_then(|s| s.observed_generation),
-        generation,
-    ) {
-        progress.mark(&message).await;
-    }
-    let (result, redactor, included) = steps(repo, ctx, &mut status, &mut progress).await;
-
-    status.observed_generation = generation;
-    status.last_handled_reconcile_at = handled_reconcile_at(
-        repo.annotations().into(),
-        previous
-            .as_ref()
-            .and_then(|s| s.last_handled_reconcile_at.as_deref()),
-    );
-    let action = match result {
-        Ok((outcome, verified)) => {
-            ctx.backoff.succeeded(&key);
-            let (artifact, new) = match outcome {
-                SourceOutcome::Unchanged(a) => (a, None),
-                SourceOutcome::NewArtifact {
-                    artifact,
-                    commit_summary,
-                } => (artifact, Some(commit_summary)),
-            };
-            let message = format!("stored artifact for revision '{}'", artifact.revision);
-            condition::remove_condition(&mut status.conditions, types::FETCH_FAILED);
-            condition::remove_condition(&mut status.conditions, types::STORAGE_OPERATION_FAILED);
-            condition::remove_condition(&mut status.conditions, types::ARTIFACT_OUTDATED);
-            condition::set_condition(
-                &mut status.conditions,
-                weir_api::Condition::new(
-                    types::ARTIFACT_IN_STORAGE,
-                    weir_api::ConditionStatus::True,
-                    reasons::SUCCEEDED,
-                    &message,
-                )
-                .for_generation(generation),
-            );
-            let mut result = StepResult::succeeded(reasons::SUCCEEDED, message);
-            if let Some(summary) = new {
-                let note = redactor.redact(&format!(
-                    "stored artifact for commit '{summary}', revision '{}'",
-                    artifact.revision
-                ));
-                result = result.announcing("NewArtifact", note);
-                tracing::info!(revision = artifact.revision, "stored new artifact");
-            }
-            let schedule = Schedule {
-                after_success: Some(schedule::jittered(repo.spec.interval.as_std())),
-                retry: Duration::ZERO,
-                retry_cap: None,
-            };
-            let decision = decide(&status.conditions, generation, &result, &schedule);
-            status.conditions = decision.conditions;
-            ctx.events
-                .announce(repo, decision.event.as_ref(), "Fetch")
-                .await;
-            status.artifact = Some(artifact);
-            status.observed_ignore.clone_from(&repo.spec.ignore);
-            include::record(&mut status, &repo.spec, included);
-            verify::record_success(&mut status, repo, verified.as_ref());
-            decision.action
-        }
-        Err(error) => failed(repo, ctx, &mut status, &error, &redactor, &key).await,
+    outcome: SourceOutcome,
+    redactor: &weir_runtime::Redactor,
+) -> (weir_api::Artifact, StepResult) {
+    let (artifact, new) = match outcome {
+        SourceOutcome::Unchanged(a) => (a, None),
+        SourceOutcome::NewArtifact {
+            artifact,
+            commit_summary,
+        } => (artifact, Some(commit_summary)),
     };
-    // Compared with what the object holds now: a progressing status written above must be
-    // replaced even when the outcome equals the status before it.
-    let current = progress.into_written().or(previous);
-    apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
-    Ok(action)
+    let message = format!("stored artifact for revision '{}'", artifact.revision);
+    for stale in [
+        types::FETCH_FAILED,
+        types::STORAGE_OPERATION_FAILED,
+        types::ARTIFACT_OUTDATED,
+    ] {
+        condition::remove_condition(&mut status.conditions, stale);
+    }
+    condition::set_condition(
+        &mut status.conditions,
+        weir_api::Condition::new(
+            types::ARTIFACT_IN_STORAGE,
+            weir_api::ConditionStatus::True,
+            reasons::SUCCEEDED,
+            &message,
+        )
+        .for_generation(repo.metadata.generation),
+    );
+    let mut result = StepResult::succeeded(reasons::SUCCEEDED, message);
+    if let Some(summary) = new {
+        let note = redactor.redact(&format!(
+            "stored artifact for commit '{summary}', revision '{}'",
+            artifact.revision
+        ));
+        result = result.announcing("NewArtifact", note);
+        tracing::info!(revision = artifact.revision, "stored new artifact");
+    }
+    (artifact, result)
 }
 
 /// The steps: credentials, the included artifacts, the source. Returns the outcome, the
@@ -424,7 +396,7 @@ async fn included_artifacts(
     status: &mut GitRepositoryStatus,
     progress: &mut Progress<'_>,
 ) -> Result<Vec<weir_api::Artifact>, SourceError> {
-    let included = include::fetch_includes(&ctx.client, repo).await?;
+    let included = include::fetch_includes(&ctx.base.client, repo).await?;
     condition::remove_condition(&mut status.conditions, types::INCLUDE_UNAVAILABLE);
     include::observe(repo, status, &included, progress).await;
     Ok(included)
@@ -436,45 +408,30 @@ async fn included_artifacts(
 /// nothing new writes nothing here.
 pub type Progress<'a> = weir_runtime::progress::Progress<'a, GitRepository>;
 
-/// Records a failure: the negative-polarity condition, Ready=False, Reconciling or Stalled, an
-/// event; the last good artifact stays in status.
-async fn failed(
+/// Records a failure: the negative-polarity condition (Ready, Reconciling or Stalled follow
+/// from the step result); the last good artifact stays in status.
+fn failed(
     repo: &GitRepository,
-    ctx: &Context,
     status: &mut GitRepositoryStatus,
     error: &SourceError,
     redactor: &weir_runtime::Redactor,
-    key: &str,
-) -> Action {
-    let generation = repo.metadata.generation;
-    let (reason, message) = (error.reason(), redactor.redact(&weir_runtime::chain(error)));
-    tracing::warn!(reason, error = message, "reconcile failed");
+) -> StepResult {
+    let result = StepResult::failed(error, redactor);
     verify::record_failure(status, error);
-    condition::set_condition(
-        &mut status.conditions,
-        weir_api::Condition::new(
-            error.condition_type(),
-            error.condition_status(),
-            reason,
-            &message,
-        )
-        .for_generation(generation),
-    );
-    let result = StepResult::Failed {
-        reason: reason.to_owned(),
-        disposition: error.disposition(),
-        message,
-    };
-    let interval = repo.spec.interval.as_std();
-    let schedule = Schedule {
-        after_success: Some(interval),
-        retry: ctx.backoff.failed(key),
-        retry_cap: Some(interval),
-    };
-    let decision = decide(&status.conditions, generation, &result, &schedule);
-    status.conditions = decision.conditions;
-    ctx.events
-        .announce(repo, decision.event.as_ref(), "Fetch")
-        .await;
-    decision.action
+    if let StepResult::Failed {
+        reason, message, ..
+    } = &result
+    {
+        condition::set_condition(
+            &mut status.conditions,
+            weir_api::Condition::new(
+                error.condition_type(),
+                error.condition_status(),
+                reason,
+                message,
+            )
+            .for_generation(repo.metadata.generation),
+        );
+    }
+    result
 }

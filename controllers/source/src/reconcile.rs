@@ -34,7 +34,7 @@ pub async fn load_credentials(
     repo: &GitRepository,
     ctx: &Context,
 ) -> Result<(String, Credentials, Redactor), SourceError> {
-    let access = weir_git::credentials::for_repository(&ctx.client, repo).await?;
+    let access = weir_git::credentials::for_repository(&ctx.base.client, repo).await?;
     Ok((access.url, access.credentials, access.redactor))
 }
 
@@ -315,7 +315,7 @@ pub async fn reconcile_source(
             None => "building artifact".to_owned(),
         })
         .await;
-    let verify_with = Verifier::load(&ctx.client, repo).await?;
+    let verify_with = Verifier::load(&ctx.base.client, repo).await?;
     let (artifact_path, summary, commit) = fetch_and_store(
         ctx,
         &in_flight_key,

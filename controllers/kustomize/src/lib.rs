@@ -55,7 +55,7 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef},
 };
 use weir_api::{
@@ -376,7 +376,7 @@ pub async fn start(
     let mut config = config;
     config.kustomize_path = build::find_binary(&config.kustomize_path)
         .ok_or_else(|| StartError::KustomizeNotFound(config.kustomize_path.clone()))?;
-    let client = Client::try_from(kube_config.clone()).map_err(StartError::Client)?;
+    let client = weir_runtime::metrics::client(kube_config.clone()).map_err(StartError::Client)?;
     let fetcher = ArtifactFetcher::new(config.cache_dir.clone(), config.artifact_limits)
         .map_err(StartError::Cache)?;
     let metrics = Arc::new(Metrics::default());

@@ -553,7 +553,7 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
     let mut config = ctx.kube_config.clone();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
     config.auth_info.impersonate_groups = None;
-    Client::try_from(config).map_err(|source| KustomizeError::Impersonation {
+    weir_runtime::metrics::client(config).map_err(|source| KustomizeError::Impersonation {
         account: sa.clone(),
         source,
     })

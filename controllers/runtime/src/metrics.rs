@@ -7,7 +7,10 @@
 //! - `gotk_reconcile_condition{kind,name,namespace,type,status}`: 1 for the `Ready` condition's
 //!   current status (`True`, `False`, `Unknown`, or `Deleted` once the object is being deleted)
 //!   and 0 for the others, as Flux sets it;
-//! - `weir_status_writes_total{kind}`: status writes (skipped ones are not counted).
+//! - `weir_status_writes_total{kind}`: status writes (skipped ones are not counted);
+//! - `weir_api_requests_total{verb,dry_run}`: every request a [`client`] sends to the API server
+//!   (`verb`: get — lists too —, watch, create, update, patch, delete; `dry_run`: true for
+//!   server-side dry runs), counted in the client's tower stack, so no call site can forget it.
 //!
 //! The families are process-wide, as controller-runtime's registry is in Go: every controller of
 //! the process records into them, and `weir controllers` registers them once with [`register`].
@@ -55,6 +58,12 @@ struct KindLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: &'static str,
+    dry_run: bool,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(10e-9, 10.0, 10))
 }
@@ -66,6 +75,7 @@ struct Reconciles {
     suspend: Family<ObjectLabels, Gauge>,
     condition: Family<ConditionLabels, Gauge>,
     status_writes: Family<KindLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
 }
 
 fn reconciles() -> &'static Reconciles {
@@ -75,6 +85,7 @@ fn reconciles() -> &'static Reconciles {
         suspend: Family::default(),
         condition: Family::default(),
         status_writes: Family::default(),
+        requests: Family::default(),
     })
 }
 
@@ -101,6 +112,47 @@ pub fn register(registry: &mut Registry) {
         "Status writes, by kind.",
         m.status_writes.clone(),
     );
+    registry.register(
+        "weir_api_requests",
+        "Requests to the Kubernetes API server, by verb and dry run.",
+        m.requests.clone(),
+    );
+}
+
+/// A client of `config` whose requests are counted in `weir_api_requests_total`: every
+/// controller of the process makes its clients (impersonating ones too) through this.
+pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::util::MapRequestLayer::new(count_request))
+        .build())
+}
+
+/// Counts one request by its verb, as the API server's audit log names it.
+fn count_request<B>(request: http::Request<B>) -> http::Request<B> {
+    let query = request.uri().query().unwrap_or_default();
+    let param = |name: &str, values: &[&str]| {
+        query.split('&').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, v)| k == name && values.contains(&v))
+        })
+    };
+    let verb = match *request.method() {
+        http::Method::GET if param("watch", &["true", "1"]) => "watch",
+        http::Method::GET => "get",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    };
+    reconciles()
+        .requests
+        .get_or_create(&RequestLabels {
+            verb,
+            dry_run: param("dryRun", &["All"]),
+        })
+        .inc();
+    request
 }
 
 fn object_labels<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectLabels {
@@ -288,6 +340,64 @@ mod tests {
         }
         assert!(
             text.contains(r#"weir_status_writes_total{kind="Kustomization"} "#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn requests_are_counted_by_verb_and_dry_run() {
+        let mut registry = Registry::default();
+        register(&mut registry);
+        let count = |verb: &'static str, dry_run: bool| {
+            reconciles()
+                .requests
+                .get_or_create(&RequestLabels { verb, dry_run })
+                .get()
+        };
+        let before = [
+            count("watch", false),
+            count("get", false),
+            count("patch", true),
+            count("patch", false),
+            count("delete", false),
+        ];
+        for (method, uri) in [
+            (
+                "GET",
+                "/api/v1/namespaces/a/configmaps?watch=true&resourceVersion=1",
+            ),
+            ("GET", "/api/v1/namespaces/a/configmaps?watch=false"),
+            (
+                "PATCH",
+                "/api/v1/namespaces/a/configmaps/x?dryRun=All&fieldManager=weir",
+            ),
+            (
+                "PATCH",
+                "/api/v1/namespaces/a/configmaps/x?fieldManager=weir&force=true",
+            ),
+            ("DELETE", "/api/v1/namespaces/a/configmaps/x"),
+        ] {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .unwrap();
+            count_request(request);
+        }
+        let after = [
+            count("watch", false),
+            count("get", false),
+            count("patch", true),
+            count("patch", false),
+            count("delete", false),
+        ];
+        // Other tests of this process may count too, never fewer.
+        for (b, a) in before.iter().zip(after) {
+            assert!(a > *b, "{before:?} -> {after:?}");
+        }
+        let text = render(&registry);
+        assert!(
+            text.contains(r#"weir_api_requests_total{verb="patch",dry_run="true"} "#),
             "{text}"
         );
     }

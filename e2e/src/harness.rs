@@ -9,11 +9,11 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::OnceCell;
 
+use crate::Error;
 use crate::charts::ChartRepository;
 use crate::git::GitServer;
 use crate::namespace::TestNamespace;
 use crate::registry::{Registry, RegistryCredentials};
-use crate::{Error, wait_until_within};
 
 /// Field manager for the CRDs: the one `cluster.sh up` applies them with, so each apply owns
 /// every field and a field removed from `crds/` is removed from the cluster too.
@@ -175,11 +175,12 @@ impl Harness {
             names.push(name);
         }
         for name in names {
-            let crds = crds.clone();
-            wait_until_within(
+            crate::wait::await_within(
+                &crds,
+                &name,
                 &format!("CRD {name} to be Established"),
                 Duration::from_secs(60),
-                || crd_is_established(&crds, &name),
+                kube::runtime::wait::conditions::is_crd_established(),
             )
             .await?;
         }
@@ -274,28 +275,6 @@ pub(crate) fn read_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
             })
         })
         .collect()
-}
-
-async fn crd_is_established(
-    crds: &Api<CustomResourceDefinition>,
-    name: &str,
-) -> Result<(), String> {
-    let crd = crds.get(name).await.map_err(|e| e.to_string())?;
-    let established = crd
-        .status
-        .and_then(|status| status.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|condition| condition.type_ == "Established");
-    match established {
-        Some(condition) if condition.status == "True" => Ok(()),
-        Some(condition) => Err(format!(
-            "Established={} ({})",
-            condition.status,
-            condition.message.unwrap_or_default()
-        )),
-        None => Err("no Established condition yet".to_owned()),
-    }
 }
 
 /// The harness's `KEY=value` settings and where they came from.

@@ -43,7 +43,7 @@ pub use proxy::LoopbackProxy;
 pub use registry::{PushedImage, Registry, RegistryCredentials};
 pub use signing::{GitSigning, GpgKey, SshSigningKey};
 pub use wait::{
-    DEFAULT_DEADLINE, Seen, wait_gone, wait_ready, wait_seen, wait_until, wait_until_within,
-    watch_reconciling,
+    DEFAULT_DEADLINE, Seen, await_within, wait_gone, wait_ready, wait_seen, wait_until,
+    wait_until_within, watch_reconciling,
 };
 pub use weir_runtime::watches::Watches;

@@ -67,10 +67,14 @@ impl TestNamespace {
                 let client = harness.client()?;
                 // Delete the namespace even when releasing failed; report the first error.
                 let released = release_custom_resources(&client, &name).await;
-                Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::background())
-                    .await
-                    .map_err(Error::kube(format!("deleting test namespace {name}")))?;
+                // A test may have deleted its namespace itself.
+                ignore_not_found(
+                    Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await
+                        .map(drop),
+                )
+                .map_err(Error::kube(format!("deleting test namespace {name}")))?;
                 released
             })
         })

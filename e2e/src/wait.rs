@@ -99,24 +99,54 @@ where
     .await
 }
 
-/// Waits until `name` no longer exists in `api` (its finalizers, if any, done).
+/// Waits until `name` no longer exists in `api` (its finalizers, if any, done), through a watch
+/// (kube-runtime's `await_condition`), for at most [`DEFAULT_DEADLINE`].
 pub async fn wait_gone<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let kind = K::kind(&());
-    wait_until(&format!("{kind} {name} to be gone"), || async move {
-        match api.get_opt(name).await {
-            Ok(None) => Ok(()),
-            Ok(Some(object)) => Err(format!(
-                "still there, deletionTimestamp {:?}, finalizers {:?}",
-                object.meta().deletion_timestamp,
-                object.meta().finalizers
-            )),
-            Err(e) => Err(e.to_string()),
-        }
+    let what = format!("{} {name} to be gone", K::kind(&()));
+    await_within(api, name, &what, DEFAULT_DEADLINE, |object: Option<&K>| {
+        object.is_none()
     })
     .await
+}
+
+/// Waits through a watch until `condition` (`what`) holds for `name` in `api`, for at most
+/// `deadline`; on timeout the error says what the object was like last (its deletion and
+/// finalizers).
+pub async fn await_within<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    deadline: Duration,
+    condition: impl kube::runtime::wait::Condition<K>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let awaited = kube::runtime::wait::await_condition(api.clone(), name, condition);
+    match tokio::time::timeout(deadline, awaited).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(Error::Timeout {
+            what: what.to_owned(),
+            after: Duration::ZERO,
+            last_seen: format!("the watch failed: {error}"),
+        }),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_owned(),
+            after: deadline,
+            last_seen: match api.get_opt(name).await {
+                Ok(None) => "gone".to_owned(),
+                Ok(Some(object)) => format!(
+                    "deletionTimestamp {:?}, finalizers {:?}",
+                    object.meta().deletion_timestamp,
+                    object.meta().finalizers
+                ),
+                Err(e) => e.to_string(),
+            },
+        }),
+    }
 }
 
 /// Every `(reason, message, Ready's status)` a watch of one object saw its `Reconciling`

@@ -1,7 +1,7 @@
 //! The image controller under test, in-process and scoped to its own namespace, and the helpers
 //! every image test uses.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::object::HasStatus;
 use kube::{
@@ -14,9 +14,7 @@ use weir_api::{
     Condition, ImagePolicy, ImageRepository, condition::find_condition, manifest,
     status::ObjectStatus, types,
 };
-use weir_e2e::{
-    ControllerConfigs, Harness, TestNamespace, Watches, unique_name, wait_gone, wait_until,
-};
+use weir_e2e::{ControllerConfigs, Harness, TestNamespace, Watches, unique_name, wait_until};
 
 /// A namespace with its own image controller watching only it.
 pub(crate) struct Fixture {
@@ -26,19 +24,17 @@ pub(crate) struct Fixture {
 }
 
 /// Anything with status conditions.
+/// The conditions of an object of any kind Weir reconciles, read through api's status trait.
 pub(crate) trait Observed {
     fn conditions(&self) -> Vec<Condition>;
 }
 
-impl Observed for ImageRepository {
+impl<K: weir_api::status::Reconciled> Observed for K {
     fn conditions(&self) -> Vec<Condition> {
-        self.status.clone().unwrap_or_default().conditions
-    }
-}
-
-impl Observed for ImagePolicy {
-    fn conditions(&self) -> Vec<Condition> {
-        self.status.clone().unwrap_or_default().conditions
+        use weir_api::status::ObjectStatus;
+        self.status()
+            .map(|status| status.conditions().to_vec())
+            .unwrap_or_default()
     }
 }
 
@@ -92,10 +88,46 @@ impl Fixture {
             + Clone
             + std::fmt::Debug,
     {
+        self.create_with_finalizers(kind, name, spec, &[]).await
+    }
+
+    /// Creates an image object as Flux leaves it behind when Weir takes over: with Flux's
+    /// finalizer already set.
+    pub(crate) async fn create_left_by_flux<K>(
+        &self,
+        kind: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + serde::Serialize
+            + Clone
+            + std::fmt::Debug,
+    {
+        self.create_with_finalizers(kind, name, spec, &[FLUX_FINALIZER])
+            .await
+    }
+
+    async fn create_with_finalizers<K>(
+        &self,
+        kind: &str,
+        name: &str,
+        spec: serde_json::Value,
+        finalizers: &[&str],
+    ) -> Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + DeserializeOwned
+            + serde::Serialize
+            + Clone
+            + std::fmt::Debug,
+    {
         let obj: K = manifest::from_value(json!({
             "apiVersion": "image.toolkit.fluxcd.io/v1",
             "kind": kind,
-            "metadata": { "name": name, "namespace": self.ns.name() },
+            "metadata": { "name": name, "namespace": self.ns.name(), "finalizers": finalizers },
             "spec": spec,
         }))?;
         Ok(self.api::<K>().create(&PostParams::default(), &obj).await?)
@@ -306,12 +338,6 @@ pub(crate) fn ready_message(conditions: &[Condition]) -> String {
         .unwrap_or_default()
 }
 
-impl Observed for weir_api::ImageUpdateAutomation {
-    fn conditions(&self) -> Vec<Condition> {
-        self.status.clone().unwrap_or_default().conditions
-    }
-}
-
 impl Fixture {
     pub(crate) async fn wait_ready_any(
         &self,
@@ -394,12 +420,16 @@ impl Fixture {
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + DeserializeOwned
             + Clone
-            + std::fmt::Debug,
+            + std::fmt::Debug
+            + Send
+            + 'static,
     {
-        let api = self.api::<K>();
-        api.delete(name, &kube::api::DeleteParams::default())
-            .await?;
-        wait_gone(&api, name).await?;
+        let params = kube::api::DeleteParams::default();
+        let deleted =
+            kube::runtime::wait::delete::delete_and_finalize(self.api::<K>(), name, &params);
+        tokio::time::timeout(weir_e2e::DEFAULT_DEADLINE, deleted)
+            .await
+            .with_context(|| format!("{name} is still there: finalizers not removed"))??;
         Ok(())
     }
 }

@@ -29,57 +29,95 @@ async fn controllers_in_one_process_watch_each_kind_once() -> Result<()> {
     Ok(())
 }
 
-/// `weir controllers` (built by `make integration`, found through `WEIR_BIN`) runs every
-/// controller in one process: `/readyz` answers once the caches have synced, and `/metrics`
-/// has Flux's reconcile metrics for every kind, so Flux's dashboards work unchanged.
+/// A `weir controllers` process (the binary `make integration` builds, found through
+/// `WEIR_BIN`) watching one namespace, its metrics and health endpoints, and its log.
+struct WeirProcess {
+    _child: tokio::process::Child,
+    http: reqwest::Client,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl WeirProcess {
+    /// Starts `weir controllers --namespace ns`, as the user of `kubeconfig` (the harness's by
+    /// default).
+    fn start(harness: &Harness, ns: &str, kubeconfig: Option<&std::path::Path>) -> Result<Self> {
+        let weir = std::env::var("WEIR_BIN")
+            .context("WEIR_BIN: the weir binary to run (make integration builds it)")?;
+        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let dir = tempfile::tempdir()?;
+        let mut command = tokio::process::Command::new(weir);
+        command
+            .args([
+                "controllers",
+                "--namespace",
+                ns,
+                "--storage-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--metrics-addr")
+            .arg(metrics_addr.to_string())
+            .arg("--storage-path")
+            .arg(dir.path().join("artifacts"))
+            .arg("--artifact-cache-path")
+            .arg(dir.path().join("cache"))
+            .arg("--kustomize-path")
+            .arg(harness.tool("kustomize"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("weir.log"))?)
+            .kill_on_drop(true);
+        if let Some(kubeconfig) = kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        Ok(Self {
+            _child: command.spawn()?,
+            http: reqwest::Client::new(),
+            base: format!("http://{metrics_addr}"),
+            dir,
+        })
+    }
+
+    /// The process's log so far, shown when a test fails.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
+    }
+
+    /// The status and body `path` answers with (an error while nothing listens yet).
+    async fn get(&self, path: &str) -> Result<(reqwest::StatusCode, String), String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// Waits until `path` answers 200.
+    async fn wait_ok(&self, path: &str) -> Result<String> {
+        wait_until(&format!("{path} to answer 200"), || async move {
+            match self.get(path).await? {
+                (status, body) if status.is_success() => Ok(body),
+                (status, body) => Err(format!("{status}: {body}")),
+            }
+        })
+        .await
+        .with_context(|| format!("weir's log:\n{}", self.log()))
+    }
+}
+
+/// `weir controllers` runs every controller in one process: `/readyz` answers once the caches
+/// have synced, and `/metrics` has Flux's reconcile metrics for every kind, so Flux's dashboards
+/// work unchanged, and Weir's count of API requests by verb.
 #[tokio::test]
 async fn weir_controllers_serves_fluxs_metrics_for_every_kind() -> Result<()> {
-    let weir = std::env::var("WEIR_BIN")
-        .context("WEIR_BIN: the weir binary to run (make integration builds it)")?;
     let harness = Harness::get().await?;
     let ns = harness.namespace().await?;
     let client = harness.client()?;
     let git = app_repo(harness)?;
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let storage = tempfile::tempdir()?;
-    let _weir = tokio::process::Command::new(weir)
-        .args([
-            "controllers",
-            "--namespace",
-            ns.name(),
-            "--storage-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--metrics-addr")
-        .arg(metrics_addr.to_string())
-        .arg("--storage-path")
-        .arg(storage.path().join("artifacts"))
-        .arg("--artifact-cache-path")
-        .arg(storage.path().join("cache"))
-        .arg("--kustomize-path")
-        .arg(harness.tool("kustomize"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(storage.path().join("weir.log"))?)
-        .kill_on_drop(true)
-        .spawn()?;
-    // The process's log, shown when the test fails.
-    let log = || std::fs::read_to_string(storage.path().join("weir.log")).unwrap_or_default();
-
-    let http = reqwest::Client::new();
-    let base = format!("http://{metrics_addr}");
-    wait_until("/readyz to answer ok", || {
-        let (http, url) = (http.clone(), format!("{base}/readyz"));
-        async move {
-            let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("{}", response.status()))
-            }
-        }
-    })
-    .await
-    .with_context(|| format!("weir's log:\n{}", log()))?;
+    let weir = WeirProcess::start(harness, ns.name(), None)?;
+    weir.wait_ok("/readyz").await?;
 
     let objects = every_kind(&git.http_url(), ns.name());
     for object in &objects {
@@ -92,31 +130,128 @@ async fn weir_controllers_serves_fluxs_metrics_for_every_kind() -> Result<()> {
     }
 
     let text = wait_until("every kind's reconciles in /metrics", || {
-        let (http, url) = (http.clone(), format!("{base}/metrics"));
-        let ns = ns.name().to_owned();
+        let (weir, ns) = (&weir, ns.name());
         async move {
-            let text = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
-            match missing_metrics(&text, &ns) {
+            let (_, text) = weir.get("/metrics").await?;
+            match missing_metrics(&text, ns) {
                 Some(missing) => Err(missing),
                 None => Ok(text),
             }
         }
     })
     .await
-    .with_context(|| format!("weir's log:\n{}", log()))?;
+    .with_context(|| format!("weir's log:\n{}", weir.log()))?;
     let suspend = format!(
         r#"gotk_suspend_status{{kind="GitRepository",name="app",namespace="{}"}} 0"#,
         ns.name()
     );
     assert!(text.contains(&suspend), "{text}");
     assert!(text.contains("weir_kustomize_reconciles_total "), "{text}");
+    for series in [
+        r#"weir_api_requests_total{verb="watch",dry_run="false"} "#,
+        r#"weir_api_requests_total{verb="patch",dry_run="true"} "#,
+        r#"weir_status_writes_total{kind="ImagePolicy"} "#,
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
+    Ok(())
+}
+
+/// `/readyz` is ready only once every cache has synced: a process whose identity may read all
+/// of Weir's kinds but ImagePolicy answers 503 while that watch is refused (its other watches
+/// run and `/healthz` is 200), and 200 as soon as it may list them.
+#[tokio::test]
+async fn readyz_waits_until_every_kinds_cache_has_synced() -> Result<()> {
+    let harness = Harness::get().await?;
+    let ns = harness.namespace().await?;
+    let client = harness.client()?;
+    let rule = |group: &str, resources: &[&str]| json!({ "apiGroups": [group], "resources": resources, "verbs": ["*"] });
+    let account =
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "weir" } });
+    create_all(
+        &client,
+        ns.name(),
+        &[
+            vec![account],
+            role_and_binding(
+                "weir",
+                &[
+                    rule("source.toolkit.fluxcd.io", &["*"]),
+                    rule("kustomize.toolkit.fluxcd.io", &["*"]),
+                    rule(
+                        "image.toolkit.fluxcd.io",
+                        &["imagerepositories", "imageupdateautomations"],
+                    ),
+                    rule("", &["events", "secrets", "configmaps"]),
+                ],
+            ),
+        ]
+        .concat(),
+    )
+    .await?;
+    let kubeconfig = tempfile::NamedTempFile::new()?;
+    let mut config: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(harness.kubeconfig_path())?)?;
+    for user in config["users"].as_array_mut().into_iter().flatten() {
+        user["user"]["as"] = json!(format!("system:serviceaccount:{}:weir", ns.name()));
+    }
+    std::fs::write(kubeconfig.path(), serde_yaml_ng::to_string(&config)?)?;
+
+    let weir = WeirProcess::start(harness, ns.name(), Some(kubeconfig.path()))?;
+    weir.wait_ok("/healthz").await?;
+    wait_until("the ImagePolicy watch to be refused", || async {
+        let log = weir.log();
+        if log.contains("watch stream error") && log.contains("imagepolicies") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await?;
+    let (status, body) = weir.get("/readyz").await.map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (503, "caches not synced"),
+        "weir's log:\n{}",
+        weir.log()
+    );
+
+    create_all(
+        &client,
+        ns.name(),
+        &role_and_binding(
+            "weir-imagepolicies",
+            &[rule("image.toolkit.fluxcd.io", &["imagepolicies"])],
+        ),
+    )
+    .await?;
+    weir.wait_ok("/readyz").await?;
+    Ok(())
+}
+
+/// A Role `name` with `rules` and its binding to the service account `weir`.
+fn role_and_binding(name: &str, rules: &[Value]) -> Vec<Value> {
+    vec![
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": { "name": name }, "rules": rules }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": { "name": name },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+                "subjects": [{ "kind": "ServiceAccount", "name": "weir" }] }),
+    ]
+}
+
+/// Creates `objects` in `ns`.
+async fn create_all(client: &kube::Client, ns: &str, objects: &[Value]) -> Result<()> {
+    for object in objects {
+        dynamic_api(client, ns, object)
+            .await?
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(object.clone())?,
+            )
+            .await?;
+    }
     Ok(())
 }
 

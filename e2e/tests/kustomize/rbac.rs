@@ -82,19 +82,7 @@ async fn a_service_account_with_rbac_applies_as_itself() -> Result<()> {
                 "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmaps" },
                 "subjects": [{ "kind": "ServiceAccount", "name": "deployer", "namespace": ns }] }),
     ];
-    for object in rbac {
-        let resource = match object["kind"].as_str() {
-            Some("ServiceAccount") => {
-                kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&())
-            }
-            Some("Role") => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::Role>(&()),
-            _ => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::RoleBinding>(&()),
-        };
-        let api: Api<kube::api::DynamicObject> =
-            Api::namespaced_with(f.client.clone(), &ns, &resource);
-        api.create(&PostParams::default(), &serde_json::from_value(object)?)
-            .await?;
-    }
+    create_rbac(&f, rbac).await?;
     f.create_ks(
         "app",
         json!({ "path": "./apps", "serviceAccountName": "deployer" }),
@@ -103,4 +91,76 @@ async fn a_service_account_with_rbac_applies_as_itself() -> Result<()> {
     f.wait_applied("app", &f.repo.head()?).await?;
     assert!(f.config_map("a").await?.is_some());
     f.teardown().await
+}
+
+/// Flux's lockdown as a tenant meets it: `--default-service-account` names an account whose
+/// Role reaches ConfigMaps of its own namespace only. A Kustomization naming no account applies
+/// its namespace's objects as that account, and one whose path writes into another namespace
+/// is refused by the API server (nothing applied, Ready=False naming the account).
+#[tokio::test]
+async fn a_locked_down_tenant_applies_only_within_its_namespace() -> Result<()> {
+    let lockdown = weir_kustomize::Lockdown {
+        no_cross_namespace_refs: true,
+        default_service_account: Some("tenant".to_owned()),
+    };
+    let escape = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: escaped\n  namespace: default\ndata:\n  key: x\n";
+    let f = Fixture::start_locked_down(
+        &[
+            ("apps/a.yaml", &config_map_yaml("a", "1")),
+            ("escape/b.yaml", escape),
+        ],
+        lockdown,
+    )
+    .await?;
+    let ns = f.ns().to_owned();
+    create_rbac(
+        &f,
+        vec![
+            json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": { "name": "tenant", "namespace": ns } }),
+            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": { "name": "tenant", "namespace": ns },
+                    "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"] }] }),
+            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": { "name": "tenant", "namespace": ns },
+                    "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
+                    "subjects": [{ "kind": "ServiceAccount", "name": "tenant", "namespace": ns }] }),
+        ],
+    )
+    .await?;
+    f.create_ks("own", json!({ "path": "./apps" })).await?;
+    f.create_ks("escape", json!({ "path": "./escape" })).await?;
+    f.wait_applied("own", &f.repo.head()?).await?;
+    assert!(f.config_map("a").await?.is_some());
+
+    let ks = f
+        .wait_failed("escape", None, reasons::RECONCILIATION_FAILED)
+        .await?;
+    let m = message(&ks);
+    assert!(
+        m.contains("forbidden") && m.contains(&format!("system:serviceaccount:{ns}:tenant")),
+        "{m}"
+    );
+    let elsewhere: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(f.client.clone(), "default");
+    assert!(elsewhere.get_opt("escaped").await?.is_none());
+    f.teardown().await
+}
+
+/// Creates the ServiceAccounts, Roles and RoleBindings `objects` in the fixture's namespace.
+async fn create_rbac(f: &Fixture, objects: Vec<Value>) -> Result<()> {
+    for object in objects {
+        let resource = match object["kind"].as_str() {
+            Some("ServiceAccount") => {
+                kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&())
+            }
+            Some("Role") => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::Role>(&()),
+            _ => kube::api::ApiResource::erase::<k8s_openapi::api::rbac::v1::RoleBinding>(&()),
+        };
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(f.client.clone(), f.ns(), &resource);
+        api.create(&PostParams::default(), &serde_json::from_value(object)?)
+            .await?;
+    }
+    Ok(())
 }

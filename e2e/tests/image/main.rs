@@ -16,3 +16,4 @@ mod policy_access;
 mod progress;
 mod scan;
 mod signing;
+mod timeouts;

@@ -58,7 +58,7 @@ impl Fixture {
     }
 
     /// The Warning events of object `name` with `reason`.
-    async fn warnings(&self, name: &str, reason: &str) -> Result<Vec<Event>> {
+    pub(crate) async fn warnings(&self, name: &str, reason: &str) -> Result<Vec<Event>> {
         Ok(
             Api::<Event>::namespaced(self.client.clone(), self.ns.name())
                 .list(&ListParams::default())

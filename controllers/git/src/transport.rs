@@ -13,7 +13,10 @@ use git2::{
     ProxyOptions, PushOptions, RemoteCallbacks, Repository,
 };
 
-use crate::known_hosts::{HostKeyError, KnownHosts};
+use crate::{
+    known_hosts::{HostKeyError, KnownHosts},
+    tls::CertificateError,
+};
 
 /// Credentials read from the secret named by `spec.secretRef`, with Flux's key names.
 #[derive(Clone, Default)]
@@ -217,12 +220,12 @@ pub struct Remote<'a> {
 /// Why a git operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("authentication failed: {0}")]
-    Authentication(String),
+    #[error("authentication failed")]
+    Authentication(#[source] AuthFailure),
     #[error("ssh host key verification failed")]
     HostKey(#[from] HostKeyError),
-    #[error("TLS certificate verification failed: {0}")]
-    Certificate(String),
+    #[error("TLS certificate verification failed")]
+    Certificate(#[source] CertificateError),
     #[error("git operation timed out")]
     Timeout,
     /// The remote refused a push that is not a fast-forward: the branch moved.
@@ -232,6 +235,20 @@ pub enum GitError {
     #[error("{0}")]
     Git(String),
     /// libgit2's own error.
+    #[error(transparent)]
+    LibGit2(LibGit2Error),
+}
+
+/// Why authentication to the remote failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFailure {
+    /// What the credentials callback found, in Weir's words.
+    #[error("{0}")]
+    Refused(&'static str),
+    /// The secret's ssh identity (or its passphrase) did not load.
+    #[error("cannot use the ssh identity")]
+    SshIdentity(#[source] LibGit2Error),
+    /// libgit2's error, when it tells of a refused authentication.
     #[error(transparent)]
     LibGit2(LibGit2Error),
 }
@@ -250,22 +267,27 @@ impl std::fmt::Display for LibGit2Error {
 impl std::error::Error for LibGit2Error {}
 
 impl From<&git2::Error> for GitError {
-    /// A copy of `error` (git2's error is not `Clone`): its code, class and message.
+    /// A copy of `error` (git2's error is not `Clone`).
     fn from(error: &git2::Error) -> Self {
-        Self::LibGit2(LibGit2Error(git2::Error::new(
-            error.code(),
-            error.class(),
-            error.message(),
-        )))
+        Self::LibGit2(copy(error))
     }
+}
+
+/// A copy of `error` (git2's error is not `Clone`): its code, class and message.
+fn copy(error: &git2::Error) -> LibGit2Error {
+    LibGit2Error(git2::Error::new(
+        error.code(),
+        error.class(),
+        error.message(),
+    ))
 }
 
 /// What the callbacks learned, beyond libgit2's own error.
 #[derive(Default)]
 struct CallbackState {
     host_key: RefCell<Option<HostKeyError>>,
-    certificate: RefCell<Option<String>>,
-    auth_failure: RefCell<Option<String>>,
+    certificate: RefCell<Option<CertificateError>>,
+    auth_failure: RefCell<Option<AuthFailure>>,
     credential_requests: Cell<u32>,
     timed_out: Cell<bool>,
 }
@@ -285,15 +307,14 @@ impl CallbackState {
         if let Some(why) = self.auth_failure.borrow_mut().take() {
             return GitError::Authentication(why);
         }
-        let message = e.message().to_owned();
-        let lower = message.to_lowercase();
+        let lower = e.message().to_lowercase();
         if e.code() == git2::ErrorCode::Auth
             || lower.contains("401")
             || lower.contains("403")
             || lower.contains("authentication")
             || lower.contains("unauthorized")
         {
-            return GitError::Authentication(message);
+            return GitError::Authentication(AuthFailure::LibGit2(copy(e)));
         }
         GitError::from(e)
     }
@@ -336,8 +357,9 @@ fn callbacks<'a>(remote: &'a Remote<'a>, state: &'a CallbackState) -> RemoteCall
             return match crate::tls::verify_server_certificate(ca, x509.data(), host) {
                 Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
                 Err(why) => {
-                    *state.certificate.borrow_mut() = Some(why.clone());
-                    Err(git2::Error::from_str(&why))
+                    let message = weir_runtime::chain(&why);
+                    *state.certificate.borrow_mut() = Some(why);
+                    Err(git2::Error::from_str(&message))
                 }
             };
         }
@@ -350,12 +372,13 @@ fn callbacks<'a>(remote: &'a Remote<'a>, state: &'a CallbackState) -> RemoteCall
         }
         let attempt = state.credential_requests.get() + 1;
         state.credential_requests.set(attempt);
-        let fail = |why: &str| {
-            *state.auth_failure.borrow_mut() = Some(why.to_owned());
-            Err(git2::Error::from_str(why))
+        let fail = |why: AuthFailure| {
+            let message = weir_runtime::chain(&why);
+            *state.auth_failure.borrow_mut() = Some(why);
+            Err(git2::Error::from_str(&message))
         };
         if attempt > 1 {
-            return fail("the server rejected the credentials");
+            return fail(AuthFailure::Refused("the server rejected the credentials"));
         }
         let creds = remote.credentials;
         if allowed.contains(CredentialType::SSH_KEY) {
@@ -366,17 +389,23 @@ fn callbacks<'a>(remote: &'a Remote<'a>, state: &'a CallbackState) -> RemoteCall
                     identity,
                     creds.ssh_passphrase.as_deref(),
                 )
-                .or_else(|e| fail(&format!("cannot use the ssh identity: {}", e.message())));
+                .or_else(|e| fail(AuthFailure::SshIdentity(LibGit2Error(e))));
             }
-            return fail("the server asks for an ssh key and the secret has no identity");
+            return fail(AuthFailure::Refused(
+                "the server asks for an ssh key and the secret has no identity",
+            ));
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             if let Some((user, password)) = &creds.basic {
                 return Cred::userpass_plaintext(user, password);
             }
-            return fail("the server asks for a username and password and none were given");
+            return fail(AuthFailure::Refused(
+                "the server asks for a username and password and none were given",
+            ));
         }
-        fail("the server asks for credentials of a kind Weir cannot provide")
+        fail(AuthFailure::Refused(
+            "the server asks for credentials of a kind Weir cannot provide",
+        ))
     });
     cb.transfer_progress(move |_| {
         let in_time = Instant::now() < remote.deadline;

@@ -54,6 +54,12 @@ pub enum ArchiveError {
     Git(String),
     #[error("reading the git tree")]
     LibGit2(#[source] weir_git::LibGit2Error),
+    #[error("reading the git tree: submodule {path}")]
+    Submodule {
+        path: String,
+        #[source]
+        source: weir_git::LibGit2Error,
+    },
     #[error("invalid ignore rule in {file}")]
     IgnoreRule {
         file: String,
@@ -355,7 +361,10 @@ impl Sources<'_> {
                 .repo
                 .find_commit(sub.commit)
                 .and_then(|c| c.tree())
-                .map_err(|e| ArchiveError::Git(format!("submodule {path}: {}", e.message())))?;
+                .map_err(|e| ArchiveError::Submodule {
+                    path: path.clone(),
+                    source: weir_git::LibGit2Error(e),
+                })?;
             self.collect(&sub_tree, &format!("{path}/"), index + 1, files)?;
         }
         Ok(())

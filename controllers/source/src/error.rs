@@ -5,7 +5,7 @@ use weir_runtime::{Disposition, Failure};
 
 use weir_git::{GitError, credentials::CredentialsError};
 
-use crate::{archive::ArchiveError, verify::VerifyError};
+use crate::{archive::ArchiveError, include::CopyError, verify::VerifyError};
 
 /// Why a GitRepository reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +66,13 @@ pub enum SourceError {
     IncludeNoArtifact(String),
     #[error("{field} '{path}' leaves the artifact's root")]
     IllegalIncludePath { field: String, path: String },
-    #[error("failed to copy '{name}' include from '{from}' to '{to}': {why}")]
+    #[error("failed to copy '{name}' include from '{from}' to '{to}'")]
     IncludeCopyFailed {
         name: String,
         from: String,
         to: String,
-        why: String,
+        #[source]
+        source: CopyError,
     },
     #[error(
         "failed to sparse checkout directories: spec.sparseCheckout dir '{0}' does not exist in repository"
@@ -168,7 +169,9 @@ impl Failure for SourceError {
             Self::Archive(_) => reasons::ARCHIVE_OPERATION_FAILED,
             Self::Storage(_) => reasons::WRITE_OPERATION_FAILED,
             Self::InvalidSemver(_)
-            | Self::Git(_)
+            | Self::Git(
+                GitError::Timeout | GitError::Rejected(_) | GitError::Git(_) | GitError::LibGit2(_),
+            )
             | Self::BranchNotFound(_)
             | Self::TagNotFound(_)
             | Self::RefNotFound(_)
@@ -179,7 +182,11 @@ impl Failure for SourceError {
             | Self::Task(_)
             | Self::NothingToCheckOut
             | Self::SparseCheckoutMissing(_)
-            | Self::Submodule { .. } => reasons::GIT_OPERATION_FAILED,
+            | Self::Submodule {
+                source:
+                    GitError::Timeout | GitError::Rejected(_) | GitError::Git(_) | GitError::LibGit2(_),
+                ..
+            } => reasons::GIT_OPERATION_FAILED,
         }
     }
 

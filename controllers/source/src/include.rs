@@ -204,6 +204,24 @@ pub fn record(status: &mut GitRepositoryStatus, spec: &GitRepositorySpec, includ
         .clone_from(&spec.sparse_checkout);
 }
 
+/// Why the files of an include could not be read from its artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading artifact '{path}'")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the archive's entries.
+    #[error(transparent)]
+    Read(std::io::Error),
+    #[error("the artifact holds a path with '..'")]
+    ClimbingPath,
+    #[error("fromPath '{0}' is not in the artifact")]
+    NoFromPath(String),
+}
+
 /// Reads the files of include `index` from its artifact in storage: those under `fromPath`,
 /// placed under `toPath`.
 pub fn included_files(
@@ -214,25 +232,28 @@ pub fn included_files(
 ) -> Result<Vec<IncludedFile>, SourceError> {
     let (from, to) = include_paths(include, index)?;
     let name = &include.repository.name;
-    let copy_failed = |why: String| SourceError::IncludeCopyFailed {
+    let copy_failed = |source| SourceError::IncludeCopyFailed {
         name: name.clone(),
         from: include.from_path().to_owned(),
         to: include.to_path().to_owned(),
-        why,
+        source,
     };
-    let file = std::fs::File::open(storage.path(&artifact.path))
-        .map_err(|e| copy_failed(format!("reading artifact '{}': {e}", artifact.path)))?;
+    let read_failed = |e| copy_failed(CopyError::Read(e));
+    let file = std::fs::File::open(storage.path(&artifact.path)).map_err(|source| {
+        copy_failed(CopyError::Open {
+            path: artifact.path.clone(),
+            source,
+        })
+    })?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut files = vec![];
     let mut from_exists = from.is_empty();
-    let entries = archive.entries().map_err(|e| copy_failed(e.to_string()))?;
+    let entries = archive.entries().map_err(read_failed)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| copy_failed(e.to_string()))?;
-        let path = entry.path().map_err(|e| copy_failed(e.to_string()))?;
+        let mut entry = entry.map_err(read_failed)?;
+        let path = entry.path().map_err(read_failed)?;
         let Some(path) = normalize(&path.to_string_lossy()) else {
-            return Err(copy_failed(
-                "the artifact holds a path with '..'".to_owned(),
-            ));
+            return Err(copy_failed(CopyError::ClimbingPath));
         };
         let relative = if from.is_empty() {
             Some(path.as_str())
@@ -253,9 +274,7 @@ pub fn included_files(
             .join("/");
         let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
         let mut content = vec![];
-        entry
-            .read_to_end(&mut content)
-            .map_err(|e| copy_failed(e.to_string()))?;
+        entry.read_to_end(&mut content).map_err(read_failed)?;
         files.push(IncludedFile {
             path: target,
             content,
@@ -263,9 +282,8 @@ pub fn included_files(
         });
     }
     if !from_exists {
-        return Err(copy_failed(format!(
-            "fromPath '{}' is not in the artifact",
-            include.from_path()
+        return Err(copy_failed(CopyError::NoFromPath(
+            include.from_path().to_owned(),
         )));
     }
     Ok(files)

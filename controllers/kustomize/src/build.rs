@@ -50,8 +50,27 @@ pub enum BuildError {
     PathNotFound(String),
     #[error("path {0:?} leaves the artifact")]
     UnsafePath(String),
-    #[error("{file}: invalid YAML: {message}")]
-    InvalidYaml { file: String, message: String },
+    #[error("{file}: invalid YAML")]
+    InvalidYaml {
+        file: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// An object that did not serialize for variable substitution (a bug, not a bad file).
+    #[error("{file}: cannot write {object} for substitution")]
+    SubstitutionInput {
+        file: String,
+        object: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{file}: invalid YAML after substitution in {object}")]
+    SubstitutedYaml {
+        file: String,
+        object: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
     #[error("{file}: document {index} is not a Kubernetes object: {why}")]
     NotAnObject {
         file: String,
@@ -70,8 +89,11 @@ pub enum BuildError {
     Reference(#[from] references::ReferenceError),
     #[error("cannot write the kustomization")]
     Serialize(#[source] serde_yaml_ng::Error),
+    /// kustomize's own words (its stderr), file paths made relative to the artifact.
     #[error("kustomize build failed: {0}")]
     Kustomize(String),
+    #[error("kustomize build printed output that is not UTF-8")]
+    KustomizeOutput(#[source] std::string::FromUtf8Error),
     #[error("kustomize build timed out after {0:?}")]
     Timeout(Duration),
     #[error("build I/O")]
@@ -241,10 +263,11 @@ fn read_kustomization(
         .ok_or_else(|| BuildError::PathNotFound(relative_path.display().to_string()))?;
     let file = relative_path.join(name).to_string_lossy().into_owned();
     let text = std::fs::read_to_string(dir.join(name))?;
-    let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| BuildError::InvalidYaml {
-        file: file.clone(),
-        message: e.to_string(),
-    })?;
+    let value: Value =
+        serde_yaml_ng::from_str(&text).map_err(|source| BuildError::InvalidYaml {
+            file: file.clone(),
+            source,
+        })?;
     match value {
         Value::Object(doc) => Ok((name, doc)),
         Value::Null => Ok((name, Map::new())),
@@ -368,11 +391,12 @@ fn relative(base: &Path, path: &Path) -> String {
 fn parse_documents(text: &str, file: &str) -> Result<Vec<Value>, BuildError> {
     let mut out = vec![];
     for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let value: Value =
-            serde::Deserialize::deserialize(document).map_err(|e| BuildError::InvalidYaml {
+        let value: Value = serde::Deserialize::deserialize(document).map_err(|source| {
+            BuildError::InvalidYaml {
                 file: file.to_owned(),
-                message: e.to_string(),
-            })?;
+                source,
+            }
+        })?;
         match value {
             Value::Null => {}
             Value::Object(ref map)
@@ -469,7 +493,7 @@ async fn run_kustomize(
         }
         return Err(BuildError::Kustomize(message));
     }
-    String::from_utf8(output.stdout).map_err(|e| BuildError::Kustomize(e.to_string()))
+    String::from_utf8(output.stdout).map_err(BuildError::KustomizeOutput)
 }
 
 /// The objects of kustomize's output for the build directory `relative_path`, with their
@@ -582,10 +606,8 @@ mod tests {
     fn bad_files_are_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &[("x/bad.yaml", "kind: [unclosed\n")]);
-        let e = collect_yaml(dir.path(), dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("x/bad.yaml: invalid YAML"), "{e}");
+        let e = weir_runtime::chain(&collect_yaml(dir.path(), dir.path()).unwrap_err());
+        assert!(e.starts_with("x/bad.yaml: invalid YAML: "), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &[("values.yaml", "replicas: 3\n")]);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use weir_api::reasons;
 use weir_runtime::{Disposition, Failure};
-use weir_ssa::{HealthExprError, SsaError};
+use weir_ssa::{HealthExprError, IgnoreProblem, IgnoreRuleError, SsaError};
 
 use crate::{build::BuildError, fetch::FetchError, substitute::SubstituteError};
 
@@ -65,7 +65,7 @@ pub enum KustomizeError {
         source: kube::Error,
     },
     /// The set was refused by its dry run (or a kind or namespace did not resolve).
-    #[error("validation failed, nothing applied:\n{0}")]
+    #[error("validation failed, nothing applied")]
     Validation(#[source] SsaError),
     #[error("apply failed")]
     Apply(#[source] SsaError),
@@ -82,13 +82,27 @@ pub enum KustomizeError {
     HealthCheckKind(String),
     #[error(transparent)]
     HealthCheckExpr(HealthExprError),
-    #[error("invalid spec.{0}")]
-    IgnoreRule(String),
+    #[error("invalid spec.{field}")]
+    IgnoreRule {
+        /// The field, as `ignore[1].target.name`.
+        field: String,
+        #[source]
+        source: IgnoreProblem,
+    },
     #[error("kubernetes API")]
     Kube(#[source] kube::Error),
     /// Discovery of the kinds of the set (or of healthChecks) failed.
     #[error("kubernetes API")]
     Discovery(#[source] SsaError),
+}
+
+impl From<IgnoreRuleError> for KustomizeError {
+    fn from(e: IgnoreRuleError) -> Self {
+        Self::IgnoreRule {
+            field: e.field,
+            source: e.problem,
+        }
+    }
 }
 
 impl Failure for KustomizeError {
@@ -113,7 +127,7 @@ impl Failure for KustomizeError {
             Self::Impersonation { .. }
             | Self::Validation(_)
             | Self::Apply(_)
-            | Self::IgnoreRule(_)
+            | Self::IgnoreRule { .. }
             | Self::Kube(_)
             | Self::Discovery(_)
             | Self::ReadyExprInput { .. } => reasons::RECONCILIATION_FAILED,
@@ -145,9 +159,33 @@ impl Failure for KustomizeError {
             | Self::Discovery(_)
             | Self::ReadyExprInput { .. } => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
-            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule(_) => {
+            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule { .. } => {
                 Disposition::Stalled
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_ssa::{Refusal, Refusals};
+
+    use super::*;
+
+    #[test]
+    fn a_refused_set_reads_as_the_refusals_after_what_failed() {
+        let refusal = |name: &str| Refusal::NoNamespace {
+            object: format!("ConfigMap/{name}"),
+            file: format!("{name}.yaml"),
+        };
+        let error = KustomizeError::Validation(SsaError::Invalid(Refusals(vec![
+            refusal("a"),
+            refusal("b"),
+        ])));
+        assert_eq!(
+            weir_runtime::chain(&error),
+            "validation failed, nothing applied: ConfigMap/a (a.yaml): namespace not specified\n\
+             ConfigMap/b (b.yaml): namespace not specified"
+        );
     }
 }

@@ -42,8 +42,17 @@ pub enum FetchError {
     NoDigest,
     #[error("unsupported digest {0:?}: only sha256 is supported")]
     UnsupportedDigest(String),
-    #[error("failed to download artifact from {url}: {message}")]
-    Download { url: String, message: String },
+    #[error("failed to download artifact from {url}")]
+    Download {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("failed to download artifact from {url}: HTTP status {status}")]
+    DownloadStatus {
+        url: String,
+        status: reqwest::StatusCode,
+    },
     #[error("artifact from {url} is larger than the limit of {limit} bytes (--artifact-max-size)")]
     TooLarge { url: String, limit: u64 },
     #[error(
@@ -57,8 +66,13 @@ pub enum FetchError {
     DigestMismatch { expected: String, actual: String },
     #[error("unsafe path in artifact: {0}")]
     UnsafePath(String),
+    #[error("cannot extract artifact")]
+    Extract(#[source] std::io::Error),
+    #[error("cannot extract artifact")]
+    ExtractTask(#[source] tokio::task::JoinError),
+    /// What is wrong with the archive, in Weir's words.
     #[error("cannot extract artifact: {0}")]
-    Extract(String),
+    Unextractable(String),
     #[error("artifact cache")]
     Cache(#[source] std::io::Error),
 }
@@ -116,22 +130,20 @@ impl ArtifactFetcher {
     /// Streams `url` into a temporary file of the cache, hashing as it goes; stops past
     /// `max_size`. Returns the file and its hex sha256.
     async fn download(&self, url: &str) -> Result<(tempfile::NamedTempFile, String), FetchError> {
-        let download = |message: String| FetchError::Download {
+        let download = |source| FetchError::Download {
             url: url.to_owned(),
-            message,
+            source,
         };
         let too_large = || FetchError::TooLarge {
             url: url.to_owned(),
             limit: self.limits.max_size,
         };
-        let mut response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| download(e.to_string()))?;
+        let mut response = self.http.get(url).send().await.map_err(download)?;
         if !response.status().is_success() {
-            return Err(download(format!("HTTP status {}", response.status())));
+            return Err(FetchError::DownloadStatus {
+                url: url.to_owned(),
+                status: response.status(),
+            });
         }
         if response
             .content_length()
@@ -143,11 +155,7 @@ impl ArtifactFetcher {
             tempfile::NamedTempFile::new_in(&self.cache_dir).map_err(FetchError::Cache)?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| download(e.to_string()))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(download)? {
             size += chunk.len() as u64;
             if size > self.limits.max_size {
                 return Err(too_large());
@@ -179,7 +187,7 @@ impl ArtifactFetcher {
                 Ok::<(), FetchError>(())
             })
             .await
-            .map_err(|e| FetchError::Extract(e.to_string()))??;
+            .map_err(FetchError::ExtractTask)??;
         }
         Ok(Artifacts { tree })
     }
@@ -247,7 +255,7 @@ pub fn extract(archive: &Path, dest: &Path, max_size: u64) -> Result<(), FetchEr
 }
 
 fn extract_from(reader: impl Read, dest: &Path, max_size: u64) -> Result<(), FetchError> {
-    let extract_err = |e: std::io::Error| FetchError::Extract(e.to_string());
+    let extract_err = FetchError::Extract;
     let mut written: u64 = 0;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     for entry in tar.entries().map_err(extract_err)? {
@@ -268,7 +276,7 @@ fn extract_from(reader: impl Read, dest: &Path, max_size: u64) -> Result<(), Fet
                 .link_name()
                 .map_err(extract_err)?
                 .ok_or_else(|| {
-                    FetchError::Extract(format!("{} has no link target", relative.display()))
+                    FetchError::Unextractable(format!("{} has no link target", relative.display()))
                 })?
                 .into_owned();
             // A symlink resolves against its own directory, a hard link against the root.
@@ -288,7 +296,7 @@ fn extract_from(reader: impl Read, dest: &Path, max_size: u64) -> Result<(), Fet
                 written +=
                     std::fs::copy(contained_path(dest, &link)?, &target).map_err(extract_err)?;
                 if written > max_size {
-                    return Err(FetchError::Extract(format!(
+                    return Err(FetchError::Unextractable(format!(
                         "{} takes the extracted artifact past {max_size} bytes \
                          (--artifact-max-untar-size)",
                         relative.display()
@@ -306,7 +314,7 @@ fn extract_from(reader: impl Read, dest: &Path, max_size: u64) -> Result<(), Fet
         // The header's size is the archive's word; the bytes copied are counted too.
         let room = max_size.saturating_sub(written);
         if entry.header().size().map_err(extract_err)? > room {
-            return Err(FetchError::Extract(format!(
+            return Err(FetchError::Unextractable(format!(
                 "{} would take the extracted artifact past {max_size} bytes \
                  (--artifact-max-untar-size)",
                 relative.display()

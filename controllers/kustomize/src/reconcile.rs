@@ -80,7 +80,7 @@ pub async fn run(
     // Before anything else, as Flux does: an expression that does not compile stalls the object.
     let health_rules =
         HealthRules::compile(&spec.health_check_exprs).map_err(KustomizeError::HealthCheckExpr)?;
-    let ignore = IgnoreRules::compile(&spec.ignore).map_err(KustomizeError::IgnoreRule)?;
+    let ignore = IgnoreRules::compile(&spec.ignore).map_err(KustomizeError::from)?;
 
     let source_ns = spec
         .source_ref
@@ -514,19 +514,21 @@ async fn substitute_variables(
             object: object_name.clone(),
             source,
         };
-        let yaml = serde_yaml_ng::to_string(&manifest.object).map_err(|e| {
-            KustomizeError::Build(build::BuildError::InvalidYaml {
+        let yaml = serde_yaml_ng::to_string(&manifest.object).map_err(|source| {
+            KustomizeError::Build(build::BuildError::SubstitutionInput {
                 file: manifest.file.clone(),
-                message: format!("cannot write {object_name} for substitution: {e}"),
+                object: object_name.clone(),
+                source,
             })
         })?;
         // Strict unless `--feature-gates=StrictPostBuildSubstitutions=false`, as in Flux 2.9.
         let strictness = ctx.config.feature_gates.substitution();
         let substituted = substitute::substitute(&yaml, &vars, strictness).map_err(err)?;
-        let object: Value = serde_yaml_ng::from_str(&substituted).map_err(|e| {
-            KustomizeError::Build(build::BuildError::InvalidYaml {
+        let object: Value = serde_yaml_ng::from_str(&substituted).map_err(|source| {
+            KustomizeError::Build(build::BuildError::SubstitutedYaml {
                 file: manifest.file.clone(),
-                message: format!("after substitution in {object_name}: {e}"),
+                object: object_name.clone(),
+                source,
             })
         })?;
         out.push(Manifest {

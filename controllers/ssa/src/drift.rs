@@ -12,6 +12,28 @@ use regex::Regex;
 use serde_json::Value;
 use weir_api::kustomize::{IgnoreRule, Selector};
 
+/// Why a `spec.ignore` rule does not compile: the field at fault and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}")]
+pub struct IgnoreRuleError {
+    /// The field, as `ignore[1].target.name`.
+    pub field: String,
+    /// What is wrong with it.
+    #[source]
+    pub problem: IgnoreProblem,
+}
+
+/// What is wrong with a field of a `spec.ignore` rule.
+#[derive(Debug, thiserror::Error)]
+pub enum IgnoreProblem {
+    /// In Weir's words: not a JSON pointer, not a label selector.
+    #[error("{0}")]
+    Invalid(String),
+    /// The regular expression does not compile.
+    #[error(transparent)]
+    Pattern(regex::Error),
+}
+
 /// The compiled `spec.ignore` rules.
 #[derive(Debug, Default)]
 pub struct IgnoreRules(Vec<Rule>);
@@ -35,20 +57,28 @@ struct Target {
 
 impl IgnoreRules {
     /// Compiles `rules`; an error names the field (`ignore[1].target.labelSelector`).
-    pub fn compile(rules: &[IgnoreRule]) -> Result<Self, String> {
+    pub fn compile(rules: &[IgnoreRule]) -> Result<Self, IgnoreRuleError> {
         let mut out = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
             for (j, path) in rule.paths.iter().enumerate() {
                 if !path.starts_with('/') {
-                    return Err(format!(
-                        "ignore[{i}].paths[{j}]: {path:?} is not a JSON pointer (RFC 6901): it must start with '/'"
-                    ));
+                    return Err(IgnoreRuleError {
+                        field: format!("ignore[{i}].paths[{j}]"),
+                        problem: IgnoreProblem::Invalid(format!(
+                            "{path:?} is not a JSON pointer (RFC 6901): it must start with '/'"
+                        )),
+                    });
                 }
             }
             let target = rule
                 .target
                 .as_ref()
-                .map(|t| Target::compile(t).map_err(|e| format!("ignore[{i}].target.{e}")))
+                .map(|t| {
+                    Target::compile(t).map_err(|(field, problem)| IgnoreRuleError {
+                        field: format!("ignore[{i}].target.{field}"),
+                        problem,
+                    })
+                })
                 .transpose()?;
             out.push(Rule {
                 target,
@@ -70,17 +100,24 @@ impl IgnoreRules {
 }
 
 impl Target {
-    fn compile(s: &Selector) -> Result<Self, String> {
-        let regex = |field: &str, v: &Option<String>| {
+    /// The compiled selector, or the field at fault (`name`) and what is wrong with it.
+    fn compile(s: &Selector) -> Result<Self, (&'static str, IgnoreProblem)> {
+        let regex = |field: &'static str, v: &Option<String>| {
             v.as_deref()
                 .filter(|v| !v.is_empty())
-                .map(|v| Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("{field}: {e}")))
+                .map(|v| {
+                    Regex::new(&format!("^(?:{v})$"))
+                        .map_err(|e| (field, IgnoreProblem::Pattern(e)))
+                })
                 .transpose()
         };
-        let selector = |field: &str, v: &Option<String>| {
+        let selector = |field: &'static str, v: &Option<String>| {
             v.as_deref()
                 .filter(|v| !v.trim().is_empty())
-                .map(|v| parse_selector(v).map_err(|e| format!("{field}: {v:?}: {e}")))
+                .map(|v| {
+                    parse_selector(v)
+                        .map_err(|e| (field, IgnoreProblem::Invalid(format!("{v:?}: {e}"))))
+                })
                 .transpose()
         };
         let non_empty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
@@ -332,6 +369,7 @@ mod tests {
 
     fn rules(value: Value) -> Result<IgnoreRules, String> {
         IgnoreRules::compile(&serde_json::from_value::<Vec<IgnoreRule>>(value).unwrap())
+            .map_err(|e| weir_runtime::chain(&e))
     }
 
     fn deployment(name: &str, labels: Value) -> Value {
@@ -371,10 +409,16 @@ mod tests {
         let err =
             rules(json!([{ "paths": ["/a"] }, { "paths": ["/a"], "target": { "name": "(" } }]))
                 .unwrap_err();
-        assert!(err.starts_with("ignore[1].target.name"), "{err}");
+        assert!(
+            err.starts_with("ignore[1].target.name: regex parse error"),
+            "{err}"
+        );
         let err = rules(json!([{ "paths": ["/a"], "target": { "labelSelector": "a in x" } }]))
             .unwrap_err();
-        assert!(err.starts_with("ignore[0].target.labelSelector"), "{err}");
+        assert!(
+            err.starts_with("ignore[0].target.labelSelector: \"a in x\": "),
+            "{err}"
+        );
     }
 
     #[test]

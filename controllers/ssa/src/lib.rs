@@ -35,7 +35,7 @@ use kube::{
 };
 
 pub use crate::{
-    drift::IgnoreRules,
+    drift::{IgnoreProblem, IgnoreRuleError, IgnoreRules},
     error::{ObjectError, ObjectErrors, Refusal, Refusals, SsaError},
     health::{Health, HealthExprError, HealthRules},
     kinds::KindCache,

@@ -124,23 +124,23 @@ async fn signer(
     };
     let namespace = auto.namespace().unwrap_or_default();
     let secret = format!("{namespace}/{}", key.secret_ref.name);
-    let fail = |why| ImageError::SigningKey {
-        secret: secret.clone(),
-        why,
-    };
     let found = Api::<Secret>::namespaced(ctx.base.client.clone(), &namespace)
         .get_opt(&key.secret_ref.name)
         .await?
-        .ok_or_else(|| fail(SigningError::NotFound))?;
+        .ok_or_else(|| SigningError::NotFound {
+            secret: secret.clone(),
+        })?;
     let data: BTreeMap<String, Vec<u8>> = weir_runtime::secrets::data(found);
     for field in [signing::PASSPHRASE_FIELD, signing::SSH_PASSPHRASE_FIELD] {
         if let Some(p) = data.get(field) {
             redactor.add(String::from_utf8_lossy(p).into_owned());
         }
     }
-    CommitSigner::from_secret_data(&data, key.key_type.unwrap_or_default())
-        .map(Some)
-        .map_err(fail)
+    Ok(Some(CommitSigner::from_secret_data(
+        &secret,
+        &data,
+        key.key_type.unwrap_or_default(),
+    )?))
 }
 
 /// Why a run is work in progress before it starts: the GitRepository has a revision this
@@ -189,12 +189,6 @@ async fn prepare(
     let access = weir_git::credentials::for_repository(&ctx.base.client, &repo).await?;
     *redactor = access.redactor;
     let (url, credentials) = (access.url, access.credentials);
-    let signing_secret = git_spec
-        .commit
-        .signing_key
-        .as_ref()
-        .map(|k| format!("{namespace}/{}", k.secret_ref.name))
-        .unwrap_or_default();
     let signer = signer(auto, ctx, redactor).await?;
 
     let selector = auto
@@ -243,7 +237,6 @@ async fn prepare(
             .map(|p| p.options.iter().map(|(k, v)| format!("{k}={v}")).collect())
             .unwrap_or_default(),
         signer,
-        signing_secret,
         path: update::normalize_path(auto.spec.update.as_ref().and_then(|u| u.path.as_deref()))?,
         // Markers name policies as `namespace:name`.
         policies: policies

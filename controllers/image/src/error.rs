@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use oci_client::errors::OciDistributionError;
 use weir_api::{image::RegistryProvider, reasons};
 use weir_git::{GitError, credentials::CredentialsError};
 use weir_runtime::{Disposition, Failure};
@@ -15,9 +16,19 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("invalid image {image:?}: {why}")]
-    InvalidImage { image: String, why: String },
-    #[error("invalid exclusionList entry {pattern:?}: {why}")]
-    InvalidExclusion { pattern: String, why: String },
+    InvalidImage { image: String, why: &'static str },
+    #[error("invalid image {image:?}")]
+    UnparsableImage {
+        image: String,
+        #[source]
+        source: oci_client::ParseError,
+    },
+    #[error("invalid exclusionList entry {pattern:?}")]
+    InvalidExclusion {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
     #[error("secret '{namespace}/{name}' not found")]
     SecretNotFound { namespace: String, name: String },
     #[error("cannot read secret '{name}'")]
@@ -28,10 +39,28 @@ pub enum ImageError {
     },
     #[error("secret '{name}': {why}")]
     SecretInvalid { name: String, why: String },
-    #[error("authentication to the registry of {image} failed: {message}")]
-    RegistryAuthentication { image: String, message: String },
-    #[error("cannot read {image} from its registry: {message}")]
-    Registry { image: String, message: String },
+    /// A value of the Secret that the library reading it refused; boxed, as the libraries
+    /// (reqwest, oci-client, serde_json, url) differ.
+    #[error("secret '{name}': {what}")]
+    SecretUnusable {
+        name: String,
+        /// The value, in Weir's words: `cannot use ca.crt`.
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("authentication to the registry of {image} failed")]
+    RegistryAuthentication {
+        image: String,
+        #[source]
+        source: RegistryFailure,
+    },
+    #[error("cannot read {image} from its registry")]
+    Registry {
+        image: String,
+        #[source]
+        source: RegistryFailure,
+    },
     #[error("scanning {image} timed out after {after:?}")]
     ScanTimeout { image: String, after: Duration },
     #[error("ImagePolicy")]
@@ -58,6 +87,8 @@ pub enum ImageError {
     NoMatchingTag { image: String, count: usize },
     #[error("{0}")]
     InvalidSource(String),
+    #[error("git.checkout.ref.semver")]
+    InvalidCheckoutSemver(#[source] weir_runtime::semver_range::RangeError),
     #[error("can't access '{0}', cross-namespace references have been blocked")]
     AccessDenied(String),
     #[error("invalid policySelector")]
@@ -69,12 +100,8 @@ pub enum ImageError {
     #[error("invalid update.path {0:?}: it must stay inside the repository")]
     InvalidUpdatePath(String),
     /// `git.commit.signingKey`: the Secret (`namespace/name`) and what is wrong with it.
-    #[error("signing key secret '{secret}' {why}")]
-    SigningKey {
-        secret: String,
-        #[source]
-        why: SigningError,
-    },
+    #[error(transparent)]
+    SigningKey(#[from] SigningError),
     /// The GitRepository's URL or Secrets give no usable remote.
     #[error(transparent)]
     GitAccess(#[from] CredentialsError),
@@ -98,11 +125,12 @@ pub enum ImageError {
 impl Failure for ImageError {
     fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidImage { .. } => reasons::IMAGE_URL_INVALID,
+            Self::InvalidImage { .. } | Self::UnparsableImage { .. } => reasons::IMAGE_URL_INVALID,
             Self::InvalidExclusion { .. } | Self::InvalidUpdatePath(_) => reasons::INVALID_SPEC,
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
             | Self::SecretInvalid { .. }
+            | Self::SecretUnusable { .. }
             | Self::ServiceAccountNotFound { .. }
             | Self::ProviderUnsupported(_)
             | Self::RegistryAuthentication { .. }
@@ -119,7 +147,8 @@ impl Failure for ImageError {
             | Self::RepositoryNotWatched { .. } => reasons::DEPENDENCY_NOT_READY,
             Self::NoMatchingTag { .. } => reasons::NO_MATCHING_TAG,
             Self::InvalidSource(_)
-            | Self::SigningKey { .. }
+            | Self::InvalidCheckoutSemver(_)
+            | Self::SigningKey(_)
             | Self::GitAccess(
                 CredentialsError::InvalidUrl { .. }
                 | CredentialsError::ProxySecretNotFound { .. }
@@ -132,9 +161,11 @@ impl Failure for ImageError {
             Self::PushRejected { .. } => reasons::PUSH_REJECTED,
             Self::Marker(_) => reasons::INVALID_MARKER,
             Self::Template(_) => reasons::INVALID_MESSAGE_TEMPLATE,
-            Self::Git(_) | Self::GitTimeout(_) | Self::GitStillRunning(_) => {
-                reasons::GIT_OPERATION_FAILED
-            }
+            Self::Git(
+                GitError::Timeout | GitError::Rejected(_) | GitError::Git(_) | GitError::LibGit2(_),
+            )
+            | Self::GitTimeout(_)
+            | Self::GitStillRunning(_) => reasons::GIT_OPERATION_FAILED,
             Self::Kube(_) | Self::Task(_) | Self::Scratch(_) => reasons::RECONCILIATION_FAILED,
         }
     }
@@ -143,6 +174,7 @@ impl Failure for ImageError {
         match self {
             // Only a change of the object's spec fixes these.
             Self::InvalidImage { .. }
+            | Self::UnparsableImage { .. }
             | Self::InvalidExclusion { .. }
             | Self::InvalidPolicy(_)
             | Self::InvalidSelector(_)
@@ -157,6 +189,7 @@ impl Failure for ImageError {
             Self::SecretNotFound { .. }
             | Self::SecretUnreadable { .. }
             | Self::SecretInvalid { .. }
+            | Self::SecretUnusable { .. }
             | Self::ServiceAccountNotFound { .. }
             | Self::RepositoryAccess(_)
             | Self::RepositoryNotWatched { .. }
@@ -165,7 +198,8 @@ impl Failure for ImageError {
             | Self::ScanTimeout { .. }
             | Self::NoMatchingTag { .. }
             | Self::InvalidSource(_)
-            | Self::SigningKey { .. }
+            | Self::InvalidCheckoutSemver(_)
+            | Self::SigningKey(_)
             | Self::AccessDenied(_)
             | Self::Marker(_)
             | Self::Git(_)
@@ -178,6 +212,44 @@ impl Failure for ImageError {
             | Self::Scratch(_) => Disposition::Transient,
         }
     }
+}
+
+/// What went wrong reading a registry: oci-client's error, or one of the requests for the tag
+/// list, which Weir makes itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryFailure {
+    /// oci-client's error: the token exchange, a manifest.
+    #[error(transparent)]
+    Client(OciDistributionError),
+    #[error("cannot build an HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("invalid registry address")]
+    Address(#[source] url::ParseError),
+    #[error("GET {url}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url}: {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("GET {url}: not a tag list")]
+    TagList {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the tag list's Link header is not visible ASCII")]
+    LinkNotAscii,
+    #[error("the tag list's Link header cannot be parsed")]
+    LinkUnparsable(#[source] parse_link_header::Error),
+    #[error("the tag list's Link header has an invalid next URL")]
+    LinkUrl(#[source] url::ParseError),
+    #[error("the tag list's Link header points to another host ({0}); it is not followed")]
+    LinkOtherHost(String),
 }
 
 /// Why an ImagePolicy may not read the ImageRepository it names, in Flux's words.

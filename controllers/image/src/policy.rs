@@ -13,12 +13,16 @@ use weir_api::image::{ImagePolicyChoice, ImagePolicySpec, ReflectionPolicy, Sort
 use weir_runtime::semver_range::{self, Range};
 
 /// Why a policy cannot be compiled.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
     #[error("invalid semver range")]
     Range(#[source] semver_range::RangeError),
-    #[error("invalid filterTags.pattern {pattern:?}: {why}")]
-    Pattern { pattern: String, why: String },
+    #[error("invalid filterTags.pattern {pattern:?}")]
+    Pattern {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
     #[error(
         "filterTags.extract {extract:?} names group '{group}', which the pattern does not have"
     )]
@@ -83,9 +87,9 @@ impl Policy {
             .and_then(|f| f.pattern.as_deref())
             .filter(|p| !p.is_empty())
             .map(|p| {
-                Regex::new(p).map_err(|e| PolicyError::Pattern {
+                Regex::new(p).map_err(|source| PolicyError::Pattern {
                     pattern: p.to_owned(),
-                    why: e.to_string(),
+                    source,
                 })
             })
             .transpose()?;
@@ -349,7 +353,11 @@ mod tests {
         let e = Policy::compile(&spec(semver("not a range"), None)).unwrap_err();
         assert!(matches!(e, PolicyError::Range(_)), "{e}");
         let e = Policy::compile(&spec(alpha(), Some(("(unclosed", "")))).unwrap_err();
-        assert!(e.to_string().contains("filterTags.pattern"), "{e}");
+        let text = weir_runtime::chain(&e);
+        assert!(
+            text.starts_with("invalid filterTags.pattern \"(unclosed\": regex parse error"),
+            "{text}"
+        );
         let e = Policy::compile(&spec(alpha(), Some((r"^(?P<ts>\d+)$", "$version")))).unwrap_err();
         assert!(e.to_string().contains("'version'"), "{e}");
         assert_eq!(

@@ -27,7 +27,7 @@ use weir_runtime::{
 
 use crate::{
     Context, FIELD_MANAGER,
-    error::{AccessDenial, ImageError},
+    error::{AccessDenial, ImageError, RegistryFailure},
     policy::Policy,
 };
 
@@ -181,7 +181,7 @@ async fn choose(
                         .await
                         .map_err(|e| ImageError::Registry {
                             image: chosen.reference(),
-                            message: e.to_string(),
+                            source: RegistryFailure::Client(e),
                         })?,
                 )
             }

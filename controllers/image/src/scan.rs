@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use weir_api::{ImageRepository, image::RegistryProvider};
 use weir_runtime::Redactor;
 
-use crate::error::ImageError;
+use crate::error::{ImageError, RegistryFailure};
 
 /// Tags asked for per page of the tag list.
 pub const PAGE_SIZE: usize = 1000;
@@ -72,24 +72,26 @@ impl RegistryAccess {
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = &self.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                ImageError::SecretInvalid {
+                ImageError::SecretUnusable {
                     name: "certSecretRef".to_owned(),
-                    why: format!("cannot use ca.crt: {e}"),
+                    what: "cannot use ca.crt".to_owned(),
+                    source: e.into(),
                 }
             })?;
             builder = builder.tls_certs_merge(certs);
         }
         if let Some(proxy) = &self.proxy {
             builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
-                ImageError::SecretInvalid {
+                ImageError::SecretUnusable {
                     name: "proxySecretRef".to_owned(),
-                    why: format!("unusable proxy address: {e}"),
+                    what: "unusable proxy address".to_owned(),
+                    source: e.into(),
                 }
             })?);
         }
         builder.build().map_err(|e| ImageError::Registry {
             image: String::new(),
-            message: format!("cannot build an HTTP client: {e}"),
+            source: RegistryFailure::HttpClient(e),
         })
     }
 
@@ -123,20 +125,29 @@ impl RegistryAccess {
             http_proxy: self.proxy.as_ref().map(ToString::to_string),
             ..ClientConfig::default()
         })
-        .map_err(|e| ca_error(format!("cannot use ca.crt: {e}")))
+        .map_err(|e| ImageError::SecretUnusable {
+            name: "certSecretRef".to_owned(),
+            what: "cannot use ca.crt".to_owned(),
+            source: e.into(),
+        })
     }
 }
 
 /// Parses `spec.image`: a repository without tag or digest.
 pub fn parse_image(image: &str) -> Result<Reference, ImageError> {
-    let invalid = |why: &str| ImageError::InvalidImage {
+    let invalid = |why| ImageError::InvalidImage {
         image: image.to_owned(),
-        why: why.to_owned(),
+        why,
     };
     if image.contains("://") {
         return Err(invalid("give the image without a scheme"));
     }
-    let reference: Reference = image.parse().map_err(|e| invalid(&format!("{e}")))?;
+    let reference: Reference = image
+        .parse()
+        .map_err(|source| ImageError::UnparsableImage {
+            image: image.to_owned(),
+            source,
+        })?;
     if reference.digest().is_some() || image.rsplit('/').next().is_some_and(|l| l.contains(':')) {
         return Err(invalid("give the repository without a tag or digest"));
     }
@@ -220,8 +231,12 @@ pub fn docker_config_auth(
         name: secret.to_owned(),
         why,
     };
-    let value: serde_json::Value = serde_json::from_slice(config)
-        .map_err(|e| invalid(format!(".dockerconfigjson is not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(config).map_err(|e| ImageError::SecretUnusable {
+            name: secret.to_owned(),
+            what: ".dockerconfigjson is not JSON".to_owned(),
+            source: e.into(),
+        })?;
     let Some(auths) = value.get("auths").and_then(|a| a.as_object()) else {
         return Err(invalid(".dockerconfigjson has no auths".to_owned()));
     };
@@ -390,8 +405,11 @@ pub fn proxy_url(data: &BTreeMap<String, Vec<u8>>, secret: &str) -> Result<url::
             .transpose()
     };
     let address = text("address")?.ok_or_else(|| invalid("no 'address'".to_owned()))?;
-    let mut url = url::Url::parse(address.trim())
-        .map_err(|e| invalid(format!("'address' {address:?} is not a URL: {e}")))?;
+    let mut url = url::Url::parse(address.trim()).map_err(|e| ImageError::SecretUnusable {
+        name: secret.to_owned(),
+        what: format!("'address' {address:?} is not a URL"),
+        source: e.into(),
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(format!(
             "'address' {address:?} is not an http:// or https:// proxy"
@@ -483,13 +501,23 @@ pub async fn registry_access(
         access.insecure = !speaks_https(&access.http_client()?, registry).await;
     }
     // A CA the client cannot use is the cert secret's fault: name it.
-    if let (Err(ImageError::SecretInvalid { why, .. }), Some(r)) =
-        (access.client(), &repo.spec.cert_secret_ref)
-    {
-        return Err(ImageError::SecretInvalid {
-            name: r.name.clone(),
-            why,
-        });
+    if let (Err(e), Some(r)) = (access.client(), &repo.spec.cert_secret_ref) {
+        match e {
+            ImageError::SecretInvalid { why, .. } => {
+                return Err(ImageError::SecretInvalid {
+                    name: r.name.clone(),
+                    why,
+                });
+            }
+            ImageError::SecretUnusable { what, source, .. } => {
+                return Err(ImageError::SecretUnusable {
+                    name: r.name.clone(),
+                    what,
+                    source,
+                });
+            }
+            _ => {}
+        }
     }
     Ok((access, redactor))
 }
@@ -498,15 +526,16 @@ pub async fn registry_access(
 pub fn exclusions(list: &[String]) -> Result<Vec<Regex>, ImageError> {
     list.iter()
         .map(|p| {
-            Regex::new(p).map_err(|e| ImageError::InvalidExclusion {
+            Regex::new(p).map_err(|source| ImageError::InvalidExclusion {
                 pattern: p.clone(),
-                why: e.to_string(),
+                source,
             })
         })
         .collect()
 }
 
-fn registry_error(image: &str, e: &OciDistributionError) -> ImageError {
+/// oci-client's error, as an authentication failure when it is one.
+fn registry_error(image: &str, e: OciDistributionError) -> ImageError {
     let message = e.to_string();
     let auth = matches!(
         e,
@@ -514,16 +543,11 @@ fn registry_error(image: &str, e: &OciDistributionError) -> ImageError {
             | OciDistributionError::UnauthorizedError { .. }
     ) || message.contains("401")
         || message.to_lowercase().contains("unauthorized");
+    let (image, source) = (image.to_owned(), RegistryFailure::Client(e));
     if auth {
-        ImageError::RegistryAuthentication {
-            image: image.to_owned(),
-            message,
-        }
+        ImageError::RegistryAuthentication { image, source }
     } else {
-        ImageError::Registry {
-            image: image.to_owned(),
-            message,
-        }
+        ImageError::Registry { image, source }
     }
 }
 
@@ -544,27 +568,26 @@ fn next_link(
     let Some(header) = header else {
         return Ok(None);
     };
-    let invalid = |why: String| ImageError::Registry {
+    let invalid = |source| ImageError::Registry {
         image: image.to_owned(),
-        message: format!("the tag list's Link header {why}"),
+        source,
     };
     let text = header
         .to_str()
-        .map_err(|_| invalid("is not visible ASCII".to_owned()))?;
+        .map_err(|_| invalid(RegistryFailure::LinkNotAscii))?;
     let links = parse_link_header::parse_with_rel(text)
-        .map_err(|e| invalid(format!("cannot be parsed: {e}")))?;
+        .map_err(|e| invalid(RegistryFailure::LinkUnparsable(e)))?;
     let Some(next) = links.get("next") else {
         return Ok(None);
     };
     let url = base
         .join(&next.raw_uri)
-        .map_err(|e| invalid(format!("has an invalid next URL: {e}")))?;
+        .map_err(|e| invalid(RegistryFailure::LinkUrl(e)))?;
     if url.host_str() != base.host_str()
         || url.port_or_known_default() != base.port_or_known_default()
     {
-        return Err(invalid(format!(
-            "points to another host ({}); it is not followed",
-            url.host_str().unwrap_or_default()
+        return Err(invalid(RegistryFailure::LinkOtherHost(
+            url.host_str().unwrap_or_default().to_owned(),
         )));
     }
     Ok(Some(url))
@@ -588,19 +611,19 @@ pub async fn list_all_tags(
     pages: &std::sync::atomic::AtomicU64,
 ) -> Result<Vec<Box<str>>, ImageError> {
     let image = canonical_name(reference);
-    let registry_failure = |message: String| ImageError::Registry {
+    let registry_failure = |source| ImageError::Registry {
         image: image.clone(),
-        message,
+        source,
     };
     let token = access
         .client()?
         .auth(reference, &access.auth, RegistryOperation::Pull)
         .await
-        .map_err(|e| registry_error(&image, &e))?;
+        .map_err(|e| registry_error(&image, e))?;
     let http = access.http_client()?;
     let scheme = if access.insecure { "http" } else { "https" };
     let base = url::Url::parse(&format!("{scheme}://{}/", reference.resolve_registry()))
-        .map_err(|e| registry_failure(format!("invalid registry address: {e}")))?;
+        .map_err(|e| registry_failure(RegistryFailure::Address(e)))?;
     let list_url = |last: Option<&str>| {
         let mut url = base.clone();
         url.set_path(&format!("/v2/{}/tags/list", reference.repository()));
@@ -624,27 +647,39 @@ pub async fn list_all_tags(
             (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
             (None, _) => request,
         };
+        let request_failed = |source| RegistryFailure::Request {
+            url: url.to_string(),
+            source,
+        };
         let response = request
             .send()
             .await
-            .map_err(|e| registry_failure(format!("GET {url}: {e}")))?;
+            .map_err(|e| registry_failure(request_failed(e)))?;
         let status = response.status();
+        let refused = || RegistryFailure::Status {
+            url: url.to_string(),
+            status,
+        };
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(ImageError::RegistryAuthentication {
                 image: image.clone(),
-                message: format!("GET {url}: {status}"),
+                source: refused(),
             });
         }
         if !status.is_success() {
-            return Err(registry_failure(format!("GET {url}: {status}")));
+            return Err(registry_failure(refused()));
         }
         let next = next_link(response.headers().get(reqwest::header::LINK), &base, &image)?;
         let body = response
             .bytes()
             .await
-            .map_err(|e| registry_failure(format!("GET {url}: {e}")))?;
-        let page: TagPage = serde_json::from_slice(&body)
-            .map_err(|e| registry_failure(format!("GET {url}: not a tag list: {e}")))?;
+            .map_err(|e| registry_failure(request_failed(e)))?;
+        let page: TagPage = serde_json::from_slice(&body).map_err(|source| {
+            registry_failure(RegistryFailure::TagList {
+                url: url.to_string(),
+                source,
+            })
+        })?;
         pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let page = page.tags.unwrap_or_default();
         let count = page.len();
@@ -789,9 +824,12 @@ mod tests {
             &base,
             "app",
         )
-        .unwrap_err()
-        .to_string();
-        assert!(elsewhere.contains("another host"), "{elsewhere}");
+        .unwrap_err();
+        assert_eq!(
+            weir_runtime::chain(&elsewhere),
+            "cannot read app from its registry: the tag list's Link header points to another \
+             host (evil.example); it is not followed"
+        );
     }
 
     #[test]
@@ -942,7 +980,7 @@ mod tests {
                 "without 'username'",
             ),
         ] {
-            let e = proxy_url(&bad, "proxy-cfg").unwrap_err().to_string();
+            let e = weir_runtime::chain(&proxy_url(&bad, "proxy-cfg").unwrap_err());
             assert!(e.contains("secret 'proxy-cfg'") && e.contains(why), "{e}");
         }
     }
@@ -956,7 +994,7 @@ mod tests {
             auth: RegistryAuth::Anonymous,
             proxy: None,
         };
-        let err = access.client().err().unwrap().to_string();
+        let err = weir_runtime::chain(&access.client().err().unwrap());
         assert!(err.contains("ca.crt"), "{err}");
         access.ca_pem =
             Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec());

@@ -37,32 +37,46 @@ fn article(field: &str) -> &'static str {
     }
 }
 
-/// Why a signing key cannot be used. Never holds key material or the passphrase.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why the signing key of a Secret (`namespace/name`) cannot be used. Never holds key material
+/// or the passphrase. The cause of `Unreadable` and `CannotSign` is the OpenPGP or the SSH
+/// library's error, boxed as the two types differ.
+#[derive(Debug, thiserror::Error)]
 pub enum SigningError {
-    #[error("not found")]
-    NotFound,
-    #[error("does not contain {} '{field}' key", article(field))]
-    MissingKey { field: &'static str },
-    #[error("could not read the {kind} in '{field}': {why}")]
+    #[error("signing key secret '{secret}' not found")]
+    NotFound { secret: String },
+    #[error(
+        "signing key secret '{secret}' does not contain {} '{field}' key",
+        article(field)
+    )]
+    MissingKey { secret: String, field: &'static str },
+    #[error("signing key secret '{secret}' could not read the {kind} in '{field}'")]
     Unreadable {
+        secret: String,
         kind: &'static str,
         field: &'static str,
-        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "can not use the passphrase protected key in '{field}' without {} '{passphrase}' key",
+        "signing key secret '{secret}' can not use the passphrase protected key in '{field}' \
+         without {} '{passphrase}' key",
         article(passphrase)
     )]
     MissingPassphrase {
+        secret: String,
         field: &'static str,
         passphrase: &'static str,
     },
-    #[error("cannot sign with the key in '{field}' (wrong '{passphrase}'?): {why}")]
+    #[error(
+        "signing key secret '{secret}' cannot sign with the key in '{field}' (wrong \
+         '{passphrase}'?)"
+    )]
     CannotSign {
+        secret: String,
         field: &'static str,
         passphrase: &'static str,
-        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -77,12 +91,15 @@ enum Key {
 
 /// A key that signs commits.
 pub struct CommitSigner {
+    /// `namespace/name` of the Secret the key was read from, for errors.
+    secret: String,
     key: Key,
 }
 
 impl std::fmt::Debug for CommitSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommitSigner")
+            .field("secret", &self.secret)
             .field("fingerprint", &self.fingerprint())
             .finish_non_exhaustive()
     }
@@ -94,72 +111,23 @@ fn text(data: &BTreeMap<String, Vec<u8>>, field: &str) -> Option<String> {
 }
 
 impl CommitSigner {
-    /// Reads the key of `key_type` from a Secret's data, and signs once to prove it usable.
+    /// Reads the key of `key_type` from the data of the Secret `secret` (`namespace/name`), and
+    /// signs once to prove it usable.
     pub fn from_secret_data(
+        secret: &str,
         data: &BTreeMap<String, Vec<u8>>,
         key_type: SigningKeyType,
     ) -> Result<Self, SigningError> {
-        let signer = match key_type {
-            SigningKeyType::Gpg => Self::open_pgp(data)?,
-            SigningKeyType::Ssh => Self::ssh(data)?,
+        let key = match key_type {
+            SigningKeyType::Gpg => open_pgp(secret, data)?,
+            SigningKeyType::Ssh => ssh(secret, data)?,
+        };
+        let signer = Self {
+            secret: secret.to_owned(),
+            key,
         };
         signer.sign(b"")?;
         Ok(signer)
-    }
-
-    fn open_pgp(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, SigningError> {
-        let armored = data
-            .get(KEY_FIELD)
-            .ok_or(SigningError::MissingKey { field: KEY_FIELD })?;
-        let (key, _) = SignedSecretKey::from_armor_single(armored.as_slice()).map_err(|e| {
-            SigningError::Unreadable {
-                kind: "OpenPGP secret key",
-                field: KEY_FIELD,
-                why: e.to_string(),
-            }
-        })?;
-        let passphrase = text(data, PASSPHRASE_FIELD);
-        if key.primary_key.secret_params().is_encrypted() && passphrase.is_none() {
-            return Err(SigningError::MissingPassphrase {
-                field: KEY_FIELD,
-                passphrase: PASSPHRASE_FIELD,
-            });
-        }
-        Ok(Self {
-            key: Key::OpenPgp {
-                key: Box::new(key),
-                passphrase,
-            },
-        })
-    }
-
-    fn ssh(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, SigningError> {
-        let pem = data.get(SSH_KEY_FIELD).ok_or(SigningError::MissingKey {
-            field: SSH_KEY_FIELD,
-        })?;
-        let key = ssh_key::PrivateKey::from_openssh(pem).map_err(|e| SigningError::Unreadable {
-            kind: "SSH private key",
-            field: SSH_KEY_FIELD,
-            why: e.to_string(),
-        })?;
-        let key = if key.is_encrypted() {
-            let password =
-                text(data, SSH_PASSPHRASE_FIELD).ok_or(SigningError::MissingPassphrase {
-                    field: SSH_KEY_FIELD,
-                    passphrase: SSH_PASSPHRASE_FIELD,
-                })?;
-            key.decrypt(password.as_bytes())
-                .map_err(|e| SigningError::CannotSign {
-                    field: SSH_KEY_FIELD,
-                    passphrase: SSH_PASSPHRASE_FIELD,
-                    why: e.to_string(),
-                })?
-        } else {
-            key
-        };
-        Ok(Self {
-            key: Key::Ssh(Box::new(key)),
-        })
     }
 
     /// The key's fingerprint: upper-case hex for OpenPGP, as `gpg` prints it; `SHA256:…` for
@@ -189,21 +157,85 @@ impl CommitSigner {
                 )
                 .and_then(|s| s.to_armored_string(ArmorOptions::default()))
                 .map_err(|e| SigningError::CannotSign {
+                    secret: self.secret.clone(),
                     field: KEY_FIELD,
                     passphrase: PASSPHRASE_FIELD,
-                    why: e.to_string(),
+                    source: e.into(),
                 })
             }
             Key::Ssh(key) => key
                 .sign(SSH_NAMESPACE, ssh_key::HashAlg::Sha512, data)
                 .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
                 .map_err(|e| SigningError::CannotSign {
+                    secret: self.secret.clone(),
                     field: SSH_KEY_FIELD,
                     passphrase: SSH_PASSPHRASE_FIELD,
-                    why: e.to_string(),
+                    source: e.into(),
                 }),
         }
     }
+}
+
+fn open_pgp(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Key, SigningError> {
+    let armored = data
+        .get(KEY_FIELD)
+        .ok_or_else(|| SigningError::MissingKey {
+            secret: secret.to_owned(),
+            field: KEY_FIELD,
+        })?;
+    let (key, _) = SignedSecretKey::from_armor_single(armored.as_slice()).map_err(|e| {
+        SigningError::Unreadable {
+            secret: secret.to_owned(),
+            kind: "OpenPGP secret key",
+            field: KEY_FIELD,
+            source: e.into(),
+        }
+    })?;
+    let passphrase = text(data, PASSPHRASE_FIELD);
+    if key.primary_key.secret_params().is_encrypted() && passphrase.is_none() {
+        return Err(SigningError::MissingPassphrase {
+            secret: secret.to_owned(),
+            field: KEY_FIELD,
+            passphrase: PASSPHRASE_FIELD,
+        });
+    }
+    Ok(Key::OpenPgp {
+        key: Box::new(key),
+        passphrase,
+    })
+}
+
+fn ssh(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Key, SigningError> {
+    let pem = data
+        .get(SSH_KEY_FIELD)
+        .ok_or_else(|| SigningError::MissingKey {
+            secret: secret.to_owned(),
+            field: SSH_KEY_FIELD,
+        })?;
+    let key = ssh_key::PrivateKey::from_openssh(pem).map_err(|e| SigningError::Unreadable {
+        secret: secret.to_owned(),
+        kind: "SSH private key",
+        field: SSH_KEY_FIELD,
+        source: e.into(),
+    })?;
+    let key = if key.is_encrypted() {
+        let password =
+            text(data, SSH_PASSPHRASE_FIELD).ok_or_else(|| SigningError::MissingPassphrase {
+                secret: secret.to_owned(),
+                field: SSH_KEY_FIELD,
+                passphrase: SSH_PASSPHRASE_FIELD,
+            })?;
+        key.decrypt(password.as_bytes())
+            .map_err(|e| SigningError::CannotSign {
+                secret: secret.to_owned(),
+                field: SSH_KEY_FIELD,
+                passphrase: SSH_PASSPHRASE_FIELD,
+                source: e.into(),
+            })?
+    } else {
+        key
+    };
+    Ok(Key::Ssh(Box::new(key)))
 }
 
 #[cfg(test)]
@@ -227,11 +259,11 @@ mod tests {
     }
 
     fn gpg(entries: &[(&str, &str)]) -> Result<CommitSigner, SigningError> {
-        CommitSigner::from_secret_data(&data(entries), SigningKeyType::Gpg)
+        CommitSigner::from_secret_data("apps/key", &data(entries), SigningKeyType::Gpg)
     }
 
     fn ssh(entries: &[(&str, &str)]) -> Result<CommitSigner, SigningError> {
-        CommitSigner::from_secret_data(&data(entries), SigningKeyType::Ssh)
+        CommitSigner::from_secret_data("apps/key", &data(entries), SigningKeyType::Ssh)
     }
 
     const CONTENT: &[u8] = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessage\n";
@@ -288,38 +320,57 @@ mod tests {
                 .unwrap()
                 .sign(b"x")
                 .unwrap();
-            assert_eq!(
-                sign(&[(field, key)]).unwrap_err(),
-                SigningError::MissingPassphrase {
-                    field,
-                    passphrase: pass_field
-                }
+            let missing = sign(&[(field, key)]).unwrap_err();
+            assert!(
+                matches!(
+                    missing,
+                    SigningError::MissingPassphrase { field: f, passphrase: p, .. }
+                        if f == field && p == pass_field
+                ),
+                "{missing}"
             );
             let wrong = sign(&[(field, key), (pass_field, "battery staple")]).unwrap_err();
             assert!(matches!(wrong, SigningError::CannotSign { .. }), "{wrong}");
-            assert!(!wrong.to_string().contains("battery"), "{wrong}");
+            let text = weir_runtime::chain(&wrong);
+            assert!(
+                text.starts_with(&format!(
+                    "signing key secret 'apps/key' cannot sign with the key in '{field}' \
+                     (wrong '{pass_field}'?): "
+                )),
+                "{text}"
+            );
+            assert!(!text.contains("battery"), "{text}");
         }
     }
 
     #[test]
     fn unusable_secrets_say_which_key_is_wrong() {
         assert_eq!(
-            gpg(&[(SSH_KEY_FIELD, KEY)]).unwrap_err().to_string(),
-            "does not contain a 'git.asc' key"
+            weir_runtime::chain(&gpg(&[(SSH_KEY_FIELD, KEY)]).unwrap_err()),
+            "signing key secret 'apps/key' does not contain a 'git.asc' key"
         );
         assert_eq!(
-            ssh(&[(KEY_FIELD, KEY)]).unwrap_err().to_string(),
-            "does not contain an 'identity' key"
+            weir_runtime::chain(&ssh(&[(KEY_FIELD, KEY)]).unwrap_err()),
+            "signing key secret 'apps/key' does not contain an 'identity' key"
         );
-        let garbage = gpg(&[(KEY_FIELD, "not a key")]).unwrap_err().to_string();
-        assert!(
-            garbage.contains("OpenPGP secret key in 'git.asc'"),
-            "{garbage}"
-        );
-        let garbage = ssh(&[(SSH_KEY_FIELD, KEY)]).unwrap_err().to_string();
-        assert!(
-            garbage.contains("SSH private key in 'identity'"),
-            "{garbage}"
-        );
+        // The library's own words follow, as the cause.
+        for (garbage, prefix) in [
+            (
+                gpg(&[(KEY_FIELD, "not a key")]).unwrap_err(),
+                "signing key secret 'apps/key' could not read the OpenPGP secret key in \
+                 'git.asc': ",
+            ),
+            (
+                ssh(&[(SSH_KEY_FIELD, KEY)]).unwrap_err(),
+                "signing key secret 'apps/key' could not read the SSH private key in \
+                 'identity': ",
+            ),
+        ] {
+            let text = weir_runtime::chain(&garbage);
+            assert!(
+                text.starts_with(prefix) && text.len() > prefix.len(),
+                "{text}"
+            );
+        }
     }
 }

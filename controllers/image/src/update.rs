@@ -104,11 +104,8 @@ fn target(checkout: &Checkout, refs: &RemoteRefs) -> Result<Target, ImageError> 
             format!("tag '{t}' not found in the remote"),
         ),
         Checkout::Semver(range) => {
-            let parsed = semver_range::Range::parse(range).map_err(|e| {
-                ImageError::InvalidSource(format!(
-                    "git.checkout.ref.semver '{range}' is not a semver range: {e}"
-                ))
-            })?;
+            let parsed =
+                semver_range::Range::parse(range).map_err(ImageError::InvalidCheckoutSemver)?;
             let (_, best) = refs
                 .tags()
                 .filter_map(|t| semver_range::parse_version(t).map(|v| (v, t)))
@@ -178,8 +175,6 @@ pub struct UpdateRequest {
     pub push_options: Vec<String>,
     /// Signs the commit when `git.commit.signingKey` is set.
     pub signer: Option<CommitSigner>,
-    /// `namespace/name` of the signing key's Secret, for errors.
-    pub signing_secret: String,
     /// Directory under the repository root whose YAML files are updated (`""` for the root).
     pub path: String,
     /// The chosen image of each policy, by `namespace:name`.
@@ -531,13 +526,7 @@ fn write_commit(
             let content = std::str::from_utf8(&buffer).map_err(|_| {
                 ImageError::Git(GitError::Git("the commit is not valid UTF-8".to_owned()))
             })?;
-            let armored =
-                signer
-                    .sign(content.as_bytes())
-                    .map_err(|why| ImageError::SigningKey {
-                        secret: req.signing_secret.clone(),
-                        why,
-                    })?;
+            let armored = signer.sign(content.as_bytes())?;
             repo.commit_signed(content, &armored, Some("gpgsig"))
                 .map_err(|e| git_err(&e))?
         }

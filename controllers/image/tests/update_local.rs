@@ -88,7 +88,6 @@ fn request(url: String, checkout: Checkout, push_branch: &str, switch: bool) -> 
         push_refspec: None,
         push_options: vec![],
         signer: None,
-        signing_secret: String::new(),
         path: String::new(),
         policies: BTreeMap::from([(
             "apps:app".to_owned(),
@@ -235,6 +234,7 @@ fn signed_commits_carry_a_signature_over_the_commit() {
     remote.commit("refs/heads/main", MARKED, "first");
     let key = include_bytes!("../testdata/signing-key.asc").to_vec();
     let signer = CommitSigner::from_secret_data(
+        "apps/signing-key",
         &BTreeMap::from([("git.asc".to_owned(), key)]),
         SigningKeyType::Gpg,
     )

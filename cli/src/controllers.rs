@@ -164,7 +164,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
     identify(&mut kube_config);
-    let client = weir_runtime::metrics::client(kube_config.clone())
+    let client = weir_runtime::client::new(kube_config.clone())
         .map_err(|e| format!("cannot connect to the Kubernetes API (check KUBECONFIG): {e}"))?;
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await

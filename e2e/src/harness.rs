@@ -187,12 +187,12 @@ impl Harness {
         Ok(())
     }
 
-    /// A Kubernetes client for the harness's API server (cluster-admin).
+    /// A Kubernetes client for the harness's API server (cluster-admin), made as `weir controllers` makes its own (requests counted, short retries).
     ///
     /// A new client per call, bound to the caller's tokio runtime: each `#[tokio::test]` has its
     /// own runtime, and a client made on one stops working when that runtime ends.
     pub fn client(&self) -> Result<kube::Client, Error> {
-        kube::Client::try_from(self.kube_config.clone()).map_err(Error::KubeClient)
+        weir_runtime::client::new(self.kube_config.clone()).map_err(Error::KubeClient)
     }
 
     /// The kubeconfig file of the harness (cluster-admin), for command-line clients such as

@@ -94,6 +94,9 @@ pub enum KustomizeError {
     /// Discovery of the kinds of the set (or of healthChecks) failed.
     #[error("kubernetes API")]
     Discovery(#[source] SsaError),
+    /// The reconcile did not end within its bound (twice `spec.timeout`) and was abandoned.
+    #[error("reconciliation did not end within {0:?} (twice spec.timeout) and was abandoned")]
+    Abandoned(Duration),
 }
 
 impl From<IgnoreRuleError> for KustomizeError {
@@ -130,7 +133,8 @@ impl Failure for KustomizeError {
             | Self::IgnoreRule { .. }
             | Self::Kube(_)
             | Self::Discovery(_)
-            | Self::ReadyExprInput { .. } => reasons::RECONCILIATION_FAILED,
+            | Self::ReadyExprInput { .. }
+            | Self::Abandoned(_) => reasons::RECONCILIATION_FAILED,
         }
     }
 
@@ -157,7 +161,8 @@ impl Failure for KustomizeError {
             | Self::HealthCheckKind(_)
             | Self::Kube(_)
             | Self::Discovery(_)
-            | Self::ReadyExprInput { .. } => Disposition::Transient,
+            | Self::ReadyExprInput { .. }
+            | Self::Abandoned(_) => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
             Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule { .. } => {
                 Disposition::Stalled

@@ -376,7 +376,7 @@ pub async fn start(
     let mut config = config;
     config.kustomize_path = build::find_binary(&config.kustomize_path)
         .ok_or_else(|| StartError::KustomizeNotFound(config.kustomize_path.clone()))?;
-    let client = weir_runtime::metrics::client(kube_config.clone()).map_err(StartError::Client)?;
+    let client = weir_runtime::client::new(kube_config.clone()).map_err(StartError::Client)?;
     let fetcher = ArtifactFetcher::new(config.cache_dir.clone(), config.artifact_limits)
         .map_err(StartError::Cache)?;
     let metrics = Arc::new(Metrics::default());
@@ -456,7 +456,14 @@ impl Reconciler<Kustomization> for Context {
         let mut status = previous.clone().unwrap_or_default();
 
         let mut attempt = Attempt::default();
-        let result = reconcile::run(&ks, self, &mut attempt).await;
+        // Every step is bounded by spec.timeout on its own (download, build, health wait); the
+        // whole reconcile by twice that, so that no API call left waiting (a server that stops
+        // answering) holds the object for ever. What was applied before is applied again next
+        // time; nothing is pruned after an abandoned reconcile.
+        let bound = ks.spec.timeout().saturating_mul(2);
+        let result = tokio::time::timeout(bound, reconcile::run(&ks, self, &mut attempt))
+            .await
+            .unwrap_or(Err(KustomizeError::Abandoned(bound)));
 
         if let Some(revision) = &attempt.revision {
             status.last_attempted_revision = Some(revision.clone());

@@ -148,19 +148,18 @@ pub async fn run(
         let diff = InventoryDiff::between(old.as_ref(), &new_inventory);
         if !diff.is_empty() {
             let name = ks.name_any();
-            match set
-                .prune(&diff.to_prune(), &owner_labels(&name, &namespace))
+            // The stale entries stay recorded until the prune is done, so that a failed or
+            // abandoned prune is tried again by the next reconcile.
+            let to_prune = diff.to_prune();
+            attempt.inventory = Some(inventory::inventory(
+                new_inventory.entries.iter().cloned().chain(diff.stale),
+            ));
+            let deleted = set
+                .prune(&to_prune, &owner_labels(&name, &namespace))
                 .await
-            {
-                Ok(deleted) => attempt.changes.entries.extend(deleted.entries),
-                Err(error) => {
-                    // Keep the stale entries so the next reconcile tries again.
-                    attempt.inventory = Some(inventory::inventory(
-                        new_inventory.entries.iter().cloned().chain(diff.stale),
-                    ));
-                    return Err(KustomizeError::Prune(error));
-                }
-            }
+                .map_err(KustomizeError::Prune)?;
+            attempt.changes.entries.extend(deleted.entries);
+            attempt.inventory = Some(new_inventory);
         }
     }
 
@@ -555,7 +554,7 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
     let mut config = ctx.kube_config.clone();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
     config.auth_info.impersonate_groups = None;
-    weir_runtime::metrics::client(config).map_err(|source| KustomizeError::Impersonation {
+    weir_runtime::client::new(config).map_err(|source| KustomizeError::Impersonation {
         account: sa.clone(),
         source,
     })

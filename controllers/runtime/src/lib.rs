@@ -6,6 +6,7 @@
 //! per reconcile, how events are published, and how secrets are kept out of text.
 
 pub mod chain;
+pub mod client;
 pub mod conclude;
 pub mod controller;
 pub mod decision;

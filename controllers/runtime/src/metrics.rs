@@ -8,7 +8,7 @@
 //!   current status (`True`, `False`, `Unknown`, or `Deleted` once the object is being deleted)
 //!   and 0 for the others, as Flux sets it;
 //! - `weir_status_writes_total{kind}`: status writes (skipped ones are not counted);
-//! - `weir_api_requests_total{verb,dry_run}`: every request a [`client`] sends to the API server
+//! - `weir_api_requests_total{verb,dry_run}`: every request a [`crate::client`] sends to the API server
 //!   (`verb`: get — lists too —, watch, create, update, patch, delete; `dry_run`: true for
 //!   server-side dry runs), counted in the client's tower stack, so no call site can forget it.
 //!
@@ -119,16 +119,8 @@ pub fn register(registry: &mut Registry) {
     );
 }
 
-/// A client of `config` whose requests are counted in `weir_api_requests_total`: every
-/// controller of the process makes its clients (impersonating ones too) through this.
-pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::util::MapRequestLayer::new(count_request))
-        .build())
-}
-
 /// Counts one request by its verb, as the API server's audit log names it.
-fn count_request<B>(request: http::Request<B>) -> http::Request<B> {
+pub(crate) fn count_request<B>(request: http::Request<B>) -> http::Request<B> {
     let query = request.uri().query().unwrap_or_default();
     let param = |name: &str, values: &[&str]| {
         query.split('&').any(|pair| {

@@ -233,3 +233,83 @@ async fn history_records_each_built_digest_and_outcome_as_flux_does() -> Result<
     );
     f.teardown().await
 }
+
+/// A kind whose group fails discovery (an aggregated API whose service is down, as when
+/// metrics-server is not running) keeps its inventory entry, so its objects are never orphaned:
+/// the Kustomization is Ready=False (`PruneFailed`) naming the object it could not look up.
+/// Once the group is no longer served at all, the entry is dropped as Flux drops it.
+#[tokio::test]
+async fn a_kind_whose_discovery_fails_stays_in_the_inventory() -> Result<()> {
+    use kube::api::{ApiResource, DeleteParams, DynamicObject};
+    let f = Fixture::start(&[("apps/cm.yaml", &config_map_yaml("kept", "1"))]).await?;
+    let group = format!("{}.broken.weir.dev", f.ns());
+    let apiservices: Api<DynamicObject> = Api::all_with(
+        f.client.clone(),
+        &ApiResource {
+            group: "apiregistration.k8s.io".to_owned(),
+            version: "v1".to_owned(),
+            api_version: "apiregistration.k8s.io/v1".to_owned(),
+            kind: "APIService".to_owned(),
+            plural: "apiservices".to_owned(),
+        },
+    );
+    let name = format!("v1.{group}");
+    // Its service does not exist: the API server answers 503 for the group.
+    let broken: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": { "name": name },
+        "spec": {
+            "group": group, "version": "v1",
+            "service": { "namespace": f.ns(), "name": "down", "port": 443 },
+            "insecureSkipTLSVerify": true, "groupPriorityMinimum": 1000, "versionPriority": 15,
+        },
+    }))?;
+    apiservices.create(&PostParams::default(), &broken).await?;
+    let result = async {
+        f.create_ks("app", json!({ "path": "./apps", "suspend": true }))
+            .await?;
+        let entry = format!("{}_w_{group}_Widget", f.ns());
+        f.ks.patch_status(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "status": { "inventory": { "entries": [{ "id": entry, "v": "v1" }] } } }),
+            ),
+        )
+        .await?;
+        f.ks.patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": false } })),
+        )
+        .await?;
+        let failed = f.wait_failed("app", None, reasons::PRUNE_FAILED).await?;
+        let m = message(&failed);
+        assert!(
+            m.contains(&format!("Widget/{}/w", f.ns())) && m.contains("discovery failed"),
+            "{m}"
+        );
+        assert!(inventory_ids(&failed).contains(&entry), "{failed:?}");
+
+        // The group is gone for good: the entry goes, the Kustomization is Ready.
+        apiservices.delete(&name, &DeleteParams::default()).await?;
+        let applied = f.wait_applied("app", &f.repo.head()?).await?;
+        assert!(!inventory_ids(&applied).contains(&entry), "{applied:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    // Never leave a broken group behind for the other tests.
+    let _ = apiservices.delete(&name, &DeleteParams::default()).await;
+    result?;
+    f.teardown().await
+}
+
+/// The ids of `ks`'s inventory.
+fn inventory_ids(ks: &Kustomization) -> Vec<String> {
+    ks.status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
+        .unwrap_or_default()
+}

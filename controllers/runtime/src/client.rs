@@ -19,6 +19,7 @@ pub const MAX_RETRIES: u32 = 4;
 /// A client of `config` (to be made inside a tokio runtime: its buffer runs there): every controller of the process makes its clients (impersonating ones
 /// too) through this.
 pub fn new(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    crate::tls::install_crypto_provider();
     config.default_retry = false;
     let retry = RetryPolicy::new(
         Duration::from_millis(50),

@@ -47,9 +47,11 @@ async fn a_registry_that_ignores_the_page_size_gives_every_tag_once() -> Result<
 /// A registry in front of the harness's that pages its tag lists as registries capping `n` do:
 /// at most `cap` tags per page, whatever was asked, with a `Link` to the next page when `links`,
 /// silently when not. The tags are the real registry's (Distribution 2.x, which ignores `n`).
+/// While `failing` is set, every page after the first is a 500.
 struct CappingRegistry {
     host: String,
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -57,10 +59,18 @@ impl CappingRegistry {
     async fn start(cap: usize, links: bool) -> Result<Self> {
         let upstream = Harness::get().await?.registry().host().to_owned();
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = requests.clone();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counted, fails) = (requests.clone(), failing.clone());
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let (upstream, counted) = (upstream.clone(), counted.clone());
-            async move { Self::serve(&upstream, &uri, cap, links, &counted).await }
+            let (upstream, counted, fails) = (upstream.clone(), counted.clone(), fails.clone());
+            async move {
+                let later_page = uri.query().is_some_and(|q| q.contains("last="));
+                if later_page && fails.load(Ordering::Relaxed) {
+                    use axum::response::IntoResponse;
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                Self::serve(&upstream, &uri, cap, links, &counted).await
+            }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let host = listener.local_addr()?.to_string();
@@ -70,6 +80,7 @@ impl CappingRegistry {
         Ok(Self {
             host,
             requests,
+            failing,
             _server: server,
         })
     }
@@ -163,6 +174,47 @@ async fn tag_lists_capped_below_the_page_size_are_read_to_the_end() -> Result<()
             "{repo}: tag list requests"
         );
     }
+    Ok(())
+}
+
+/// A tag list whose later page fails is no tag list: the repository is not Ready and keeps no
+/// partial result, and the policy picks nothing from the first page (no stale tag passes for
+/// the latest); once the registry answers every page, the newest tag is picked.
+#[tokio::test]
+async fn a_tag_list_failing_past_its_first_page_gives_no_pick() -> Result<()> {
+    let f = Fixture::start().await?;
+    let tags: Vec<String> = (0..8).map(|i| format!("1.0.{i}")).collect();
+    let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let image = push_tags("truncated", &refs).await?;
+    let name = image.split_once('/').unwrap().1;
+    let registry = CappingRegistry::start(3, true).await?;
+    registry.failing.store(true, Ordering::Relaxed);
+    f.repository(
+        "app",
+        json!({ "image": format!("{}/{name}", registry.host), "interval": "1h", "insecure": true }),
+    )
+    .await?;
+    f.policy(
+        "app",
+        json!({ "imageRepositoryRef": { "name": "app" }, "policy": { "semver": { "range": ">=1.0.0" } } }),
+    )
+    .await?;
+    let failed: ImageRepository = f.wait_ready("app", "False", None).await?;
+    let message = ready_message(&failed.conditions());
+    assert!(message.contains("500"), "{message}");
+    assert!(
+        failed.status.unwrap().last_scan_result.is_none(),
+        "no partial scan is recorded"
+    );
+    let policy: ImagePolicy = f
+        .wait_ready("app", "False", Some(weir_api::reasons::DEPENDENCY_NOT_READY))
+        .await?;
+    assert!(policy.status.unwrap().latest_ref.is_none(), "no pick from one page");
+
+    registry.failing.store(false, Ordering::Relaxed);
+    f.request_reconcile::<ImageRepository>("app", "registry-fixed")
+        .await?;
+    f.latest_tag("app", "1.0.7").await?;
     Ok(())
 }
 

@@ -207,9 +207,16 @@ async fn a_tag_list_failing_past_its_first_page_gives_no_pick() -> Result<()> {
         "no partial scan is recorded"
     );
     let policy: ImagePolicy = f
-        .wait_ready("app", "False", Some(weir_api::reasons::DEPENDENCY_NOT_READY))
+        .wait_ready(
+            "app",
+            "False",
+            Some(weir_api::reasons::DEPENDENCY_NOT_READY),
+        )
         .await?;
-    assert!(policy.status.unwrap().latest_ref.is_none(), "no pick from one page");
+    assert!(
+        policy.status.unwrap().latest_ref.is_none(),
+        "no pick from one page"
+    );
 
     registry.failing.store(false, Ordering::Relaxed);
     f.request_reconcile::<ImageRepository>("app", "registry-fixed")

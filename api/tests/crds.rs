@@ -301,7 +301,19 @@ fn image_crds_have_fluxs_names_and_columns() {
         let conds = prop(schema(&crd), &["status", "conditions"]);
         assert_eq!(conds.x_kubernetes_list_type.as_deref(), Some("map"));
     }
+    // The columns of Flux's generated v1 CRDs, in their order (`kubectl get` shows them so).
+    let repo = read_crd("imagerepositories.image.toolkit.fluxcd.io.yaml");
+    let names = |crd: &CustomResourceDefinition| -> Vec<String> {
+        columns(crd).into_iter().map(|(name, _)| name).collect()
+    };
+    assert_eq!(
+        names(&repo),
+        ["Image", "Tags", "Ready", "Status", "Last scan", "Age"]
+    );
+    assert!(columns(&repo).contains(&("Image".to_owned(), ".spec.image".to_owned())));
     let policy = read_crd("imagepolicies.image.toolkit.fluxcd.io.yaml");
+    assert_eq!(names(&policy), ["Image", "Tag", "Ready", "Status", "Age"]);
+    assert!(columns(&policy).contains(&("Tag".to_owned(), ".status.latestRef.tag".to_owned())));
     assert_eq!(
         prop(schema(&policy), &["spec", "policy"])
             .one_of
@@ -310,7 +322,6 @@ fn image_crds_have_fluxs_names_and_columns() {
         Some(3),
         "exactly one of semver, alphabetical, numerical"
     );
-    let repo = read_crd("imagerepositories.image.toolkit.fluxcd.io.yaml");
     assert_eq!(
         prop(schema(&repo), &["spec", "exclusionList"])
             .default

@@ -6,6 +6,16 @@
 //! operation still waits fails at once with [`BoundedError::StillRunning`], and a changed URL is
 //! a new key that starts at once. Each controller that talks to git keeps one `InFlight` for its
 //! objects.
+//!
+//! Why this and not a transport that can be killed at `spec.timeout`: what a user sees is the
+//! same (the object reports the timeout within `spec.timeout`, its retries say the old
+//! operation still waits, a fixed URL is Ready at once — the silent-server e2e tests of the
+//! source and image suites), and the cost is bounded: at most one parked thread per object and
+//! URL, for at most [`crate::SOCKET_TIMEOUT`] (Flux's default `spec.timeout`). Running the git
+//! CLI in a process killed at the deadline (Argo CD's way) would release the thread exactly, but
+//! costs a fork and exec per remote check and loses libgit2's in-memory ref listing, which is
+//! what keeps an unchanged GitRepository from cloning anything; a shorter process-wide socket
+//! timeout would fail slow but healthy servers mid-transfer.
 
 use std::{
     collections::HashSet,

@@ -3,13 +3,17 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{GitRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation, Kustomization};
+use crate::{
+    GitRepository, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
+    Kustomization,
+};
 
 /// Every CRD Weir serves, in a stable order.
 #[must_use]
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         GitRepository::crd(),
+        HelmRepository::crd(),
         Kustomization::crd(),
         ImageRepository::crd(),
         ImagePolicy::crd(),

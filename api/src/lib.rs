@@ -5,6 +5,7 @@
 pub mod condition;
 pub mod crd;
 pub mod duration;
+pub mod helm_repository;
 pub mod history;
 pub mod image;
 pub mod kustomize;
@@ -15,6 +16,9 @@ pub mod status;
 
 pub use condition::{Condition, ConditionStatus, KStatus, Outcome, reasons, types};
 pub use duration::{DurationError, GoDuration};
+pub use helm_repository::{
+    HelmRepository, HelmRepositorySpec, HelmRepositoryStatus, HelmRepositoryType,
+};
 pub use image::{
     ImagePolicy, ImagePolicySpec, ImagePolicyStatus, ImageRef, ImageRepository,
     ImageRepositorySpec, ImageRepositoryStatus, ImageUpdateAutomation, ImageUpdateAutomationSpec,

@@ -5,9 +5,10 @@
 use kube::core::object::HasStatus;
 
 use crate::{
-    Condition, GitRepository, GitRepositoryStatus, ImagePolicy, ImagePolicyStatus, ImageRepository,
-    ImageRepositoryStatus, ImageUpdateAutomation, ImageUpdateAutomationStatus, Kustomization,
-    KustomizationStatus, condition::find_condition, types,
+    Condition, GitRepository, GitRepositoryStatus, HelmRepository, HelmRepositoryStatus,
+    ImagePolicy, ImagePolicyStatus, ImageRepository, ImageRepositoryStatus, ImageUpdateAutomation,
+    ImageUpdateAutomationStatus, Kustomization, KustomizationStatus, condition::find_condition,
+    types,
 };
 
 /// The fields Flux's status types share (`meta.ReconcileRequestStatus` and conditions).
@@ -58,6 +59,7 @@ macro_rules! object_status {
 
 object_status!(
     GitRepositoryStatus,
+    HelmRepositoryStatus,
     KustomizationStatus,
     ImageRepositoryStatus,
     ImagePolicyStatus,
@@ -76,6 +78,7 @@ macro_rules! suspendable {
 
 suspendable!(
     GitRepository,
+    HelmRepository,
     Kustomization,
     ImageRepository,
     ImagePolicy,

@@ -113,6 +113,64 @@ fn gitrepository_crd_has_fluxs_names_and_columns() {
 }
 
 #[test]
+fn helmrepository_crd_has_fluxs_names_columns_and_validation() {
+    let crd = read_crd("helmrepositories.source.toolkit.fluxcd.io.yaml");
+    assert_eq!(crd.spec.group, "source.toolkit.fluxcd.io");
+    assert_eq!(crd.spec.names.kind, "HelmRepository");
+    assert_eq!(crd.spec.names.plural, "helmrepositories");
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["helmrepo".to_owned()][..])
+    );
+    assert_eq!(
+        crd.spec.names.categories.as_deref(),
+        Some(
+            &[
+                "all".to_owned(),
+                "fluxcd".to_owned(),
+                "fluxcd-sources".to_owned()
+            ][..]
+        )
+    );
+    assert_eq!(crd.spec.versions[0].name, "v1");
+    assert_eq!(
+        columns(&crd),
+        [
+            ("URL", ".spec.url"),
+            ("Age", ".metadata.creationTimestamp"),
+            ("Ready", READY),
+            ("Status", STATUS),
+        ]
+        .map(|(n, p)| (n.to_owned(), p.to_owned()))
+    );
+    let s = schema(&crd);
+    assert_structural(s, "HelmRepository");
+    assert_eq!(
+        prop(s, &["spec", "url"]).pattern.as_deref(),
+        Some("^(http|https|oci)://.*$")
+    );
+    let enum_of = |path: &[&str]| -> Vec<serde_json::Value> {
+        prop(s, path)
+            .enum_
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.0)
+            .collect()
+    };
+    assert_eq!(
+        enum_of(&["spec", "type"]),
+        [serde_json::json!("default"), serde_json::json!("oci")]
+    );
+    assert_eq!(enum_of(&["spec", "provider"]).len(), 4);
+    let required = s.properties.as_ref().unwrap()["spec"]
+        .required
+        .clone()
+        .unwrap();
+    assert_eq!(required, ["url"], "only url is required, as in Flux");
+}
+
+#[test]
 fn kustomization_crd_has_fluxs_names_and_columns() {
     let crd = read_crd("kustomizations.kustomize.toolkit.fluxcd.io.yaml");
     assert_eq!(crd.spec.group, "kustomize.toolkit.fluxcd.io");

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use weir_api::{
-    GitRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation, Kustomization, manifest,
+    GitRepository, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
+    Kustomization, manifest,
 };
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
@@ -32,6 +33,9 @@ fn round_trip(yaml: &str) -> Result<Value, manifest::ManifestError> {
     match raw["kind"].as_str() {
         Some("GitRepository") => {
             Ok(serde_json::to_value(manifest::from_yaml::<GitRepository>(yaml)?).unwrap())
+        }
+        Some("HelmRepository") => {
+            Ok(serde_json::to_value(manifest::from_yaml::<HelmRepository>(yaml)?).unwrap())
         }
         Some("Kustomization") => {
             Ok(serde_json::to_value(manifest::from_yaml::<Kustomization>(yaml)?).unwrap())

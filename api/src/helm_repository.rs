@@ -14,6 +14,9 @@ use crate::{
     meta::AccessFrom,
 };
 
+/// The reason of a fetched index that does not load as a Helm repository index (Flux's).
+pub const INDEXATION_FAILED_REASON: &str = "IndexationFailed";
+
 /// The interval an object without `spec.interval` is fetched again at (Flux's).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// The timeout of the index fetch without `spec.timeout` (Flux's).

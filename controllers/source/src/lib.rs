@@ -1,9 +1,12 @@
-//! Weir's source controller: turns each `GitRepository` into a reproducible tar.gz artifact,
-//! served over HTTP and published in `status.artifact` for other controllers to download.
+//! Weir's source controller: turns each `GitRepository` into a reproducible tar.gz artifact and
+//! each HTTP(S) `HelmRepository` into its index, served over HTTP and published in
+//! `status.artifact` for other controllers to download.
 
 pub mod archive;
 pub mod content;
 pub mod error;
+pub mod helm_index;
+pub mod helm_repository;
 pub mod include;
 pub mod reconcile;
 pub mod storage;
@@ -139,18 +142,21 @@ pub struct Handle {
     pub storage_url: String,
     /// Stopped, like the server, when the handle is dropped.
     controller: AbortOnDropHandle<()>,
+    helm: helm_repository::Running,
     server: AbortOnDropHandle<()>,
 }
 
 impl Handle {
     /// Runs until the controller stops (it stops on SIGTERM/SIGINT when `shutdown_on_signal`).
     pub async fn wait(self) {
-        let _ = self.controller.await;
+        let _ = futures::join!(self.controller, self.helm.controller);
     }
 
     /// Stops the controller and the artifact server.
     pub fn abort(&self) {
         self.controller.abort();
+        self.helm.controller.abort();
+        self.helm.statics.abort();
         self.server.abort();
     }
 }
@@ -198,7 +204,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context {
         base: Base::new(client.clone(), CONTROLLER_NAME),
-        storage,
+        storage: storage.clone(),
         metrics: metrics.clone(),
         in_flight: weir_git::bounded::InFlight::default(),
     });
@@ -219,12 +225,22 @@ pub async fn start(
         .changed(include::artifact_trigger);
     let controller = watch_includes(controller, includes);
     let controller = weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal);
+    let helm = helm_repository::start(
+        &client,
+        &watches,
+        namespace,
+        config.concurrency,
+        &mut synced,
+        storage,
+        shutdown_on_signal,
+    );
     tracing::info!(storage = %storage_url, "source controller started");
     Ok(Handle {
         metrics,
         synced,
         storage_url,
         controller,
+        helm,
         server,
     })
 }

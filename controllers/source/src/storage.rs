@@ -81,6 +81,23 @@ impl Storage {
         Ok(out)
     }
 
+    /// Points `<object_dir>/<link>` at the artifact `current` (in the same directory), replacing
+    /// what it pointed at in one rename, so the link always serves a whole artifact. Garbage
+    /// collection leaves links alone.
+    pub fn link_latest(&self, object_dir: &str, current: &str, link: &str) -> io::Result<()> {
+        let dir = self.path(object_dir);
+        let target = Path::new(current)
+            .file_name()
+            .ok_or_else(|| io::Error::other("artifact path has no file name"))?;
+        let tmp = dir.join(format!(".tmp-link-{link}"));
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::os::unix::fs::symlink(target, &tmp)?;
+        fs::rename(&tmp, dir.join(link))
+    }
+
     /// Removes the object's older artifacts, keeping `current` and the newest others up to the
     /// retention count. Returns what was removed.
     pub fn collect_garbage(&self, object_dir: &str, current: &str) -> io::Result<Vec<PathBuf>> {
@@ -171,5 +188,24 @@ mod tests {
         s.remove_object("gitrepository/ns/app").unwrap();
         assert!(!s.path("gitrepository/ns/app").exists());
         s.remove_object("gitrepository/ns/app").unwrap();
+    }
+
+    #[test]
+    fn the_latest_link_follows_the_current_artifact_and_outlives_garbage_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::new(dir.path().to_path_buf(), "http://x", 1).unwrap();
+        let object = "helmrepository/ns/app";
+        for name in ["index-a.yaml", "index-b.yaml"] {
+            let rel = format!("{object}/{name}");
+            s.write_atomic(&rel, |f| f.write_all(name.as_bytes()))
+                .unwrap();
+            s.link_latest(object, &rel, "index.yaml").unwrap();
+            s.collect_garbage(object, &rel).unwrap();
+            assert_eq!(
+                fs::read_to_string(s.path(&format!("{object}/index.yaml"))).unwrap(),
+                name
+            );
+        }
+        assert!(!s.exists(&format!("{object}/index-a.yaml")));
     }
 }

@@ -1,5 +1,6 @@
 //! The source controller against the real harness: GitRepositories over anonymous and
-//! authenticated HTTP and SSH become artifacts served over HTTP with the advertised digest.
+//! authenticated HTTP and SSH, and HelmRepositories' indexes, become artifacts served over HTTP
+//! with the advertised digest.
 
 // A test's helpers fail the test by panicking; that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -8,6 +9,7 @@ mod artifact;
 mod auth;
 mod content;
 mod fixture;
+mod helm_repository;
 mod reconcile;
 mod refs;
 mod timeouts;

@@ -17,11 +17,17 @@
 //!
 //! Where Weir differs: Flux stores a JSON re-encoding of the parsed index (so its artifact's
 //! digest differs from its revision); Weir stores the fetched bytes as they are, so the digest
-//! is the revision and the artifact is the index the repository served. No conditional request
-//! is made (the harness's and most chart servers' answers carry no `ETag`): a fetch always
-//! downloads the index and compares digests, as Flux does.
+//! is the revision and the artifact is the index the repository served. And Weir asks for the
+//! index conditionally: the `ETag` the stored index was served with (kept in memory) goes in
+//! `If-None-Match`, and a `304 Not Modified` keeps the artifact without a download; Flux
+//! downloads the index every time and compares digests, which Weir still does when the server
+//! sends no `ETag` or after a restart.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -158,6 +164,7 @@ impl Failure for HelmRepositoryError {
 pub struct HelmContext {
     pub base: Base,
     pub storage: Storage,
+    pub validators: Validators,
 }
 
 impl std::fmt::Debug for HelmContext {
@@ -195,6 +202,7 @@ pub fn start(
     let ctx = Arc::new(HelmContext {
         base: Base::new(client.clone(), crate::CONTROLLER_NAME),
         storage: storage.clone(),
+        validators: Validators::default(),
     });
     // OCI repositories never enter the reconciler, which would put Flux's finalizer on them.
     let subscription = watches.subscribe::<HelmRepository>(namespace, synced);
@@ -324,6 +332,8 @@ impl Reconciler<HelmRepository> for HelmContext {
         self.storage
             .remove_object(&dir)
             .map_err(ControllerError::cleanup)?;
+        self.validators
+            .forget(&weir_runtime::controller::object_key(&*repo));
         tracing::info!(dir, "removed artifacts");
         Ok(Action::await_change())
     }
@@ -339,8 +349,8 @@ enum Stored {
 }
 
 impl HelmContext {
-    /// The steps: the index URL, the client and credentials, the fetch, then (when the index
-    /// changed) validation and storage.
+    /// The steps: the index URL, the client and credentials, the fetch (conditional when the
+    /// stored index has a validator), then, when the index changed, validation and storage.
     async fn steps(
         &self,
         repo: &HelmRepository,
@@ -349,26 +359,65 @@ impl HelmContext {
     ) -> Result<Stored, HelmRepositoryError> {
         let url = helm_index::index_url(&repo.spec.url).map_err(HelmRepositoryError::InvalidUrl)?;
         let access = Access::load(&self.base.client, repo, redactor).await?;
-        let bytes = access.fetch(url.clone(), repo.spec.timeout()).await?;
+        let key = weir_runtime::controller::object_key(repo);
+        let current = repo
+            .status
+            .as_ref()
+            .and_then(|s| s.artifact.clone())
+            .filter(|a| self.storage.exists(&a.path))
+            .map(|mut a| {
+                a.url = self.storage.url(&a.path);
+                a
+            });
+        let validator = current.as_ref().and_then(|artifact| {
+            self.validators
+                .etag(&key, url.as_str(), &artifact.revision)
+                .map(|etag| (etag, artifact.clone()))
+        });
+        let etag = validator.as_ref().map(|(etag, _)| etag.clone());
+        let fetched = access.fetch(url.clone(), repo.spec.timeout(), etag).await?;
+        let (bytes, etag) = match (fetched, validator) {
+            (Fetched::Index { bytes, etag }, _) => (bytes, etag),
+            (Fetched::NotModified, Some((_, artifact))) => {
+                return Ok(Stored::Unchanged(artifact));
+            }
+            // `fetch` answers NotModified only to a conditional request.
+            (Fetched::NotModified, None) => {
+                return Err(HelmRepositoryError::Fetch {
+                    url: url.to_string(),
+                    source: FetchError::Status(reqwest::StatusCode::NOT_MODIFIED),
+                });
+            }
+        };
         let revision = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let namespace = repo.namespace().unwrap_or_default();
-        let object_dir = Storage::object_dir(KIND, &namespace, &repo.name_any())
-            .map_err(HelmRepositoryError::Storage)?;
-        let current = repo.status.as_ref().and_then(|s| s.artifact.clone());
-        if let Some(artifact) = &current
-            && artifact.revision == revision
-            && self.storage.exists(&artifact.path)
-        {
-            let mut artifact = artifact.clone();
-            artifact.url = self.storage.url(&artifact.path);
-            return Ok(Stored::Unchanged(artifact));
-        }
+        let stored = match current {
+            Some(artifact) if artifact.revision == revision => Stored::Unchanged(artifact),
+            current => {
+                self.store_new(repo, &url, bytes, &revision, current.is_some(), progress)
+                    .await?
+            }
+        };
+        self.validators.record(&key, url.as_str(), etag, &revision);
+        Ok(stored)
+    }
+
+    /// Validates a new index and stores it, marked progressing first (with `ArtifactOutdated`
+    /// when it replaces an artifact).
+    async fn store_new(
+        &self,
+        repo: &HelmRepository,
+        url: &url::Url,
+        bytes: Vec<u8>,
+        revision: &str,
+        replaces: bool,
+        progress: &mut Progress<'_>,
+    ) -> Result<Stored, HelmRepositoryError> {
         let index = helm_index::validate(&bytes).map_err(|source| HelmRepositoryError::Index {
             url: url.to_string(),
             source,
         })?;
         let message = format!("new index revision '{revision}'");
-        let outdated = current.as_ref().map(|_| {
+        let outdated = replaces.then(|| {
             Condition::new(
                 types::ARTIFACT_OUTDATED,
                 ConditionStatus::True,
@@ -383,8 +432,14 @@ impl HelmContext {
                 outdated.as_slice(),
             )
             .await;
+        let object_dir = Storage::object_dir(
+            KIND,
+            &repo.namespace().unwrap_or_default(),
+            &repo.name_any(),
+        )
+        .map_err(HelmRepositoryError::Storage)?;
         let size = bytes.len() as u64;
-        let artifact = self.store(&object_dir, &revision, bytes).await?;
+        let artifact = self.store(&object_dir, revision, bytes).await?;
         tracing::info!(
             revision,
             charts = index.charts,
@@ -435,6 +490,68 @@ impl HelmContext {
     }
 }
 
+/// What a fetch of the index got.
+enum Fetched {
+    /// The server has nothing newer than the index whose `ETag` was sent (304).
+    NotModified,
+    /// The index, and its `ETag` when the server sent one.
+    Index {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+    },
+}
+
+/// The `ETag` each object's stored index was served with, to ask for the index conditionally
+/// next time. In memory: after a restart the first fetch of each index is a whole one.
+#[derive(Debug, Default)]
+pub struct Validators(Mutex<HashMap<String, Validator>>);
+
+#[derive(Debug)]
+struct Validator {
+    url: String,
+    etag: String,
+    revision: String,
+}
+
+impl Validators {
+    /// The `ETag` to send for `key`'s index at `url`, when the stored index (`revision`) is the
+    /// one it was served with.
+    fn etag(&self, key: &str, url: &str, revision: &str) -> Option<String> {
+        let validators = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        validators
+            .get(key)
+            .filter(|v| v.url == url && v.revision == revision)
+            .map(|v| v.etag.clone())
+    }
+
+    /// Records what the index now stored for `key` was served with (forgets it without one).
+    fn record(&self, key: &str, url: &str, etag: Option<String>, revision: &str) {
+        let mut validators = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match etag {
+            Some(etag) => {
+                validators.insert(
+                    key.to_owned(),
+                    Validator {
+                        url: url.to_owned(),
+                        etag,
+                        revision: revision.to_owned(),
+                    },
+                );
+            }
+            None => {
+                validators.remove(key);
+            }
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
 /// How the index is reached: TLS trust and client certificate, and basic auth.
 struct Access {
     client: reqwest::Client,
@@ -471,12 +588,14 @@ impl Access {
     }
 
     /// Downloads the index at `url` within `timeout`, refusing one larger than
-    /// [`MAX_INDEX_SIZE`] before reading past it.
+    /// [`MAX_INDEX_SIZE`] before reading past it. With `etag` (the stored index's), asks only
+    /// for a different one (`If-None-Match`).
     async fn fetch(
         &self,
         url: url::Url,
         timeout: Duration,
-    ) -> Result<Vec<u8>, HelmRepositoryError> {
+        etag: Option<String>,
+    ) -> Result<Fetched, HelmRepositoryError> {
         let failed = |source: FetchError| HelmRepositoryError::Fetch {
             url: url.to_string(),
             source,
@@ -485,13 +604,25 @@ impl Access {
         if let Some((user, password)) = &self.basic {
             request = request.basic_auth(user, Some(password));
         }
+        let conditional = etag.is_some();
+        if let Some(etag) = etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
         let mut response = request
             .send()
             .await
             .map_err(|e| failed(FetchError::Request(e.without_url())))?;
+        if conditional && response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(Fetched::NotModified);
+        }
         if !response.status().is_success() {
             return Err(failed(FetchError::Status(response.status())));
         }
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if response
             .content_length()
             .is_some_and(|n| n > MAX_INDEX_SIZE)
@@ -509,7 +640,7 @@ impl Access {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok(bytes)
+        Ok(Fetched::Index { bytes, etag })
     }
 }
 
@@ -722,6 +853,30 @@ mod tests {
         assert_eq!(index.disposition(), Disposition::Transient);
         let storage = HelmRepositoryError::Storage(std::io::Error::other("disk full"));
         assert_eq!(storage.condition_type(), types::STORAGE_OPERATION_FAILED);
+    }
+
+    #[test]
+    fn an_etag_is_sent_only_for_the_index_it_was_served_with() {
+        let validators = Validators::default();
+        let url = "http://charts.example/index.yaml";
+        validators.record("ns/a", url, Some("\"e1\"".into()), "sha256:1");
+        assert_eq!(
+            validators.etag("ns/a", url, "sha256:1").as_deref(),
+            Some("\"e1\"")
+        );
+        // Another stored revision, another URL, another object: a whole fetch.
+        assert_eq!(validators.etag("ns/a", url, "sha256:2"), None);
+        assert_eq!(
+            validators.etag("ns/a", "http://other/index.yaml", "sha256:1"),
+            None
+        );
+        assert_eq!(validators.etag("ns/b", url, "sha256:1"), None);
+        // A server that stops sending one is asked whole again.
+        validators.record("ns/a", url, None, "sha256:1");
+        assert_eq!(validators.etag("ns/a", url, "sha256:1"), None);
+        validators.record("ns/a", url, Some("\"e2\"".into()), "sha256:1");
+        validators.forget("ns/a");
+        assert_eq!(validators.etag("ns/a", url, "sha256:1"), None);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 use std::{
     fs::File,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -242,6 +245,10 @@ struct ServerState {
     serve: Mutex<Serve>,
     /// `user:password` the server requires, if any.
     basic: Option<String>,
+    /// Indexes sent whole, and `304 Not Modified` answers to an `If-None-Match` of the index's
+    /// `ETag` (its sha256).
+    sent: AtomicUsize,
+    not_modified: AtomicUsize,
 }
 
 /// A chart server on loopback; the URL of its repository is `<base>/charts`.
@@ -256,6 +263,8 @@ impl ChartServer {
         let state = Arc::new(ServerState {
             serve: Mutex::new(serve),
             basic: basic.map(str::to_owned),
+            sent: AtomicUsize::new(0),
+            not_modified: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .route("/charts/index.yaml", axum::routing::get(index))
@@ -298,7 +307,18 @@ async fn index(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Res
     }
     let serve = state.serve.lock().unwrap().clone();
     match serve {
-        Serve::Index(text) => text.into_response(),
+        Serve::Index(text) => {
+            let etag = format!("\"{}\"", sha256(text.as_bytes()));
+            if headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+            {
+                state.not_modified.fetch_add(1, Ordering::SeqCst);
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            state.sent.fetch_add(1, Ordering::SeqCst);
+            ([(header::ETAG, etag)], text).into_response()
+        }
         Serve::Status(status) => status.into_response(),
     }
 }
@@ -370,6 +390,40 @@ async fn a_url_serving_no_helm_index_fails_naming_it_and_the_last_artifact_stays
     let conditions = fixed.status.clone().unwrap().conditions;
     assert!(find_condition(&conditions, types::FETCH_FAILED).is_none());
     assert_eq!(artifact(&fixed)?.revision, last.revision);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unchanged_index_is_asked_for_with_its_etag_and_a_304_keeps_the_artifact() -> Result<()>
+{
+    let helm = Helm::start().await?;
+    let server = ChartServer::start(Serve::Index(index_yaml("app", "1.0.0")), None).await?;
+    helm.create("repo", json!({ "url": server.url(), "interval": "10m" }))
+        .await?;
+    let first = artifact(&helm.wait_ready("repo", "True", None).await?)?;
+    assert_eq!(server.state.sent.load(Ordering::SeqCst), 1);
+
+    let again = helm.request_reconcile("repo", "unchanged").await?;
+    assert_eq!(server.state.not_modified.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        server.state.sent.load(Ordering::SeqCst),
+        1,
+        "downloaded again"
+    );
+    assert_eq!(artifact(&again)?, first);
+    assert_eq!(
+        ready_message(&again),
+        format!("stored artifact: revision '{}'", first.revision)
+    );
+
+    // A changed index has another ETag: sent whole, a new revision.
+    server.serve(Serve::Index(index_yaml("app", "1.1.0")));
+    let changed = helm.request_reconcile("repo", "changed").await?;
+    assert_eq!(server.state.sent.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        download(&changed).await?,
+        index_yaml("app", "1.1.0").into_bytes()
+    );
     Ok(())
 }
 

@@ -530,6 +530,51 @@ async fn basic_auth_comes_from_the_secret_ref_and_a_refusal_keeps_the_password_o
     Ok(())
 }
 
+/// The harness's HTTPS git server (nginx, a private CA, basic auth under `/private`) serves no
+/// index, so its 404 is how far a fetch that passes TLS and authentication gets.
+#[tokio::test]
+async fn an_https_repository_is_trusted_through_the_cert_secret_refs_ca_and_passes_basic_auth()
+-> Result<()> {
+    let helm = Helm::start().await?;
+    let (harness, repo) = crate::fixture::harness_repo().await?;
+    let git = harness.git();
+    let url = repo.https_url()?.replacen("/public/", "/private/", 1);
+    let ca = crate::fixture::read(git.https_ca()?)?;
+    helm.fx.secret("ca", &[("ca.crt", &ca)]).await?;
+    helm.fx
+        .secret(
+            "auth",
+            &[
+                ("username", git.http_user()),
+                ("password", git.http_password()),
+            ],
+        )
+        .await?;
+    for (name, spec, expected) in [
+        ("untrusted", json!({ "url": url }), "certificate"),
+        (
+            "trusted",
+            json!({ "url": url, "certSecretRef": { "name": "ca" } }),
+            "401 Unauthorized",
+        ),
+        (
+            "authenticated",
+            json!({ "url": url, "certSecretRef": { "name": "ca" }, "secretRef": { "name": "auth" } }),
+            "404 Not Found",
+        ),
+    ] {
+        helm.create(name, spec).await?;
+        let failed = helm.wait_ready(name, "False", Some("Failed")).await?;
+        let message = ready_message(&failed);
+        assert!(
+            message.to_lowercase().contains(&expected.to_lowercase()),
+            "{name}: {message}"
+        );
+        assert!(!message.contains(git.http_password()), "{message}");
+    }
+    Ok(())
+}
+
 /// Whether the object is as Flux leaves an OCI HelmRepository: no finalizer, no status.
 fn is_static(repo: &HelmRepository) -> std::result::Result<(), String> {
     if repo.finalizers().iter().any(|f| f == FINALIZER) {

@@ -79,7 +79,9 @@ pub struct HelmRepositorySpec {
     #[serde(default)]
     pub insecure: bool,
     /// Timeout of the index fetch (and, for HelmCharts, of OCI operations); 60s when not set.
+    /// In milliseconds, seconds or minutes, as Flux validates it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m))+$"))]
     pub timeout: Option<GoDuration>,
     /// Stop reconciling this object.
     #[serde(default)]
@@ -97,7 +99,8 @@ pub struct HelmRepositorySpec {
     pub provider: RegistryProvider,
 }
 
-/// What a HelmRepository's URL serves.
+/// What a HelmRepository's URL serves: `default` (an HTTP(S) repository with an `index.yaml`;
+/// also when not set) or `oci` (an OCI registry).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HelmRepositoryType {

@@ -163,6 +163,11 @@ fn helmrepository_crd_has_fluxs_names_columns_and_validation() {
         [serde_json::json!("default"), serde_json::json!("oci")]
     );
     assert_eq!(enum_of(&["spec", "provider"]).len(), 4);
+    assert_eq!(
+        prop(s, &["spec", "timeout"]).pattern.as_deref(),
+        Some(r"^([0-9]+(\.[0-9]+)?(ms|s|m))+$"),
+        "Flux's timeout takes no hours"
+    );
     let required = s.properties.as_ref().unwrap()["spec"]
         .required
         .clone()

@@ -28,6 +28,8 @@ pub mod types {
     /// Bipolar, present only with `spec.verify`: the source's signatures were verified
     /// (GitRepository).
     pub const SOURCE_VERIFIED: &str = "SourceVerified";
+    /// Negative polarity: the chart could not be resolved, pulled or packaged (HelmChart).
+    pub const BUILD_FAILED: &str = "BuildFailed";
 }
 
 /// Condition reasons, spelled as Flux spells them; Event reasons use the same strings.

@@ -4,7 +4,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::{
-    GitRepository, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
+    GitRepository, HelmChart, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
     Kustomization,
 };
 
@@ -14,6 +14,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         GitRepository::crd(),
         HelmRepository::crd(),
+        HelmChart::crd(),
         Kustomization::crd(),
         ImageRepository::crd(),
         ImagePolicy::crd(),

@@ -5,6 +5,7 @@
 pub mod condition;
 pub mod crd;
 pub mod duration;
+pub mod helm_chart;
 pub mod helm_repository;
 pub mod history;
 pub mod image;
@@ -16,6 +17,7 @@ pub mod status;
 
 pub use condition::{Condition, ConditionStatus, KStatus, Outcome, reasons, types};
 pub use duration::{DurationError, GoDuration};
+pub use helm_chart::{HelmChart, HelmChartSpec, HelmChartStatus};
 pub use helm_repository::{
     HelmRepository, HelmRepositorySpec, HelmRepositoryStatus, HelmRepositoryType,
 };

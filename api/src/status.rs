@@ -5,10 +5,10 @@
 use kube::core::object::HasStatus;
 
 use crate::{
-    Condition, GitRepository, GitRepositoryStatus, HelmRepository, HelmRepositoryStatus,
-    ImagePolicy, ImagePolicyStatus, ImageRepository, ImageRepositoryStatus, ImageUpdateAutomation,
-    ImageUpdateAutomationStatus, Kustomization, KustomizationStatus, condition::find_condition,
-    types,
+    Condition, GitRepository, GitRepositoryStatus, HelmChart, HelmChartStatus, HelmRepository,
+    HelmRepositoryStatus, ImagePolicy, ImagePolicyStatus, ImageRepository, ImageRepositoryStatus,
+    ImageUpdateAutomation, ImageUpdateAutomationStatus, Kustomization, KustomizationStatus,
+    condition::find_condition, types,
 };
 
 /// The fields Flux's status types share (`meta.ReconcileRequestStatus` and conditions).
@@ -60,6 +60,7 @@ macro_rules! object_status {
 object_status!(
     GitRepositoryStatus,
     HelmRepositoryStatus,
+    HelmChartStatus,
     KustomizationStatus,
     ImageRepositoryStatus,
     ImagePolicyStatus,
@@ -79,6 +80,7 @@ macro_rules! suspendable {
 suspendable!(
     GitRepository,
     HelmRepository,
+    HelmChart,
     Kustomization,
     ImageRepository,
     ImagePolicy,

@@ -176,6 +176,67 @@ fn helmrepository_crd_has_fluxs_names_columns_and_validation() {
 }
 
 #[test]
+fn helmchart_crd_has_fluxs_names_columns_and_validation() {
+    let crd = read_crd("helmcharts.source.toolkit.fluxcd.io.yaml");
+    assert_eq!(crd.spec.group, "source.toolkit.fluxcd.io");
+    assert_eq!(crd.spec.names.kind, "HelmChart");
+    assert_eq!(crd.spec.names.plural, "helmcharts");
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["hc".to_owned()][..])
+    );
+    assert_eq!(crd.spec.versions[0].name, "v1");
+    assert_eq!(
+        columns(&crd),
+        [
+            ("Chart", ".spec.chart"),
+            ("Version", ".spec.version"),
+            ("Source Kind", ".spec.sourceRef.kind"),
+            ("Source Name", ".spec.sourceRef.name"),
+            ("Age", ".metadata.creationTimestamp"),
+            ("Ready", READY),
+            ("Status", STATUS),
+        ]
+        .map(|(n, p)| (n.to_owned(), p.to_owned()))
+    );
+    let s = schema(&crd);
+    assert_structural(s, "HelmChart");
+    let enum_of = |path: &[&str]| -> Vec<serde_json::Value> {
+        prop(s, path)
+            .enum_
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.0)
+            .collect()
+    };
+    // GitRepository and Bucket sources are not implemented: the API server rejects them.
+    assert_eq!(
+        enum_of(&["spec", "sourceRef", "kind"]),
+        [serde_json::json!("HelmRepository")]
+    );
+    assert_eq!(
+        enum_of(&["spec", "reconcileStrategy"]),
+        [
+            serde_json::json!("ChartVersion"),
+            serde_json::json!("Revision")
+        ]
+    );
+    assert_eq!(
+        prop(s, &["spec", "version"]).default.as_ref().map(|d| &d.0),
+        Some(&serde_json::json!("*"))
+    );
+    let spec = &s.properties.as_ref().unwrap()["spec"];
+    assert!(
+        !spec.properties.as_ref().unwrap().contains_key("verify"),
+        "verify (OCI only) is not implemented"
+    );
+    let mut required = spec.required.clone().unwrap();
+    required.sort();
+    assert_eq!(required, ["chart", "interval", "sourceRef"]);
+}
+
+#[test]
 fn kustomization_crd_has_fluxs_names_and_columns() {
     let crd = read_crd("kustomizations.kustomize.toolkit.fluxcd.io.yaml");
     assert_eq!(crd.spec.group, "kustomize.toolkit.fluxcd.io");

@@ -112,6 +112,8 @@ pub enum FetchError {
     Body(#[source] reqwest::Error),
     #[error(transparent)]
     TooLarge(IndexError),
+    #[error("exceeds the maximum size of {0} bytes")]
+    Exceeds(u64),
 }
 
 impl HelmRepositoryError {
@@ -552,15 +554,16 @@ impl Validators {
     }
 }
 
-/// How the index is reached: TLS trust and client certificate, and basic auth.
-struct Access {
+/// How the index (and, for HelmCharts, the chart archives) is reached: TLS trust and client
+/// certificate, and basic auth.
+pub(crate) struct Access {
     client: reqwest::Client,
     basic: Option<(String, String)>,
 }
 
 impl Access {
     /// Reads `certSecretRef` and `secretRef`; every secret value read is added to `redactor`.
-    async fn load(
+    pub(crate) async fn load(
         client: &Client,
         repo: &HelmRepository,
         redactor: &mut Redactor,
@@ -641,6 +644,46 @@ impl Access {
             bytes.extend_from_slice(&chunk);
         }
         Ok(Fetched::Index { bytes, etag })
+    }
+}
+
+impl Access {
+    /// Downloads `url` within `timeout`, at most `limit` bytes; sends the basic auth credentials
+    /// only when `credentials` (a HelmChart sends them to the repository's host, or anywhere
+    /// with `passCredentials`).
+    pub(crate) async fn download(
+        &self,
+        url: &url::Url,
+        timeout: Duration,
+        credentials: bool,
+        limit: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let mut request = self.client.get(url.clone()).timeout(timeout);
+        if let Some((user, password)) = self.basic.as_ref().filter(|_| credentials) {
+            request = request.basic_auth(user, Some(password));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| FetchError::Request(e.without_url()))?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status(response.status()));
+        }
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(FetchError::Exceeds(limit));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| FetchError::Body(e.without_url()))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(FetchError::Exceeds(limit));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 }
 

@@ -1,10 +1,12 @@
-//! Weir's source controller: turns each `GitRepository` into a reproducible tar.gz artifact and
-//! each HTTP(S) `HelmRepository` into its index, served over HTTP and published in
-//! `status.artifact` for other controllers to download.
+//! Weir's source controller: turns each `GitRepository` into a reproducible tar.gz artifact, each
+//! HTTP(S) `HelmRepository` into its index and each `HelmChart` into a chart archive, served over
+//! HTTP and published in `status.artifact` for other controllers to download.
 
 pub mod archive;
 pub mod content;
 pub mod error;
+pub mod helm_chart;
+pub mod helm_chart_build;
 pub mod helm_index;
 pub mod helm_repository;
 pub mod include;
@@ -143,13 +145,14 @@ pub struct Handle {
     /// Stopped, like the server, when the handle is dropped.
     controller: AbortOnDropHandle<()>,
     helm: helm_repository::Running,
+    charts: AbortOnDropHandle<()>,
     server: AbortOnDropHandle<()>,
 }
 
 impl Handle {
     /// Runs until the controller stops (it stops on SIGTERM/SIGINT when `shutdown_on_signal`).
     pub async fn wait(self) {
-        let _ = futures::join!(self.controller, self.helm.controller);
+        let _ = futures::join!(self.controller, self.helm.controller, self.charts);
     }
 
     /// Stops the controller and the artifact server.
@@ -157,6 +160,7 @@ impl Handle {
         self.controller.abort();
         self.helm.controller.abort();
         self.helm.statics.abort();
+        self.charts.abort();
         self.server.abort();
     }
 }
@@ -231,6 +235,15 @@ pub async fn start(
         namespace,
         config.concurrency,
         &mut synced,
+        storage.clone(),
+        shutdown_on_signal,
+    );
+    let charts = helm_chart::start(
+        &client,
+        &watches,
+        namespace,
+        config.concurrency,
+        &mut synced,
         storage,
         shutdown_on_signal,
     );
@@ -241,6 +254,7 @@ pub async fn start(
         storage_url,
         controller,
         helm,
+        charts,
         server,
     })
 }

@@ -9,6 +9,7 @@ mod artifact;
 mod auth;
 mod content;
 mod fixture;
+mod helm_chart;
 mod helm_repository;
 mod reconcile;
 mod refs;

@@ -1,0 +1,452 @@
+//! HelmChart: the highest version of a chart in a range, from the harness's chart repository
+//! through a HelmRepository, stored as a chart archive whose revision is the version; a new
+//! version in range makes a new artifact, a new index without one keeps it; values files merged
+//! into `values.yaml`; a missing values file or a range nothing satisfies is Ready=False naming
+//! it; sources Weir does not build are rejected by the API server.
+
+use std::io::Read;
+
+use anyhow::{Context as _, Result};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use weir_api::{Artifact, HelmChart, HelmRepository, condition::find_condition, manifest, types};
+use weir_e2e::{Chart, Harness, unique_name, wait_until};
+
+use crate::fixture::Fixture;
+
+/// A source controller, a HelmRepository `charts` of the harness's chart repository, and the
+/// HelmCharts of the namespace.
+struct Charts {
+    fx: Fixture,
+    api: Api<HelmChart>,
+    repos: Api<HelmRepository>,
+}
+
+impl Charts {
+    async fn start() -> Result<Self> {
+        let fx = Fixture::start().await?;
+        let api = Api::namespaced(fx.client.clone(), fx.ns.name());
+        let repos = Api::namespaced(fx.client.clone(), fx.ns.name());
+        let charts = Harness::get().await?.charts();
+        let repo: HelmRepository = manifest::from_value(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "HelmRepository",
+            "metadata": { "name": "charts", "namespace": fx.ns.name() },
+            "spec": { "url": charts.url(), "interval": "10m" },
+        }))?;
+        repos.create(&PostParams::default(), &repo).await?;
+        Ok(Self { fx, api, repos })
+    }
+
+    fn manifest(&self, name: &str, spec: serde_json::Value) -> Result<HelmChart> {
+        Ok(manifest::from_value(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "HelmChart",
+            "metadata": { "name": name, "namespace": self.fx.ns.name() },
+            "spec": spec,
+        }))?)
+    }
+
+    /// Creates a HelmChart of `chart` in `range` from the `charts` HelmRepository.
+    async fn create(
+        &self,
+        name: &str,
+        chart: &str,
+        range: &str,
+        extra: serde_json::Value,
+    ) -> Result<()> {
+        let mut spec = json!({
+            "chart": chart,
+            "version": range,
+            "sourceRef": { "kind": "HelmRepository", "name": "charts" },
+            "interval": "10m",
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let object = self.manifest(name, spec)?;
+        self.api.create(&PostParams::default(), &object).await?;
+        Ok(())
+    }
+
+    async fn wait_ready(
+        &self,
+        name: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<HelmChart> {
+        Ok(weir_e2e::wait_ready(&self.api, name, status, reason).await?)
+    }
+
+    /// Asks the HelmRepository for its index again and returns the revision it then stores.
+    async fn refresh_index(&self, token: &str) -> Result<String> {
+        let patch =
+            json!({ "metadata": { "annotations": { "reconcile.fluxcd.io/requestedAt": token } } });
+        self.repos
+            .patch("charts", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let repos = self.repos.clone();
+        Ok(
+            wait_until(&format!("HelmRepository charts to handle {token}"), || {
+                let repos = repos.clone();
+                async move {
+                    let repo = repos.get("charts").await.map_err(|e| e.to_string())?;
+                    let status = repo.status.unwrap_or_default();
+                    match (status.last_handled_reconcile_at.as_deref(), status.artifact) {
+                        (Some(t), Some(artifact)) if t == token => Ok(artifact.revision),
+                        (handled, _) => Err(format!("handled {handled:?}")),
+                    }
+                }
+            })
+            .await?,
+        )
+    }
+
+    /// Waits until `name`'s status satisfies `done`.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&HelmChart) -> bool,
+    ) -> Result<HelmChart> {
+        let api = self.api.clone();
+        let done = &done;
+        Ok(wait_until(&format!("HelmChart {name}: {what}"), || {
+            let api = api.clone();
+            async move {
+                let chart = api.get(name).await.map_err(|e| e.to_string())?;
+                if done(&chart) {
+                    Ok(chart)
+                } else {
+                    Err(format!("status {:?}", chart.status))
+                }
+            }
+        })
+        .await?)
+    }
+}
+
+fn artifact(chart: &HelmChart) -> Result<Artifact> {
+    chart
+        .status
+        .as_ref()
+        .and_then(|s| s.artifact.clone())
+        .context("no artifact")
+}
+
+fn ready_message(chart: &HelmChart) -> String {
+    let conditions = chart.status.clone().unwrap_or_default().conditions;
+    find_condition(&conditions, types::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Downloads the artifact, checks its digest and size, and returns its files by path.
+async fn download(chart: &HelmChart) -> Result<Vec<(String, String)>> {
+    let artifact = artifact(chart)?;
+    let bytes = reqwest::get(&artifact.url)
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?
+        .to_vec();
+    assert_eq!(
+        artifact.digest.as_deref(),
+        Some(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))).as_str())
+    );
+    assert_eq!(artifact.size, Some(bytes.len() as i64));
+    let mut files = vec![];
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let mut text = String::new();
+        entry.read_to_string(&mut text)?;
+        files.push((path, text));
+    }
+    Ok(files)
+}
+
+fn file<'a>(files: &'a [(String, String)], path: &str) -> Option<&'a str> {
+    files
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, text)| text.as_str())
+}
+
+fn yaml(text: &str) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(text).unwrap()
+}
+
+#[tokio::test]
+async fn a_chart_is_the_highest_version_in_its_range_and_follows_new_versions_in_it() -> Result<()>
+{
+    let t = Charts::start().await?;
+    let charts = Harness::get().await?.charts();
+    let name = unique_name("hc-range", 40);
+    for version in ["1.0.0", "1.1.0", "2.0.0"] {
+        charts.publish(&Chart::new(&name, version))?;
+    }
+    let index = t.refresh_index("first").await?;
+    t.create("app", &name, ">=1.0.0 <2.0.0", json!({})).await?;
+    let first = t
+        .wait_ready("app", "True", Some("ChartPullSucceeded"))
+        .await?;
+    assert_eq!(artifact(&first)?.revision, "1.1.0");
+    assert_eq!(
+        ready_message(&first),
+        format!("pulled '{name}' chart with version '1.1.0'")
+    );
+    let files = download(&first).await?;
+    let chart_yaml = yaml(file(&files, &format!("{name}/Chart.yaml")).context("no Chart.yaml")?);
+    assert_eq!(chart_yaml["version"], yaml("1.1.0"));
+    assert_eq!(chart_yaml["name"], yaml(&name));
+    let status = first.status.clone().unwrap();
+    assert_eq!(status.observed_chart_name.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        status.observed_source_artifact_revision.as_deref(),
+        Some(index.as_str())
+    );
+    let latest = status.url.context("no status.url")?;
+    assert!(latest.ends_with("/latest.tar.gz"), "{latest}");
+
+    // A new index without a new version in range: seen, but the artifact stays.
+    charts.publish(&Chart::new(&name, "2.1.0"))?;
+    let index = t.refresh_index("out-of-range").await?;
+    let same = t
+        .wait_for("app", "the new index observed", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.observed_source_artifact_revision.as_deref())
+                == Some(index.as_str())
+        })
+        .await?;
+    assert_eq!(
+        artifact(&same)?,
+        artifact(&first)?,
+        "an out-of-range version changed the artifact"
+    );
+
+    // A new version in range: a new artifact, through the repository's watch alone.
+    charts.publish(&Chart::new(&name, "1.2.0"))?;
+    t.refresh_index("in-range").await?;
+    let newer = t
+        .wait_for("app", "revision 1.2.0", |c| {
+            artifact(c).is_ok_and(|a| a.revision == "1.2.0")
+        })
+        .await?;
+    let files = download(&newer).await?;
+    let chart_yaml = yaml(file(&files, &format!("{name}/Chart.yaml")).context("no Chart.yaml")?);
+    assert_eq!(chart_yaml["version"], yaml("1.2.0"));
+    let served = reqwest::get(&latest)
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    assert_eq!(
+        Some(format!("sha256:{}", hex::encode(Sha256::digest(&served)))),
+        artifact(&newer)?.digest,
+        "status.url serves the latest artifact"
+    );
+
+    // Deleting it removes its artifacts, then the object (Flux's finalizer).
+    let dir =
+        t.fx.storage
+            .path()
+            .join("helmchart")
+            .join(t.fx.ns.name())
+            .join("app");
+    assert!(dir.exists());
+    t.api.delete("app", &DeleteParams::default()).await?;
+    let api = t.api.clone();
+    wait_until("HelmChart app to be deleted", || {
+        let api = api.clone();
+        async move {
+            match api.get_opt("app").await {
+                Ok(None) => Ok(()),
+                other => Err(format!(
+                    "{:?}",
+                    other.map(|c| c.map(|c| c.finalizers().to_vec()))
+                )),
+            }
+        }
+    })
+    .await?;
+    assert!(!dir.exists(), "artifacts left after delete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn values_files_are_merged_in_order_into_values_yaml_and_a_missing_one_is_named() -> Result<()>
+{
+    let t = Charts::start().await?;
+    let charts = Harness::get().await?.charts();
+    let name = unique_name("hc-values", 40);
+    let scratch = tempfile::tempdir()?;
+    let dir = Chart::new(&name, "0.1.0")
+        .values("message: base\nimage:\n  repository: app\n  tag: '1'\n")
+        .write_to(scratch.path())?;
+    std::fs::write(
+        dir.join("values-prod.yaml"),
+        "image:\n  tag: '2'\nreplicas: 3\n",
+    )?;
+    charts.publish_dir(&dir)?;
+    t.refresh_index("published").await?;
+
+    t.create(
+        "app",
+        &name,
+        "*",
+        json!({ "valuesFiles": ["values.yaml", "values-prod.yaml"] }),
+    )
+    .await?;
+    let merged = t
+        .wait_ready("app", "True", Some("ChartPackageSucceeded"))
+        .await?;
+    assert_eq!(
+        ready_message(&merged),
+        format!(
+            "packaged '{name}' chart with version '0.1.0' and merged values files [values.yaml values-prod.yaml]"
+        )
+    );
+    assert_eq!(
+        artifact(&merged)?.revision,
+        "0.1.0",
+        "Flux adds nothing to the version"
+    );
+    let files = download(&merged).await?;
+    let values = file(&files, &format!("{name}/values.yaml")).context("no values.yaml")?;
+    assert_eq!(
+        yaml(values),
+        yaml("message: base\nimage:\n  repository: app\n  tag: '2'\nreplicas: 3\n")
+    );
+    assert!(file(&files, &format!("{name}/templates/configmap.yaml")).is_some());
+    assert_eq!(
+        merged.status.clone().unwrap().observed_values_files,
+        ["values.yaml", "values-prod.yaml"]
+    );
+
+    // A missing values file fails naming it; the last artifact stays.
+    let patch = json!({ "spec": { "valuesFiles": ["values.yaml", "values-missing.yaml"] } });
+    t.api
+        .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let missing = t
+        .wait_ready("app", "False", Some("ValuesFilesError"))
+        .await?;
+    assert!(
+        ready_message(&missing).contains("no values file found at path 'values-missing.yaml'"),
+        "{}",
+        ready_message(&missing)
+    );
+    assert_eq!(artifact(&missing)?, artifact(&merged)?);
+    let conditions = missing.status.clone().unwrap().conditions;
+    assert_eq!(
+        find_condition(&conditions, "BuildFailed").map(|c| c.reason.as_str()),
+        Some("ValuesFilesError")
+    );
+
+    // Told to ignore it, the files that exist are merged.
+    let patch = json!({ "spec": { "ignoreMissingValuesFiles": true } });
+    t.api
+        .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let ignored = t
+        .wait_for("app", "Ready with values.yaml alone", |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.observed_generation == c.metadata.generation
+                    && s.observed_values_files == ["values.yaml"]
+            })
+        })
+        .await?;
+    assert_eq!(
+        ready_message(&ignored),
+        format!(
+            "packaged '{name}' chart with version '0.1.0' and merged values files [values.yaml]"
+        )
+    );
+    let files = download(&ignored).await?;
+    let values = file(&files, &format!("{name}/values.yaml")).context("no values.yaml")?;
+    assert_eq!(
+        yaml(values),
+        yaml("message: base\nimage:\n  repository: app\n  tag: '1'\n")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_range_nothing_satisfies_is_not_ready_naming_chart_and_range() -> Result<()> {
+    let t = Charts::start().await?;
+    let charts = Harness::get().await?.charts();
+    let name = unique_name("hc-none", 40);
+    charts.publish(&Chart::new(&name, "1.0.0"))?;
+    t.refresh_index("published").await?;
+    t.create("app", &name, ">=5.0.0", json!({})).await?;
+    let none = t
+        .wait_ready("app", "False", Some("InvalidChartReference"))
+        .await?;
+    assert!(
+        ready_message(&none).contains(&format!(
+            "no '{name}' chart with version matching '>=5.0.0' found"
+        )),
+        "{}",
+        ready_message(&none)
+    );
+    assert!(none.status.clone().unwrap().artifact.is_none());
+
+    t.create("unknown", "no-such-chart", "*", json!({})).await?;
+    let unknown = t
+        .wait_ready("unknown", "False", Some("InvalidChartReference"))
+        .await?;
+    assert!(
+        ready_message(&unknown)
+            .contains("no 'no-such-chart' chart with version matching '*' found"),
+        "{}",
+        ready_message(&unknown)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sources_weir_does_not_build_are_rejected_by_the_api_server() -> Result<()> {
+    let t = Charts::start().await?;
+    for kind in ["GitRepository", "Bucket"] {
+        let object = t.manifest(
+            "other",
+            json!({
+                "chart": "./chart",
+                "sourceRef": { "kind": kind, "name": "repo" },
+                "interval": "10m",
+            }),
+        );
+        // The typed API refuses it before the API server would.
+        assert!(object.is_err(), "{kind} accepted by the types");
+        let raw = kube::api::DynamicObject::new(
+            "other",
+            &kube::discovery::ApiResource::erase::<HelmChart>(&()),
+        )
+        .within(t.fx.ns.name())
+        .data(json!({
+            "spec": {
+                "chart": "./chart",
+                "sourceRef": { "kind": kind, "name": "repo" },
+                "interval": "10m",
+            }
+        }));
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            t.fx.client.clone(),
+            t.fx.ns.name(),
+            &kube::discovery::ApiResource::erase::<HelmChart>(&()),
+        );
+        let err = api
+            .create(&PostParams::default(), &raw)
+            .await
+            .expect_err("the API server accepted an unbuilt source kind");
+        assert!(err.to_string().contains("spec.sourceRef.kind"), "{err}");
+    }
+    Ok(())
+}

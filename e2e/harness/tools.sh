@@ -21,7 +21,7 @@
 # builds go to a temp dir first and are renamed into place only on success.
 #
 # How each tool is built:
-#   * kwok, kustomize, helm: their go.mod has no replace directives, so plain
+#   * kwok, kustomize, helm (v4): their go.mod has no replace directives, so plain
 #     `GOBIN=... go install <pkg>@<version>`.
 #   * flux (the official CLI, a test client): cmd/flux embeds manifests/*.yaml, which its
 #     release process generates and the module does not ship; the module is copied from the
@@ -181,19 +181,21 @@ build_kustomize() {
 }
 
 build_helm() {
-	local out="$1" gomod cg kmin ldflags p
-	gomod="$(gomod_of helm.sh/helm/v3 "$HELM_VERSION")"
-	# Helm's Makefile derives the default Capabilities.KubeVersion from client-go.
+	local out="$1" gomod cg ldflags p mod=helm.sh/helm/v4
+	gomod="$(gomod_of "$mod" "$HELM_VERSION")"
+	# Helm's Makefile derives the default Capabilities.KubeVersion from client-go (v0.N -> 1.N).
 	cg="$(sed -n 's#^[[:space:]]*k8s.io/client-go[[:space:]]\{1,\}v0\.\([0-9]\{1,\}\)\..*#\1#p' "$gomod" | head -n1)"
-	ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-	ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+	ldflags="-s -w -X $mod/internal/version.version=$HELM_VERSION"
+	ldflags+=" -X $mod/internal/version.gitTreeState=clean"
 	if [ -n "$cg" ]; then
-		kmin="$cg"
-		for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
-			ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kmin"
+		# The packages Helm 4's Makefile sets them in (an -X for a symbol a release lacks is
+		# ignored by the linker).
+		for p in pkg/chart/v2/lint/rules pkg/internal/v3/lint/rules pkg/chart/common/util \
+			pkg/lint/rules pkg/chart/v2/util; do
+			ldflags+=" -X $mod/$p.k8sVersionMajor=1 -X $mod/$p.k8sVersionMinor=$cg"
 		done
 	fi
-	GOBIN="$out" go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+	GOBIN="$out" go install -trimpath -ldflags "$ldflags" "$mod/cmd/helm@$HELM_VERSION"
 }
 
 build_flux() {

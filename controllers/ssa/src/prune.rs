@@ -152,6 +152,11 @@ impl ApplySet<'_> {
 
     /// Waits until every `deleted` object is gone from the API server (finalizers and the
     /// garbage collector done), or the timeout passes; the error names those still there.
+    ///
+    /// Polled (50 ms doubling to 1 s) rather than one kube-runtime `await_condition(is_deleted)`
+    /// per object: a Kustomization may prune hundreds of objects of many kinds at once, and
+    /// one watch per object would open as many long-lived requests for a wait that mostly
+    /// ends at the first poll.
     pub async fn wait_terminated(&self, deleted: &[Deleted]) -> Result<(), SsaError> {
         let deadline = Instant::now() + self.timeout;
         let mut polls = Polls::new();

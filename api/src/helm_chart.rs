@@ -1,9 +1,9 @@
 //! `HelmChart` (source.toolkit.fluxcd.io/v1): one chart of a source, in a version range, pulled
 //! (or packaged) into a `.tgz` artifact with its values files merged in.
 //!
-//! Weir takes charts from HTTP(S) HelmRepositories only: Flux's other source kinds
-//! (`GitRepository`, `Bucket`) and an OCI HelmRepository's `verify` are not implemented, so the
-//! schema leaves them out and the API server rejects them.
+//! Weir takes charts from HTTP(S) HelmRepositories and from GitRepositories: Flux's `Bucket`
+//! source and an OCI HelmRepository's `verify` are not implemented, so the schema leaves them
+//! out and the API server rejects them.
 
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ pub const INVALID_CHART_REFERENCE_REASON: &str = "InvalidChartReference";
 pub const CHART_PULL_ERROR_REASON: &str = "ChartPullError";
 /// A values file is missing or does not merge (Flux's).
 pub const VALUES_FILES_ERROR_REASON: &str = "ValuesFilesError";
+/// A chart's dependencies could not be built (Flux's).
+pub const DEPENDENCY_BUILD_ERROR_REASON: &str = "DependencyBuildError";
 /// The chart could not be packaged with its merged values (Flux's).
 pub const CHART_PACKAGE_ERROR_REASON: &str = "ChartPackageError";
 /// A chart archive pulled as published (Flux's).
@@ -74,9 +76,11 @@ pub const NO_SOURCE_ARTIFACT_REASON: &str = "NoSourceArtifact";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HelmChartSpec {
-    /// The chart's name in the source's index.
+    /// The chart's name in a HelmRepository's index, or the path of its directory in a
+    /// GitRepository's artifact.
     pub chart: String,
     /// A semver range (Masterminds' constraint syntax); the highest version in it is taken.
+    /// Ignored for a GitRepository's chart, which has the one version of its `Chart.yaml`.
     #[serde(default = "any_version")]
     pub version: String,
     /// The source the chart is available at.
@@ -85,10 +89,13 @@ pub struct HelmChartSpec {
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub interval: GoDuration,
     /// What makes a new artifact: `ChartVersion` (a new chart version; the default) or
-    /// `Revision` (as `ChartVersion` for a HelmRepository, whose chart versions are immutable).
+    /// `Revision` (a new source revision, the version then `<version>+<12 hex of the commit>`
+    /// for a GitRepository; as `ChartVersion` for a HelmRepository, whose versions are
+    /// immutable).
     #[serde(default)]
     pub reconcile_strategy: ReconcileStrategy,
-    /// Values files of the chart, merged in this order (later files win; maps merged deeply) into
+    /// Values files (of the chart for a HelmRepository, of the artifact's root for a
+    /// GitRepository), merged in this order (later files win; maps merged deeply) into
     /// the artifact's `values.yaml`; the chart's own `values.yaml` only when listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values_files: Vec<String>,
@@ -120,7 +127,21 @@ pub struct LocalHelmChartSourceReference {
 /// The kinds a HelmChart takes its chart from in Weir.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HelmChartSourceKind {
+    /// `chart` is a chart name in the repository's index.
     HelmRepository,
+    /// `chart` is the path of a chart directory in the repository's artifact.
+    GitRepository,
+}
+
+impl HelmChartSourceKind {
+    /// The kind's name as it appears in manifests.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HelmRepository => "HelmRepository",
+            Self::GitRepository => "GitRepository",
+        }
+    }
 }
 
 /// What makes a new artifact.
@@ -189,7 +210,7 @@ mod tests {
         assert_eq!(spec.interval(), Duration::from_secs(300));
         assert!(spec.values_files.is_empty());
         assert!(!spec.ignore_missing_values_files);
-        for kind in ["GitRepository", "Bucket"] {
+        for kind in ["Bucket", "OCIRepository"] {
             let other = serde_json::from_value::<HelmChartSpec>(serde_json::json!({
                 "chart": "podinfo",
                 "sourceRef": { "kind": kind, "name": "podinfo" },

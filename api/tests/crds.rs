@@ -210,10 +210,13 @@ fn helmchart_crd_has_fluxs_names_columns_and_validation() {
             .map(|v| v.0)
             .collect()
     };
-    // GitRepository and Bucket sources are not implemented: the API server rejects them.
+    // Bucket sources are not implemented: the API server rejects them.
     assert_eq!(
         enum_of(&["spec", "sourceRef", "kind"]),
-        [serde_json::json!("HelmRepository")]
+        [
+            serde_json::json!("HelmRepository"),
+            serde_json::json!("GitRepository")
+        ]
     );
     assert_eq!(
         enum_of(&["spec", "reconcileStrategy"]),

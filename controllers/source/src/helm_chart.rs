@@ -1,38 +1,49 @@
-//! `HelmChart`: one chart of an HTTP(S) HelmRepository, the highest version in `spec.version`,
-//! stored as a `.tgz` artifact: `source → resolve → pull → values → store`, stopping at the
-//! first failure; status is summarised and written once.
+//! `HelmChart`: a chart of an HTTP(S) HelmRepository (the highest version in `spec.version`)
+//! or of a GitRepository (the chart directory at the path `spec.chart`), stored as a `.tgz`
+//! artifact: `source → resolve → pull or package → values → store`, stopping at the first
+//! failure; status is summarised and written once.
 //!
 //! As Flux's source-controller:
-//! - the source's index is its stored artifact, read from this controller's storage (as Flux's
-//!   controller reads it from its own) and checked against the artifact's digest;
-//! - the revision is the chart version (the `Revision` strategy changes nothing for a
-//!   HelmRepository, whose versions are immutable); an artifact of the same version is kept
-//!   until the generation changes, whatever the repository's new revisions;
-//! - the chart's URL is the index entry's first, resolved against the repository URL when
-//!   relative; the repository's `secretRef` credentials go to its own host only, unless
-//!   `passCredentials`; its `certSecretRef` applies; a chart is at most 10 MiB;
-//! - without `valuesFiles` the archive is stored as pulled (`ChartPullSucceeded`); with them,
-//!   they are merged in order (later wins, maps merged key by key; the chart's `values.yaml`
-//!   only when listed) into the archive's `values.yaml` (`ChartPackageSucceeded`);
+//! - the source's artifact is read from this controller's storage (as Flux's controller reads
+//!   its own) and checked against the artifact's digest;
+//! - from a HelmRepository, the revision is the chart version (the `Revision` strategy changes
+//!   nothing: its versions are immutable); the chart's URL is the index entry's first, resolved
+//!   against the repository URL when relative; the repository's `secretRef` credentials go to
+//!   its own host only, unless `passCredentials`; its `certSecretRef` applies; a chart is at most
+//!   10 MiB; without `valuesFiles` the archive is stored as pulled (`ChartPullSucceeded`);
+//! - from a GitRepository, `spec.version` is ignored: the chart directory is packaged
+//!   (`ChartPackageSucceeded`) under its `Chart.yaml` name, less what its `.helmignore` leaves
+//!   out; the `Revision` strategy makes the version `<version>+<first 12 hex of the commit>`,
+//!   written into the packaged `Chart.yaml` too;
+//! - an artifact of the same version is kept until the generation changes, whatever the
+//!   source's new revisions (`status.observedSourceArtifactRevision` follows them);
+//! - `valuesFiles` (paths in the chart for a HelmRepository, in the artifact for a
+//!   GitRepository) are merged in order (later wins, maps merged key by key; the chart's
+//!   `values.yaml` only when listed) into the packaged chart's `values.yaml`;
 //! - a missing source is `FetchFailed` `SourceUnavailable`, one without an artifact
-//!   `NoSourceArtifact`; no version in the range is `BuildFailed` `InvalidChartReference`
-//!   naming chart and range, a failed download or a non-chart `ChartPullError`, a values file
-//!   missing (without `ignoreMissingValuesFiles`) `ValuesFilesError`; the last artifact stays;
+//!   `NoSourceArtifact`; no version in the range, or no chart at the path, is `BuildFailed`
+//!   `InvalidChartReference` naming it, a failed download or a non-chart `ChartPullError`, a
+//!   values file missing (without `ignoreMissingValuesFiles`) `ValuesFilesError`; the last
+//!   artifact stays;
 //! - `status.url` serves the latest artifact (`latest.tar.gz`).
 //!
-//! Where Weir differs: charts of GitRepositories and Buckets, and of OCI HelmRepositories, are
-//! not built (the schema rejects the first two; an OCI repository is Stalled naming it), and the
-//! packaged archive is Weir's re-archive of the pulled one with the merged `values.yaml`, not
-//! Helm's `chartutil.Save` output (same files, no Helm-specific re-serialisation of the others).
+//! Where Weir differs: charts of Buckets and of OCI HelmRepositories are not built (the schema
+//! rejects the first; an OCI repository is Stalled naming it); a GitRepository chart's
+//! dependencies are not built: each must be vendored in its `charts/` (otherwise
+//! `DependencyBuildError` names them); and a packaged archive is Weir's re-archive of the chart's
+//! files with the merged `values.yaml` (and versioned `Chart.yaml`), not Helm's `chartutil.Save`
+//! output (the same files, the others not re-serialised).
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Api, Client, ResourceExt, runtime::controller::Action};
+use kube::{Api, Client, ResourceExt, api::ObjectMeta, runtime::controller::Action};
 use sha2::{Digest, Sha256};
 use weir_api::{
-    Artifact, Condition, ConditionStatus, HelmChart, HelmChartStatus, HelmRepository, condition,
-    helm_chart as api, reasons, types,
+    Artifact, Condition, ConditionStatus, GitRepository, HelmChart, HelmChartStatus,
+    HelmRepository, condition,
+    helm_chart::{self as api, HelmChartSourceKind, ReconcileStrategy},
+    reasons, types,
 };
 use weir_runtime::{
     ControllerError, Disposition, Failure, Redactor,
@@ -59,24 +70,44 @@ const KIND: &str = "HelmChart";
 /// Why a HelmChart reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HelmChartError {
-    #[error("failed to get source: HelmRepository '{name}'")]
+    #[error("failed to get source: {kind} '{name}'")]
     SourceUnavailable {
+        kind: &'static str,
         name: String,
         #[source]
         source: kube::Error,
     },
     #[error("charts of OCI HelmRepository '{0}' are not implemented in Weir")]
     OciSource(String),
-    #[error("no artifact available for HelmRepository source '{0}'")]
-    NoSourceArtifact(String),
-    #[error("failed to read the artifact of HelmRepository '{name}'")]
+    #[error("no artifact available for {kind} source '{name}'")]
+    NoSourceArtifact { kind: &'static str, name: String },
+    #[error("failed to read the artifact of {kind} '{name}'")]
     SourceArtifact {
+        kind: &'static str,
         name: String,
         #[source]
-        source: std::io::Error,
+        source: ArchiveError,
     },
-    #[error("artifact of HelmRepository '{name}' does not match its digest (expected {expected})")]
-    SourceDigest { name: String, expected: String },
+    #[error("artifact of {kind} '{name}' does not match its digest (expected {expected})")]
+    SourceDigest {
+        kind: &'static str,
+        name: String,
+        expected: String,
+    },
+    #[error("invalid chart reference: path '{0}' leaves the source")]
+    ChartPath(String),
+    #[error("invalid chart reference: no chart at path '{path}'")]
+    NoChartAtPath {
+        path: String,
+        #[source]
+        source: ArchiveError,
+    },
+    #[error("chart package error: chart version '{0}' is not semver")]
+    ChartVersion(String),
+    #[error(
+        "dependency build error: dependencies {0:?} are not in charts/ (Weir does not build chart dependencies: vendor them)"
+    )]
+    Dependencies(Vec<String>),
     #[error("invalid chart reference: failed to get chart version for remote reference")]
     Reference(#[source] ReferenceError),
     #[error("chart pull error: failed to get chart URL")]
@@ -112,10 +143,14 @@ impl HelmChartError {
         match self {
             Self::SourceUnavailable { .. }
             | Self::OciSource(_)
-            | Self::NoSourceArtifact(_)
+            | Self::NoSourceArtifact { .. }
             | Self::SourceArtifact { .. }
             | Self::SourceDigest { .. } => types::FETCH_FAILED,
-            Self::Reference(_)
+            Self::ChartPath(_)
+            | Self::NoChartAtPath { .. }
+            | Self::ChartVersion(_)
+            | Self::Dependencies(_)
+            | Self::Reference(_)
             | Self::ChartUrl(_)
             | Self::Access(_)
             | Self::Download { .. }
@@ -133,14 +168,18 @@ impl Failure for HelmChartError {
             Self::SourceUnavailable { .. }
             | Self::SourceArtifact { .. }
             | Self::SourceDigest { .. } => api::SOURCE_UNAVAILABLE_REASON,
-            Self::NoSourceArtifact(_) => api::NO_SOURCE_ARTIFACT_REASON,
-            Self::OciSource(_) | Self::Reference(_) => api::INVALID_CHART_REFERENCE_REASON,
+            Self::NoSourceArtifact { .. } => api::NO_SOURCE_ARTIFACT_REASON,
+            Self::OciSource(_)
+            | Self::Reference(_)
+            | Self::ChartPath(_)
+            | Self::NoChartAtPath { .. } => api::INVALID_CHART_REFERENCE_REASON,
+            Self::Dependencies(_) => api::DEPENDENCY_BUILD_ERROR_REASON,
             Self::Access(e) => e.reason(),
             Self::ChartUrl(_) | Self::Download { .. } | Self::NotAChart { .. } => {
                 api::CHART_PULL_ERROR_REASON
             }
             Self::Values(_) => api::VALUES_FILES_ERROR_REASON,
-            Self::Package(_) => api::CHART_PACKAGE_ERROR_REASON,
+            Self::ChartVersion(_) | Self::Package(_) => api::CHART_PACKAGE_ERROR_REASON,
             Self::Storage(_) | Self::Task(_) => reasons::ARCHIVE_OPERATION_FAILED,
         }
     }
@@ -150,9 +189,13 @@ impl Failure for HelmChartError {
             // Only a change of the spec (or of the repository's type) fixes these.
             Self::OciSource(_)
             | Self::Reference(ReferenceError::Range { .. })
+            | Self::ChartPath(_)
             | Self::Package(_) => Disposition::Stalled,
             Self::SourceUnavailable { .. }
-            | Self::NoSourceArtifact(_)
+            | Self::NoSourceArtifact { .. }
+            | Self::NoChartAtPath { .. }
+            | Self::ChartVersion(_)
+            | Self::Dependencies(_)
             | Self::SourceArtifact { .. }
             | Self::SourceDigest { .. }
             | Self::Reference(_)
@@ -189,7 +232,8 @@ impl Runtime for ChartContext {
 }
 
 /// Starts the HelmChart controller on the process's shared watches: its own kind, and the
-/// HelmRepositories, so a new index reconciles the charts of that repository at once.
+/// HelmRepositories and GitRepositories, so a new artifact of a source reconciles its charts at
+/// once.
 pub fn start(
     client: &Client,
     watches: &Watches,
@@ -209,22 +253,34 @@ pub fn start(
     let repositories = watches
         .subscribe::<HelmRepository>(namespace, synced)
         .changed(repository_artifact_trigger);
+    let gits = watches
+        .subscribe::<GitRepository>(namespace, synced)
+        .changed(crate::include::artifact_trigger);
     let store = controller.store();
-    let controller =
-        controller.watches_shared_stream(repositories, move |repo: Arc<HelmRepository>| {
-            store
-                .state()
-                .into_iter()
-                .filter(|chart| uses(chart, &repo))
-                .map(|chart| ObjectRef::from_obj(&*chart))
-                .collect::<Vec<_>>()
+    let dependents = move |kind: HelmChartSourceKind, source: &ObjectMeta| {
+        store
+            .state()
+            .into_iter()
+            .filter(|chart| uses(chart, kind, source))
+            .map(|chart| ObjectRef::from_obj(&*chart))
+            .collect::<Vec<_>>()
+    };
+    let for_git = dependents.clone();
+    let controller = controller
+        .watches_shared_stream(repositories, move |repo: Arc<HelmRepository>| {
+            dependents(HelmChartSourceKind::HelmRepository, &repo.metadata)
+        })
+        .watches_shared_stream(gits, move |repo: Arc<GitRepository>| {
+            for_git(HelmChartSourceKind::GitRepository, &repo.metadata)
         });
     weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal)
 }
 
-/// Whether `chart` takes its chart from `repo`.
-fn uses(chart: &HelmChart, repo: &HelmRepository) -> bool {
-    chart.namespace() == repo.namespace() && chart.spec.source_ref.name == repo.name_any()
+/// Whether `chart` takes its chart from the `kind` source `source`.
+fn uses(chart: &HelmChart, kind: HelmChartSourceKind, source: &ObjectMeta) -> bool {
+    chart.spec.source_ref.kind == kind
+        && chart.metadata.namespace == source.namespace
+        && Some(&chart.spec.source_ref.name) == source.name.as_ref()
 }
 
 /// What of a HelmRepository starts its charts: its artifact's revision and digest.
@@ -305,8 +361,7 @@ enum Built {
 }
 
 impl ChartContext {
-    /// The steps: the source and its index, the version, then (for a new version or
-    /// generation) the pull, the values and the store.
+    /// The steps of the chart's source kind.
     async fn steps(
         &self,
         chart: &HelmChart,
@@ -314,40 +369,165 @@ impl ChartContext {
         redactor: &mut Redactor,
         progress: &mut Progress<'_>,
     ) -> Result<Built, HelmChartError> {
+        match chart.spec.source_ref.kind {
+            HelmChartSourceKind::HelmRepository => {
+                self.chart_of_repository(chart, status, redactor, progress)
+                    .await
+            }
+            HelmChartSourceKind::GitRepository => self.chart_of_git(chart, status, progress).await,
+        }
+    }
+
+    /// From a HelmRepository: the repository and its index, the version, then (for a new
+    /// version or generation) the pull, the values and the store.
+    async fn chart_of_repository(
+        &self,
+        chart: &HelmChart,
+        status: &mut HelmChartStatus,
+        redactor: &mut Redactor,
+        progress: &mut Progress<'_>,
+    ) -> Result<Built, HelmChartError> {
         let namespace = chart.namespace().unwrap_or_default();
-        let repo = self.source(chart, &namespace).await?;
+        let repo: HelmRepository = self.source(chart, &namespace).await?;
+        if repo.spec.is_oci() {
+            return Err(HelmChartError::OciSource(format!(
+                "{namespace}/{}",
+                repo.name_any()
+            )));
+        }
         redactor.add_url_credentials(&repo.spec.url);
-        let (index, revision) = self.read_index(&repo)?;
-        status.observed_source_artifact_revision = Some(revision);
+        let source = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
+        let index = self.read_artifact("HelmRepository", &repo, source)?;
+        status.observed_source_artifact_revision = source.map(|a| a.revision.clone());
         let entry =
             helm_chart_build::select_version(&index, &chart.spec.chart, &chart.spec.version)
                 .map_err(HelmChartError::Reference)?;
-        let current = status
-            .artifact
-            .clone()
-            .filter(|a| self.storage.exists(&a.path))
-            .map(|mut a| {
-                a.url = self.storage.url(&a.path);
-                a
-            });
-        let handled = status.observed_generation == chart.metadata.generation
-            && status.observed_chart_name.as_deref() == Some(chart.spec.chart.as_str());
-        if let Some(artifact) = current
-            .as_ref()
-            .filter(|a| handled && a.revision == entry.version)
-        {
-            return Ok(Built::Unchanged(artifact.clone()));
+        if let Some(artifact) = self.unchanged(chart, status, &entry.version) {
+            return Ok(Built::Unchanged(artifact));
         }
         let message = format!(
             "pulling '{}' chart with version '{}'",
             chart.spec.chart, entry.version
         );
-        let outdated = current.as_ref().map(|_| {
+        self.mark_new(chart, status, &message, progress).await;
+        self.build(chart, &namespace, &repo, &entry, redactor).await
+    }
+
+    /// From a GitRepository: the chart directory at `spec.chart` in its artifact, its version
+    /// (with the commit for the `Revision` strategy), then (for a new version or generation) the
+    /// values, the package and the store.
+    async fn chart_of_git(
+        &self,
+        chart: &HelmChart,
+        status: &mut HelmChartStatus,
+        progress: &mut Progress<'_>,
+    ) -> Result<Built, HelmChartError> {
+        let namespace = chart.namespace().unwrap_or_default();
+        let repo: GitRepository = self.source(chart, &namespace).await?;
+        let source = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
+        let bytes = self.read_artifact("GitRepository", &repo, source)?;
+        let revision = source.map(|a| a.revision.clone()).unwrap_or_default();
+        status.observed_source_artifact_revision = Some(revision.clone());
+        let source_error = |source| HelmChartError::SourceArtifact {
+            kind: "GitRepository",
+            name: format!("{namespace}/{}", repo.name_any()),
+            source,
+        };
+        let files = helm_chart_build::read_files(&bytes).map_err(source_error)?;
+        let dir = crate::include::normalize(&chart.spec.chart)
+            .ok_or_else(|| HelmChartError::ChartPath(chart.spec.chart.clone()))?;
+        let archive = ChartArchive::from_dir(&files, &dir).map_err(|source| {
+            HelmChartError::NoChartAtPath {
+                path: chart.spec.chart.clone(),
+                source,
+            }
+        })?;
+        let version = chart_version(
+            &archive.metadata.version,
+            (chart.spec.reconcile_strategy == ReconcileStrategy::Revision).then_some(&*revision),
+        )?;
+        if let Some(artifact) = self.unchanged(chart, status, &version) {
+            return Ok(Built::Unchanged(artifact));
+        }
+        let message = format!(
+            "packaging '{}' chart with version '{version}'",
+            archive.metadata.name
+        );
+        self.mark_new(chart, status, &message, progress).await;
+        let missing =
+            archive
+                .missing_dependencies()
+                .map_err(|source| HelmChartError::NoChartAtPath {
+                    path: chart.spec.chart.clone(),
+                    source,
+                })?;
+        if !missing.is_empty() {
+            return Err(HelmChartError::Dependencies(missing));
+        }
+        let mut replace = BTreeMap::new();
+        if version != archive.metadata.version {
+            let chart_yaml = archive
+                .chart_yaml_with_version(&version)
+                .map_err(|source| HelmChartError::NoChartAtPath {
+                    path: chart.spec.chart.clone(),
+                    source,
+                })?;
+            replace.insert("Chart.yaml", chart_yaml);
+        }
+        let read = |file: &str| {
+            let wanted = crate::include::normalize(file)?;
+            files
+                .iter()
+                .find(|(name, _)| *name == wanted)
+                .map(|(_, content)| content.as_slice())
+        };
+        let values_files = Self::values(chart, read, &mut replace)?;
+        let bytes = archive.repack(&replace).map_err(HelmChartError::Package)?;
+        let artifact = self
+            .store(chart, &namespace, &archive.metadata.name, &version, bytes)
+            .await?;
+        Ok(Built::New {
+            artifact,
+            summary: summary(true, &archive.metadata.name, &version, &values_files),
+            packaged: true,
+            values_files,
+        })
+    }
+
+    /// The stored artifact, when it is `version`'s and this generation's and chart's: nothing
+    /// to build.
+    fn unchanged(
+        &self,
+        chart: &HelmChart,
+        status: &HelmChartStatus,
+        version: &str,
+    ) -> Option<Artifact> {
+        let handled = status.observed_generation == chart.metadata.generation
+            && status.observed_chart_name.as_deref() == Some(chart.spec.chart.as_str());
+        status
+            .artifact
+            .clone()
+            .filter(|a| handled && a.revision == version && self.storage.exists(&a.path))
+            .map(|mut a| {
+                a.url = self.storage.url(&a.path);
+                a
+            })
+    }
+
+    /// Marks a build in progress (with `ArtifactOutdated` when it replaces an artifact).
+    async fn mark_new(
+        &self,
+        chart: &HelmChart,
+        status: &HelmChartStatus,
+        message: &str,
+        progress: &mut Progress<'_>,
+    ) {
+        let outdated = status.artifact.as_ref().map(|_| {
             Condition::new(
                 types::ARTIFACT_OUTDATED,
                 ConditionStatus::True,
                 reasons::NEW_REVISION,
-                &message,
+                message,
             )
             .for_generation(chart.metadata.generation)
         });
@@ -357,7 +537,26 @@ impl ChartContext {
                 outdated.as_slice(),
             )
             .await;
-        self.build(chart, &namespace, &repo, &entry, redactor).await
+    }
+
+    /// Step: `spec.valuesFiles` merged (read by `read`) into the `values.yaml` of `replace`, when
+    /// there are any. Returns the files merged.
+    fn values<'a>(
+        chart: &HelmChart,
+        read: impl Fn(&str) -> Option<&'a [u8]>,
+        replace: &mut BTreeMap<&'static str, Vec<u8>>,
+    ) -> Result<Vec<String>, HelmChartError> {
+        if chart.spec.values_files.is_empty() {
+            return Ok(vec![]);
+        }
+        let (values, used) = helm_chart_build::merge_values_files(
+            read,
+            &chart.spec.values_files,
+            chart.spec.ignore_missing_values_files,
+        )
+        .map_err(HelmChartError::Values)?;
+        replace.insert("values.yaml", values);
+        Ok(used)
     }
 
     /// Steps: pull the chart archive, check it, merge the values files into it, store it.
@@ -390,19 +589,13 @@ impl ChartContext {
         archive
             .expect(&chart.spec.chart, &entry.version)
             .map_err(not_a_chart)?;
-        let (bytes, packaged, values_files) = if chart.spec.values_files.is_empty() {
-            (bytes, false, vec![])
+        let mut replace = BTreeMap::new();
+        let values_files = Self::values(chart, |f| archive.file(f), &mut replace)?;
+        let packaged = !replace.is_empty();
+        let bytes = if packaged {
+            archive.repack(&replace).map_err(HelmChartError::Package)?
         } else {
-            let (values, used) = helm_chart_build::merge_values_files(
-                &archive,
-                &chart.spec.values_files,
-                chart.spec.ignore_missing_values_files,
-            )
-            .map_err(HelmChartError::Values)?;
-            let packed = archive
-                .with_values(&values)
-                .map_err(HelmChartError::Package)?;
-            (packed, true, used)
+            bytes
         };
         let artifact = self
             .store(
@@ -427,51 +620,59 @@ impl ChartContext {
         })
     }
 
-    /// Step: the HelmRepository named by `sourceRef`, an HTTP(S) one.
-    async fn source(
-        &self,
-        chart: &HelmChart,
-        namespace: &str,
-    ) -> Result<HelmRepository, HelmChartError> {
+    /// Step: the source named by `sourceRef`, of kind `S`.
+    async fn source<S>(&self, chart: &HelmChart, namespace: &str) -> Result<S, HelmChartError>
+    where
+        S: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
         let name = &chart.spec.source_ref.name;
-        let repo = Api::<HelmRepository>::namespaced(self.base.client.clone(), namespace)
+        Api::<S>::namespaced(self.base.client.clone(), namespace)
             .get(name)
             .await
             .map_err(|source| HelmChartError::SourceUnavailable {
+                kind: chart.spec.source_ref.kind.as_str(),
                 name: format!("{namespace}/{name}"),
                 source,
-            })?;
-        if repo.spec.is_oci() {
-            return Err(HelmChartError::OciSource(format!("{namespace}/{name}")));
-        }
-        Ok(repo)
+            })
     }
 
-    /// Step: the repository's stored index, checked against its artifact's digest. Returns the
-    /// index and the artifact's revision.
-    fn read_index(&self, repo: &HelmRepository) -> Result<(Vec<u8>, String), HelmChartError> {
+    /// Step: the source's stored artifact, read from this controller's storage and checked
+    /// against its digest.
+    fn read_artifact(
+        &self,
+        kind: &'static str,
+        source: &impl kube::Resource,
+        artifact: Option<&Artifact>,
+    ) -> Result<Vec<u8>, HelmChartError> {
         let name = format!(
             "{}/{}",
-            repo.namespace().unwrap_or_default(),
-            repo.name_any()
+            source.meta().namespace.clone().unwrap_or_default(),
+            source.meta().name.clone().unwrap_or_default()
         );
-        let artifact = repo
-            .status
-            .as_ref()
-            .and_then(|s| s.artifact.as_ref())
-            .ok_or_else(|| HelmChartError::NoSourceArtifact(name.clone()))?;
+        let artifact = artifact.ok_or_else(|| HelmChartError::NoSourceArtifact {
+            kind,
+            name: name.clone(),
+        })?;
         let bytes = std::fs::read(self.storage.path(&artifact.path)).map_err(|source| {
             HelmChartError::SourceArtifact {
+                kind,
                 name: name.clone(),
-                source,
+                source: ArchiveError::Read(source),
             }
         })?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         let expected = artifact.digest.clone().unwrap_or_default();
         if digest != expected {
-            return Err(HelmChartError::SourceDigest { name, expected });
+            return Err(HelmChartError::SourceDigest {
+                kind,
+                name,
+                expected,
+            });
         }
-        Ok((bytes, artifact.revision.clone()))
+        Ok(bytes)
     }
 
     /// Writes the chart as `<chart>-<version>.tgz`, points `latest.tar.gz` at it, and collects
@@ -520,6 +721,25 @@ impl ChartContext {
             metadata: BTreeMap::new(),
         })
     }
+}
+
+/// The version of a GitRepository's chart: its `Chart.yaml` version, and with the `Revision`
+/// strategy the source's commit as build metadata (`1.2.0+0123456789ab`: 12 hex digits, as Flux
+/// keeps label values short), replacing any the chart had.
+fn chart_version(version: &str, revision: Option<&str>) -> Result<String, HelmChartError> {
+    let parsed = semver::Version::parse(version.trim_start_matches(['v', 'V']))
+        .map_err(|_| HelmChartError::ChartVersion(version.to_owned()))?;
+    let Some(revision) = revision else {
+        return Ok(version.to_owned());
+    };
+    // `main@sha1:<hex>` (Flux's revision format), or a bare `sha1:<hex>`.
+    let hash = revision.rsplit_once('@').map_or(revision, |(_, h)| h);
+    let hash = hash.rsplit_once(':').map_or(hash, |(_, h)| h);
+    let short: String = hash.chars().take(12).collect();
+    let mut with = parsed;
+    with.build = semver::BuildMetadata::new(&short)
+        .map_err(|_| HelmChartError::ChartVersion(format!("{version}+{short}")))?;
+    Ok(with.to_string())
 }
 
 /// Whether `url` is on the repository URL's host and port (where its credentials may go).
@@ -662,6 +882,24 @@ mod tests {
     }
 
     #[test]
+    fn a_revision_strategy_adds_the_commit_to_the_version() {
+        let commit = "main@sha1:0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(chart_version("1.2.0", None).unwrap(), "1.2.0");
+        assert_eq!(
+            chart_version("1.2.0", Some(commit)).unwrap(),
+            "1.2.0+0123456789ab"
+        );
+        assert_eq!(
+            chart_version("1.2.0+old", Some("sha1:fedcba9876543210")).unwrap(),
+            "1.2.0+fedcba987654"
+        );
+        assert!(matches!(
+            chart_version("latest", None),
+            Err(HelmChartError::ChartVersion(_))
+        ));
+    }
+
+    #[test]
     fn credentials_stay_on_the_repositorys_host() {
         let url = |u: &str| url::Url::parse(u).unwrap();
         assert!(same_host(
@@ -697,7 +935,10 @@ mod tests {
             weir_runtime::chain(&values),
             "values files merge error: no values file found at path 'values-dev.yaml'"
         );
-        let missing = HelmChartError::NoSourceArtifact("ns/repo".into());
+        let missing = HelmChartError::NoSourceArtifact {
+            kind: "HelmRepository",
+            name: "ns/repo".into(),
+        };
         assert_eq!(missing.reason(), "NoSourceArtifact");
         assert_eq!(missing.condition_type(), types::FETCH_FAILED);
     }

@@ -146,34 +146,7 @@ impl ChartArchive {
     /// Reads a gzipped chart archive: regular files only, no absolute or `..` paths, one top
     /// directory holding `Chart.yaml`.
     pub fn read(bytes: &[u8]) -> Result<Self, ArchiveError> {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-        let mut files = vec![];
-        let mut total = 0u64;
-        for entry in archive.entries().map_err(ArchiveError::Read)? {
-            let mut entry = entry.map_err(ArchiveError::Read)?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
-            let path = entry.path().map_err(ArchiveError::Read)?;
-            let name = path.to_string_lossy().into_owned();
-            if path.is_absolute()
-                || path
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(ArchiveError::UnsafePath(name));
-            }
-            total += entry.size();
-            if total > MAX_EXTRACTED_SIZE {
-                return Err(ArchiveError::TooLarge);
-            }
-            let mut content = vec![];
-            (&mut entry)
-                .take(MAX_EXTRACTED_SIZE)
-                .read_to_end(&mut content)
-                .map_err(ArchiveError::Read)?;
-            files.push((name, content));
-        }
+        let files = read_files(bytes)?;
         let (top, chart_yaml) = files
             .iter()
             .find_map(|(name, content)| {
@@ -188,6 +161,93 @@ impl ChartArchive {
             files,
             metadata,
         })
+    }
+
+    /// The chart in directory `dir` of a source's files (`dir` normalized, `""` the root), as
+    /// `helm package` takes it: every file under it but those its `.helmignore` leaves out, under
+    /// a top directory named by its `Chart.yaml`.
+    pub fn from_dir(files: &[(String, Vec<u8>)], dir: &str) -> Result<Self, ArchiveError> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let inside: Vec<(&str, &Vec<u8>)> = files
+            .iter()
+            .filter_map(|(name, content)| Some((name.strip_prefix(&prefix)?, content)))
+            .collect();
+        let chart_yaml = inside
+            .iter()
+            .find(|(name, _)| *name == "Chart.yaml")
+            .map(|(_, content)| *content)
+            .ok_or(ArchiveError::NoChartYaml)?;
+        let metadata: ChartMetadata =
+            serde_yaml_ng::from_slice(chart_yaml).map_err(ArchiveError::ChartYaml)?;
+        let ignore = helmignore(
+            inside
+                .iter()
+                .find(|(n, _)| *n == ".helmignore")
+                .map(|(_, c)| *c),
+        );
+        let files = inside
+            .into_iter()
+            .filter(|(name, _)| !ignore.matched_path_or_any_parents(name, false).is_ignore())
+            .map(|(name, content)| (format!("{}/{name}", metadata.name), content.clone()))
+            .collect();
+        Ok(Self {
+            top: metadata.name.clone(),
+            files,
+            metadata,
+        })
+    }
+
+    /// The dependencies `Chart.yaml` declares that `charts/` does not hold (by directory or
+    /// archive name).
+    pub fn missing_dependencies(&self) -> Result<Vec<String>, ArchiveError> {
+        #[derive(serde::Deserialize)]
+        struct Dependency {
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Dependencies {
+            #[serde(default)]
+            dependencies: Vec<Dependency>,
+        }
+        let chart_yaml = self.file("Chart.yaml").ok_or(ArchiveError::NoChartYaml)?;
+        let declared: Dependencies =
+            serde_yaml_ng::from_slice(chart_yaml).map_err(ArchiveError::ChartYaml)?;
+        let vendored = format!("{}/charts/", self.top);
+        Ok(declared
+            .dependencies
+            .into_iter()
+            .map(|d| d.name)
+            .filter(|name| {
+                !self.files.iter().any(|(path, _)| {
+                    path.strip_prefix(&vendored).is_some_and(|rest| {
+                        rest.starts_with(&format!("{name}/"))
+                            || (rest.starts_with(&format!("{name}-"))
+                                && std::path::Path::new(rest)
+                                    .extension()
+                                    .is_some_and(|e| e.eq_ignore_ascii_case("tgz"))
+                                && !rest.contains('/'))
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Sets the version in `Chart.yaml` (the metadata a `Revision` strategy adds), returning the
+    /// new `Chart.yaml`.
+    pub fn chart_yaml_with_version(&self, version: &str) -> Result<Vec<u8>, ArchiveError> {
+        let chart_yaml = self.file("Chart.yaml").ok_or(ArchiveError::NoChartYaml)?;
+        let mut value: Value =
+            serde_yaml_ng::from_slice(chart_yaml).map_err(ArchiveError::ChartYaml)?;
+        if let Value::Mapping(map) = &mut value {
+            map.insert(Value::from("version"), Value::from(version));
+        }
+        serde_yaml_ng::to_string(&value)
+            .map(String::into_bytes)
+            .map_err(ArchiveError::ChartYaml)
     }
 
     /// Checks the archive is the chart and version the index entry promised.
@@ -219,32 +279,79 @@ impl ChartArchive {
             .map(|(_, content)| content.as_slice())
     }
 
-    /// The archive again, gzipped, with `values.yaml` replaced by `values` (added when the chart
-    /// had none). Entries keep their order; times are the epoch, so the same chart and values
-    /// give the same bytes.
-    pub fn with_values(&self, values: &[u8]) -> Result<Vec<u8>, std::io::Error> {
-        let values_path = format!("{}/values.yaml", self.top);
+    /// The archive again, gzipped, with the files of `replace` (paths relative to the chart)
+    /// replaced or added. Entries keep their order; times are the epoch, so the same chart gives
+    /// the same bytes.
+    pub fn repack(&self, replace: &BTreeMap<&str, Vec<u8>>) -> Result<Vec<u8>, std::io::Error> {
         let mut out = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::default(),
         ));
-        let mut replaced = false;
+        let mut pending: BTreeMap<String, &[u8]> = replace
+            .iter()
+            .map(|(rel, content)| (format!("{}/{rel}", self.top), content.as_slice()))
+            .collect();
         for (name, content) in &self.files {
-            let content = if *name == values_path {
-                replaced = true;
-                values
-            } else {
-                content.as_slice()
-            };
+            let content = pending.remove(name).unwrap_or(content.as_slice());
             append(&mut out, name, content)?;
         }
-        if !replaced {
-            append(&mut out, &values_path, values)?;
+        for (name, content) in pending {
+            append(&mut out, &name, content)?;
         }
         let mut gz = out.into_inner()?;
         gz.flush()?;
         gz.finish()
     }
+}
+
+/// The regular files of a gzipped tarball, by path: no absolute or `..` paths, at most
+/// [`MAX_EXTRACTED_SIZE`] together.
+pub fn read_files(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = vec![];
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(ArchiveError::Read)? {
+        let mut entry = entry.map_err(ArchiveError::Read)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(ArchiveError::Read)?;
+        let name = path.to_string_lossy().into_owned();
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(ArchiveError::UnsafePath(name));
+        }
+        total += entry.size();
+        if total > MAX_EXTRACTED_SIZE {
+            return Err(ArchiveError::TooLarge);
+        }
+        let mut content = vec![];
+        (&mut entry)
+            .take(MAX_EXTRACTED_SIZE)
+            .read_to_end(&mut content)
+            .map_err(ArchiveError::Read)?;
+        files.push((name, content));
+    }
+    Ok(files)
+}
+
+/// A chart's `.helmignore` rules (gitignore syntax, as Helm reads them).
+fn helmignore(rules: Option<&Vec<u8>>) -> ignore::gitignore::Gitignore {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new("");
+    for line in rules
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .unwrap_or_default()
+        .lines()
+    {
+        // A rule that does not parse is left out, as Helm skips what it cannot read.
+        let _ = builder.add_line(None, line);
+    }
+    builder
+        .build()
+        .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty())
 }
 
 fn append<W: Write>(out: &mut tar::Builder<W>, name: &str, content: &[u8]) -> std::io::Result<()> {
@@ -276,15 +383,15 @@ pub enum ValuesError {
 /// Merges the chart's values files in order, later files winning and maps merged key by key, as
 /// Flux does; a missing file fails unless `ignore_missing`. Returns the merged YAML and the files
 /// merged (the missing ones left out).
-pub fn merge_values_files(
-    chart: &ChartArchive,
+pub fn merge_values_files<'a>(
+    read: impl Fn(&str) -> Option<&'a [u8]>,
     files: &[String],
     ignore_missing: bool,
 ) -> Result<(Vec<u8>, Vec<String>), ValuesError> {
     let mut merged = Mapping::new();
     let mut used = vec![];
     for file in files {
-        let Some(content) = chart.file(file) else {
+        let Some(content) = read(file) else {
             if ignore_missing {
                 continue;
             }
@@ -434,7 +541,7 @@ mod tests {
         ]);
         let archive = ChartArchive::read(&bytes).unwrap();
         let files = ["values.yaml".to_owned(), "values-prod.yaml".to_owned()];
-        let (merged, used) = merge_values_files(&archive, &files, false).unwrap();
+        let (merged, used) = merge_values_files(|f| archive.file(f), &files, false).unwrap();
         assert_eq!(used, files);
         let merged: Value = serde_yaml_ng::from_slice(&merged).unwrap();
         let expected: Value = serde_yaml_ng::from_str(
@@ -445,25 +552,90 @@ mod tests {
 
         // Only the listed files: the chart's values.yaml is not merged unless named.
         let only_prod = ["values-prod.yaml".to_owned()];
-        let (merged, _) = merge_values_files(&archive, &only_prod, false).unwrap();
+        let (merged, _) = merge_values_files(|f| archive.file(f), &only_prod, false).unwrap();
         let merged: Value = serde_yaml_ng::from_slice(&merged).unwrap();
         assert_eq!(merged.get("message"), None);
 
         let missing = ["values.yaml".to_owned(), "values-dev.yaml".to_owned()];
-        let err = merge_values_files(&archive, &missing, false).unwrap_err();
+        let err = merge_values_files(|f| archive.file(f), &missing, false).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no values file found at path 'values-dev.yaml'"
         );
-        let (_, used) = merge_values_files(&archive, &missing, true).unwrap();
+        let (_, used) = merge_values_files(|f| archive.file(f), &missing, true).unwrap();
         assert_eq!(used, ["values.yaml"]);
 
-        let repacked = ChartArchive::read(&archive.with_values(b"x: 1\n").unwrap()).unwrap();
+        let replace = BTreeMap::from([("values.yaml", b"x: 1\n".to_vec())]);
+        let repacked = ChartArchive::read(&archive.repack(&replace).unwrap()).unwrap();
         assert_eq!(repacked.file("values.yaml"), Some(&b"x: 1\n"[..]));
         assert_eq!(
             repacked.file("templates/cm.yaml"),
             Some(&b"kind: ConfigMap\n"[..])
         );
         assert_eq!(repacked.metadata, archive.metadata);
+    }
+
+    fn source(files: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        files
+            .iter()
+            .map(|(n, c)| ((*n).to_owned(), c.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_chart_directory_is_packaged_under_its_name_without_what_helmignore_leaves_out() {
+        let files = source(&[
+            ("README.md", "repo"),
+            (
+                "charts/app/Chart.yaml",
+                "apiVersion: v2\nname: app\nversion: 0.3.0\n",
+            ),
+            ("charts/app/values.yaml", "a: 1\n"),
+            ("charts/app/.helmignore", "*.bak\nci/\n"),
+            ("charts/app/templates/cm.yaml", "kind: ConfigMap\n"),
+            ("charts/app/templates/old.bak", "x"),
+            ("charts/app/ci/test-values.yaml", "x"),
+            (
+                "charts/other/Chart.yaml",
+                "apiVersion: v2\nname: other\nversion: 1.0.0\n",
+            ),
+        ]);
+        let archive = ChartArchive::from_dir(&files, "charts/app").unwrap();
+        assert_eq!(archive.top, "app");
+        assert_eq!(archive.metadata.version, "0.3.0");
+        let mut names: Vec<&str> = archive.files.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "app/.helmignore",
+                "app/Chart.yaml",
+                "app/templates/cm.yaml",
+                "app/values.yaml"
+            ]
+        );
+        assert!(matches!(
+            ChartArchive::from_dir(&files, "charts/missing"),
+            Err(ArchiveError::NoChartYaml)
+        ));
+        let chart_yaml = archive
+            .chart_yaml_with_version("0.3.0+0123456789ab")
+            .unwrap();
+        let replace = BTreeMap::from([("Chart.yaml", chart_yaml)]);
+        let packed = ChartArchive::read(&archive.repack(&replace).unwrap()).unwrap();
+        assert_eq!(packed.metadata.version, "0.3.0+0123456789ab");
+        assert_eq!(packed.metadata.name, "app");
+    }
+
+    #[test]
+    fn dependencies_not_vendored_in_charts_are_named() {
+        let chart_yaml = "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: db\n  version: 1.x\n  repository: https://charts.example\n- name: cache\n  version: 2.x\n  repository: https://charts.example\n- name: lib\n  version: 0.1.0\n  repository: file://../lib\n";
+        let files = source(&[
+            ("app/Chart.yaml", chart_yaml),
+            ("app/charts/db-1.2.0.tgz", "x"),
+            ("app/charts/lib/Chart.yaml", "name: lib\nversion: 0.1.0\n"),
+        ]);
+        let archive = ChartArchive::from_dir(&files, "app").unwrap();
+        assert_eq!(archive.missing_dependencies().unwrap(), ["cache"]);
     }
 }

@@ -2,7 +2,8 @@
 //! through a HelmRepository, stored as a chart archive whose revision is the version; a new
 //! version in range makes a new artifact, a new index without one keeps it; values files merged
 //! into `values.yaml`; a missing values file or a range nothing satisfies is Ready=False naming
-//! it; sources Weir does not build are rejected by the API server.
+//! it; a GitRepository's chart directory packaged, with the commit in its version under the
+//! `Revision` strategy; sources Weir does not build are rejected by the API server.
 
 use std::io::Read;
 
@@ -13,6 +14,7 @@ use kube::{
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use weir_api::{Artifact, HelmChart, HelmRepository, condition::find_condition, manifest, types};
 use weir_e2e::{Chart, Harness, unique_name, wait_until};
 
@@ -412,9 +414,9 @@ async fn a_range_nothing_satisfies_is_not_ready_naming_chart_and_range() -> Resu
 }
 
 #[tokio::test]
-async fn sources_weir_does_not_build_are_rejected_by_the_api_server() -> Result<()> {
+async fn bucket_sources_weir_does_not_build_are_rejected_by_the_api_server() -> Result<()> {
     let t = Charts::start().await?;
-    for kind in ["GitRepository", "Bucket"] {
+    for kind in ["Bucket", "OCIRepository"] {
         let object = t.manifest(
             "other",
             json!({
@@ -448,5 +450,108 @@ async fn sources_weir_does_not_build_are_rejected_by_the_api_server() -> Result<
             .expect_err("the API server accepted an unbuilt source kind");
         assert!(err.to_string().contains("spec.sourceRef.kind"), "{err}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_chart_directory_of_a_git_repository_is_packaged_and_revision_adds_the_commit()
+-> Result<()> {
+    let t = Charts::start().await?;
+    let harness = Harness::get().await?;
+    let files = BTreeMap::from([
+        (
+            "charts/app/Chart.yaml",
+            "apiVersion: v2\nname: git-app\nversion: 0.3.0\n",
+        ),
+        ("charts/app/values.yaml", "message: base\nreplicas: 1\n"),
+        ("charts/app/templates/cm.yaml", "kind: ConfigMap\n"),
+        ("env/prod.yaml", "replicas: 3\n"),
+    ]);
+    let git = harness.git().create_repo("hc-git", &files)?;
+    t.fx.create("app", json!({ "url": git.http_url(), "interval": "10m" }))
+        .await?;
+    t.fx.wait_ready("app", "True").await?;
+    let head = git.head()?;
+    let source = |kind: &str| json!({ "kind": kind, "name": "app" });
+    for (name, strategy) in [("by-version", "ChartVersion"), ("by-revision", "Revision")] {
+        let object = t.manifest(
+            name,
+            json!({
+                "chart": "./charts/app",
+                "sourceRef": source("GitRepository"),
+                "interval": "10m",
+                "reconcileStrategy": strategy,
+                "valuesFiles": ["charts/app/values.yaml", "env/prod.yaml"],
+            }),
+        )?;
+        t.api.create(&PostParams::default(), &object).await?;
+    }
+    let by_version = t
+        .wait_ready("by-version", "True", Some("ChartPackageSucceeded"))
+        .await?;
+    assert_eq!(artifact(&by_version)?.revision, "0.3.0");
+    assert_eq!(
+        ready_message(&by_version),
+        "packaged 'git-app' chart with version '0.3.0' and merged values files [charts/app/values.yaml env/prod.yaml]"
+    );
+    let packaged = download(&by_version).await?;
+    let chart_yaml = yaml(file(&packaged, "git-app/Chart.yaml").context("no Chart.yaml")?);
+    assert_eq!(chart_yaml["version"], yaml("0.3.0"));
+    assert_eq!(
+        yaml(file(&packaged, "git-app/values.yaml").context("no values.yaml")?),
+        yaml("message: base\nreplicas: 3\n")
+    );
+    assert!(file(&packaged, "git-app/templates/cm.yaml").is_some());
+
+    let with_commit = format!("0.3.0+{}", &head[..12]);
+    let by_revision = t
+        .wait_for("by-revision", "the commit in its version", |c| {
+            artifact(c).is_ok_and(|a| a.revision == with_commit)
+        })
+        .await?;
+    let packaged = download(&by_revision).await?;
+    let chart_yaml = yaml(file(&packaged, "git-app/Chart.yaml").context("no Chart.yaml")?);
+    assert_eq!(chart_yaml["version"], yaml(&with_commit));
+
+    // A new commit without a new chart version: Revision follows it, ChartVersion keeps its
+    // artifact.
+    let second = git
+        .change()
+        .write(
+            "charts/app/templates/cm.yaml",
+            "kind: ConfigMap\n# changed\n",
+        )
+        .commit("change the template")?;
+    let revision = format!("main@sha1:{second}");
+    t.fx.request_reconcile("app", "second").await?;
+    let newer = format!("0.3.0+{}", &second[..12]);
+    t.wait_for("by-revision", "the new commit in its version", |c| {
+        artifact(c).is_ok_and(|a| a.revision == newer)
+    })
+    .await?;
+    let kept = t
+        .wait_for("by-version", "the new commit observed", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.observed_source_artifact_revision.as_deref())
+                == Some(revision.as_str())
+        })
+        .await?;
+    assert_eq!(artifact(&kept)?, artifact(&by_version)?);
+
+    // A path without a chart names it.
+    let object = t.manifest(
+        "nowhere",
+        json!({ "chart": "charts/missing", "sourceRef": source("GitRepository"), "interval": "10m" }),
+    )?;
+    t.api.create(&PostParams::default(), &object).await?;
+    let missing = t
+        .wait_ready("nowhere", "False", Some("InvalidChartReference"))
+        .await?;
+    assert!(
+        ready_message(&missing).contains("no chart at path 'charts/missing'"),
+        "{}",
+        ready_message(&missing)
+    );
     Ok(())
 }

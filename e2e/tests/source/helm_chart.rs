@@ -555,3 +555,183 @@ async fn a_chart_directory_of_a_git_repository_is_packaged_and_revision_adds_the
     );
     Ok(())
 }
+
+/// A chart server on loopback that requires basic auth for the index and for chart files on its
+/// own address, serves `/charts/public/*` to anyone, and records whether each chart request
+/// carried credentials.
+struct AuthServer {
+    addr: std::net::SocketAddr,
+    /// (path, whether an `Authorization` header came with it), per chart request.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthServer {
+    /// `index` makes the index from the server's port.
+    async fn start(
+        basic: &str,
+        index: impl FnOnce(u16) -> String,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self> {
+        use axum::{
+            extract::Path,
+            http::{HeaderMap, StatusCode, header},
+            response::IntoResponse,
+        };
+        use base64::Engine as _;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let expected = basic.to_owned();
+        let authorized = move |headers: &HeaderMap| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Basic "))
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .is_some_and(|given| given == expected.as_bytes())
+        };
+        let (for_index, for_files) = (authorized.clone(), authorized);
+        let record = seen.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let index = index(addr.port());
+        let app = axum::Router::new()
+            .route(
+                "/charts/index.yaml",
+                axum::routing::get(move |headers: HeaderMap| async move {
+                    if for_index(&headers) {
+                        index.into_response()
+                    } else {
+                        StatusCode::UNAUTHORIZED.into_response()
+                    }
+                }),
+            )
+            .route(
+                "/charts/{*file}",
+                axum::routing::get(move |Path(file): Path<String>, headers: HeaderMap| {
+                    let record = record.clone();
+                    let files = files.clone();
+                    let for_files = for_files.clone();
+                    async move {
+                        let sent = headers.contains_key(header::AUTHORIZATION);
+                        record.lock().unwrap().push((file.clone(), sent));
+                        if !file.starts_with("public/") && !for_files(&headers) {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        match files.get(&file) {
+                            Some(bytes) => bytes.clone().into_response(),
+                            None => StatusCode::NOT_FOUND.into_response(),
+                        }
+                    }
+                }),
+            );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            seen,
+            _task: task,
+        })
+    }
+
+    fn seen(&self, file: &str) -> Vec<bool> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, sent)| *sent)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn repository_credentials_reach_the_charts_on_its_host_and_elsewhere_only_with_pass_credentials()
+-> Result<()> {
+    let t = Charts::start().await?;
+    let charts = Harness::get().await?.charts();
+    let (local, remote) = (unique_name("hc-local", 40), unique_name("hc-remote", 40));
+    let mut files = BTreeMap::new();
+    for name in [&local, &remote] {
+        charts.publish(&Chart::new(name, "1.0.0"))?;
+        let tgz = std::fs::read(charts.dir().join(format!("{name}-1.0.0.tgz")))?;
+        files.insert(format!("{name}-1.0.0.tgz"), tgz.clone());
+        files.insert(format!("public/{name}-1.0.0.tgz"), tgz);
+    }
+    let password = "s3cret-chart-password";
+    // `local` is on the repository's host (a relative URL); `remote` is on another host name
+    // for the same server ("localhost", where the repository URL says 127.0.0.1).
+    let server = AuthServer::start(
+        &format!("reader:{password}"),
+        |port| {
+            format!(
+                "apiVersion: v1\nentries:\n  {local}:\n  - name: {local}\n    version: 1.0.0\n    urls: [{local}-1.0.0.tgz]\n  {remote}:\n  - name: {remote}\n    version: 1.0.0\n    urls: [http://localhost:{port}/charts/public/{remote}-1.0.0.tgz]\n"
+            )
+        },
+        files,
+    )
+    .await?;
+    t.fx.secret("auth", &[("username", "reader"), ("password", password)])
+        .await?;
+    let url = format!("http://{}/charts", server.addr);
+    for (repo, pass) in [("private", false), ("passing", true)] {
+        let object: HelmRepository = manifest::from_value(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "HelmRepository",
+            "metadata": { "name": repo, "namespace": t.fx.ns.name() },
+            "spec": {
+                "url": url, "interval": "10m", "secretRef": { "name": "auth" },
+                "passCredentials": pass,
+            },
+        }))?;
+        t.repos.create(&PostParams::default(), &object).await?;
+    }
+    let chart_of = |name: &str, repo: &str| {
+        json!({
+            "chart": name,
+            "sourceRef": { "kind": "HelmRepository", "name": repo },
+            "interval": "10m",
+        })
+    };
+
+    // On the repository's host the chart needs, and gets, the credentials.
+    t.api
+        .create(
+            &PostParams::default(),
+            &t.manifest("local", chart_of(&local, "private"))?,
+        )
+        .await?;
+    t.wait_ready("local", "True", Some("ChartPullSucceeded"))
+        .await?;
+    assert_eq!(server.seen(&format!("{local}-1.0.0.tgz")), [true]);
+
+    // On another host, only with passCredentials.
+    t.api
+        .create(
+            &PostParams::default(),
+            &t.manifest("kept", chart_of(&remote, "private"))?,
+        )
+        .await?;
+    t.wait_ready("kept", "True", Some("ChartPullSucceeded"))
+        .await?;
+    let public = format!("public/{remote}-1.0.0.tgz");
+    assert_eq!(
+        server.seen(&public),
+        [false],
+        "credentials went to another host"
+    );
+    t.api
+        .create(
+            &PostParams::default(),
+            &t.manifest("passed", chart_of(&remote, "passing"))?,
+        )
+        .await?;
+    t.wait_ready("passed", "True", Some("ChartPullSucceeded"))
+        .await?;
+    assert_eq!(
+        server.seen(&public),
+        [false, true],
+        "passCredentials sent none"
+    );
+    Ok(())
+}

@@ -23,12 +23,11 @@ use weir_api::{GitRepository, ImagePolicy, ImageRef, ImageUpdateAutomation, reas
 use weir_git::bounded::BoundedError;
 use weir_runtime::{
     ControllerError, Redactor,
-    conclude::{Ending, conclude},
+    conclude::{Ending, Pass},
     controller::Reconciler,
     decision::StepResult,
-    progress::{self, Progress},
+    progress::Progress,
     schedule,
-    status::apply_status,
 };
 
 use crate::{
@@ -302,30 +301,19 @@ impl Reconciler<ImageUpdateAutomation> for Context {
         auto: Arc<ImageUpdateAutomation>,
     ) -> Result<Action, ControllerError> {
         self.metrics.automation_runs.fetch_add(1, Ordering::Relaxed);
-        let previous = auto.status.clone();
-        let mut status = previous.clone().unwrap_or_default();
         let interval = auto.spec.interval.as_std();
         let mut redactor = Redactor::default();
         // A new generation is in progress from the start; a new source revision once it is seen.
-        let mut progress = Progress::new(api, &*auto, FIELD_MANAGER);
-        if let Some(message) = progress::new_generation(
-            previous.as_ref().and_then(|s| s.observed_generation),
-            auto.metadata.generation,
-        ) {
-            progress.mark(&message).await;
-        }
-        let result = match run(&auto, self, &mut redactor, &mut progress).await {
+        let mut pass = Pass::begin(api, &*auto, FIELD_MANAGER).await;
+        let result = match run(&auto, self, &mut redactor, &mut pass.progress).await {
             Ok((outcome, policies)) => {
-                status.observed_policies = policies;
-                record_run(&mut status, outcome, &redactor, self)
+                pass.status.observed_policies = policies;
+                record_run(&mut pass.status, outcome, &redactor, self)
             }
             Err(error) => StepResult::failed(&error, &redactor),
         };
         let ending = Ending::new("Push", Some(schedule::jittered(interval)), Some(interval));
-        let action = conclude(self, &*auto, &mut status, &result, ending).await;
-        let current = progress.into_written().or(previous);
-        apply_status(api, &*auto, current.as_ref(), &status, FIELD_MANAGER).await?;
-        Ok(action)
+        Ok(pass.finish(self, &result, ending).await?)
     }
 }
 

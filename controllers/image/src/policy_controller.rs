@@ -18,11 +18,9 @@ use weir_api::{
 };
 use weir_runtime::{
     ControllerError, Redactor,
-    conclude::{Ending, conclude},
+    conclude::{Ending, Pass},
     controller::Reconciler,
     decision::StepResult,
-    progress::{self, Progress},
-    status::apply_status,
 };
 
 use crate::{
@@ -201,15 +199,14 @@ impl Reconciler<ImagePolicy> for Context {
         self.metrics
             .policy_evaluations
             .fetch_add(1, Ordering::Relaxed);
-        let previous = policy.status.clone();
-        let mut status = previous.clone().unwrap_or_default();
+        let previous = policy.status.as_ref();
         let mut redactor = Redactor::default();
         // After a restart the tag lists are empty until the repositories are scanned again (at
         // once, on start). A policy that has a pick keeps it, and its conditions, meanwhile.
         let (repo_ns, repo_name) = repository_key(&policy);
         if self.store.get(&repo_ns, &repo_name).is_none()
-            && status.latest_ref.is_some()
-            && previous.as_ref().map(|s| s.observed_generation) == Some(policy.metadata.generation)
+            && previous.is_some_and(|s| s.latest_ref.is_some())
+            && previous.map(|s| s.observed_generation) == Some(policy.metadata.generation)
             && self.watches(&repo_ns)
             && Api::<ImageRepository>::namespaced(self.base.client.clone(), &repo_ns)
                 .get_opt(&repo_name)
@@ -220,13 +217,8 @@ impl Reconciler<ImagePolicy> for Context {
         }
         // A new generation is evaluated in progress, as in Flux; a new scan or a digest look-up
         // of the interval writes nothing until done.
-        let mut progress = Progress::new(api, &*policy, FIELD_MANAGER);
-        if let Some(message) = progress::new_generation(
-            previous.as_ref().and_then(|s| s.observed_generation),
-            policy.metadata.generation,
-        ) {
-            progress.mark(&message).await;
-        }
+        let mut pass = Pass::begin(api, &*policy, FIELD_MANAGER).await;
+        let status = &mut pass.status;
         let result = match choose(&policy, self, &mut redactor).await {
             Ok(chosen) => {
                 let message = format!(
@@ -258,10 +250,7 @@ impl Reconciler<ImagePolicy> for Context {
             .as_ref()
             .map(|interval| weir_runtime::schedule::jittered(interval.as_std()));
         let ending = Ending::new("Policy", after_success, Some(RETRY_CAP));
-        let action = conclude(self, &*policy, &mut status, &result, ending).await;
-        let current = progress.into_written().or(previous);
-        apply_status(api, &*policy, current.as_ref(), &status, FIELD_MANAGER).await?;
-        Ok(action)
+        Ok(pass.finish(self, &result, ending).await?)
     }
 }
 

@@ -8,12 +8,10 @@ use kube::{Api, ResourceExt, runtime::controller::Action};
 use weir_api::{ImageRepository, image::ScanResult, meta::pending_reconcile_request, reasons};
 use weir_runtime::{
     ControllerError, Redactor,
-    conclude::{Ending, conclude},
+    conclude::{Ending, Pass},
     controller::Reconciler,
     decision::StepResult,
-    progress::{self, Progress},
-    schedule,
-    status::apply_status,
+    progress, schedule,
 };
 
 use crate::{Context, FIELD_MANAGER, error::ImageError, scan, store::ScannedTags};
@@ -29,12 +27,9 @@ impl Reconciler<ImageRepository> for Context {
     ) -> Result<Action, ControllerError> {
         let repo = &*repo;
         self.metrics.scans.fetch_add(1, Ordering::Relaxed);
-        let previous = repo.status.clone();
-        let mut status = previous.clone().unwrap_or_default();
-        let mut progress = Progress::new(api, repo, FIELD_MANAGER);
-        if let Some(message) = scan_progress(repo) {
-            progress.mark(&message).await;
-        }
+        let mark = scan_progress(repo);
+        let mut pass = Pass::begin_marked(api, repo, FIELD_MANAGER, mark.as_deref()).await;
+        let status = &mut pass.status;
         let mut redactor = Redactor::default();
         let result = match scan_repository(repo, self, &mut redactor).await {
             Ok(scanned) => {
@@ -65,11 +60,7 @@ impl Reconciler<ImageRepository> for Context {
         };
         let interval = repo.spec.interval.as_std();
         let ending = Ending::new("Scan", Some(schedule::jittered(interval)), Some(interval));
-        let action = conclude(self, repo, &mut status, &result, ending).await;
-        // Compared with what the object holds now: the progressing mark, when one was written.
-        let current = progress.into_written().or(previous);
-        apply_status(api, repo, current.as_ref(), &status, FIELD_MANAGER).await?;
-        Ok(action)
+        Ok(pass.finish(self, &result, ending).await?)
     }
 
     /// The scanned tags go with the repository.

@@ -7,12 +7,15 @@
 
 use std::time::Duration;
 
-use kube::{ResourceExt, runtime::controller::Action};
+use kube::{Api, ResourceExt, runtime::controller::Action};
+use serde::Serialize;
 use weir_api::{meta::handled_reconcile_at, status::ObjectStatus};
 
 use crate::{
     controller::{Object, Runtime, object_key},
     decision::{Schedule, StepResult, decide},
+    progress::{self, Progress},
+    status::apply_status,
 };
 
 /// How a failed reconcile is retried.
@@ -116,4 +119,88 @@ where
         .announce(obj, decision.event.as_ref(), ending.action)
         .await;
     decision.action
+}
+
+/// One reconcile of `obj` from its first step to its one status write: the status the steps
+/// fill in (from what the object holds), the progressing mark, and at the end [`conclude`] and
+/// [`apply_status`] — so a kind's reconcile is only its steps.
+pub struct Pass<'a, K: Object> {
+    /// The status the steps fill in.
+    pub status: K::Status,
+    /// The progressing mark of this reconcile (steps mark new revisions through it).
+    pub progress: Progress<'a, K>,
+    previous: Option<K::Status>,
+    api: &'a Api<K>,
+    obj: &'a K,
+    field_manager: &'a str,
+}
+
+impl<K: Object> std::fmt::Debug for Pass<'_, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pass")
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, K> Pass<'a, K>
+where
+    K: Object,
+    K::Status: Clone + Default + Serialize + PartialEq + ObjectStatus,
+{
+    /// Starts a reconcile whose status writes go under `field_manager`; a generation not
+    /// handled yet is marked progressing at once, with Flux's message.
+    pub async fn begin(api: &'a Api<K>, obj: &'a K, field_manager: &'a str) -> Self {
+        let new = progress::new_generation(
+            obj.status().and_then(ObjectStatus::observed_generation),
+            obj.meta().generation,
+        );
+        Self::begin_marked(api, obj, field_manager, new.as_deref()).await
+    }
+
+    /// Starts a reconcile marked progressing with `mark`, when there is one (a kind that also
+    /// counts a requested reconcile as new work).
+    pub async fn begin_marked(
+        api: &'a Api<K>,
+        obj: &'a K,
+        field_manager: &'a str,
+        mark: Option<&str>,
+    ) -> Self {
+        let previous = obj.status().cloned();
+        let mut progress = Progress::new(api, obj, field_manager);
+        if let Some(message) = mark {
+            progress.mark(message).await;
+        }
+        Self {
+            status: previous.clone().unwrap_or_default(),
+            progress,
+            previous,
+            api,
+            obj,
+            field_manager,
+        }
+    }
+
+    /// Concludes the reconcile (see [`conclude`]) and writes its status once, unless nothing
+    /// changed; returns when to reconcile again.
+    pub async fn finish<R: Runtime + ?Sized>(
+        mut self,
+        runtime: &R,
+        result: &StepResult,
+        ending: Ending<'_>,
+    ) -> Result<Action, kube::Error> {
+        let action = conclude(runtime, self.obj, &mut self.status, result, ending).await;
+        // Compared with what the object holds now: a progressing status written by this
+        // reconcile must be replaced even when the outcome equals the status before it.
+        let current = self.progress.into_written().or(self.previous);
+        apply_status(
+            self.api,
+            self.obj,
+            current.as_ref(),
+            &self.status,
+            self.field_manager,
+        )
+        .await?;
+        Ok(action)
+    }
 }

@@ -45,11 +45,10 @@ use weir_api::{
 };
 use weir_runtime::{
     ControllerError, Disposition, Failure, Redactor,
-    conclude::{Ending, conclude},
+    conclude::{Ending, Pass},
     controller::{AbortOnDropHandle, Base, Reconciler, Runtime, Synced},
     decision::StepResult,
     schedule,
-    status::apply_status,
     watches::Watches,
 };
 
@@ -301,27 +300,16 @@ impl Reconciler<HelmRepository> for HelmContext {
             // Queued before it became OCI; the static task has it now.
             return Ok(Action::await_change());
         }
-        let previous = repo.status.clone();
-        let mut status = previous.clone().unwrap_or_default();
-        let mut progress = Progress::new(api, &repo, FIELD_MANAGER);
-        if let Some(message) = weir_runtime::progress::new_generation(
-            previous.as_ref().and_then(|s| s.observed_generation),
-            repo.metadata.generation,
-        ) {
-            progress.mark(&message).await;
-        }
+        let mut pass = Pass::begin(api, &*repo, FIELD_MANAGER).await;
         let mut redactor = Redactor::default();
         redactor.add_url_credentials(&repo.spec.url);
-        let result = match self.steps(&repo, &mut redactor, &mut progress).await {
-            Ok(stored) => succeeded(&mut status, &repo, stored, &redactor),
-            Err(error) => failed(&mut status, &repo, &error, &redactor),
+        let result = match self.steps(&repo, &mut redactor, &mut pass.progress).await {
+            Ok(stored) => succeeded(&mut pass.status, &repo, stored, &redactor),
+            Err(error) => failed(&mut pass.status, &repo, &error, &redactor),
         };
         let interval = repo.spec.interval();
         let ending = Ending::new("Fetch", Some(schedule::jittered(interval)), Some(interval));
-        let action = conclude(self, &*repo, &mut status, &result, ending).await;
-        let current = progress.into_written().or(previous);
-        apply_status(api, &*repo, current.as_ref(), &status, FIELD_MANAGER).await?;
-        Ok(action)
+        Ok(pass.finish(self, &result, ending).await?)
     }
 
     async fn cleanup(&self, repo: Arc<HelmRepository>) -> Result<Action, ControllerError> {

@@ -25,11 +25,10 @@ use kube::{Api, Client, ResourceExt, runtime::controller::Action};
 use weir_api::{GitRepository, GitRepositoryStatus, condition, reasons, types};
 use weir_runtime::{
     ControllerError,
-    conclude::{Ending, conclude},
+    conclude::{Ending, Pass},
     controller::{AbortOnDropHandle, Base, Reconciler, Runtime, Synced},
     decision::StepResult,
     schedule,
-    status::apply_status,
     watches::Watches,
 };
 
@@ -294,38 +293,26 @@ impl Reconciler<GitRepository> for Context {
     ) -> Result<Action, ControllerError> {
         use std::sync::atomic::Ordering;
         self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-        let previous = repo.status.clone();
-        let mut status = previous.clone().unwrap_or_default();
-
         // A new generation is work in progress from the start (Flux's message); a new upstream
         // revision is marked when it is found, unless this already was.
-        let mut progress = Progress::new(api, &repo, FIELD_MANAGER);
-        if let Some(message) = weir_runtime::progress::new_generation(
-            previous.as_ref().and_then(|s| s.observed_generation),
-            repo.metadata.generation,
-        ) {
-            progress.mark(&message).await;
-        }
-        let (result, redactor, included) = steps(&repo, self, &mut status, &mut progress).await;
-        let interval = repo.spec.interval.as_std();
+        let mut pass = Pass::begin(api, &*repo, FIELD_MANAGER).await;
+        let (result, redactor, included) =
+            steps(&repo, self, &mut pass.status, &mut pass.progress).await;
+        let status = &mut pass.status;
         let result = match result {
             Ok((outcome, verified)) => {
-                let (artifact, result) = succeeded(&mut status, &repo, outcome, &redactor);
+                let (artifact, result) = succeeded(status, &repo, outcome, &redactor);
                 status.artifact = Some(artifact);
                 status.observed_ignore.clone_from(&repo.spec.ignore);
-                include::record(&mut status, &repo.spec, included);
-                verify::record_success(&mut status, &repo, verified.as_ref());
+                include::record(status, &repo.spec, included);
+                verify::record_success(status, &repo, verified.as_ref());
                 result
             }
-            Err(error) => failed(&repo, &mut status, &error, &redactor),
+            Err(error) => failed(&repo, status, &error, &redactor),
         };
+        let interval = repo.spec.interval.as_std();
         let ending = Ending::new("Fetch", Some(schedule::jittered(interval)), Some(interval));
-        let action = conclude(self, &*repo, &mut status, &result, ending).await;
-        // Compared with what the object holds now: a progressing status written above must be
-        // replaced even when the outcome equals the status before it.
-        let current = progress.into_written().or(previous);
-        apply_status(api, &*repo, current.as_ref(), &status, FIELD_MANAGER).await?;
-        Ok(action)
+        Ok(pass.finish(self, &result, ending).await?)
     }
 
     async fn cleanup(&self, repo: Arc<GitRepository>) -> Result<Action, ControllerError> {

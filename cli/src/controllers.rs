@@ -9,7 +9,7 @@ use clap::ValueEnum;
 /// The controllers this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Controller {
-    /// GitRepository → artifacts served over HTTP.
+    /// GitRepository, HelmRepository, HelmChart → artifacts served over HTTP.
     Source,
     /// Kustomization → built, validated, applied, pruned and health-checked objects.
     Kustomize,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use weir_api::{
-    GitRepository, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
+    GitRepository, HelmChart, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
     Kustomization, manifest,
 };
 
@@ -33,6 +33,9 @@ fn round_trip(yaml: &str) -> Result<Value, manifest::ManifestError> {
     match raw["kind"].as_str() {
         Some("GitRepository") => {
             Ok(serde_json::to_value(manifest::from_yaml::<GitRepository>(yaml)?).unwrap())
+        }
+        Some("HelmChart") => {
+            Ok(serde_json::to_value(manifest::from_yaml::<HelmChart>(yaml)?).unwrap())
         }
         Some("HelmRepository") => {
             Ok(serde_json::to_value(manifest::from_yaml::<HelmRepository>(yaml)?).unwrap())

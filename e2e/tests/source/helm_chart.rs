@@ -203,6 +203,11 @@ async fn a_chart_is_the_highest_version_in_its_range_and_follows_new_versions_in
         ready_message(&first),
         format!("pulled '{name}' chart with version '1.1.0'")
     );
+    let events = t.fx.events_text().await?;
+    assert!(
+        events.contains(&format!("pulled '{name}' chart with version '1.1.0'")),
+        "no ChartPullSucceeded event: {events}"
+    );
     let files = download(&first).await?;
     let chart_yaml = yaml(file(&files, &format!("{name}/Chart.yaml")).context("no Chart.yaml")?);
     assert_eq!(chart_yaml["version"], yaml("1.1.0"));
@@ -732,6 +737,79 @@ async fn repository_credentials_reach_the_charts_on_its_host_and_elsewhere_only_
         server.seen(&public),
         [false, true],
         "passCredentials sent none"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_source_is_named_until_it_appears_and_an_oci_repository_is_stalled() -> Result<()>
+{
+    let t = Charts::start().await?;
+    let charts = Harness::get().await?.charts();
+    let name = unique_name("hc-later", 40);
+    charts.publish(&Chart::new(&name, "1.0.0"))?;
+    let spec = |repo: &str| {
+        json!({
+            "chart": name,
+            "sourceRef": { "kind": "HelmRepository", "name": repo },
+            "interval": "10m",
+        })
+    };
+    t.api
+        .create(&PostParams::default(), &t.manifest("later", spec("later"))?)
+        .await?;
+    let missing = t
+        .wait_ready("later", "False", Some("SourceUnavailable"))
+        .await?;
+    assert!(
+        ready_message(&missing).contains(&format!(
+            "failed to get source: HelmRepository '{}/later'",
+            t.fx.ns.name()
+        )),
+        "{}",
+        ready_message(&missing)
+    );
+    let conditions = missing.status.clone().unwrap().conditions;
+    assert!(find_condition(&conditions, types::FETCH_FAILED).is_some());
+
+    // The repository appears: its first artifact reconciles the chart through the watch.
+    let repo: HelmRepository = manifest::from_value(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "HelmRepository",
+        "metadata": { "name": "later", "namespace": t.fx.ns.name() },
+        "spec": { "url": charts.url(), "interval": "10m" },
+    }))?;
+    t.repos.create(&PostParams::default(), &repo).await?;
+    let ready = t
+        .wait_ready("later", "True", Some("ChartPullSucceeded"))
+        .await?;
+    assert_eq!(artifact(&ready)?.revision, "1.0.0");
+    let conditions = ready.status.clone().unwrap().conditions;
+    assert!(find_condition(&conditions, types::FETCH_FAILED).is_none());
+
+    let oci: HelmRepository = manifest::from_value(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "HelmRepository",
+        "metadata": { "name": "oci", "namespace": t.fx.ns.name() },
+        "spec": { "url": "oci://registry.example/charts", "type": "oci" },
+    }))?;
+    t.repos.create(&PostParams::default(), &oci).await?;
+    t.api
+        .create(&PostParams::default(), &t.manifest("oci", spec("oci"))?)
+        .await?;
+    let stalled = t
+        .wait_ready("oci", "False", Some("InvalidChartReference"))
+        .await?;
+    let conditions = stalled.status.clone().unwrap().conditions;
+    assert_eq!(
+        find_condition(&conditions, types::STALLED).map(|c| c.status),
+        Some(weir_api::ConditionStatus::True),
+        "{conditions:?}"
+    );
+    assert!(
+        ready_message(&stalled).contains("not implemented"),
+        "{}",
+        ready_message(&stalled)
     );
     Ok(())
 }

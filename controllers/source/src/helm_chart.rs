@@ -397,11 +397,14 @@ impl ChartContext {
         }
         redactor.add_url_credentials(&repo.spec.url);
         let source = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
-        let index = self.read_artifact("HelmRepository", &repo, source)?;
+        let index = self.artifact_of("HelmRepository", &repo, source)?;
         status.observed_source_artifact_revision = source.map(|a| a.revision.clone());
-        let entry =
-            helm_chart_build::select_version(&index, &chart.spec.chart, &chart.spec.version)
-                .map_err(HelmChartError::Reference)?;
+        let (name, range) = (chart.spec.chart.clone(), chart.spec.version.clone());
+        let entry = blocking(move || {
+            helm_chart_build::select_version(&index.read()?, &name, &range)
+                .map_err(HelmChartError::Reference)
+        })
+        .await?;
         if let Some(artifact) = self.unchanged(chart, status, &entry.version) {
             return Ok(Built::Unchanged(artifact));
         }
@@ -425,23 +428,20 @@ impl ChartContext {
         let namespace = chart.namespace().unwrap_or_default();
         let repo: GitRepository = self.source(chart, &namespace).await?;
         let source = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
-        let bytes = self.read_artifact("GitRepository", &repo, source)?;
+        let artifact = self.artifact_of("GitRepository", &repo, source)?;
         let revision = source.map(|a| a.revision.clone()).unwrap_or_default();
         status.observed_source_artifact_revision = Some(revision.clone());
-        let source_error = |source| HelmChartError::SourceArtifact {
-            kind: "GitRepository",
-            name: format!("{namespace}/{}", repo.name_any()),
-            source,
-        };
-        let files = helm_chart_build::read_files(&bytes).map_err(source_error)?;
         let dir = crate::include::normalize(&chart.spec.chart)
             .ok_or_else(|| HelmChartError::ChartPath(chart.spec.chart.clone()))?;
-        let archive = ChartArchive::from_dir(&files, &dir).map_err(|source| {
-            HelmChartError::NoChartAtPath {
-                path: chart.spec.chart.clone(),
-                source,
-            }
-        })?;
+        let path = chart.spec.chart.clone();
+        let (files, archive) = blocking(move || {
+            let files = helm_chart_build::read_files(&artifact.read()?)
+                .map_err(|source| artifact.unreadable(source))?;
+            let archive = ChartArchive::from_dir(&files, &dir)
+                .map_err(|source| HelmChartError::NoChartAtPath { path, source })?;
+            Ok((files, archive))
+        })
+        .await?;
         let version = chart_version(
             &archive.metadata.version,
             (chart.spec.reconcile_strategy == ReconcileStrategy::Revision).then_some(&*revision),
@@ -639,40 +639,30 @@ impl ChartContext {
             })
     }
 
-    /// Step: the source's stored artifact, read from this controller's storage and checked
-    /// against its digest.
-    fn read_artifact(
+    /// The reader of a source's stored artifact; without one, `NoSourceArtifact`.
+    fn artifact_of(
         &self,
         kind: &'static str,
         source: &impl kube::Resource,
         artifact: Option<&Artifact>,
-    ) -> Result<Vec<u8>, HelmChartError> {
+    ) -> Result<SourceArtifact, HelmChartError> {
         let name = format!(
             "{}/{}",
             source.meta().namespace.clone().unwrap_or_default(),
             source.meta().name.clone().unwrap_or_default()
         );
-        let artifact = artifact.ok_or_else(|| HelmChartError::NoSourceArtifact {
-            kind,
-            name: name.clone(),
-        })?;
-        let bytes = std::fs::read(self.storage.path(&artifact.path)).map_err(|source| {
-            HelmChartError::SourceArtifact {
+        let artifact = artifact
+            .cloned()
+            .ok_or_else(|| HelmChartError::NoSourceArtifact {
                 kind,
                 name: name.clone(),
-                source: ArchiveError::Read(source),
-            }
-        })?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let expected = artifact.digest.clone().unwrap_or_default();
-        if digest != expected {
-            return Err(HelmChartError::SourceDigest {
-                kind,
-                name,
-                expected,
-            });
-        }
-        Ok(bytes)
+            })?;
+        Ok(SourceArtifact {
+            storage: self.storage.clone(),
+            kind,
+            name,
+            artifact,
+        })
     }
 
     /// Writes the chart as `<chart>-<version>.tgz`, points `latest.tar.gz` at it, and collects
@@ -721,6 +711,50 @@ impl ChartContext {
             metadata: BTreeMap::new(),
         })
     }
+}
+
+/// A source's artifact in this controller's storage, to read off the async workers.
+struct SourceArtifact {
+    storage: Storage,
+    kind: &'static str,
+    name: String,
+    artifact: Artifact,
+}
+
+impl SourceArtifact {
+    /// Step: the artifact's bytes, checked against its digest.
+    fn read(&self) -> Result<Vec<u8>, HelmChartError> {
+        let bytes = std::fs::read(self.storage.path(&self.artifact.path))
+            .map_err(|source| self.unreadable(ArchiveError::Read(source)))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let expected = self.artifact.digest.clone().unwrap_or_default();
+        if digest != expected {
+            return Err(HelmChartError::SourceDigest {
+                kind: self.kind,
+                name: self.name.clone(),
+                expected,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn unreadable(&self, source: ArchiveError) -> HelmChartError {
+        HelmChartError::SourceArtifact {
+            kind: self.kind,
+            name: self.name.clone(),
+            source,
+        }
+    }
+}
+
+/// Runs disk- and CPU-bound work off the async workers: an index of tens of MiB takes seconds
+/// to parse.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, HelmChartError> + Send + 'static,
+) -> Result<T, HelmChartError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(HelmChartError::Task)?
 }
 
 /// The version of a GitRepository's chart: its `Chart.yaml` version, and with the `Revision`

@@ -353,6 +353,8 @@ enum Built {
     /// A new chart archive was stored.
     New {
         artifact: Artifact,
+        /// The chart's name (its `Chart.yaml`'s).
+        name: String,
         /// Flux's build summary (`pulled 'app' chart with version '1.2.0'`).
         summary: String,
         packaged: bool,
@@ -405,7 +407,7 @@ impl ChartContext {
                 .map_err(HelmChartError::Reference)
         })
         .await?;
-        if let Some(artifact) = self.unchanged(chart, status, &entry.version) {
+        if let Some(artifact) = self.unchanged(chart, status, &chart.spec.chart, &entry.version) {
             return Ok(Built::Unchanged(artifact));
         }
         let message = format!(
@@ -446,7 +448,7 @@ impl ChartContext {
             &archive.metadata.version,
             (chart.spec.reconcile_strategy == ReconcileStrategy::Revision).then_some(&*revision),
         )?;
-        if let Some(artifact) = self.unchanged(chart, status, &version) {
+        if let Some(artifact) = self.unchanged(chart, status, &archive.metadata.name, &version) {
             return Ok(Built::Unchanged(artifact));
         }
         let message = format!(
@@ -488,22 +490,24 @@ impl ChartContext {
             .await?;
         Ok(Built::New {
             artifact,
+            name: archive.metadata.name.clone(),
             summary: summary(true, &archive.metadata.name, &version, &values_files),
             packaged: true,
             values_files,
         })
     }
 
-    /// The stored artifact, when it is `version`'s and this generation's and chart's: nothing
-    /// to build.
+    /// The stored artifact, when it is chart `name`'s at `version` and this generation's:
+    /// nothing to build.
     fn unchanged(
         &self,
         chart: &HelmChart,
         status: &HelmChartStatus,
+        name: &str,
         version: &str,
     ) -> Option<Artifact> {
         let handled = status.observed_generation == chart.metadata.generation
-            && status.observed_chart_name.as_deref() == Some(chart.spec.chart.as_str());
+            && status.observed_chart_name.as_deref() == Some(name);
         status
             .artifact
             .clone()
@@ -614,6 +618,7 @@ impl ChartContext {
         );
         Ok(Built::New {
             artifact,
+            name: archive.metadata.name,
             summary,
             packaged,
             values_files,
@@ -797,7 +802,7 @@ fn summary(packaged: bool, name: &str, version: &str, values_files: &[String]) -
     text
 }
 
-/// Records success: the artifact, `status.url`, the observed chart and values files,
+/// Records success: the artifact, `status.url`, the observed chart name and values files,
 /// `ArtifactInStorage=True` with the build's reason and summary, the failure conditions removed;
 /// a new chart is announced. An unchanged artifact keeps the summary it was built with.
 fn succeeded(
@@ -820,10 +825,12 @@ fn succeeded(
         }
         Built::New {
             artifact,
+            name,
             summary,
             packaged,
             values_files,
         } => {
+            status.observed_chart_name = Some(name);
             status.observed_values_files = values_files;
             let reason = if packaged {
                 api::CHART_PACKAGE_SUCCEEDED_REASON
@@ -851,7 +858,6 @@ fn succeeded(
         )
         .for_generation(chart.metadata.generation),
     );
-    status.observed_chart_name = Some(chart.spec.chart.clone());
     if let Some(dir) = artifact.path.rsplit_once('/').map(|(dir, _)| dir) {
         let base = artifact
             .url

@@ -496,6 +496,16 @@ async fn a_chart_directory_of_a_git_repository_is_packaged_and_revision_adds_the
         .await?;
     assert_eq!(artifact(&by_version)?.revision, "0.3.0");
     assert_eq!(
+        by_version
+            .status
+            .clone()
+            .unwrap()
+            .observed_chart_name
+            .as_deref(),
+        Some("git-app"),
+        "the chart's name, not its path"
+    );
+    assert_eq!(
         ready_message(&by_version),
         "packaged 'git-app' chart with version '0.3.0' and merged values files [charts/app/values.yaml env/prod.yaml]"
     );
@@ -544,20 +554,6 @@ async fn a_chart_directory_of_a_git_repository_is_packaged_and_revision_adds_the
         .await?;
     assert_eq!(artifact(&kept)?, artifact(&by_version)?);
 
-    // A path without a chart names it.
-    let object = t.manifest(
-        "nowhere",
-        json!({ "chart": "charts/missing", "sourceRef": source("GitRepository"), "interval": "10m" }),
-    )?;
-    t.api.create(&PostParams::default(), &object).await?;
-    let missing = t
-        .wait_ready("nowhere", "False", Some("InvalidChartReference"))
-        .await?;
-    assert!(
-        ready_message(&missing).contains("no chart at path 'charts/missing'"),
-        "{}",
-        ready_message(&missing)
-    );
     Ok(())
 }
 
@@ -810,6 +806,55 @@ async fn a_missing_source_is_named_until_it_appears_and_an_oci_repository_is_sta
         ready_message(&stalled).contains("not implemented"),
         "{}",
         ready_message(&stalled)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_git_path_without_a_chart_is_an_invalid_chart_reference_naming_it() -> Result<()> {
+    let t = Charts::start().await?;
+    let files = BTreeMap::from([("README.md", "no chart here\n")]);
+    let git = Harness::get()
+        .await?
+        .git()
+        .create_repo("hc-nochart", &files)?;
+    t.fx.create("app", json!({ "url": git.http_url(), "interval": "10m" }))
+        .await?;
+    t.fx.wait_ready("app", "True").await?;
+    let source = |kind: &str| json!({ "kind": kind, "name": "app" });
+    let object = t.manifest(
+        "nowhere",
+        json!({ "chart": "charts/missing", "sourceRef": source("GitRepository"), "interval": "10m" }),
+    )?;
+    t.api.create(&PostParams::default(), &object).await?;
+    let missing = t
+        .wait_ready("nowhere", "False", Some("InvalidChartReference"))
+        .await?;
+    assert!(
+        ready_message(&missing).contains("no chart at path 'charts/missing'"),
+        "{}",
+        ready_message(&missing)
+    );
+
+    // One that leaves the source needs a new spec: Stalled.
+    let object = t.manifest(
+        "outside",
+        json!({ "chart": "../outside", "sourceRef": source("GitRepository"), "interval": "10m" }),
+    )?;
+    t.api.create(&PostParams::default(), &object).await?;
+    let outside = t
+        .wait_ready("outside", "False", Some("InvalidChartReference"))
+        .await?;
+    let conditions = outside.status.clone().unwrap().conditions;
+    assert_eq!(
+        find_condition(&conditions, types::STALLED).map(|c| c.status),
+        Some(weir_api::ConditionStatus::True),
+        "{conditions:?}"
+    );
+    assert!(
+        ready_message(&outside).contains("path '../outside' leaves the source"),
+        "{}",
+        ready_message(&outside)
     );
     Ok(())
 }

@@ -47,11 +47,10 @@ use weir_api::{
 };
 use weir_runtime::{
     ControllerError, Disposition, Failure, Redactor,
-    conclude::{Ending, conclude},
+    conclude::{Ending, Pass},
     controller::{AbortOnDropHandle, Base, Reconciler, Runtime, Synced},
     decision::StepResult,
     schedule,
-    status::apply_status,
     watches::Watches,
 };
 
@@ -305,29 +304,18 @@ impl Reconciler<HelmChart> for ChartContext {
         api: &Api<HelmChart>,
         chart: Arc<HelmChart>,
     ) -> Result<Action, ControllerError> {
-        let previous = chart.status.clone();
-        let mut status = previous.clone().unwrap_or_default();
-        let mut progress = Progress::new(api, &chart, FIELD_MANAGER);
-        if let Some(message) = weir_runtime::progress::new_generation(
-            previous.as_ref().and_then(|s| s.observed_generation),
-            chart.metadata.generation,
-        ) {
-            progress.mark(&message).await;
-        }
+        let mut pass = Pass::begin(api, &*chart, FIELD_MANAGER).await;
         let mut redactor = Redactor::default();
         let result = match self
-            .steps(&chart, &mut status, &mut redactor, &mut progress)
+            .steps(&chart, &mut pass.status, &mut redactor, &mut pass.progress)
             .await
         {
-            Ok(built) => succeeded(&mut status, &chart, built, &redactor),
-            Err(error) => failed(&mut status, &chart, &error, &redactor),
+            Ok(built) => succeeded(&mut pass.status, &chart, built, &redactor),
+            Err(error) => failed(&mut pass.status, &chart, &error, &redactor),
         };
         let interval = chart.spec.interval();
         let ending = Ending::new("Build", Some(schedule::jittered(interval)), Some(interval));
-        let action = conclude(self, &*chart, &mut status, &result, ending).await;
-        let current = progress.into_written().or(previous);
-        apply_status(api, &*chart, current.as_ref(), &status, FIELD_MANAGER).await?;
-        Ok(action)
+        Ok(pass.finish(self, &result, ending).await?)
     }
 
     async fn cleanup(&self, chart: Arc<HelmChart>) -> Result<Action, ControllerError> {

@@ -6,6 +6,8 @@
 # `wait: true`. WEIR_BENCH_DIRS (default N) sets how many app directories the repository has, to
 # show how the cost of a reconcile grows with the repository; WEIR_BENCH_OVERLAY=1 gives every
 # app a kustomization.yaml (so kustomize builds it) instead of a plain directory.
+# WEIR_BENCH_SERVICE_ACCOUNT=1 has every Kustomization apply as a service account of the
+# namespace (`serviceAccountName`, bound to the `admin` ClusterRole), as multi-tenant setups do.
 # Reports the seconds from creation until all are Ready, the controller's peak RSS, API requests
 # per Kustomization, and one steady-state interval with no change upstream (object and status
 # writes: must be zero).
@@ -16,6 +18,7 @@ source "$(dirname "$0")/../scripts/harness-lib.sh"
 n=${WEIR_BENCH_KUSTOMIZATIONS:-100}
 dirs=${WEIR_BENCH_DIRS:-$n}
 overlay=${WEIR_BENCH_OVERLAY:-0}
+service_account=${WEIR_BENCH_SERVICE_ACCOUNT:-0}
 ((dirs >= n)) || { echo "WEIR_BENCH_DIRS must be at least WEIR_BENCH_KUSTOMIZATIONS" >&2; exit 2; }
 concurrency=${WEIR_BENCH_CONCURRENCY:-8}
 interval=${WEIR_BENCH_INTERVAL:-30s}
@@ -34,6 +37,8 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
+# The controller's CPU seconds so far (user + system).
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / t }' "/proc/$pid/stat"; }
 metric() { curl -fsS "http://127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 count_ready() {
   kubectl get kustomizations -n "$ns" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true
@@ -81,6 +86,10 @@ git -C "$repo" -c user.name=bench -c user.email=bench@weir.dev commit -q -m init
 git clone -q --bare "$repo" "$WEIR_GIT_ROOT/$ns.git"
 
 kubectl create namespace "$ns" >/dev/null
+if ((service_account)); then
+  kubectl create serviceaccount deployer -n "$ns" >/dev/null
+  kubectl create rolebinding deployer -n "$ns" --clusterrole admin --serviceaccount "$ns:deployer" >/dev/null
+fi
 metrics_port=$(free_port)
 RUST_LOG=warn "$WEIR_BIN" controllers --controllers source,kustomize --namespace "$ns" \
   --storage-path "$work/storage" --storage-addr 127.0.0.1:0 \
@@ -115,6 +124,7 @@ spec:
   wait: true
   timeout: 5m
 YAML
+    ((service_account == 0)) || echo "  serviceAccountName: deployer"
   done
 } >"$work/objects.yaml"
 
@@ -122,6 +132,7 @@ t0=$(now)
 kubectl create -f "$work/objects.yaml" >/dev/null
 wait_for "all $n Kustomizations Ready" count_ready "$n"
 t_ready=$(now)
+cpu_ready=$(cpu)
 requests_ready=$(metric weir_kustomize_api_requests_total)
 reconciles_ready=$(metric weir_kustomize_reconciles_total)
 writes_ready=$(metric weir_kustomize_object_writes_total)
@@ -133,6 +144,7 @@ steady_reconciles() { echo $(($(metric weir_kustomize_reconciles_total) - reconc
 wait_for "one more interval of reconciles" steady_reconciles "$n"
 requests_steady=$(metric weir_kustomize_api_requests_total)
 reconciles_steady=$(metric weir_kustomize_reconciles_total)
+cpu_steady=$(cpu)
 # Let the round's last reconciles finish their writes, if any, before reading again.
 sleep 5
 writes_after=$(metric weir_kustomize_object_writes_total)
@@ -142,7 +154,7 @@ rss_peak=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 
 per() { python3 -c "print(f'{$1 / $2:.1f}')"; }
 cat <<REPORT
-kustomize controller, $n Kustomizations (Deployment scaled to 0 + Service + ConfigMap each; targetNamespace, prune, wait), one GitRepository of $dirs $( ((overlay)) && echo "kustomize overlays" || echo "plain directories"), concurrency $concurrency
+kustomize controller, $n Kustomizations (Deployment scaled to 0 + Service + ConfigMap each; targetNamespace, prune, wait), one GitRepository of $dirs $( ((overlay)) && echo "kustomize overlays" || echo "plain directories"), concurrency $concurrency$( ((service_account)) && echo ", applied as a service account")
   creation → all Ready:                              $(secs "$t0" "$t_ready") s
   reconciles to get there:                           $reconciles_ready ($builds_ready builds)
   API requests per Kustomization to get there:       $(per "$requests_ready" "$n") (events and watches excluded)
@@ -151,5 +163,6 @@ kustomize controller, $n Kustomizations (Deployment scaled to 0 + Service + Conf
   object writes in the steady-state interval:        $((writes_after - writes_ready)) (must be 0)
   status writes in the steady-state interval:        $((status_after - status_ready)) (must be 0)
   builds in the steady-state interval:               $((builds_after - builds_ready)) (nothing new: 0)
+  controller CPU to Ready / in the steady interval:   $cpu_ready s / $(python3 -c "print(f'{$cpu_steady - $cpu_ready:.1f}')") s
   controller RSS idle / peak:                        $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB
 REPORT

@@ -268,6 +268,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Each Kustomization's last build, reused while nothing it depends on changes.
     pub builds: built::BuildCache,
+    /// One client per impersonated service account (`namespace/name`), so that its
+    /// connections are reused from one reconcile to the next instead of a TLS handshake each.
+    pub impersonated: std::sync::Mutex<BTreeMap<String, kube::Client>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -393,6 +396,7 @@ pub async fn start(
         kinds: KindCache::default(),
         metrics: metrics.clone(),
         builds: built::BuildCache::default(),
+        impersonated: std::sync::Mutex::default(),
     });
     let mut synced = Synced::default();
     let namespace = namespace.as_deref();

@@ -551,13 +551,24 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
         return Ok(ctx.base.client.clone());
     };
     let namespace = ks.namespace().unwrap_or_default();
+    let user = format!("system:serviceaccount:{namespace}:{sa}");
+    let mut clients = ctx
+        .impersonated
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(client) = clients.get(&user) {
+        return Ok(client.clone());
+    }
     let mut config = ctx.kube_config.clone();
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
+    config.auth_info.impersonate = Some(user.clone());
     config.auth_info.impersonate_groups = None;
-    weir_runtime::client::new(config).map_err(|source| KustomizeError::Impersonation {
-        account: sa.clone(),
-        source,
-    })
+    let client =
+        weir_runtime::client::new(config).map_err(|source| KustomizeError::Impersonation {
+            account: sa.clone(),
+            source,
+        })?;
+    clients.insert(user, client.clone());
+    Ok(client)
 }
 
 /// Labels every object with its owner and resolves its kind against the API server (or a CRD

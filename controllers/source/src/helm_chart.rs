@@ -319,16 +319,9 @@ impl Reconciler<HelmChart> for ChartContext {
     }
 
     async fn cleanup(&self, chart: Arc<HelmChart>) -> Result<Action, ControllerError> {
-        let dir = Storage::object_dir(
-            KIND,
-            &chart.namespace().unwrap_or_default(),
-            &chart.name_any(),
-        )
-        .map_err(ControllerError::cleanup)?;
         self.storage
-            .remove_object(&dir)
+            .remove_artifacts_of(&*chart)
             .map_err(ControllerError::cleanup)?;
-        tracing::info!(dir, "removed artifacts");
         Ok(Action::await_change())
     }
 }

@@ -313,18 +313,11 @@ impl Reconciler<HelmRepository> for HelmContext {
     }
 
     async fn cleanup(&self, repo: Arc<HelmRepository>) -> Result<Action, ControllerError> {
-        let dir = Storage::object_dir(
-            KIND,
-            &repo.namespace().unwrap_or_default(),
-            &repo.name_any(),
-        )
-        .map_err(ControllerError::cleanup)?;
         self.storage
-            .remove_object(&dir)
+            .remove_artifacts_of(&*repo)
             .map_err(ControllerError::cleanup)?;
         self.validators
             .forget(&weir_runtime::controller::object_key(&*repo));
-        tracing::info!(dir, "removed artifacts");
         Ok(Action::await_change())
     }
 }

@@ -21,7 +21,7 @@ use std::{
     sync::{Arc, atomic::AtomicU64},
 };
 
-use kube::{Api, Client, ResourceExt, runtime::controller::Action};
+use kube::{Api, Client, runtime::controller::Action};
 use weir_api::{GitRepository, GitRepositoryStatus, condition, reasons, types};
 use weir_runtime::{
     ControllerError,
@@ -316,16 +316,9 @@ impl Reconciler<GitRepository> for Context {
     }
 
     async fn cleanup(&self, repo: Arc<GitRepository>) -> Result<Action, ControllerError> {
-        let dir = Storage::object_dir(
-            "GitRepository",
-            &repo.namespace().unwrap_or_default(),
-            &repo.name_any(),
-        )
-        .map_err(ControllerError::cleanup)?;
         self.storage
-            .remove_object(&dir)
+            .remove_artifacts_of(&*repo)
             .map_err(ControllerError::cleanup)?;
-        tracing::info!(dir, "removed artifacts");
         Ok(Action::await_change())
     }
 }

@@ -130,6 +130,22 @@ impl Storage {
         }
     }
 
+    /// Removes every artifact of `obj` (deleted), logging the directory it removed.
+    pub fn remove_artifacts_of<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+    ) -> io::Result<()> {
+        use kube::ResourceExt as _;
+        let dir = Self::object_dir(
+            &K::kind(&()),
+            &obj.namespace().unwrap_or_default(),
+            &obj.name_any(),
+        )?;
+        self.remove_object(&dir)?;
+        tracing::info!(dir, "removed artifacts");
+        Ok(())
+    }
+
     #[must_use]
     pub fn root(&self) -> &Path {
         &self.root

@@ -2,8 +2,10 @@
 //! handled and the `reconcile.fluxcd.io/requestedAt` token answered, the per-object backoff is
 //! reset by a success and advanced by a failure, a failure is logged, [`decide`] sets the
 //! conditions and picks the Event, the Event is published, and the reconcile learns when to
-//! come back. What stays with each kind is what its steps found (artifacts, inventories, tags)
-//! and its one status write ([`crate::status::apply_status`]).
+//! come back. What stays with each kind is what its steps found (artifacts, inventories, tags).
+//! [`Pass`] wraps a whole reconcile around the steps: the status they fill in, the progressing
+//! mark, then [`conclude`] and the one status write ([`crate::status::apply_status`]); a kind
+//! that records more between the two (Kustomization's history) calls [`conclude`] itself.
 
 use std::time::Duration;
 

@@ -7,17 +7,18 @@ use weir_e2e::{Harness, wait_until};
 
 use crate::fixture::*;
 
-/// The controllers of one process share their watches: each of the five kinds they read is
+/// The controllers of one process share their watches: each of the seven kinds they read is
 /// listed and watched once, however many controllers read it (the source controller reads
-/// GitRepository twice, for itself and for includes; the kustomize controller GitRepository for
-/// new artifacts and Kustomization twice, for itself and for dependencies; the image controller
+/// GitRepository three times, for itself, for includes and for HelmCharts, and HelmRepository
+/// three times, for itself, for the static OCI ones and for HelmCharts; the kustomize controller GitRepository for new
+/// artifacts and Kustomization twice, for itself and for dependencies; the image controller
 /// ImageRepository and ImagePolicy twice), and readiness waits for each of them once.
 #[tokio::test]
 async fn controllers_in_one_process_watch_each_kind_once() -> Result<()> {
     let f = Fixture::start().await?;
-    assert_eq!(f.watches.len(), 5, "{:?}", f.watches);
+    assert_eq!(f.watches.len(), 7, "{:?}", f.watches);
     let synced = f.synced();
-    assert_eq!(synced.len(), 5);
+    assert_eq!(synced.len(), 7);
     wait_until("the shared caches to sync", || async {
         if synced.is_synced() {
             Ok(())

@@ -86,9 +86,17 @@ where
             Duration::ZERO
         }
         StepResult::Failed {
-            reason, message, ..
+            reason,
+            message,
+            disposition,
         } => {
-            tracing::warn!(reason, error = message, "reconcile failed");
+            // Waiting on something else (a source without an artifact yet) is normal operation,
+            // as its Event is Normal; a failure is a warning.
+            if matches!(disposition, crate::Disposition::Waiting(_)) {
+                tracing::info!(reason, message, "waiting");
+            } else {
+                tracing::warn!(reason, error = message, "reconcile failed");
+            }
             match ending.retry {
                 Retry::Backoff { .. } => backoff.failed(&key),
                 Retry::After(delay) => delay,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod controllers;
+mod get;
 mod metrics;
 
 /// A GitOps engine for Kubernetes that speaks Flux's API.
@@ -21,6 +22,8 @@ enum Command {
     Version,
     /// Run Weir's controllers against the cluster of the current kubeconfig.
     Controllers(controllers::Args),
+    /// Show the state of sources, Kustomizations and image automation, as `flux get` does.
+    Get(get::Args),
 }
 
 const fn version_line() -> &'static str {
@@ -40,5 +43,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Controllers(args) => controllers::run(&args),
+        Command::Get(args) => get::run(&args),
     }
 }

@@ -12,3 +12,4 @@ mod harness_api;
 mod harness_git;
 mod harness_registry;
 mod weir_controllers;
+mod weir_get;

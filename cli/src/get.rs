@@ -1,0 +1,412 @@
+//! `weir get`: the state of Weir's objects as `flux get` shows it — one row an object with its
+//! revision, whether it is suspended, and its `Ready` condition — read through the API with the
+//! user's own kubeconfig (so Kubernetes RBAC decides what they see).
+//!
+//! The REVISION column holds what each kind calls its revision: the stored artifact's for a
+//! source, the last applied one for a Kustomization, the latest image for an ImagePolicy, the
+//! scanned tags' for an ImageRepository, and the last pushed commit for an
+//! ImageUpdateAutomation.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::ValueEnum;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::ListParams,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use weir_api::{
+    GitRepository, HelmChart, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
+    Kustomization,
+    status::{ObjectStatus, Reconciled},
+};
+
+/// Flags of `weir get`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which objects to show.
+    #[arg(value_enum)]
+    pub what: What,
+    /// The namespace to read (the kubeconfig's namespace when omitted).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Read every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// How to print the rows.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The kubeconfig file (`KUBECONFIG` or ~/.kube/config when omitted).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (its current context when omitted).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// The kinds `weir get` shows, grouped as `flux get` groups them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum What {
+    /// GitRepository, HelmRepository, HelmChart.
+    Sources,
+    /// Kustomization.
+    Kustomizations,
+    /// ImageRepository, ImagePolicy, ImageUpdateAutomation.
+    Images,
+    /// All of the above.
+    All,
+}
+
+/// How rows are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// One object's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Row {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub revision: String,
+    pub suspended: bool,
+    pub ready: String,
+    pub message: String,
+}
+
+/// Runs `weir get`; prints the rows, or the error on stderr with exit code 1.
+pub fn run(args: &Args) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("weir get: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(rows(args)) {
+        Ok(rows) => match render(&rows, args.output, args.all_namespaces) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("weir get: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(error) => {
+            eprintln!("weir get: {}", weir_runtime::chain(&*error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn client(args: &Args) -> Result<(Client, String), BoxError> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
+        }
+        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((weir_runtime::client::new(config)?, namespace))
+}
+
+async fn rows(args: &Args) -> Result<Vec<Row>, BoxError> {
+    let (client, default_namespace) = client(args).await?;
+    let scope = if args.all_namespaces {
+        None
+    } else {
+        Some(args.namespace.clone().unwrap_or(default_namespace))
+    };
+    let lister = Lister { client, scope };
+    let mut rows = vec![];
+    if matches!(args.what, What::Sources | What::All) {
+        rows.extend(
+            lister
+                .rows::<GitRepository>(|o| {
+                    o.status
+                        .as_ref()?
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.revision.clone())
+                })
+                .await?,
+        );
+        rows.extend(
+            lister
+                .rows::<HelmRepository>(|o| {
+                    o.status
+                        .as_ref()?
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.revision.clone())
+                })
+                .await?,
+        );
+        rows.extend(
+            lister
+                .rows::<HelmChart>(|o| {
+                    o.status
+                        .as_ref()?
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.revision.clone())
+                })
+                .await?,
+        );
+    }
+    if matches!(args.what, What::Kustomizations | What::All) {
+        rows.extend(
+            lister
+                .rows::<Kustomization>(|o| o.status.as_ref()?.last_applied_revision.clone())
+                .await?,
+        );
+    }
+    if matches!(args.what, What::Images | What::All) {
+        rows.extend(
+            lister
+                .rows::<ImageRepository>(|o| {
+                    o.status
+                        .as_ref()?
+                        .last_scan_result
+                        .as_ref()?
+                        .revision
+                        .clone()
+                })
+                .await?,
+        );
+        rows.extend(
+            lister
+                .rows::<ImagePolicy>(|o| {
+                    let latest = o.status.as_ref()?.latest_ref.as_ref()?;
+                    Some(format!("{}:{}", latest.name, latest.tag))
+                })
+                .await?,
+        );
+        rows.extend(
+            lister
+                .rows::<ImageUpdateAutomation>(|o| o.status.as_ref()?.last_push_commit.clone())
+                .await?,
+        );
+    }
+    Ok(rows)
+}
+
+/// Lists kinds in one namespace, or all.
+struct Lister {
+    client: Client,
+    scope: Option<String>,
+}
+
+impl Lister {
+    /// The rows of every object of `K` in scope, `revision` read from each; none when the kind
+    /// is not served (its CRD not installed).
+    async fn rows<K>(&self, revision: impl Fn(&K) -> Option<String>) -> Result<Vec<Row>, BoxError>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Reconciled
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        K::Status: ObjectStatus,
+    {
+        let api: Api<K> = match &self.scope {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(vec![]),
+            Err(source) => {
+                return Err(Box::new(ListError {
+                    plural: K::plural(&()).into_owned(),
+                    source,
+                }));
+            }
+        };
+        let kind = K::kind(&()).to_lowercase();
+        Ok(list
+            .items
+            .iter()
+            .map(|object| {
+                let ready = object.status().and_then(ObjectStatus::ready);
+                Row {
+                    kind: kind.clone(),
+                    namespace: object.namespace().unwrap_or_default(),
+                    name: object.name_any(),
+                    revision: revision(object).unwrap_or_default(),
+                    suspended: object.suspended(),
+                    ready: ready
+                        .map_or_else(|| "Unknown".to_owned(), |c| format!("{:?}", c.status)),
+                    message: ready.map(|c| c.message.clone()).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// A kind that could not be listed (RBAC, or the API server).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot list {plural}")]
+struct ListError {
+    plural: String,
+    #[source]
+    source: kube::Error,
+}
+
+/// The rows as `output` says: a table with a NAMESPACE column when `all_namespaces`, or a JSON
+/// or YAML list of rows.
+pub fn render(rows: &[Row], output: Output, all_namespaces: bool) -> Result<String, String> {
+    match output {
+        Output::Json => serde_json::to_string_pretty(rows)
+            .map(|text| text + "\n")
+            .map_err(|e| e.to_string()),
+        Output::Yaml => serde_yaml_ng::to_string(rows).map_err(|e| e.to_string()),
+        Output::Table => Ok(table(rows, all_namespaces)),
+    }
+}
+
+fn table(rows: &[Row], all_namespaces: bool) -> String {
+    if rows.is_empty() {
+        return "No objects found.\n".to_owned();
+    }
+    let mut lines: Vec<Vec<String>> = vec![];
+    let mut header = vec![];
+    if all_namespaces {
+        header.push("NAMESPACE".to_owned());
+    }
+    header.extend(["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE"].map(str::to_owned));
+    lines.push(header);
+    for row in rows {
+        let mut line = vec![];
+        if all_namespaces {
+            line.push(row.namespace.clone());
+        }
+        line.extend([
+            format!("{}/{}", row.kind, row.name),
+            short_revision(&row.revision),
+            if row.suspended { "True" } else { "False" }.to_owned(),
+            row.ready.clone(),
+            row.message.replace('\n', " "),
+        ]);
+        lines.push(line);
+    }
+    let columns = lines[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in &lines {
+        let mut text = String::new();
+        for (i, cell) in line.iter().enumerate() {
+            if i + 1 == columns {
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                let pad = widths[i] - cell.chars().count() + 1;
+                text.extend(std::iter::repeat_n(' ', pad));
+                text.push('\t');
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A revision as `flux get` prints it: a commit or digest cut to its first 8 hex digits
+/// (`main@sha1:1a2b3c4d`); the JSON and YAML output keep it whole.
+fn short_revision(revision: &str) -> String {
+    for algorithm in ["sha1:", "sha256:"] {
+        if let Some(at) = revision.find(algorithm) {
+            let hex = at + algorithm.len();
+            let end = revision[hex..]
+                .char_indices()
+                .nth(8)
+                .map_or(revision.len(), |(i, _)| hex + i);
+            return revision[..end].to_owned();
+        }
+    }
+    revision.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, name: &str, ready: &str, message: &str) -> Row {
+        Row {
+            kind: kind.to_owned(),
+            namespace: "team-a".to_owned(),
+            name: name.to_owned(),
+            revision: "main@sha1:0123abcd4567ef".to_owned(),
+            suspended: false,
+            ready: ready.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn tables_align_columns_and_name_rows_by_kind_as_flux_get_does() {
+        let rows = [
+            row("gitrepository", "app", "True", "stored artifact"),
+            row(
+                "kustomization",
+                "infrastructure",
+                "False",
+                "build failed\nat a.yaml",
+            ),
+        ];
+        assert_eq!(
+            table(&rows, false),
+            "NAME                         \tREVISION           \tSUSPENDED \tREADY \tMESSAGE\n\
+             gitrepository/app            \tmain@sha1:0123abcd \tFalse     \tTrue  \tstored artifact\n\
+             kustomization/infrastructure \tmain@sha1:0123abcd \tFalse     \tFalse \tbuild failed at a.yaml\n"
+        );
+        assert!(table(&rows, true).starts_with("NAMESPACE \tNAME "));
+        assert_eq!(table(&[], false), "No objects found.\n");
+    }
+
+    #[test]
+    fn revisions_are_cut_to_eight_hex_digits_as_flux_prints_them() {
+        assert_eq!(
+            short_revision("main@sha1:0123abcd4567ef"),
+            "main@sha1:0123abcd"
+        );
+        assert_eq!(short_revision("sha256:deadbeefcafe"), "sha256:deadbeef");
+        assert_eq!(short_revision("1.2.3"), "1.2.3");
+        assert_eq!(short_revision("v1@sha1:abc"), "v1@sha1:abc");
+    }
+
+    #[test]
+    fn json_and_yaml_list_the_rows() {
+        let rows = [row("imagepolicy", "app", "True", "")];
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, Output::Json, false).unwrap()).unwrap();
+        assert_eq!(json[0]["kind"], "imagepolicy");
+        assert_eq!(json[0]["suspended"], false);
+        let yaml = render(&rows, Output::Yaml, false).unwrap();
+        assert!(yaml.contains("name: app"), "{yaml}");
+    }
+}

@@ -821,23 +821,16 @@ fn succeeded(
             (artifact, reason.to_owned(), summary, true)
         }
     };
-    for stale in [
-        types::FETCH_FAILED,
-        types::BUILD_FAILED,
-        types::STORAGE_OPERATION_FAILED,
-        types::ARTIFACT_OUTDATED,
-    ] {
-        condition::remove_condition(&mut status.conditions, stale);
-    }
-    condition::set_condition(
+    crate::record_stored(
         &mut status.conditions,
-        Condition::new(
-            types::ARTIFACT_IN_STORAGE,
-            ConditionStatus::True,
-            &reason,
-            &message,
-        )
-        .for_generation(chart.metadata.generation),
+        chart.metadata.generation,
+        &[
+            types::FETCH_FAILED,
+            types::BUILD_FAILED,
+            types::STORAGE_OPERATION_FAILED,
+        ],
+        &reason,
+        &message,
     );
     if let Some(dir) = artifact.path.rsplit_once('/').map(|(dir, _)| dir) {
         let base = artifact
@@ -862,23 +855,13 @@ fn failed(
     error: &HelmChartError,
     redactor: &Redactor,
 ) -> StepResult {
-    let result = StepResult::failed(error, redactor);
-    if let StepResult::Failed {
-        reason, message, ..
-    } = &result
-    {
-        condition::set_condition(
-            &mut status.conditions,
-            Condition::new(
-                error.condition_type(),
-                ConditionStatus::True,
-                reason,
-                message,
-            )
-            .for_generation(chart.metadata.generation),
-        );
-    }
-    result
+    crate::record_failure(
+        &mut status.conditions,
+        chart.metadata.generation,
+        error,
+        (error.condition_type(), ConditionStatus::True),
+        redactor,
+    )
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use kube::{
 };
 use sha2::{Digest, Sha256};
 use weir_api::{
-    Artifact, Condition, ConditionStatus, HelmRepository, HelmRepositoryStatus, condition,
+    Artifact, Condition, ConditionStatus, HelmRepository, HelmRepositoryStatus,
     helm_repository::INDEXATION_FAILED_REASON, meta::FINALIZER, reasons, types,
 };
 use weir_runtime::{
@@ -753,22 +753,12 @@ fn succeeded(
         Stored::New { artifact, note } => (artifact, Some(note)),
     };
     let message = format!("stored artifact: revision '{}'", artifact.revision);
-    for stale in [
-        types::FETCH_FAILED,
-        types::STORAGE_OPERATION_FAILED,
-        types::ARTIFACT_OUTDATED,
-    ] {
-        condition::remove_condition(&mut status.conditions, stale);
-    }
-    condition::set_condition(
+    crate::record_stored(
         &mut status.conditions,
-        Condition::new(
-            types::ARTIFACT_IN_STORAGE,
-            ConditionStatus::True,
-            reasons::SUCCEEDED,
-            &message,
-        )
-        .for_generation(repo.metadata.generation),
+        repo.metadata.generation,
+        &[types::FETCH_FAILED, types::STORAGE_OPERATION_FAILED],
+        reasons::SUCCEEDED,
+        &message,
     );
     if let Some(dir) = artifact.path.rsplit_once('/').map(|(dir, _)| dir) {
         status.url = Some(latest_url(&artifact.url, dir, &artifact.path));
@@ -794,23 +784,13 @@ fn failed(
     error: &HelmRepositoryError,
     redactor: &Redactor,
 ) -> StepResult {
-    let result = StepResult::failed(error, redactor);
-    if let StepResult::Failed {
-        reason, message, ..
-    } = &result
-    {
-        condition::set_condition(
-            &mut status.conditions,
-            Condition::new(
-                error.condition_type(),
-                ConditionStatus::True,
-                reason,
-                message,
-            )
-            .for_generation(repo.metadata.generation),
-        );
-    }
-    result
+    crate::record_failure(
+        &mut status.conditions,
+        repo.metadata.generation,
+        error,
+        (error.condition_type(), ConditionStatus::True),
+        redactor,
+    )
 }
 
 #[cfg(test)]

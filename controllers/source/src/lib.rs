@@ -339,22 +339,12 @@ fn succeeded(
         } => (artifact, Some(commit_summary)),
     };
     let message = format!("stored artifact for revision '{}'", artifact.revision);
-    for stale in [
-        types::FETCH_FAILED,
-        types::STORAGE_OPERATION_FAILED,
-        types::ARTIFACT_OUTDATED,
-    ] {
-        condition::remove_condition(&mut status.conditions, stale);
-    }
-    condition::set_condition(
+    record_stored(
         &mut status.conditions,
-        weir_api::Condition::new(
-            types::ARTIFACT_IN_STORAGE,
-            weir_api::ConditionStatus::True,
-            reasons::SUCCEEDED,
-            &message,
-        )
-        .for_generation(repo.metadata.generation),
+        repo.metadata.generation,
+        &[types::FETCH_FAILED, types::STORAGE_OPERATION_FAILED],
+        reasons::SUCCEEDED,
+        &message,
     );
     let mut result = StepResult::succeeded(reasons::SUCCEEDED, message);
     if let Some(summary) = new {
@@ -426,21 +416,59 @@ fn failed(
     error: &SourceError,
     redactor: &weir_runtime::Redactor,
 ) -> StepResult {
-    let result = StepResult::failed(error, redactor);
     verify::record_failure(status, error);
+    record_failure(
+        &mut status.conditions,
+        repo.metadata.generation,
+        error,
+        (error.condition_type(), error.condition_status()),
+        redactor,
+    )
+}
+
+/// Records a stored artifact in `conditions`, as every source kind does: `ArtifactInStorage=True`
+/// with `reason` and `message`, and the failure (`stale`) and `ArtifactOutdated` conditions of
+/// earlier reconciles removed.
+pub(crate) fn record_stored(
+    conditions: &mut Vec<weir_api::Condition>,
+    generation: Option<i64>,
+    stale: &[&str],
+    reason: &str,
+    message: &str,
+) {
+    for r#type in stale.iter().chain(&[types::ARTIFACT_OUTDATED]) {
+        condition::remove_condition(conditions, r#type);
+    }
+    condition::set_condition(
+        conditions,
+        weir_api::Condition::new(
+            types::ARTIFACT_IN_STORAGE,
+            weir_api::ConditionStatus::True,
+            reason,
+            message,
+        )
+        .for_generation(generation),
+    );
+}
+
+/// The step result of a failure of a source kind, its negative-polarity condition (`r#type`
+/// with `status`: `FetchFailed`, `BuildFailed`…) set in `conditions` with the same reason and
+/// message.
+pub(crate) fn record_failure(
+    conditions: &mut Vec<weir_api::Condition>,
+    generation: Option<i64>,
+    error: &(impl weir_runtime::Failure + ?Sized),
+    (r#type, status): (&str, weir_api::ConditionStatus),
+    redactor: &weir_runtime::Redactor,
+) -> StepResult {
+    let result = StepResult::failed(error, redactor);
     if let StepResult::Failed {
         reason, message, ..
     } = &result
     {
         condition::set_condition(
-            &mut status.conditions,
-            weir_api::Condition::new(
-                error.condition_type(),
-                error.condition_status(),
-                reason,
-                message,
-            )
-            .for_generation(repo.metadata.generation),
+            conditions,
+            weir_api::Condition::new(r#type, status, reason, message).for_generation(generation),
         );
     }
     result

@@ -6,6 +6,7 @@ pub mod condition;
 pub mod crd;
 pub mod duration;
 pub mod helm_chart;
+pub mod helm_release;
 pub mod helm_repository;
 pub mod history;
 pub mod image;
@@ -18,6 +19,7 @@ pub mod status;
 pub use condition::{Condition, ConditionStatus, KStatus, Outcome, reasons, types};
 pub use duration::{DurationError, GoDuration};
 pub use helm_chart::{HelmChart, HelmChartSpec, HelmChartStatus};
+pub use helm_release::{HelmRelease, HelmReleaseSpec, HelmReleaseStatus};
 pub use helm_repository::{
     HelmRepository, HelmRepositorySpec, HelmRepositoryStatus, HelmRepositoryType,
 };

@@ -5,10 +5,10 @@
 use kube::core::object::HasStatus;
 
 use crate::{
-    Condition, GitRepository, GitRepositoryStatus, HelmChart, HelmChartStatus, HelmRepository,
-    HelmRepositoryStatus, ImagePolicy, ImagePolicyStatus, ImageRepository, ImageRepositoryStatus,
-    ImageUpdateAutomation, ImageUpdateAutomationStatus, Kustomization, KustomizationStatus,
-    condition::find_condition, types,
+    Condition, GitRepository, GitRepositoryStatus, HelmChart, HelmChartStatus, HelmRelease,
+    HelmReleaseStatus, HelmRepository, HelmRepositoryStatus, ImagePolicy, ImagePolicyStatus,
+    ImageRepository, ImageRepositoryStatus, ImageUpdateAutomation, ImageUpdateAutomationStatus,
+    Kustomization, KustomizationStatus, condition::find_condition, types,
 };
 
 /// The fields Flux's status types share (`meta.ReconcileRequestStatus` and conditions).
@@ -61,6 +61,7 @@ object_status!(
     GitRepositoryStatus,
     HelmRepositoryStatus,
     HelmChartStatus,
+    HelmReleaseStatus,
     KustomizationStatus,
     ImageRepositoryStatus,
     ImagePolicyStatus,
@@ -81,6 +82,7 @@ suspendable!(
     GitRepository,
     HelmRepository,
     HelmChart,
+    HelmRelease,
     Kustomization,
     ImageRepository,
     ImagePolicy,

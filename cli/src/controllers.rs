@@ -15,6 +15,8 @@ pub enum Controller {
     Kustomize,
     /// ImageRepository, ImagePolicy, ImageUpdateAutomation → new images committed to git.
     Image,
+    /// HelmRelease → releases made by the real Helm 4, in Helm's own storage.
+    Helm,
 }
 
 /// Flags of `weir controllers`.
@@ -51,6 +53,9 @@ pub struct Args {
     /// Flags of the image controller.
     #[command(flatten)]
     pub image: Box<ImageArgs>,
+    /// Flags of the helm controller.
+    #[command(flatten)]
+    pub helm: Box<HelmArgs>,
     /// Address of the Prometheus metrics and health endpoints (`/metrics`, `/healthz`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
@@ -99,6 +104,18 @@ pub struct ImageArgs {
     /// `registry=host[:port]` (repeatable), such as `docker.io=mirror.internal:5000`.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=MIRROR")]
     pub registry_mirrors: Vec<String>,
+}
+
+/// Flags of the helm controller (boxed in [`Args`] to keep the command enum small).
+#[derive(Debug, clap::Args)]
+pub struct HelmArgs {
+    /// The `helm` binary (Helm 4) the helm controller releases with (looked up on `PATH` when
+    /// it is a bare name).
+    #[arg(long, default_value = "helm")]
+    pub helm_path: PathBuf,
+    /// Directory where the helm controller caches verified chart artifacts by digest.
+    #[arg(long, default_value = "/var/cache/weir/charts")]
+    pub chart_cache_path: PathBuf,
 }
 
 /// A Go-style duration flag (`30s`, `1m30s`), as Flux's flags take them.
@@ -174,6 +191,17 @@ async fn run_async(args: &Args) -> Result<(), String> {
     let watches = weir_runtime::watches::Watches::new(client.clone());
     let mut synced = weir_runtime::controller::Synced::default();
     let mut running = vec![];
+    // Starts a controller: its counters served, its caches counted in readiness, run to the end.
+    macro_rules! start {
+        ($start:expr) => {{
+            let handle = $start.await.map_err(|e| weir_runtime::chain(&e))?;
+            registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
+                handle.metrics.clone(),
+            )));
+            synced.extend(&handle.synced);
+            running.push(tokio::spawn(handle.wait()));
+        }};
+    }
     for controller in selected {
         match controller {
             Controller::Source => {
@@ -186,14 +214,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     concurrency: args.concurrency,
                     watches: Some(watches.clone()),
                 };
-                let handle = weir_source::start(client.clone(), config, true)
-                    .await
-                    .map_err(|e| weir_runtime::chain(&e))?;
-                registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
-                    handle.metrics.clone(),
-                )));
-                synced.extend(&handle.synced);
-                running.push(tokio::spawn(handle.wait()));
+                start!(weir_source::start(client.clone(), config, true));
             }
             Controller::Kustomize => {
                 let config = weir_kustomize::Config {
@@ -214,14 +235,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     feature_gates,
                     watches: Some(watches.clone()),
                 };
-                let handle = weir_kustomize::start(kube_config.clone(), config, true)
-                    .await
-                    .map_err(|e| weir_runtime::chain(&e))?;
-                registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
-                    handle.metrics.clone(),
-                )));
-                synced.extend(&handle.synced);
-                running.push(tokio::spawn(handle.wait()));
+                start!(weir_kustomize::start(kube_config.clone(), config, true));
             }
             Controller::Image => {
                 let config = weir_image::Config {
@@ -234,14 +248,11 @@ async fn run_async(args: &Args) -> Result<(), String> {
                     watches: Some(watches.clone()),
                     ..weir_image::Config::default()
                 };
-                let handle = weir_image::start(client.clone(), config, true)
-                    .await
-                    .map_err(|e| weir_runtime::chain(&e))?;
-                registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
-                    handle.metrics.clone(),
-                )));
-                synced.extend(&handle.synced);
-                running.push(tokio::spawn(handle.wait()));
+                start!(weir_image::start(client.clone(), config, true));
+            }
+            Controller::Helm => {
+                let config = helm_config(args, &watches);
+                start!(weir_helm::start(client.clone(), config, true));
             }
         }
     }
@@ -250,6 +261,24 @@ async fn run_async(args: &Args) -> Result<(), String> {
         let _ = controller.await;
     }
     Ok(())
+}
+
+/// The helm controller's settings from the flags.
+fn helm_config(args: &Args, watches: &weir_runtime::watches::Watches) -> weir_helm::Config {
+    weir_helm::Config {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        helm_path: args.helm.helm_path.clone(),
+        kubeconfig: std::env::var_os("KUBECONFIG").map(PathBuf::from),
+        cache_dir: args.helm.chart_cache_path.clone(),
+        dependency_requeue: args.kustomize.requeue_dependency,
+        artifact_limits: weir_kustomize::fetch::Limits {
+            timeout: args.kustomize.artifact_fetch_timeout,
+            max_size: args.kustomize.artifact_max_size,
+            max_untar_size: args.kustomize.artifact_max_untar_size,
+        },
+        watches: Some(watches.clone()),
+    }
 }
 
 /// Makes requests say who sent them (audit logs, API priority and fairness), as Flux's

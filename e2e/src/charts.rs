@@ -85,6 +85,7 @@ pub struct Chart {
     version: String,
     values: String,
     templates: BTreeMap<String, String>,
+    files: BTreeMap<String, String>,
 }
 
 impl Chart {
@@ -98,6 +99,7 @@ impl Chart {
             version: version.to_owned(),
             values: "message: hello from weir-e2e\n".to_owned(),
             templates: BTreeMap::from([("configmap.yaml".to_owned(), configmap.to_owned())]),
+            files: BTreeMap::new(),
         }
     }
 
@@ -112,6 +114,20 @@ impl Chart {
     #[must_use]
     pub fn template(mut self, file: &str, content: &str) -> Self {
         self.templates.insert(file.to_owned(), content.to_owned());
+        self
+    }
+
+    /// Removes `templates/<file>` (such as the default `configmap.yaml`).
+    #[must_use]
+    pub fn without_template(mut self, file: &str) -> Self {
+        self.templates.remove(file);
+        self
+    }
+
+    /// Adds a file at the chart's root, such as `values.schema.json`.
+    #[must_use]
+    pub fn file(mut self, path: &str, content: &str) -> Self {
+        self.files.insert(path.to_owned(), content.to_owned());
         self
     }
 
@@ -141,6 +157,9 @@ impl Chart {
         ];
         for (file, content) in &self.templates {
             files.push((templates.join(file), content.as_str()));
+        }
+        for (file, content) in &self.files {
+            files.push((dir.join(file), content.as_str()));
         }
         for (path, content) in files {
             std::fs::write(&path, content)

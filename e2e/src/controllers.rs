@@ -88,4 +88,21 @@ impl ControllerConfigs {
             ..weir_image::Config::default()
         }
     }
+
+    /// The helm controller: releases with the `helm` binary at `helm_path` through `kubeconfig`,
+    /// caches charts in
+    /// `cache`, four reconciles at a time, waiting releases checked every 5 s.
+    #[must_use]
+    pub fn helm(&self, helm_path: PathBuf, kubeconfig: &Path, cache: &Path) -> weir_helm::Config {
+        weir_helm::Config {
+            namespace: Some(self.namespace.clone()),
+            concurrency: 4,
+            helm_path,
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            cache_dir: cache.to_path_buf(),
+            dependency_requeue: Duration::from_secs(5),
+            artifact_limits: weir_kustomize::fetch::Limits::default(),
+            watches: self.watches.clone(),
+        }
+    }
 }

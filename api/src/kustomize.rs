@@ -203,6 +203,11 @@ pub struct CustomHealthCheck {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DependencyReference {
+    /// Weir's extension: the kind of the dependency, `Kustomization` or `HelmRelease`; the
+    /// dependent's own kind when unset (Flux's only choice). A cycle across kinds stalls every
+    /// object in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<DependencyKind>,
     /// Name of the referent.
     pub name: String,
     /// Namespace of the referent; defaults to the namespace of the dependent.
@@ -212,6 +217,44 @@ pub struct DependencyReference {
     /// whether the dependency is ready, in place of the built-in Ready check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_expr: Option<String>,
+}
+
+/// The kinds a `dependsOn` entry may name.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub enum DependencyKind {
+    Kustomization,
+    HelmRelease,
+}
+
+impl DependencyKind {
+    /// The kind's name as it appears in manifests.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kustomization => "Kustomization",
+            Self::HelmRelease => "HelmRelease",
+        }
+    }
+
+    /// The kind's API group and version.
+    #[must_use]
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::Kustomization => "kustomize.toolkit.fluxcd.io/v1",
+            Self::HelmRelease => "helm.toolkit.fluxcd.io/v2",
+        }
+    }
+
+    /// The kind's resource name (plural).
+    #[must_use]
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Kustomization => "kustomizations",
+            Self::HelmRelease => "helmreleases",
+        }
+    }
 }
 
 /// Variable substitution applied after the build.

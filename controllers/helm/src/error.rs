@@ -15,8 +15,12 @@ pub const RETRIES_EXCEEDED_REASON: &str = "RetriesExceeded";
 /// their `Error:` line, and values errors name the object and key, never the content.
 #[derive(Debug, thiserror::Error)]
 pub enum HelmReleaseError {
-    #[error("dependency '{0}' is not ready")]
+    /// A dependency is missing or not ready (the message says which and why).
+    #[error("{0}")]
     DependencyNotReady(String, Duration),
+    /// A dependency cycle or a bad `readyExpr`: only a change of a spec ends it.
+    #[error("{0}")]
+    Dependency(String),
     #[error("HelmChart '{0}' is not ready: {1}")]
     ChartNotReady(String, String, Duration),
     #[error("HelmChart '{0}' not found")]
@@ -60,7 +64,7 @@ pub enum HelmReleaseError {
 impl Failure for HelmReleaseError {
     fn reason(&self) -> &'static str {
         match self {
-            Self::DependencyNotReady(..) => hr::DEPENDENCY_NOT_READY_REASON,
+            Self::DependencyNotReady(..) | Self::Dependency(_) => hr::DEPENDENCY_NOT_READY_REASON,
             Self::ChartNotReady(..)
             | Self::ChartNotFound(..)
             | Self::ChartWrite { .. }
@@ -81,7 +85,9 @@ impl Failure for HelmReleaseError {
             Self::Values(error) if error.is_waiting() => Disposition::Waiting(VALUES_RECHECK),
             // Only a change of the spec, or `resetAt`, lets a release with no retries left be
             // attempted again (both start a reconcile).
-            Self::RetriesExhausted(_) | Self::Unsupported(_) => Disposition::Stalled,
+            Self::RetriesExhausted(_) | Self::Unsupported(_) | Self::Dependency(_) => {
+                Disposition::Stalled
+            }
             _ => Disposition::Transient,
         }
     }

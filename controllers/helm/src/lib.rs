@@ -46,7 +46,9 @@ use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef},
 };
-use weir_api::{HelmChart, HelmRelease, condition, reasons, types};
+use weir_api::{
+    HelmChart, HelmRelease, Kustomization, condition, kustomize::DependencyKind, reasons, types,
+};
 use weir_kustomize::fetch::{ArtifactFetcher, Limits};
 use weir_runtime::{
     ControllerError,
@@ -218,13 +220,29 @@ fn uses_chart(hr: &HelmRelease, chart: &HelmChart) -> bool {
     })
 }
 
-/// Whether `hr` lists `dependency` in `dependsOn`.
-fn depends_on(hr: &HelmRelease, dependency: &HelmRelease) -> bool {
+/// Whether `hr` lists `dependency`, an object of `kind`, in `dependsOn`.
+fn depends_on<K: ResourceExt>(hr: &HelmRelease, kind: DependencyKind, dependency: &K) -> bool {
     let hr_ns = hr.namespace().unwrap_or_default();
     hr.spec.depends_on.iter().any(|d| {
-        d.name == dependency.name_any()
+        d.kind.unwrap_or(DependencyKind::HelmRelease) == kind
+            && d.name == dependency.name_any()
             && Some(d.namespace.as_deref().unwrap_or(&hr_ns)) == dependency.namespace().as_deref()
     })
+}
+
+/// What of a Kustomization starts HelmReleases that depend on it: its readiness at its
+/// generation.
+#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
+fn kustomization_trigger(ks: &Kustomization) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    ks.status
+        .as_ref()
+        .and_then(|s| condition::find_condition(&s.conditions, types::READY))
+        .map(|c| (c.status, c.observed_generation))
+        .hash(&mut hasher);
+    ks.metadata.generation.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Starts the controller. With `shutdown_on_signal`, SIGTERM and SIGINT stop it gracefully.
@@ -267,7 +285,11 @@ pub async fn start(
     let dependencies = watches
         .subscribe::<HelmRelease>(namespace, &mut synced)
         .changed(readiness_trigger);
-    let (by_chart, by_dependency) = (controller.store(), controller.store());
+    let kustomizations = watches
+        .subscribe::<Kustomization>(namespace, &mut synced)
+        .changed(kustomization_trigger);
+    let (by_chart, by_dependency, by_kustomization) =
+        (controller.store(), controller.store(), controller.store());
     let controller = controller
         .watches_shared_stream(charts, move |chart: Arc<HelmChart>| {
             by_chart
@@ -281,7 +303,17 @@ pub async fn start(
             by_dependency
                 .state()
                 .into_iter()
-                .filter(|hr| depends_on(hr, &dependency))
+                .filter(|hr| depends_on(hr, DependencyKind::HelmRelease, &*dependency))
+                .map(|hr| ObjectRef::from_obj(&*hr))
+                .collect::<Vec<_>>()
+        })
+        // Weir's cross-kind dependsOn: a Kustomization that becomes Ready starts the
+        // HelmReleases that depend on it.
+        .watches_shared_stream(kustomizations, move |ks: Arc<Kustomization>| {
+            by_kustomization
+                .state()
+                .into_iter()
+                .filter(|hr| depends_on(hr, DependencyKind::Kustomization, &*ks))
                 .map(|hr| ObjectRef::from_obj(&*hr))
                 .collect::<Vec<_>>()
         });

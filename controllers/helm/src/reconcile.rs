@@ -684,34 +684,32 @@ fn set(
     );
 }
 
-/// Every `dependsOn` HelmRelease must be Ready at its current generation.
+/// Every `dependsOn` object (a HelmRelease, or with Weir's `kind` a Kustomization) must be
+/// ready ([`weir_ssa::dependency::check`]); a cycle stalls.
 async fn check_dependencies(hr: &HelmRelease, ctx: &Context) -> Result<(), HelmReleaseError> {
-    let namespace = hr.namespace().unwrap_or_default();
-    for dependency in &hr.spec.depends_on {
-        let ns = dependency
-            .namespace
-            .clone()
-            .unwrap_or_else(|| namespace.clone());
-        let key = format!("{ns}/{}", dependency.name);
-        let api: Api<HelmRelease> = Api::namespaced(ctx.base.client.clone(), &ns);
-        let found = api
-            .get_opt(&dependency.name)
-            .await
-            .map_err(HelmReleaseError::Kube)?;
-        let ready = found.as_ref().is_some_and(|d| {
-            d.status.as_ref().is_some_and(|s| {
-                s.observed_generation == d.metadata.generation
-                    && condition::find_condition(&s.conditions, types::READY)
-                        .is_some_and(|c| c.status == ConditionStatus::True)
-            })
-        });
-        if !ready {
-            return Err(HelmReleaseError::DependencyNotReady(
-                key,
-                ctx.config.dependency_requeue,
-            ));
-        }
+    use weir_api::kustomize::DependencyKind;
+    use weir_ssa::dependency::{self, DependencyError};
+    if hr.spec.depends_on.is_empty() {
+        return Ok(());
     }
+    let after = ctx.config.dependency_requeue;
+    let me = serde_json::to_value(hr).map_err(|e| HelmReleaseError::Dependency(e.to_string()))?;
+    dependency::check(
+        &ctx.base.client,
+        DependencyKind::HelmRelease,
+        &me,
+        &hr.spec.depends_on,
+    )
+    .await
+    .map_err(|error| match error {
+        DependencyError::NotReady { .. } => {
+            HelmReleaseError::DependencyNotReady(error.to_string(), after)
+        }
+        DependencyError::Kube { source, .. } => HelmReleaseError::Kube(source),
+        DependencyError::Cycle(_) | DependencyError::Expr { .. } => {
+            HelmReleaseError::Dependency(weir_runtime::chain(&error))
+        }
+    })?;
     Ok(())
 }
 

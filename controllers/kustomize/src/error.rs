@@ -24,6 +24,9 @@ pub enum KustomizeError {
         why: String,
         after: Duration,
     },
+    /// The dependencies lead back to this Kustomization: only a change of a spec ends it.
+    #[error("dependency cycle: {0}")]
+    DependencyCycle(String),
     #[error("invalid dependsOn[{index}].readyExpr")]
     DependencyExpr {
         index: usize,
@@ -113,7 +116,8 @@ impl Failure for KustomizeError {
         match self {
             Self::DependencyNotReady(..)
             | Self::DependencyRevision(..)
-            | Self::DependencyExprNotReady { .. } => reasons::DEPENDENCY_NOT_READY,
+            | Self::DependencyExprNotReady { .. }
+            | Self::DependencyCycle(_) => reasons::DEPENDENCY_NOT_READY,
             Self::SourceNotFound(..) | Self::ArtifactNotReady(..) | Self::Fetch(_) => {
                 reasons::ARTIFACT_FAILED
             }
@@ -164,9 +168,10 @@ impl Failure for KustomizeError {
             | Self::ReadyExprInput { .. }
             | Self::Abandoned(_) => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
-            Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } | Self::IgnoreRule { .. } => {
-                Disposition::Stalled
-            }
+            Self::HealthCheckExpr(_)
+            | Self::DependencyExpr { .. }
+            | Self::IgnoreRule { .. }
+            | Self::DependencyCycle(_) => Disposition::Stalled,
         }
     }
 }

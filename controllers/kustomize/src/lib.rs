@@ -59,8 +59,10 @@ use kube::{
     runtime::{controller::Action, reflector::ObjectRef},
 };
 use weir_api::{
-    Condition, ConditionStatus, GitRepository, Kustomization, KustomizationStatus, condition,
-    history, kustomize::DeletionPolicy, reasons, types,
+    Condition, ConditionStatus, GitRepository, HelmRelease, Kustomization, KustomizationStatus,
+    condition, history,
+    kustomize::{DeletionPolicy, DependencyKind},
+    reasons, types,
 };
 use weir_runtime::{
     ControllerError, Failure,
@@ -351,13 +353,28 @@ fn readiness_trigger(ks: &Kustomization) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Whether `ks` lists `dependency` in `dependsOn`.
-fn depends_on(ks: &Kustomization, dependency: &Kustomization) -> bool {
+/// Whether `ks` lists `dependency`, an object of `kind`, in `dependsOn`.
+fn depends_on<K: ResourceExt>(ks: &Kustomization, kind: DependencyKind, dependency: &K) -> bool {
     let ks_ns = ks.namespace().unwrap_or_default();
     ks.spec.depends_on.iter().any(|d| {
-        d.name == dependency.name_any()
+        d.kind.unwrap_or(DependencyKind::Kustomization) == kind
+            && d.name == dependency.name_any()
             && Some(d.namespace.as_deref().unwrap_or(&ks_ns)) == dependency.namespace().as_deref()
     })
+}
+
+/// What of a HelmRelease starts Kustomizations that depend on it: its readiness at its
+/// generation.
+#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
+fn release_trigger(hr: &HelmRelease) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    hr.status
+        .as_ref()
+        .and_then(|s| condition::find_condition(&s.conditions, types::READY))
+        .map(|c| (c.status, c.observed_generation))
+        .hash(&mut hasher);
+    hr.metadata.generation.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Whether `ks` takes its manifests from `repo`.
@@ -412,7 +429,11 @@ pub async fn start(
     let dependencies = watches
         .subscribe::<Kustomization>(namespace, &mut synced)
         .changed(readiness_trigger);
-    let (by_source, by_dependency) = (controller.store(), controller.store());
+    let releases = watches
+        .subscribe::<HelmRelease>(namespace, &mut synced)
+        .changed(release_trigger);
+    let (by_source, by_dependency, by_release) =
+        (controller.store(), controller.store(), controller.store());
     let controller = controller
         .watches_shared_stream(sources, move |repo: Arc<GitRepository>| {
             by_source
@@ -428,7 +449,17 @@ pub async fn start(
             by_dependency
                 .state()
                 .into_iter()
-                .filter(|ks| depends_on(ks, &dependency))
+                .filter(|ks| depends_on(ks, DependencyKind::Kustomization, &*dependency))
+                .map(|ks| ObjectRef::from_obj(&*ks))
+                .collect::<Vec<_>>()
+        })
+        // Weir's cross-kind dependsOn: a HelmRelease that becomes Ready starts the
+        // Kustomizations that depend on it.
+        .watches_shared_stream(releases, move |hr: Arc<HelmRelease>| {
+            by_release
+                .state()
+                .into_iter()
+                .filter(|ks| depends_on(ks, DependencyKind::HelmRelease, &*hr))
                 .map(|ks| ObjectRef::from_obj(&*ks))
                 .collect::<Vec<_>>()
         });

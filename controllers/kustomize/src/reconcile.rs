@@ -9,7 +9,6 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 use weir_api::{
     GitRepository, Kustomization, KustomizationStatus,
-    condition::{find_condition, types},
     kustomize::{ObjMetadata, ResourceInventory, SubstituteKind, SubstituteStrategy, annotations},
 };
 use weir_runtime::{Redactor, progress::Progress};
@@ -329,13 +328,19 @@ fn register_secret_values(object: &Value, redactor: &mut Redactor) {
     }
 }
 
-/// Every `dependsOn` Kustomization must be Ready at its latest generation.
+/// Every `dependsOn` object (a Kustomization, or with Weir's `kind` a HelmRelease) must be
+/// ready ([`weir_ssa::dependency::check`]), and a Kustomization of the same source must have
+/// applied the same revision.
 async fn check_dependencies(
     ks: &Kustomization,
     ctx: &Context,
     revision: &str,
 ) -> Result<(), KustomizeError> {
-    let namespace = ks.namespace().unwrap_or_default();
+    use weir_api::kustomize::DependencyKind;
+    use weir_ssa::dependency::{self, DependencyError};
+    if ks.spec.depends_on.is_empty() {
+        return Ok(());
+    }
     let source_of = |k: &Kustomization| {
         let r = &k.spec.source_ref;
         let ns = r
@@ -345,98 +350,55 @@ async fn check_dependencies(
             .unwrap_or_default();
         (r.kind.as_str().to_owned(), ns, r.name.clone())
     };
-    // Compiled before any dependency is read: a bad expression stalls whatever their state.
-    let env = weir_ssa::health::cel_env();
-    let exprs = ks
-        .spec
-        .depends_on
-        .iter()
-        .enumerate()
-        .map(|(index, dep)| {
-            dep.ready_expr
-                .as_deref()
-                .filter(|e| !e.trim().is_empty())
-                .map(|e| env.compile(e))
-                .transpose()
-                .map_err(|source| KustomizeError::DependencyExpr { index, source })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for (index, (dep, expr)) in ks.spec.depends_on.iter().zip(&exprs).enumerate() {
-        let ns = dep.namespace.clone().unwrap_or_else(|| namespace.clone());
-        let key = format!("{ns}/{}", dep.name);
+    let after = ctx.config.dependency_requeue;
+    let me = serde_json::to_value(ks)
+        .map_err(|source| KustomizeError::ReadyExprInput { index: 0, source })?;
+    for _ in &ks.spec.depends_on {
         ctx.metrics.request();
-        let found = Api::<Kustomization>::namespaced(ctx.base.client.clone(), &ns)
-            .get_opt(&dep.name)
-            .await
-            .map_err(KustomizeError::Kube)?;
-        let ready = match (expr, &found) {
-            (_, None) => false,
-            // Flux's readyExpr replaces the built-in Ready check; the same-source revision rule
-            // below still holds.
-            (Some(program), Some(d)) => match ready_expr_refusal(program, &env, d, ks)
-                .map_err(|source| KustomizeError::ReadyExprInput { index, source })?
-            {
-                None => true,
-                Some(why) => {
-                    return Err(KustomizeError::DependencyExprNotReady {
-                        name: key,
-                        index,
-                        why,
-                        after: ctx.config.dependency_requeue,
-                    });
-                }
-            },
-            (None, Some(d)) => {
-                let generation = d.metadata.generation;
-                d.status.as_ref().is_some_and(|s| {
-                    s.observed_generation == generation
-                        && find_condition(&s.conditions, types::READY)
-                            .is_some_and(|c| c.is_true() && c.observed_generation == generation)
-                })
-            }
-        };
-        if !ready {
-            return Err(KustomizeError::DependencyNotReady(
-                key,
-                ctx.config.dependency_requeue,
-            ));
+    }
+    let found = dependency::check(
+        &ctx.base.client,
+        DependencyKind::Kustomization,
+        &me,
+        &ks.spec.depends_on,
+    )
+    .await
+    .map_err(|error| match error {
+        DependencyError::NotReady { key, why: None, .. } => {
+            KustomizeError::DependencyNotReady(key, after)
         }
-        if let Some(d) = found.filter(|d| source_of(d) == source_of(ks)) {
+        DependencyError::NotReady {
+            key,
+            index,
+            why: Some(why),
+        } => KustomizeError::DependencyExprNotReady {
+            name: key,
+            index,
+            why,
+            after,
+        },
+        DependencyError::Expr { index, source } => KustomizeError::DependencyExpr { index, source },
+        DependencyError::Cycle(cycle) => KustomizeError::DependencyCycle(cycle),
+        DependencyError::Kube { source, .. } => KustomizeError::Kube(source),
+    })?;
+    for (node, object) in found {
+        if node.kind != DependencyKind::Kustomization {
+            continue;
+        }
+        let Ok(d) = serde_json::from_value::<Kustomization>(object) else {
+            continue;
+        };
+        if source_of(&d) == source_of(ks) {
             let applied = d
                 .status
                 .as_ref()
                 .and_then(|s| s.last_applied_revision.as_deref());
             if applied != Some(revision) {
-                return Err(KustomizeError::DependencyRevision(
-                    key,
-                    ctx.config.dependency_requeue,
-                ));
+                return Err(KustomizeError::DependencyRevision(node.key(), after));
             }
         }
     }
     Ok(())
-}
-
-/// Why `program` does not say the dependency `dep` of `ks` is ready (`None` when it does): it
-/// returned false, something other than a bool, or failed to evaluate (a field `dep` lacks).
-/// An object that does not serialize is an error, not an empty object.
-fn ready_expr_refusal(
-    program: &cel::Program,
-    env: &std::sync::Arc<cel::Env>,
-    dep: &Kustomization,
-    ks: &Kustomization,
-) -> Result<Option<String>, serde_json::Error> {
-    let mut context = cel::Context::with_env(std::sync::Arc::clone(env));
-    for (name, object) in [("dep", dep), ("self", ks)] {
-        let value = serde_json::to_value(object)?;
-        context.add_variable_from_value(name, weir_ssa::health::to_cel(&value));
-    }
-    Ok(match program.execute(&context) {
-        Ok(cel::Value::Bool(true)) => None,
-        Ok(cel::Value::Bool(false)) => Some("is false".to_owned()),
-        Ok(other) => Some(format!("returned {}, not a bool", other.type_of())),
-        Err(error) => Some(format!("failed to evaluate: {error}")),
-    })
 }
 
 /// Reads `postBuild` variables and substitutes them into every object not annotated
@@ -774,54 +736,6 @@ pub async fn delete_inventory(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ready_exprs_read_the_dependency_and_the_dependent() {
-        let ks = |labels: serde_json::Value, status: serde_json::Value| -> Kustomization {
-            weir_api::manifest::from_value(serde_json::json!({
-                "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-                "metadata": {"name": "a", "namespace": "n", "generation": 2, "labels": labels},
-                "spec": {"interval": "1m", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "s"}},
-                "status": status,
-            }))
-            .unwrap()
-        };
-        let env = weir_ssa::health::cel_env();
-        let program = env
-            .compile(
-                "dep.metadata.generation == dep.status.observedGeneration && \
-                 dep.metadata.labels['v'] == self.metadata.labels['v']",
-            )
-            .unwrap();
-        let me = ks(serde_json::json!({"v": "1"}), serde_json::json!({}));
-        let dep = ks(
-            serde_json::json!({"v": "1"}),
-            serde_json::json!({"observedGeneration": 2}),
-        );
-        assert_eq!(ready_expr_refusal(&program, &env, &dep, &me).unwrap(), None);
-        let older = ks(
-            serde_json::json!({"v": "0"}),
-            serde_json::json!({"observedGeneration": 2}),
-        );
-        assert_eq!(
-            ready_expr_refusal(&program, &env, &older, &me)
-                .unwrap()
-                .as_deref(),
-            Some("is false")
-        );
-        let unobserved = ks(serde_json::json!({"v": "1"}), serde_json::json!({}));
-        let why = ready_expr_refusal(&program, &env, &unobserved, &me)
-            .unwrap()
-            .unwrap();
-        assert!(why.starts_with("failed to evaluate"), "{why}");
-        let number = env.compile("dep.metadata.generation").unwrap();
-        assert_eq!(
-            ready_expr_refusal(&number, &env, &dep, &me)
-                .unwrap()
-                .as_deref(),
-            Some("returned int, not a bool")
-        );
-    }
 
     #[test]
     fn values_of_secret_manifests_are_masked() {

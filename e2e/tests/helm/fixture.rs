@@ -22,7 +22,10 @@ pub(crate) struct Fixture {
     pub(crate) _source: weir_source::Handle,
     pub(crate) helm: Option<weir_helm::Handle>,
     pub(crate) helm_config: weir_helm::Config,
-    pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
+    /// The kustomize controller, when the test asked for one ([`Fixture::with_kustomize`]).
+    pub(crate) kustomize: Option<weir_kustomize::Handle>,
+    pub(crate) watches: Watches,
+    pub(crate) dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 impl Fixture {
@@ -32,7 +35,8 @@ impl Fixture {
         let client = harness.client()?;
         let storage = tempfile::tempdir()?;
         let cache = tempfile::tempdir()?;
-        let configs = ControllerConfigs::new(ns.name()).sharing(&Watches::new(client.clone()));
+        let watches = Watches::new(client.clone());
+        let configs = ControllerConfigs::new(ns.name()).sharing(&watches);
         let source =
             weir_source::start(client.clone(), configs.source(storage.path()), false).await?;
         let helm_config = configs.helm(
@@ -58,8 +62,62 @@ impl Fixture {
             _source: source,
             helm: Some(helm),
             helm_config,
-            _dirs: (storage, cache),
+            kustomize: None,
+            watches,
+            dirs: (storage, cache),
         })
+    }
+
+    /// Also runs a kustomize controller (on the same watches, as in `weir controllers`), and a
+    /// GitRepository `app` of a repository holding `files`.
+    pub(crate) async fn with_kustomize(mut self, files: &[(&str, &str)]) -> Result<Self> {
+        let harness = Harness::get().await?;
+        let configs = ControllerConfigs::new(self.ns.name()).sharing(&self.watches);
+        let cache = self.dirs.1.path().join("kustomize");
+        let config = weir_kustomize::Config {
+            dependency_requeue: std::time::Duration::from_secs(600),
+            ..configs.kustomize(harness.tool("kustomize"), &cache)
+        };
+        self.kustomize =
+            Some(weir_kustomize::start(harness.kube_config().clone(), config, false).await?);
+        let files: Vec<(&str, String)> = files
+            .iter()
+            .map(|(path, content)| (*path, content.replace("NAMESPACE", self.ns.name())))
+            .collect();
+        let files: std::collections::BTreeMap<&str, &str> =
+            files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+        let repo = harness.git().create_repo("app", &files)?;
+        let source: weir_api::GitRepository = manifest::from_value(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": { "name": "app", "namespace": self.ns.name() },
+            "spec": { "url": repo.http_url(), "interval": "10m", "ref": { "branch": "main" } },
+        }))?;
+        Api::<weir_api::GitRepository>::namespaced(self.client.clone(), self.ns.name())
+            .create(&PostParams::default(), &source)
+            .await?;
+        Ok(self)
+    }
+
+    /// Creates a Kustomization `name` of the `app` GitRepository with `extra` merged into its
+    /// spec.
+    pub(crate) async fn create_ks(&self, name: &str, extra: Value) -> Result<()> {
+        let mut spec = json!({
+            "interval": "10m",
+            "prune": true,
+            "sourceRef": { "kind": "GitRepository", "name": "app" },
+        });
+        merge(&mut spec, &extra);
+        let ks: weir_api::Kustomization = manifest::from_value(json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+            "kind": "Kustomization",
+            "metadata": { "name": name, "namespace": self.ns.name() },
+            "spec": spec,
+        }))?;
+        Api::<weir_api::Kustomization>::namespaced(self.client.clone(), self.ns.name())
+            .create(&PostParams::default(), &ks)
+            .await?;
+        Ok(())
     }
 
     /// Stops the helm controller.

@@ -4,6 +4,7 @@
 // A test's helpers fail the test by panicking; that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod depends_on;
 mod fixture;
 mod release;
 mod remediation;

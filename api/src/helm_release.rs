@@ -3,7 +3,7 @@
 //!
 //! Field names, defaults, status and reasons are Flux 2.9's. Not implemented yet, so left out of
 //! the schema (the API server rejects them): `kubeConfig`, `persistentClient` (Weir runs Helm as
-//! a process per action), `driftDetection`, `postRenderers`, `commonMetadata`, `chart.spec.verify`,
+//! a process per action), `postRenderers`, `commonMetadata`, `chart.spec.verify`,
 //! the deprecated `valuesFile` and `install.skipCRDs`, `chartRef` to an OCIRepository, and the
 //! CRD policies Helm itself cannot carry out (`install.crds: CreateReplace`, `upgrade.crds`):
 //! Helm installs a chart's CRDs and never replaces them.
@@ -142,6 +142,9 @@ pub struct HelmReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
+    /// Whether and how the live objects are compared with the release's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_detection: Option<DriftDetection>,
     /// How installs are made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<Install>,
@@ -172,6 +175,41 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "x-kubernetes-preserve-unknown-fields": true,
     })
 }
+
+/// Drift detection: the release's objects compared with its manifest in Helm's storage.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftDetection {
+    /// `disabled` (default), `warn` (report drift) or `enabled` (report and correct it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DriftDetectionMode>,
+    /// JSON pointers left out of the comparison, for every object or those a target selects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<crate::kustomize::IgnoreRule>,
+}
+
+/// What drift detection does.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftDetectionMode {
+    /// Drift is corrected: the drifted objects are applied again from the manifest.
+    Enabled,
+    /// Drift is reported (the Drifted condition, a Warning Event) and left as it is.
+    Warn,
+    #[default]
+    Disabled,
+}
+
+/// The `Drifted` condition: whether the live objects differ from the release's manifest
+/// (Weir's; Flux reports drift in Events only).
+pub const DRIFTED_CONDITION: &str = "Drifted";
+/// Live objects differ from the release's manifest.
+pub const DRIFT_DETECTED_REASON: &str = "DriftDetected";
+/// Drifted objects were applied again from the release's manifest.
+pub const DRIFT_CORRECTED_REASON: &str = "DriftCorrected";
+/// Label or annotation (value `disabled`) that leaves an object out of drift detection
+/// (Flux's).
+pub const DRIFT_DETECTION_KEY: &str = "helm.toolkit.fluxcd.io/driftDetection";
 
 /// The template of the HelmChart a HelmRelease creates.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

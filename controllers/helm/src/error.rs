@@ -55,6 +55,9 @@ pub enum HelmReleaseError {
     /// No retries remain for the current desired state.
     #[error("{0}")]
     RetriesExhausted(String),
+    /// The release's objects could not be compared with its manifest.
+    #[error("drift detection failed: {0}")]
+    Drift(String),
     #[error("the reconcile did not finish within {0:?}")]
     Abandoned(Duration),
     #[error(transparent)]
@@ -73,7 +76,7 @@ impl Failure for HelmReleaseError {
             Self::Storage(_) => hr::GET_LAST_RELEASE_FAILED_REASON,
             Self::Action { reason, .. } => reason,
             Self::RetriesExhausted(_) => RETRIES_EXCEEDED_REASON,
-            Self::Abandoned(_) | Self::Kube(_) => reasons::RECONCILIATION_FAILED,
+            Self::Abandoned(_) | Self::Kube(_) | Self::Drift(_) => reasons::RECONCILIATION_FAILED,
         }
     }
 

@@ -27,6 +27,7 @@
 //!   HelmChart made for it.
 
 mod actions;
+pub mod drift;
 pub mod error;
 pub mod helm;
 pub mod reconcile;
@@ -129,6 +130,8 @@ pub struct Context {
     pub fetcher: ArtifactFetcher,
     pub helm: helm::Helm,
     pub metrics: Arc<Metrics>,
+    /// Which resource serves each kind of a release's objects (drift detection).
+    pub kinds: weir_ssa::KindCache,
 }
 
 impl std::fmt::Debug for Context {
@@ -270,6 +273,7 @@ pub async fn start(
         fetcher,
         helm,
         metrics: metrics.clone(),
+        kinds: weir_ssa::KindCache::default(),
     });
     let mut synced = Synced::default();
     let namespace = namespace.as_deref();

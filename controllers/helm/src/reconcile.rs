@@ -19,7 +19,7 @@ use weir_api::{Condition, ConditionStatus, HelmChart, condition, types};
 
 use crate::error::HelmReleaseError;
 use crate::storage::{self, Release};
-use crate::{Context, actions, values};
+use crate::{Context, actions, drift, values};
 
 /// The field manager of the HelmCharts made from `spec.chart`: Flux's, so a HelmChart moves
 /// between engines.
@@ -188,33 +188,7 @@ pub async fn run(
     check_dependencies(hr, ctx).await?;
     let desired = desired(hr, ctx, status).await?;
 
-    // A new desired state (or a reset request) gets its retries back.
-    let reset = requested(
-        hr,
-        hr::RESET_AT_ANNOTATION,
-        status.last_handled_reset_at.as_deref(),
-    );
-    let generation = hr.metadata.generation;
-    if reset.is_some()
-        || status.last_attempted_revision.as_deref() != Some(desired.chart_version.as_str())
-        || status.last_attempted_config_digest.as_deref() != Some(desired.config_digest.as_str())
-        || status.last_attempted_generation != generation
-    {
-        status.failures = 0;
-        status.install_failures = 0;
-        status.upgrade_failures = 0;
-    }
-    if let Some(token) = reset {
-        status.last_handled_reset_at = Some(token);
-    }
-    let mut forced = requested(
-        hr,
-        hr::FORCE_AT_ANNOTATION,
-        status.last_handled_force_at.as_deref(),
-    );
-    if let Some(token) = &forced {
-        status.last_handled_force_at = Some(token.clone());
-    }
+    let mut forced = handle_requests(hr, status, &desired);
 
     let storage_ns = hr.storage_namespace();
     let release_name = hr.release_name();
@@ -231,6 +205,9 @@ pub async fn run(
                 attempt
                     .released
                     .get_or_insert_with(|| in_sync_message(status, &history));
+                if let Some(latest) = history.first() {
+                    check_drift(hr, ctx, status, latest).await?;
+                }
                 return Ok(());
             }
             Next::Stalled(message) => {
@@ -325,6 +302,105 @@ async fn desired(
         config_digest: storage::config_digest(&values),
         values,
     })
+}
+
+/// Drift detection as `spec.driftDetection` asks: `warn` reports drifted objects in the
+/// Drifted condition and a Warning Event; `enabled` applies them again from the manifest and
+/// says so in a Normal Event. Without drift (or when disabled) there is no Drifted condition.
+async fn check_drift(
+    hr: &HelmRelease,
+    ctx: &Context,
+    status: &mut HelmReleaseStatus,
+    latest: &Release,
+) -> Result<(), HelmReleaseError> {
+    use weir_api::helm_release::DriftDetectionMode;
+    use weir_runtime::{decision::Notice, events::EventType};
+    let mode = hr
+        .spec
+        .drift_detection
+        .as_ref()
+        .and_then(|d| d.mode)
+        .unwrap_or_default();
+    if mode == DriftDetectionMode::Disabled {
+        condition::remove_condition(&mut status.conditions, hr::DRIFTED_CONDITION);
+        return Ok(());
+    }
+    let correct = mode == DriftDetectionMode::Enabled;
+    let drifted = drift::check(ctx, hr, latest, correct)
+        .await
+        .map_err(|e| HelmReleaseError::Drift(weir_runtime::chain(&e)))?;
+    if drifted.is_empty() {
+        condition::remove_condition(&mut status.conditions, hr::DRIFTED_CONDITION);
+        return Ok(());
+    }
+    let objects = drift::describe(&drifted);
+    let release = full_name(latest);
+    let (value, reason, message, kind) = if correct {
+        (
+            ConditionStatus::False,
+            hr::DRIFT_CORRECTED_REASON,
+            format!("Cluster state of release {release} was corrected: {objects}"),
+            EventType::Normal,
+        )
+    } else {
+        (
+            ConditionStatus::True,
+            hr::DRIFT_DETECTED_REASON,
+            format!(
+                "Cluster state of release {release} has drifted from the desired state: {objects}"
+            ),
+            EventType::Warning,
+        )
+    };
+    tracing::info!(release, drifted = objects, corrected = correct, "drift");
+    set(status, hr, hr::DRIFTED_CONDITION, value, reason, &message);
+    let notice = Notice {
+        r#type: kind,
+        reason: reason.to_owned(),
+        message,
+    };
+    ctx.base
+        .events
+        .announce(hr, Some(&notice), "Reconcile")
+        .await;
+    Ok(())
+}
+
+/// Gives a new desired state (or a `resetAt` request) its retries back, records the requests
+/// handled, and returns the `forceAt` token when an upgrade is forced.
+fn handle_requests(
+    hr: &HelmRelease,
+    status: &mut HelmReleaseStatus,
+    desired: &Desired,
+) -> Option<String> {
+    // A new desired state (or a reset request) gets its retries back.
+    let reset = requested(
+        hr,
+        hr::RESET_AT_ANNOTATION,
+        status.last_handled_reset_at.as_deref(),
+    );
+    let generation = hr.metadata.generation;
+    if reset.is_some()
+        || status.last_attempted_revision.as_deref() != Some(desired.chart_version.as_str())
+        || status.last_attempted_config_digest.as_deref() != Some(desired.config_digest.as_str())
+        || status.last_attempted_generation != generation
+    {
+        status.failures = 0;
+        status.install_failures = 0;
+        status.upgrade_failures = 0;
+    }
+    if let Some(token) = reset {
+        status.last_handled_reset_at = Some(token);
+    }
+    let forced = requested(
+        hr,
+        hr::FORCE_AT_ANNOTATION,
+        status.last_handled_force_at.as_deref(),
+    );
+    if let Some(token) = &forced {
+        status.last_handled_force_at = Some(token.clone());
+    }
+    forced
 }
 
 /// The new value of annotation `key`, when it differs from the one last handled.

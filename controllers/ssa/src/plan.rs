@@ -73,8 +73,9 @@ fn is_immutable_change(e: &kube::Error) -> bool {
 }
 
 /// What an apply can change: without `managedFields` (a no-op apply may still touch them),
-/// `status` (not applied, and moved by controllers between the read and the dry run) and
-/// `resourceVersion` (which moves with it).
+/// `status` (not applied, and moved by controllers between the read and the dry run),
+/// `resourceVersion` (which moves with it) and `generation` (which the server bumps with any
+/// spec change, an ignored path's included: the spec itself says whether something changed).
 fn comparable(mut v: Value) -> Value {
     if let Some(object) = v.as_object_mut() {
         object.remove("status");
@@ -82,6 +83,7 @@ fn comparable(mut v: Value) -> Value {
     if let Some(meta) = v.pointer_mut("/metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
         meta.remove("resourceVersion");
+        meta.remove("generation");
     }
     v
 }

@@ -103,6 +103,26 @@ impl ApplySet<'_> {
         })
     }
 
+    /// What applying `targets` would change, without writing anything: each object dry-run
+    /// and compared with the live one as [`Self::apply`] compares them (`ignore` paths and
+    /// annotations respected). Drift detection of objects something else made (a Helm
+    /// release's manifest) asks this.
+    pub async fn diff(&self, targets: &[Target]) -> Result<ChangeSet, SsaError> {
+        let validated = self
+            .validate(targets, 0..targets.len(), None)
+            .await
+            .map_err(|refusals| SsaError::Invalid(Refusals(refusals)))?;
+        let mut changes: BTreeMap<usize, Change> = BTreeMap::new();
+        changes.extend(validated.skipped.iter().map(|i| (*i, Change::Skipped)));
+        changes.extend(validated.plans.iter().map(|p| (p.index, p.change)));
+        Ok(ChangeSet {
+            entries: changes
+                .into_iter()
+                .map(|(i, c)| (targets[i].display(), c))
+                .collect(),
+        })
+    }
+
     /// Writes the planned definitions, then waits for the CRDs among those written to be
     /// Established.
     async fn write_definitions(

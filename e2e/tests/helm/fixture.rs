@@ -375,6 +375,28 @@ impl Fixture {
         Ok(())
     }
 
+    /// The Events about the HelmRelease `name`: (type, reason, message).
+    pub(crate) async fn events(&self, name: &str) -> Result<Vec<(String, String, String)>> {
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), self.ns.name());
+        let list = api
+            .list(&ListParams::default().fields(&format!(
+                "involvedObject.kind=HelmRelease,involvedObject.name={name}"
+            )))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
     /// The names of Helm's storage Secrets of `release` in the test namespace.
     pub(crate) async fn storage_secrets(&self, release: &str) -> Result<Vec<String>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), self.ns.name());

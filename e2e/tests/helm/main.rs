@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod depends_on;
+mod drift;
 mod fixture;
 mod release;
 mod remediation;

@@ -1,0 +1,233 @@
+//! Drift detection: the objects of a release's manifest (as Helm's storage holds it) dry-run
+//! with server-side apply under Helm 4's field manager and compared with the live objects, as
+//! the Kustomization controller compares what it applies; `driftDetection.ignore` paths and
+//! objects labelled or annotated `helm.toolkit.fluxcd.io/driftDetection: disabled` are left
+//! out. Correction applies the drifted objects again from the manifest (forcing conflicts with
+//! whoever edited them), without a new Helm revision.
+
+use serde::Deserialize as _;
+use serde_json::Value;
+use weir_api::helm_release::{DRIFT_DETECTION_KEY, HelmRelease};
+use weir_api::kustomize::ObjMetadata;
+use weir_ssa::{ApplySet, Change, IgnoreRules, Target, kinds};
+
+use crate::Context;
+use crate::storage::Release;
+
+/// The field manager Helm 4 applies release objects with (server-side apply).
+pub const HELM_FIELD_MANAGER: &str = "helm";
+
+/// Why drift could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftError {
+    #[error("release manifest of {release}: document {index} is not valid YAML")]
+    Manifest {
+        release: String,
+        index: usize,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("driftDetection.ignore")]
+    Ignore(#[source] weir_ssa::IgnoreRuleError),
+    #[error("cannot resolve {kind} of {api_version}")]
+    Kind {
+        kind: String,
+        api_version: String,
+        #[source]
+        source: Box<weir_ssa::SsaError>,
+    },
+    #[error(transparent)]
+    Ssa(Box<weir_ssa::SsaError>),
+}
+
+/// Counts nothing: requests are counted by the client's own layer.
+struct NoCount;
+
+impl weir_ssa::ApiCounter for NoCount {
+    fn request(&self) {}
+    fn write(&self) {}
+}
+
+/// The YAML documents of a manifest, parsed before anything is awaited (the parser is not
+/// `Send`).
+fn documents(release: &str, manifest: &str) -> Result<Vec<Value>, DriftError> {
+    serde_yaml_ng::Deserializer::from_str(manifest)
+        .enumerate()
+        .map(|(index, document)| {
+            Value::deserialize(document).map_err(|source| DriftError::Manifest {
+                release: release.to_owned(),
+                index,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The objects of `release`'s manifest, ready to dry-run or apply.
+async fn targets(ctx: &Context, release: &Release) -> Result<Vec<Target>, DriftError> {
+    let name = format!(
+        "{}/{}.v{}",
+        release.namespace, release.name, release.version
+    );
+    let mut targets = vec![];
+    for mut object in documents(&name, &release.manifest)? {
+        if !object.is_object() {
+            continue;
+        }
+        let Some(api_version) = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let Some(kind) = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let object_name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        // Helm writes its ownership metadata on every object it applies, not in the stored
+        // manifest: the comparison (and a correction) must carry it too.
+        add_ownership(&mut object, release);
+        let disabled = |key: &str| {
+            let pointer = format!("/metadata/{key}/{}", DRIFT_DETECTION_KEY.replace('/', "~1"));
+            object.pointer(&pointer).and_then(Value::as_str) == Some("disabled")
+        };
+        if disabled("labels") || disabled("annotations") {
+            continue;
+        }
+        let (group, version) = kinds::split_api_version(&api_version);
+        let resolved = ctx
+            .kinds
+            .resolve(&ctx.base.client, &NoCount, group, version, &kind)
+            .await
+            .map_err(|source| DriftError::Kind {
+                kind: kind.clone(),
+                api_version: api_version.clone(),
+                source: Box::new(source),
+            })?;
+        // A kind the server no longer serves: its object cannot have drifted into anything a
+        // dry run could show (Helm's own upgrade would fail on it first).
+        let Some((resource, namespaced)) = resolved else {
+            continue;
+        };
+        let namespace = if namespaced {
+            let ns = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .map_or_else(|| release.namespace.clone(), str::to_owned);
+            if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("namespace".into(), Value::String(ns.clone()));
+            }
+            ns
+        } else {
+            String::new()
+        };
+        targets.push(Target {
+            object,
+            file: format!("release {name}"),
+            meta: ObjMetadata {
+                namespace,
+                name: object_name,
+                group: group.to_owned(),
+                kind,
+            },
+            api_version,
+            resource,
+            namespaced,
+            kind_from_set: false,
+            defining_crd: None,
+        });
+    }
+    Ok(targets)
+}
+
+/// Helm's ownership label and annotations, as Helm sets them on a release's objects.
+fn add_ownership(object: &mut Value, release: &Release) {
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut put = |field: &str, key: &str, value: &str| {
+        let map = meta
+            .entry(field)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(map) = map.as_object_mut() {
+            map.insert(key.to_owned(), Value::String(value.to_owned()));
+        }
+    };
+    put("labels", "app.kubernetes.io/managed-by", "Helm");
+    put("annotations", "meta.helm.sh/release-name", &release.name);
+    put(
+        "annotations",
+        "meta.helm.sh/release-namespace",
+        &release.namespace,
+    );
+}
+
+/// The objects of `release` that differ from its manifest (`Kind/namespace/name` and how),
+/// and, with `correct`, what applying them again changed.
+pub async fn check(
+    ctx: &Context,
+    hr: &HelmRelease,
+    release: &Release,
+    correct: bool,
+) -> Result<Vec<(String, Change)>, DriftError> {
+    let rules = hr
+        .spec
+        .drift_detection
+        .as_ref()
+        .map(|d| d.ignore.clone())
+        .unwrap_or_default();
+    let ignore = IgnoreRules::compile(&rules).map_err(DriftError::Ignore)?;
+    let targets = targets(ctx, release).await?;
+    let set = ApplySet {
+        client: &ctx.base.client,
+        counter: &NoCount,
+        field_manager: HELM_FIELD_MANAGER,
+        force: false,
+        timeout: hr.timeout(),
+        ignore: &ignore,
+    };
+    let diff = set
+        .diff(&targets)
+        .await
+        .map_err(|e| DriftError::Ssa(Box::new(e)))?;
+    let drifted: Vec<(String, Change)> = diff
+        .entries
+        .into_iter()
+        .filter(|(_, change)| matches!(change, Change::Created | Change::Configured))
+        .collect();
+    if !correct || drifted.is_empty() {
+        return Ok(drifted);
+    }
+    let names: Vec<&str> = drifted.iter().map(|(name, _)| name.as_str()).collect();
+    let again: Vec<Target> = targets
+        .into_iter()
+        .filter(|t| names.contains(&t.display().as_str()))
+        .collect();
+    set.apply(&again)
+        .await
+        .map_err(|failure| DriftError::Ssa(Box::new(failure.error)))?;
+    Ok(drifted)
+}
+
+/// `Deployment/ns/web changed, ConfigMap/ns/x removed`, as a message lists drift.
+#[must_use]
+pub fn describe(drifted: &[(String, Change)]) -> String {
+    drifted
+        .iter()
+        .map(|(name, change)| match change {
+            Change::Created => format!("{name} removed"),
+            _ => format!("{name} changed"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

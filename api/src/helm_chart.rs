@@ -1,9 +1,9 @@
 //! `HelmChart` (source.toolkit.fluxcd.io/v1): one chart of a source, in a version range, pulled
 //! (or packaged) into a `.tgz` artifact with its values files merged in.
 //!
-//! Weir takes charts from HTTP(S) HelmRepositories and from GitRepositories: Flux's `Bucket`
-//! source and an OCI HelmRepository's `verify` are not implemented, so the schema leaves them
-//! out and the API server rejects them.
+//! Weir takes charts from HTTP(S) and OCI HelmRepositories and from GitRepositories: Flux's
+//! `Bucket` source and an OCI chart's `verify` are not implemented, so the schema leaves them out
+//! and the API server rejects them.
 
 use std::time::Duration;
 

@@ -1,10 +1,15 @@
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::Error;
+use crate::git::run;
+use crate::{Chart, Error};
 
 /// An empty tar archive (two zero blocks): the smallest layer that is what its media type says.
 const EMPTY_TAR: [u8; 1024] = [0; 1024];
@@ -185,7 +190,82 @@ impl Registry {
         Ok(response.tags)
     }
 
+    /// Pushes `chart` as Helm does: packaged with `helm` (the pinned binary,
+    /// `Harness::tool("helm")`) and `helm push`ed over plain HTTP to `oci://<host>/<path>`,
+    /// after `helm registry login` when the registry needs credentials. Helm's config stays in a
+    /// scratch directory. Returns `oci://<host>/<path>`, an OCI HelmRepository's `spec.url`; the
+    /// chart is the artifact `<path>/<chart name>`, tagged with its version (`+` written `_`).
+    pub fn push_chart(&self, helm: &Path, chart: &Chart, path: &str) -> Result<String, Error> {
+        let scratch = tempfile::tempdir().map_err(Error::io("making a chart scratch directory"))?;
+        let helm_home = scratch.path().join("helm");
+        let helm = || {
+            let mut command = Command::new(helm);
+            command
+                .env("HELM_CONFIG_HOME", helm_home.join("config"))
+                .env("HELM_CACHE_HOME", helm_home.join("cache"))
+                .env("HELM_DATA_HOME", helm_home.join("data"));
+            command
+        };
+        let chart_dir = chart.write_to(scratch.path())?;
+        let packages = scratch.path().join("packages");
+        run(helm()
+            .arg("package")
+            .arg(&chart_dir)
+            .arg("--destination")
+            .arg(&packages))?;
+        let package = packages.join(format!("{}-{}.tgz", chart.name(), chart.version()));
+        if let Some(credentials) = &self.credentials {
+            let mut login = helm();
+            login.args([
+                "registry",
+                "login",
+                &self.host,
+                "--plain-http",
+                "--username",
+                &credentials.username,
+                "--password-stdin",
+            ]);
+            run_with_stdin(&mut login, &credentials.password)?;
+        }
+        let url = format!("oci://{}/{path}", self.host);
+        run(helm()
+            .arg("push")
+            .arg(&package)
+            .arg(&url)
+            .arg("--plain-http"))?;
+        Ok(url)
+    }
+
     fn reference(&self, name: &str, tag: &str) -> Reference {
         Reference::with_tag(self.host.clone(), name.to_owned(), tag.to_owned())
+    }
+}
+
+/// Runs `command` with `input` on its standard input (a password kept out of its arguments, so
+/// out of process listings and of the error a failure returns).
+fn run_with_stdin(command: &mut Command, input: &str) -> Result<String, Error> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Error::io(format!("starting `{program}`")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(Error::io(format!("writing to `{program}`")))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(Error::io(format!("waiting for `{program}`")))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(Error::CommandFailed {
+            command: format!("{program} (with input on stdin)"),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }

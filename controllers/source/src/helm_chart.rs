@@ -1,6 +1,6 @@
-//! `HelmChart`: a chart of an HTTP(S) HelmRepository (the highest version in `spec.version`)
-//! or of a GitRepository (the chart directory at the path `spec.chart`), stored as a `.tgz`
-//! artifact: `source → resolve → pull or package → values → store`, stopping at the first
+//! `HelmChart`: a chart of an HTTP(S) or OCI HelmRepository (the highest version in
+//! `spec.version`) or of a GitRepository (the chart directory at the path `spec.chart`), stored as
+//! a `.tgz` artifact: `source → resolve → pull or package → values → store`, stopping at the first
 //! failure; status is summarised and written once.
 //!
 //! As Flux's source-controller:
@@ -11,6 +11,10 @@
 //!   against the repository URL when relative; the repository's `secretRef` credentials go to
 //!   its own host only, unless `passCredentials`; its `certSecretRef` applies; a chart is at most
 //!   10 MiB; without `valuesFiles` the archive is stored as pulled (`ChartPullSucceeded`);
+//! - from an OCI HelmRepository (`type: oci`), the chart is the OCI artifact `<url>/<chart>`, its
+//!   versions the tags (see [`crate::helm_oci`]); it is then stored as a chart of an HTTP(S)
+//!   repository is, and `status.observedSourceArtifactRevision` stays empty (the repository has
+//!   no artifact);
 //! - from a GitRepository, `spec.version` is ignored: the chart directory is packaged
 //!   (`ChartPackageSucceeded`) under its `Chart.yaml` name, less what its `.helmignore` leaves
 //!   out; the `Revision` strategy makes the version `<version>+<first 12 hex of the commit>`,
@@ -27,8 +31,8 @@
 //!   artifact stays;
 //! - `status.url` serves the latest artifact (`latest.tar.gz`).
 //!
-//! Where Weir differs: charts of Buckets and of OCI HelmRepositories are not built (the schema
-//! rejects the first; an OCI repository is Stalled naming it); a GitRepository chart's
+//! Where Weir differs: charts of Buckets are not built (the schema rejects them); an OCI chart's
+//! `verify` is not implemented (the schema leaves it out); a GitRepository chart's
 //! dependencies are not built: each must be vendored in its `charts/` (otherwise
 //! `DependencyBuildError` names them); and a packaged archive is Weir's re-archive of the chart's
 //! files with the merged `values.yaml` (and versioned `Chart.yaml`), not Helm's `chartutil.Save`
@@ -59,6 +63,7 @@ use crate::{
     helm_chart_build::{
         self, ArchiveError, ChartArchive, MAX_CHART_SIZE, ReferenceError, UrlError, ValuesError,
     },
+    helm_oci::{self, OciAccess, OciError},
     helm_repository::{Access, FetchError, HelmRepositoryError},
     storage::Storage,
 };
@@ -76,8 +81,8 @@ pub enum HelmChartError {
         #[source]
         source: kube::Error,
     },
-    #[error("charts of OCI HelmRepository '{0}' are not implemented in Weir")]
-    OciSource(String),
+    #[error(transparent)]
+    Oci(OciError),
     #[error("no artifact available for {kind} source '{name}'")]
     NoSourceArtifact { kind: &'static str, name: String },
     #[error("failed to read the artifact of {kind} '{name}'")]
@@ -140,8 +145,8 @@ impl HelmChartError {
     #[must_use]
     pub fn condition_type(&self) -> &'static str {
         match self {
+            Self::Oci(e) => e.condition_type(),
             Self::SourceUnavailable { .. }
-            | Self::OciSource(_)
             | Self::NoSourceArtifact { .. }
             | Self::SourceArtifact { .. }
             | Self::SourceDigest { .. } => types::FETCH_FAILED,
@@ -168,10 +173,10 @@ impl Failure for HelmChartError {
             | Self::SourceArtifact { .. }
             | Self::SourceDigest { .. } => api::SOURCE_UNAVAILABLE_REASON,
             Self::NoSourceArtifact { .. } => api::NO_SOURCE_ARTIFACT_REASON,
-            Self::OciSource(_)
-            | Self::Reference(_)
-            | Self::ChartPath(_)
-            | Self::NoChartAtPath { .. } => api::INVALID_CHART_REFERENCE_REASON,
+            Self::Oci(e) => e.reason(),
+            Self::Reference(_) | Self::ChartPath(_) | Self::NoChartAtPath { .. } => {
+                api::INVALID_CHART_REFERENCE_REASON
+            }
             Self::Dependencies(_) => api::DEPENDENCY_BUILD_ERROR_REASON,
             Self::Access(e) => e.reason(),
             Self::ChartUrl(_) | Self::Download { .. } | Self::NotAChart { .. } => {
@@ -185,9 +190,9 @@ impl Failure for HelmChartError {
 
     fn disposition(&self) -> Disposition {
         match self {
-            // Only a change of the spec (or of the repository's type) fixes these.
-            Self::OciSource(_)
-            | Self::Reference(ReferenceError::Range { .. })
+            Self::Oci(e) => e.disposition(),
+            // Only a change of the spec fixes these.
+            Self::Reference(ReferenceError::Range { .. })
             | Self::ChartPath(_)
             | Self::Package(_) => Disposition::Stalled,
             Self::SourceUnavailable { .. }
@@ -282,7 +287,8 @@ fn uses(chart: &HelmChart, kind: HelmChartSourceKind, source: &ObjectMeta) -> bo
         && Some(&chart.spec.source_ref.name) == source.name.as_ref()
 }
 
-/// What of a HelmRepository starts its charts: its artifact's revision and digest.
+/// What of a HelmRepository starts its charts: its artifact's revision and digest, or an OCI
+/// repository's generation.
 #[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
 fn repository_artifact_trigger(repo: &HelmRepository) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -290,6 +296,11 @@ fn repository_artifact_trigger(repo: &HelmRepository) -> Option<u64> {
     let artifact = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
     artifact.map(|a| &a.revision).hash(&mut hasher);
     artifact.map(|a| &a.digest).hash(&mut hasher);
+    // An OCI repository has no artifact: a new generation (URL, credentials) starts its charts.
+    repo.spec
+        .is_oci()
+        .then_some(repo.metadata.generation)
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -372,13 +383,12 @@ impl ChartContext {
     ) -> Result<Built, HelmChartError> {
         let namespace = chart.namespace().unwrap_or_default();
         let repo: HelmRepository = self.source(chart, &namespace).await?;
-        if repo.spec.is_oci() {
-            return Err(HelmChartError::OciSource(format!(
-                "{namespace}/{}",
-                repo.name_any()
-            )));
-        }
         redactor.add_url_credentials(&repo.spec.url);
+        if repo.spec.is_oci() {
+            return self
+                .chart_of_oci(chart, &namespace, &repo, status, redactor, progress)
+                .await;
+        }
         let source = repo.status.as_ref().and_then(|s| s.artifact.as_ref());
         let index = self.artifact_of("HelmRepository", &repo, source)?;
         status.observed_source_artifact_revision = source.map(|a| a.revision.clone());
@@ -397,6 +407,35 @@ impl ChartContext {
         );
         self.mark_new(chart, status, &message, progress).await;
         self.build(chart, &namespace, &repo, &entry, redactor).await
+    }
+
+    /// From an OCI HelmRepository: the tags of the chart's repository, the version, then (for a
+    /// new version or generation) the pull, the values and the store.
+    async fn chart_of_oci(
+        &self,
+        chart: &HelmChart,
+        namespace: &str,
+        repo: &HelmRepository,
+        status: &mut HelmChartStatus,
+        redactor: &mut Redactor,
+        progress: &mut Progress<'_>,
+    ) -> Result<Built, HelmChartError> {
+        status.observed_source_artifact_revision = None;
+        let oci = OciAccess::load(&self.base.client, repo, redactor)
+            .await
+            .map_err(HelmChartError::Oci)?;
+        let name = &chart.spec.chart;
+        let tags = oci.tags(name).await.map_err(HelmChartError::Oci)?;
+        let (version, tag) = helm_oci::select_tag(&tags, name, &chart.spec.version)
+            .map_err(HelmChartError::Reference)?;
+        if let Some(artifact) = self.unchanged(chart, status, name, &version) {
+            return Ok(Built::Unchanged(artifact));
+        }
+        let message = format!("pulling '{name}' chart with version '{version}'");
+        self.mark_new(chart, status, &message, progress).await;
+        let (reference, bytes) = oci.pull(name, &tag).await.map_err(HelmChartError::Oci)?;
+        self.store_pulled(chart, namespace, &reference, &version, bytes)
+            .await
     }
 
     /// From a GitRepository: the chart directory at `spec.chart` in its artifact, its version
@@ -544,7 +583,7 @@ impl ChartContext {
         Ok(used)
     }
 
-    /// Steps: pull the chart archive, check it, merge the values files into it, store it.
+    /// Steps: download the chart archive of an HTTP(S) repository, then store it.
     async fn build(
         &self,
         chart: &HelmChart,
@@ -566,13 +605,27 @@ impl ChartContext {
                 url: url.to_string(),
                 source,
             })?;
+        self.store_pulled(chart, namespace, url.as_str(), &entry.version, bytes)
+            .await
+    }
+
+    /// Steps: check a pulled chart archive (from `origin`) is the chart at `version`, merge the
+    /// values files into it, store it.
+    async fn store_pulled(
+        &self,
+        chart: &HelmChart,
+        namespace: &str,
+        origin: &str,
+        version: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Built, HelmChartError> {
         let not_a_chart = |source| HelmChartError::NotAChart {
-            url: url.to_string(),
+            url: origin.to_owned(),
             source,
         };
         let archive = ChartArchive::read(&bytes).map_err(not_a_chart)?;
         archive
-            .expect(&chart.spec.chart, &entry.version)
+            .expect(&chart.spec.chart, version)
             .map_err(not_a_chart)?;
         let mut replace = BTreeMap::new();
         let values_files = Self::values(chart, |f| archive.file(f), &mut replace)?;
@@ -583,20 +636,9 @@ impl ChartContext {
             bytes
         };
         let artifact = self
-            .store(
-                chart,
-                namespace,
-                &archive.metadata.name,
-                &entry.version,
-                bytes,
-            )
+            .store(chart, namespace, &archive.metadata.name, version, bytes)
             .await?;
-        let summary = summary(
-            packaged,
-            &archive.metadata.name,
-            &entry.version,
-            &values_files,
-        );
+        let summary = summary(packaged, &archive.metadata.name, version, &values_files);
         Ok(Built::New {
             artifact,
             name: archive.metadata.name,

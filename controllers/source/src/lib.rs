@@ -8,6 +8,7 @@ pub mod error;
 pub mod helm_chart;
 pub mod helm_chart_build;
 pub mod helm_index;
+pub mod helm_oci;
 pub mod helm_repository;
 pub mod include;
 pub mod reconcile;

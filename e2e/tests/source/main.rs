@@ -10,6 +10,7 @@ mod auth;
 mod content;
 mod fixture;
 mod helm_chart;
+mod helm_oci;
 mod helm_repository;
 mod reconcile;
 mod refs;

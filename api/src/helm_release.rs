@@ -3,7 +3,8 @@
 //!
 //! Field names, defaults, status and reasons are Flux 2.9's. Not implemented yet, so left out of
 //! the schema (the API server rejects them): `kubeConfig`, `persistentClient` (Weir runs Helm as
-//! a process per action), `postRenderers`, `commonMetadata`, `chart.spec.verify`,
+//! a process per action), `commonMetadata`, the deprecated post-renderer fields
+//! (`patchesStrategicMerge`, `patchesJson6902`), `chart.spec.verify`,
 //! the deprecated `valuesFile` and `install.skipCRDs`, `chartRef` to an OCIRepository, and the
 //! CRD policies Helm itself cannot carry out (`install.crds: CreateReplace`, `upgrade.crds`):
 //! Helm installs a chart's CRDs and never replaces them.
@@ -163,6 +164,9 @@ pub struct HelmReleaseSpec {
     /// ConfigMaps and Secrets whose values are merged, in order, under `values`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values_from: Vec<ValuesReference>,
+    /// Kustomizations of the rendered manifests, applied in order before Helm applies them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_renderers: Vec<PostRenderer>,
     /// The release's values, merged over everything in `valuesFrom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
@@ -174,6 +178,27 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
     })
+}
+
+/// One post-renderer of the rendered manifests.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostRenderer {
+    /// Patches and image overrides, applied with kustomize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kustomize: Option<KustomizePostRenderer>,
+}
+
+/// A kustomization of the rendered manifests.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizePostRenderer {
+    /// Strategic-merge or JSON6902 patches, with targets as kustomize selects them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<crate::kustomize::Patch>,
+    /// Image name, tag or digest overrides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::kustomize::Image>,
 }
 
 /// Drift detection: the release's objects compared with its manifest in Helm's storage.
@@ -630,6 +655,9 @@ pub struct HelmReleaseStatus {
     /// The digest of the values of the last release attempt (`sha256:<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempted_config_digest: Option<String>,
+    /// The digest of the post-renderers of the last release made (`sha256:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_post_renderers_digest: Option<String>,
     /// The last `reconcile.fluxcd.io/forceAt` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_force_at: Option<String>,

@@ -270,6 +270,15 @@ fn helm_config(args: &Args, watches: &weir_runtime::watches::Watches) -> weir_he
         concurrency: args.concurrency,
         helm_path: args.helm.helm_path.clone(),
         kubeconfig: std::env::var_os("KUBECONFIG").map(PathBuf::from),
+        // Helm runs this very binary as its post-renderer plugin, building with kustomize.
+        post_renderer: std::env::current_exe().ok().and_then(|weir_binary| {
+            weir_kustomize::build::find_binary(&args.kustomize.kustomize_path).map(|kustomize| {
+                weir_helm::PostRendererConfig {
+                    weir_binary,
+                    kustomize,
+                }
+            })
+        }),
         cache_dir: args.helm.chart_cache_path.clone(),
         dependency_requeue: args.kustomize.requeue_dependency,
         artifact_limits: weir_kustomize::fetch::Limits {

@@ -99,6 +99,7 @@ impl ControllerConfigs {
             concurrency: 4,
             helm_path,
             kubeconfig: Some(kubeconfig.to_path_buf()),
+            post_renderer: None,
             cache_dir: cache.to_path_buf(),
             dependency_requeue: Duration::from_secs(5),
             artifact_limits: weir_kustomize::fetch::Limits::default(),

@@ -42,6 +42,41 @@ fn max_history(hr: &HelmRelease) -> u32 {
     u32::try_from(hr.max_history().max(0)).unwrap_or(u32::MAX)
 }
 
+/// The `weir-post-render` plugin's arguments for `hr`'s post-renderers (written to a private
+/// file, kept while the returned handle lives): none without post-renderers.
+fn post_render(
+    ctx: &Context,
+    hr: &HelmRelease,
+    args: &mut Vec<std::ffi::OsString>,
+) -> Result<Option<tempfile::TempPath>, String> {
+    if hr.spec.post_renderers.is_empty() {
+        return Ok(None);
+    }
+    let Some(config) = &ctx.config.post_renderer else {
+        return Err(unsupported(hr).unwrap_or_default());
+    };
+    let json = serde_json::to_vec(&hr.spec.post_renderers).map_err(|e| e.to_string())?;
+    let file = ctx.helm.write_private(&json).map_err(|e| message(&e))?;
+    args.push(file.as_os_str().to_owned());
+    args.push(config.kustomize.as_os_str().to_owned());
+    Ok(Some(file))
+}
+
+/// Helm's error, with what the post-renderer said when it was the one that failed (Helm 4
+/// reports only that the plugin failed).
+fn with_post_render_error(error: String, renderers: Option<&tempfile::TempPath>) -> String {
+    let Some(spec) = renderers else {
+        return error;
+    };
+    let path = crate::postrender::error_path(spec);
+    let said = std::fs::read_to_string(&path).ok();
+    let _ = std::fs::remove_file(&path);
+    match said {
+        Some(said) => format!("{error}: {said}"),
+        None => error,
+    }
+}
+
 /// Installs the desired chart and values; returns the new revision.
 pub async fn install(
     ctx: &Context,
@@ -67,7 +102,10 @@ pub async fn install(
         disable_openapi_validation: spec.disable_openapi_validation,
         skip_schema_validation: spec.disable_schema_validation,
         description: None,
+        post_render_args: vec![],
     };
+    let mut options = options;
+    let renderers = post_render(ctx, hr, &mut options.post_render_args)?;
     ctx.metrics.helm_run();
     let release = ctx
         .helm
@@ -78,7 +116,7 @@ pub async fn install(
             &options,
         )
         .await
-        .map_err(|e| message(&e))?;
+        .map_err(|e| with_post_render_error(message(&e), renderers.as_ref()))?;
     Ok(release.version)
 }
 
@@ -100,7 +138,10 @@ pub async fn upgrade(ctx: &Context, hr: &HelmRelease, desired: &Desired) -> Resu
         disable_openapi_validation: spec.disable_openapi_validation,
         skip_schema_validation: spec.disable_schema_validation,
         description: None,
+        post_render_args: vec![],
     };
+    let mut options = options;
+    let renderers = post_render(ctx, hr, &mut options.post_render_args)?;
     ctx.metrics.helm_run();
     let release = ctx
         .helm
@@ -111,7 +152,7 @@ pub async fn upgrade(ctx: &Context, hr: &HelmRelease, desired: &Desired) -> Resu
             &options,
         )
         .await
-        .map_err(|e| message(&e))?;
+        .map_err(|e| with_post_render_error(message(&e), renderers.as_ref()))?;
     Ok(release.version)
 }
 
@@ -236,6 +277,18 @@ pub fn bound(hr: &HelmRelease) -> Duration {
 
 /// What Weir cannot do with the helm CLI, said before anything runs: a storage namespace
 /// other than the release namespace (the CLI keeps a release where it releases).
+pub fn unsupported_by(ctx: &Context, hr: &HelmRelease) -> Option<String> {
+    if !hr.spec.post_renderers.is_empty() && ctx.config.post_renderer.is_none() {
+        return Some(
+            "spec.postRenderers: this helm controller runs no post-renderer (it needs the weir binary and kustomize)"
+                .to_owned(),
+        );
+    }
+    unsupported(hr)
+}
+
+/// What Weir cannot do with the helm CLI whatever its configuration: a storage namespace
+/// other than the release namespace.
 pub fn unsupported(hr: &HelmRelease) -> Option<String> {
     (hr.storage_namespace() != hr.release_namespace()).then(|| {
         format!(

@@ -273,6 +273,9 @@ pub struct InstallOptions {
     pub disable_openapi_validation: bool,
     pub skip_schema_validation: bool,
     pub description: Option<String>,
+    /// Arguments of the `weir-post-render` plugin (see [`Helm::with_post_renderer`]); none
+    /// runs no post-renderer.
+    pub post_render_args: Vec<OsString>,
 }
 
 /// Flux's `spec.upgrade`. There is no CRD policy: Helm's upgrade never applies CRDs.
@@ -292,6 +295,9 @@ pub struct UpgradeOptions {
     pub disable_openapi_validation: bool,
     pub skip_schema_validation: bool,
     pub description: Option<String>,
+    /// Arguments of the `weir-post-render` plugin (see [`Helm::with_post_renderer`]); none
+    /// runs no post-renderer.
+    pub post_render_args: Vec<OsString>,
 }
 
 /// Flux's `spec.rollback`, less `recreate` (Helm 4 removed `--recreate-pods`).
@@ -488,6 +494,37 @@ impl Helm {
             home,
             grace: DEFAULT_GRACE,
         })
+    }
+
+    /// Installs the `weir-post-render` plugin (the `weir` binary at `weir_binary`) in this
+    /// Helm's private plugin directory, so `post_render_args` can run post-renderers.
+    pub fn with_post_renderer(self, weir_binary: &Path) -> Result<Self, HelmError> {
+        let dir = self
+            .home
+            .path()
+            .join("plugins")
+            .join(crate::postrender::PLUGIN_NAME);
+        std::fs::create_dir_all(&dir).map_err(HelmError::Home)?;
+        std::fs::write(
+            dir.join("plugin.yaml"),
+            crate::postrender::plugin_yaml(weir_binary),
+        )
+        .map_err(HelmError::Home)?;
+        Ok(self)
+    }
+
+    /// Writes `content` to a new private file of the home (0600), removed when the returned
+    /// handle is dropped: the post-renderers a release's plugin run reads.
+    pub fn write_private(&self, content: &[u8]) -> Result<tempfile::TempPath, HelmError> {
+        let mut file = tempfile::Builder::new()
+            .prefix("post-render-")
+            .suffix(".json")
+            .tempfile_in(self.home.path())
+            .map_err(HelmError::WriteValues)?;
+        std::io::Write::write_all(&mut file, content).map_err(HelmError::WriteValues)?;
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600))
+            .map_err(HelmError::WriteValues)?;
+        Ok(file.into_temp_path())
     }
 
     /// How long Helm may take to exit after SIGTERM before it is killed.
@@ -750,6 +787,17 @@ fn positionals(args: &mut Vec<OsString>, values: &[&OsStr]) {
     args.extend(values.iter().map(|v| (*v).to_owned()));
 }
 
+/// Runs the `weir-post-render` plugin with `plugin_args`, when there are any.
+fn post_render(args: &mut Vec<OsString>, plugin_args: &[OsString]) {
+    if plugin_args.is_empty() {
+        return;
+    }
+    args.push(flag("post-renderer", crate::postrender::PLUGIN_NAME));
+    for arg in plugin_args {
+        args.push(flag("post-renderer-args", arg));
+    }
+}
+
 fn install_args(
     target: &ReleaseTarget,
     chart: &Path,
@@ -777,6 +825,7 @@ fn install_args(
     if let Some(description) = &options.description {
         args.push(flag("description", description));
     }
+    post_render(&mut args, &options.post_render_args);
     positionals(&mut args, &[OsStr::new(&target.name), chart.as_os_str()]);
     args
 }
@@ -816,6 +865,7 @@ fn upgrade_args(
     if let Some(description) = &options.description {
         args.push(flag("description", description));
     }
+    post_render(&mut args, &options.post_render_args);
     positionals(&mut args, &[OsStr::new(&target.name), chart.as_os_str()]);
     args
 }
@@ -1164,6 +1214,7 @@ mod tests {
             disable_openapi_validation: true,
             skip_schema_validation: true,
             description: Some("-by weir".into()),
+            post_render_args: vec!["/h/r.json".into(), "/bin/kustomize".into()],
         };
         let args = install_args(&target(), Path::new("c"), Path::new("v"), &options);
         assert_eq!(
@@ -1178,6 +1229,9 @@ mod tests {
                 "--disable-openapi-validation",
                 "--skip-schema-validation",
                 "--description=-by weir",
+                "--post-renderer=weir-post-render",
+                "--post-renderer-args=/h/r.json",
+                "--post-renderer-args=/bin/kustomize",
             ]
         );
     }
@@ -1280,6 +1334,7 @@ mod tests {
             disable_openapi_validation: true,
             skip_schema_validation: true,
             description: Some("d".into()),
+            post_render_args: vec![],
         };
         let args = upgrade_args(&target(), Path::new("c"), Path::new("v"), &options);
         assert_eq!(

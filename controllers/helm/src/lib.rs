@@ -30,6 +30,7 @@ mod actions;
 pub mod drift;
 pub mod error;
 pub mod helm;
+pub mod postrender;
 pub mod reconcile;
 pub mod storage;
 pub mod values;
@@ -81,12 +82,22 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Where verified chart artifacts are cached by digest.
     pub cache_dir: PathBuf,
+    /// What runs `spec.postRenderers`; `None` refuses them (Stalled, naming the field).
+    pub post_renderer: Option<PostRendererConfig>,
     /// How soon a release waiting on a dependency or its chart checks again.
     pub dependency_requeue: Duration,
     /// Bounds on downloading charts.
     pub artifact_limits: Limits,
     /// The process's shared watches; when `None`, the controller watches on its own.
     pub watches: Option<Watches>,
+}
+
+/// The programs `spec.postRenderers` run through: Helm's `weir-post-render` plugin is the
+/// `weir` binary (its `helm-post-render` subcommand), which builds with `kustomize`.
+#[derive(Debug, Clone)]
+pub struct PostRendererConfig {
+    pub weir_binary: PathBuf,
+    pub kustomize: PathBuf,
 }
 
 /// Counters read by tests and benchmarks, served as Prometheus counters.
@@ -260,7 +271,12 @@ pub async fn start(
         .ok_or_else(|| StartError::HelmNotFound(config.helm_path.clone()))?;
     let fetcher = ArtifactFetcher::new(config.cache_dir.clone(), config.artifact_limits)
         .map_err(StartError::Cache)?;
-    let helm = helm::Helm::new(config.helm_path.clone()).map_err(StartError::Helm)?;
+    let mut helm = helm::Helm::new(config.helm_path.clone()).map_err(StartError::Helm)?;
+    if let Some(post_renderer) = &config.post_renderer {
+        helm = helm
+            .with_post_renderer(&post_renderer.weir_binary)
+            .map_err(StartError::Helm)?;
+    }
     let metrics = Arc::new(Metrics::default());
     let watches = config
         .watches

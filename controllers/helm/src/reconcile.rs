@@ -44,6 +44,8 @@ pub struct Desired {
     pub chart_path: PathBuf,
     pub values: serde_json::Value,
     pub config_digest: String,
+    /// The digest of `spec.postRenderers`, when there are any.
+    pub post_renderers_digest: Option<String>,
 }
 
 /// The one next thing to do.
@@ -89,7 +91,8 @@ pub fn next(
     let differs = state != "deployed"
         || latest.chart.metadata.name != desired.chart_name
         || latest.chart.metadata.version != desired.chart_version
-        || storage::config_digest(&config_of(latest)) != desired.config_digest;
+        || storage::config_digest(&config_of(latest)) != desired.config_digest
+        || status.observed_post_renderers_digest != desired.post_renderers_digest;
     if differs || forced {
         if forced && !differs {
             return Next::Upgrade;
@@ -182,7 +185,7 @@ pub async fn run(
     status: &mut HelmReleaseStatus,
     attempt: &mut Attempt,
 ) -> Result<(), HelmReleaseError> {
-    if let Some(problem) = actions::unsupported(hr) {
+    if let Some(problem) = actions::unsupported_by(ctx, hr) {
         return Err(HelmReleaseError::Unsupported(problem));
     }
     check_dependencies(hr, ctx).await?;
@@ -301,6 +304,7 @@ async fn desired(
         chart_path,
         config_digest: storage::config_digest(&values),
         values,
+        post_renderers_digest: crate::postrender::digest(&hr.spec.post_renderers),
     })
 }
 
@@ -498,6 +502,9 @@ async fn release(
             status.failures = 0;
             status.install_failures = 0;
             status.upgrade_failures = 0;
+            status
+                .observed_post_renderers_digest
+                .clone_from(&desired.post_renderers_digest);
             attempt.released = Some((ok_reason, message));
             Ok(())
         }
@@ -943,6 +950,7 @@ mod tests {
             chart_path: PathBuf::from("/dev/null"),
             config_digest: storage::config_digest(&values),
             values,
+            post_renderers_digest: None,
         }
     }
 

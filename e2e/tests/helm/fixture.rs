@@ -39,11 +39,20 @@ impl Fixture {
         let configs = ControllerConfigs::new(ns.name()).sharing(&watches);
         let source =
             weir_source::start(client.clone(), configs.source(storage.path()), false).await?;
-        let helm_config = configs.helm(
-            harness.tool("helm"),
-            harness.kubeconfig_path(),
-            cache.path(),
-        );
+        let helm_config = weir_helm::Config {
+            // Long, so dependsOn tests prove that a dependency becoming Ready starts its
+            // dependents at once.
+            dependency_requeue: std::time::Duration::from_secs(600),
+            post_renderer: Some(weir_helm::PostRendererConfig {
+                weir_binary: weir_binary(),
+                kustomize: harness.tool("kustomize"),
+            }),
+            ..configs.helm(
+                harness.tool("helm"),
+                harness.kubeconfig_path(),
+                cache.path(),
+            )
+        };
         let helm = weir_helm::start(client.clone(), helm_config.clone(), false).await?;
         let repo: HelmRepository = manifest::from_value(json!({
             "apiVersion": "source.toolkit.fluxcd.io/v1",
@@ -447,6 +456,15 @@ impl Fixture {
             })
             .collect())
     }
+}
+
+/// The `weir` binary Helm runs as its post-renderer plugin: `WEIR_BIN` (as `make test` sets
+/// it), else the workspace's debug build.
+pub(crate) fn weir_binary() -> std::path::PathBuf {
+    std::env::var_os("WEIR_BIN").map_or_else(
+        || weir_e2e::repo_root().join("target/debug/weir"),
+        std::path::PathBuf::from,
+    )
 }
 
 /// Merges `patch` into `target` (objects deeply; anything else replaced).

@@ -7,5 +7,6 @@
 mod depends_on;
 mod drift;
 mod fixture;
+mod post_render;
 mod release;
 mod remediation;

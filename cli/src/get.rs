@@ -3,9 +3,10 @@
 //! user's own kubeconfig (so Kubernetes RBAC decides what they see).
 //!
 //! The REVISION column holds what each kind calls its revision: the stored artifact's for a
-//! source, the last applied one for a Kustomization, the latest image for an ImagePolicy, the
-//! scanned tags' for an ImageRepository, and the last pushed commit for an
-//! ImageUpdateAutomation.
+//! source, the chart version of the latest release for a HelmRelease (of the last attempt
+//! before any release, as `flux get helmreleases` falls back), the last applied one for a
+//! Kustomization, the latest image for an ImagePolicy, the scanned tags' for an
+//! ImageRepository, and the last pushed commit for an ImageUpdateAutomation.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -17,8 +18,8 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use weir_api::{
-    GitRepository, HelmChart, HelmRepository, ImagePolicy, ImageRepository, ImageUpdateAutomation,
-    Kustomization,
+    GitRepository, HelmChart, HelmRelease, HelmReleaseStatus, HelmRepository, ImagePolicy,
+    ImageRepository, ImageUpdateAutomation, Kustomization,
     status::{ObjectStatus, Reconciled},
 };
 
@@ -50,6 +51,9 @@ pub struct Args {
 pub enum What {
     /// GitRepository, HelmRepository, HelmChart.
     Sources,
+    /// HelmRelease (also `hr`, `helmrelease`, as flux takes it).
+    #[value(name = "helmreleases", alias = "hr", alias = "helmrelease")]
+    HelmReleases,
     /// Kustomization.
     Kustomizations,
     /// ImageRepository, ImagePolicy, ImageUpdateAutomation.
@@ -92,10 +96,7 @@ pub fn run(args: &Args) -> ExitCode {
     };
     match runtime.block_on(rows(args)) {
         Ok(rows) => match render(&rows, args.output, args.all_namespaces) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
+            Ok(text) => print(&text),
             Err(error) => {
                 eprintln!("weir get: {error}");
                 ExitCode::FAILURE
@@ -103,6 +104,24 @@ pub fn run(args: &Args) -> ExitCode {
         },
         Err(error) => {
             eprintln!("weir get: {}", weir_runtime::chain(&*error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to stdout; a reader that stopped reading (`weir get -A | head`) is not an
+/// error, as for any filter, where `print!` would panic.
+fn print(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("weir get: cannot write the rows: {error}");
             ExitCode::FAILURE
         }
     }
@@ -170,6 +189,13 @@ async fn rows(args: &Args) -> Result<Vec<Row>, BoxError> {
                 .await?,
         );
     }
+    if matches!(args.what, What::HelmReleases | What::All) {
+        rows.extend(
+            lister
+                .rows::<HelmRelease>(|o| helm_release_revision(o.status.as_ref()?))
+                .await?,
+        );
+    }
     if matches!(args.what, What::Kustomizations | What::All) {
         rows.extend(
             lister
@@ -205,6 +231,16 @@ async fn rows(args: &Args) -> Result<Vec<Row>, BoxError> {
         );
     }
     Ok(rows)
+}
+
+/// A HelmRelease's revision as `flux get helmreleases` shows it: the chart version of the
+/// latest release in its history, else of the last attempt.
+fn helm_release_revision(status: &HelmReleaseStatus) -> Option<String> {
+    status
+        .history
+        .first()
+        .map(|latest| latest.chart_version.clone())
+        .or_else(|| status.last_attempted_revision.clone())
 }
 
 /// Lists kinds in one namespace, or all.
@@ -397,6 +433,43 @@ mod tests {
         assert_eq!(short_revision("sha256:deadbeefcafe"), "sha256:deadbeef");
         assert_eq!(short_revision("1.2.3"), "1.2.3");
         assert_eq!(short_revision("v1@sha1:abc"), "v1@sha1:abc");
+    }
+
+    #[test]
+    fn a_helm_releases_revision_is_its_latest_charts_version_as_flux_shows_it() {
+        let snapshot = |version: i64, chart_version: &str| weir_api::helm_release::Snapshot {
+            version,
+            chart_version: chart_version.to_owned(),
+            ..Default::default()
+        };
+        let cases = [
+            (vec![], None, None),
+            (vec![], Some("1.0.0"), Some("1.0.0")),
+            (
+                vec![snapshot(2, "1.1.0"), snapshot(1, "1.0.0")],
+                Some("2.0.0"),
+                Some("1.1.0"),
+            ),
+        ];
+        for (history, last_attempted, want) in cases {
+            let status = HelmReleaseStatus {
+                history,
+                last_attempted_revision: last_attempted.map(str::to_owned),
+                ..Default::default()
+            };
+            assert_eq!(
+                helm_release_revision(&status).as_deref(),
+                want,
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn helm_releases_are_named_as_flux_names_them() {
+        for name in ["helmreleases", "helmrelease", "hr"] {
+            assert_eq!(What::from_str(name, false), Ok(What::HelmReleases));
+        }
     }
 
     #[test]

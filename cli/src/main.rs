@@ -22,8 +22,18 @@ enum Command {
     Version,
     /// Run Weir's controllers against the cluster of the current kubeconfig.
     Controllers(controllers::Args),
-    /// Show the state of sources, Kustomizations and image automation, as `flux get` does.
+    /// Show the state of sources, HelmReleases, Kustomizations and image automation, as `flux get`
+    /// does.
     Get(get::Args),
+    /// Helm's post-renderer plugin for a HelmRelease's `spec.postRenderers` (run by Helm, not by
+    /// people): reads rendered manifests on stdin, writes them post-rendered to stdout.
+    #[command(name = "helm-post-render", hide = true)]
+    HelmPostRender {
+        /// The post-renderers, as JSON.
+        renderers: std::path::PathBuf,
+        /// The `kustomize` binary.
+        kustomize: std::path::PathBuf,
+    },
 }
 
 const fn version_line() -> &'static str {
@@ -44,5 +54,15 @@ fn main() -> ExitCode {
         }
         Command::Controllers(args) => controllers::run(&args),
         Command::Get(args) => get::run(&args),
+        Command::HelmPostRender {
+            renderers,
+            kustomize,
+        } => match weir_helm::postrender::run_as_plugin(&renderers, &kustomize) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("Error: {}", weir_runtime::chain(&error));
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,7 +1,7 @@
 //! The `flux` CLI pointed at Weir's controllers, in-process and scoped to one namespace.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -73,37 +73,12 @@ impl Fixture {
 
     /// Runs `flux <args> -n <namespace>` without blocking the controllers on this runtime.
     pub(crate) async fn run(&self, args: &[&str]) -> Result<Run> {
-        let output = tokio::process::Command::new(&self.flux)
-            .args(args)
-            .args(["--namespace", self.ns.name(), "--timeout", "60s"])
-            .env("KUBECONFIG", &self.kubeconfig)
-            // No colour, no spinner: plain lines to compare.
-            .env("NO_COLOR", "1")
-            .env("TERM", "dumb")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("running {}", self.flux.display()))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        Ok(Run {
-            code: output.status.code(),
-            all: format!("{stdout}{stderr}"),
-            stdout,
-        })
+        flux(&self.flux, &self.kubeconfig, self.ns.name(), args).await
     }
 
     /// Runs `flux <args>` and fails unless it exits 0.
     pub(crate) async fn ok(&self, args: &[&str]) -> Result<Run> {
-        let run = self.run(args).await?;
-        ensure!(
-            run.code == Some(0),
-            "flux {} exited with {:?}:\n{}",
-            args.join(" "),
-            run.code,
-            run.all
-        );
-        Ok(run)
+        self.run(args).await?.succeeded(args)
     }
 
     pub(crate) fn api<K>(&self) -> Api<K>
@@ -164,6 +139,47 @@ impl Fixture {
     pub(crate) async fn config_map_value(&self) -> Result<Option<String>> {
         let cm = self.api::<ConfigMap>().get_opt("demo").await?;
         Ok(cm.and_then(|c| c.data).and_then(|d| d.get("a").cloned()))
+    }
+}
+
+/// Runs the `flux` at `path` with `args` in `namespace`, as the user of `kubeconfig`.
+pub(crate) async fn flux(
+    path: &Path,
+    kubeconfig: &Path,
+    namespace: &str,
+    args: &[&str],
+) -> Result<Run> {
+    let output = tokio::process::Command::new(path)
+        .args(args)
+        .args(["--namespace", namespace, "--timeout", "60s"])
+        .env("KUBECONFIG", kubeconfig)
+        // No colour, no spinner: plain lines to compare.
+        .env("NO_COLOR", "1")
+        .env("TERM", "dumb")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {}", path.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    Ok(Run {
+        code: output.status.code(),
+        all: format!("{stdout}{stderr}"),
+        stdout,
+    })
+}
+
+impl Run {
+    /// The run, or an error with its output unless it exited 0.
+    pub(crate) fn succeeded(self, args: &[&str]) -> Result<Self> {
+        ensure!(
+            self.code == Some(0),
+            "flux {} exited with {:?}:\n{}",
+            args.join(" "),
+            self.code,
+            self.all
+        );
+        Ok(self)
     }
 }
 

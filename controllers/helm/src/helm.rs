@@ -660,7 +660,9 @@ impl Helm {
         let stdout = tempfile::tempfile_in(self.home.path()).map_err(output_error)?;
         let stderr = tempfile::tempfile_in(self.home.path()).map_err(output_error)?;
         let env = helm_env(self.home.path(), &target.kube, |key| std::env::var_os(key));
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        die_with_parent(&mut command);
+        let child = command
             .args(args)
             .env_clear()
             .envs(env)
@@ -698,6 +700,29 @@ impl Helm {
                 .await
                 .map_err(output_error)?,
         })
+    }
+}
+
+/// Has the kernel send Helm SIGTERM when Weir dies, however it dies (SIGKILL included): Helm's
+/// install and upgrade answer SIGTERM by recording the release as failed, so no Helm outlives
+/// Weir to finish (or leave pending) a release the next Weir would act on at the same time.
+/// The signal follows the thread that started Helm: Tokio's worker threads live as long as the
+/// runtime, and Helm is started from them.
+fn die_with_parent(command: &mut Command) {
+    let weir = rustix::process::getpid();
+    // SAFETY: runs in the child between fork and exec, calling only the async-signal-safe
+    // prctl(2) and getppid(2) through rustix's wrappers, allocating nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)?;
+            // Weir died between the fork and the prctl: no signal would come.
+            if rustix::process::getppid() != Some(weir) {
+                return Err(std::io::Error::other("weir exited before helm started"));
+            }
+            Ok(())
+        });
     }
 }
 

@@ -110,10 +110,93 @@ async fn flux_installs_gets_and_upgrades_a_helm_release_released_by_weir() -> Re
 async fn a_weir_killed_mid_upgrade_leaves_pending_upgrade_that_the_next_weir_unlocks() -> Result<()>
 {
     let f = HelmFixture::start().await?;
+    let (mut weir, api) = upgrade_waiting(&f, "cli-killed").await?;
+    let killed = weir.kill_with_helm()?;
+    ensure!(
+        killed.helms > 0,
+        "no helm was running under weir:\n{}",
+        weir.log()
+    );
+    assert_eq!(
+        f.latest_revision("app").await?,
+        (2, "pending-upgrade".to_owned()),
+        "the killed upgrade stays pending"
+    );
+
+    // The values fixed, and a new process.
+    fix_values(&api).await?;
+    weir.restart()?;
+    let ready = weir_e2e::wait_ready(&api, "app", "True", Some(hr::UPGRADE_SUCCEEDED_REASON))
+        .await
+        .with_context(|| weir.log())?;
+    let status = ready.status.unwrap_or_default();
+    let latest = status.history.first().context("an empty history")?;
+    assert_eq!((latest.version, latest.status.as_str()), (3, "deployed"));
+
+    // Helm's history: the killed upgrade failed with Flux's unlock message, then the upgrade
+    // of the fixed values.
+    let revisions = f.helm_history("app", "description").await?;
+    let revision =
+        |n: i64, status: &str, description: &str| (n, status.to_owned(), description.to_owned());
+    assert_eq!(
+        revisions,
+        [
+            revision(1, "superseded", "Install complete"),
+            revision(
+                2,
+                "failed",
+                "Release unlocked from stale 'pending-upgrade' state"
+            ),
+            revision(3, "deployed", "Upgrade complete"),
+        ]
+    );
+    Ok(())
+}
+
+/// A weir killed alone (SIGKILL to its pid, its Helm untouched) takes its Helm with it: the
+/// kernel sends Helm SIGTERM (Helm's parent-death signal), Helm records the upgrade failed
+/// itself, and the next process upgrades — never two Helms on one release, never two
+/// `deployed` revisions.
+#[tokio::test]
+async fn a_weir_killed_alone_takes_its_helm_with_it() -> Result<()> {
+    let f = HelmFixture::start().await?;
+    let (mut weir, api) = upgrade_waiting(&f, "cli-alone").await?;
+    let killed = weir.kill_alone()?;
+    ensure!(
+        killed.helms > 0,
+        "no helm was running under weir:\n{}",
+        weir.log()
+    );
+    assert_eq!(
+        f.latest_revision("app").await?,
+        (2, "failed".to_owned()),
+        "Helm, stopped by SIGTERM, recorded its upgrade failed"
+    );
+    fix_values(&api).await?;
+    weir.restart()?;
+    weir_e2e::wait_ready(&api, "app", "True", Some(hr::UPGRADE_SUCCEEDED_REASON))
+        .await
+        .with_context(|| weir.log())?;
+    let statuses: Vec<String> = f
+        .helm_history("app", "description")
+        .await?
+        .into_iter()
+        .map(|(_, status, _)| status)
+        .collect();
+    assert_eq!(statuses, ["superseded", "failed", "deployed"]);
+    Ok(())
+}
+
+/// A `weir controllers` process that installed HelmRelease `app` and is upgrading it to a
+/// Deployment no node may run, Helm waiting on it (revision 2 `pending-upgrade`).
+async fn upgrade_waiting(
+    f: &HelmFixture,
+    chart_hint: &str,
+) -> Result<(WeirProcess, Api<HelmRelease>)> {
     let ns = f.ns.name();
-    let chart = unique_name("cli-killed", 30);
+    let chart = unique_name(chart_hint, 30);
     f.harness.charts().publish(&deployment_chart(&chart))?;
-    let mut weir = WeirProcess::start(f.harness, ns)?;
+    let weir = WeirProcess::start(f.harness, ns)?;
     f.flux_ok(&[
         "create",
         "source",
@@ -165,50 +248,14 @@ async fn a_weir_killed_mid_upgrade_leaves_pending_upgrade_that_the_next_weir_unl
     })
     .await
     .with_context(|| weir.log())?;
-    let killed = weir.kill_with_helm()?;
-    ensure!(
-        killed.helms > 0,
-        "no helm was running under weir:\n{}",
-        weir.log()
-    );
-    assert_eq!(
-        f.latest_revision("app").await?,
-        (2, "pending-upgrade".to_owned()),
-        "the killed upgrade stays pending"
-    );
+    Ok((weir, api))
+}
 
-    // The values fixed, and a new process.
-    api.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(&values(json!({ "replicaCount": 0, "nodeSelector": null }))),
-    )
-    .await?;
-    weir.restart()?;
-    let ready = weir_e2e::wait_ready(&api, "app", "True", Some(hr::UPGRADE_SUCCEEDED_REASON))
-        .await
-        .with_context(|| weir.log())?;
-    let status = ready.status.unwrap_or_default();
-    let latest = status.history.first().context("an empty history")?;
-    assert_eq!((latest.version, latest.status.as_str()), (3, "deployed"));
-
-    // Helm's history: the killed upgrade failed with Flux's unlock message, then the upgrade
-    // of the fixed values.
-    let revisions = f.helm_history("app", "description").await?;
-    let revision =
-        |n: i64, status: &str, description: &str| (n, status.to_owned(), description.to_owned());
-    assert_eq!(
-        revisions,
-        [
-            revision(1, "superseded", "Install complete"),
-            revision(
-                2,
-                "failed",
-                "Release unlocked from stale 'pending-upgrade' state"
-            ),
-            revision(3, "deployed", "Upgrade complete"),
-        ]
-    );
+/// The values of HelmRelease `app` fixed: a Deployment that becomes ready.
+async fn fix_values(api: &Api<HelmRelease>) -> Result<()> {
+    let patch = json!({ "spec": { "values": { "replicaCount": 0, "nodeSelector": null } } });
+    api.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -407,6 +454,25 @@ impl WeirProcess {
             .join("\n")
     }
 
+    /// SIGKILLs the weir process alone and waits until the Helm processes it ran have exited
+    /// (their parent-death signal stops them).
+    fn kill_alone(&mut self) -> Result<Killed> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Killed { helms: 0 });
+        };
+        let pid = child.id();
+        let helms: Vec<u32> = children(pid)
+            .into_iter()
+            .filter(|&p| command_name(p).as_deref() == Some("helm"))
+            .collect();
+        child.kill()?;
+        child.wait()?;
+        for helm in &helms {
+            wait_gone(*helm)?;
+        }
+        Ok(Killed { helms: helms.len() })
+    }
+
     /// SIGKILLs the process's group and the group of every `helm` it runs (Weir starts Helm as
     /// the leader of its own group, so that a stop reaches the credential plugins Helm starts;
     /// killing weir's group alone would leave Helm running), as a pod's death kills every
@@ -420,7 +486,9 @@ impl WeirProcess {
             .into_iter()
             .filter(|&p| command_name(p).as_deref() == Some("helm"))
             .collect();
-        for group in std::iter::once(pid).chain(helms.iter().copied()) {
+        // Helm's groups first: killed after weir, a Helm would get its parent-death SIGTERM and
+        // record the release failed before the SIGKILL.
+        for group in helms.iter().copied().chain(std::iter::once(pid)) {
             let status = std::process::Command::new("kill")
                 .args(["-KILL", "--", &format!("-{group}")])
                 .status()?;
@@ -468,14 +536,15 @@ fn command_name(pid: u32) -> Option<String> {
         .map(|c| c.trim_end().to_owned())
 }
 
-/// Waits (briefly: SIGKILL is immediate) until `pid`, which is not our child, has exited: gone,
-/// or a zombie its new parent has not reaped yet.
+/// Waits (at most 30 s: SIGKILL is immediate, a Helm stopped by SIGTERM records its release
+/// first) until `pid`, which is not our child, has exited: gone, or a zombie its new parent has
+/// not reaped yet.
 fn wait_gone(pid: u32) -> Result<()> {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         match stat_field(pid, 0).as_deref() {
             None | Some("Z" | "X") => return Ok(()),
             Some(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
         }
     }
-    anyhow::bail!("process {pid} still runs after SIGKILL")
+    anyhow::bail!("process {pid} still runs 30 s after it was signalled")
 }

@@ -10,3 +10,4 @@ mod fixture;
 mod post_render;
 mod release;
 mod remediation;
+mod sources;

@@ -658,6 +658,9 @@ pub struct HelmReleaseStatus {
     /// The digest of the post-renderers of the last release made (`sha256:<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_post_renderers_digest: Option<String>,
+    /// The objects of the latest release's manifest (Flux's `status.inventory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<crate::kustomize::ResourceInventory>,
     /// The last `reconcile.fluxcd.io/forceAt` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_force_at: Option<String>,

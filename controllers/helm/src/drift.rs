@@ -64,7 +64,11 @@ fn documents(release: &str, manifest: &str) -> Result<Vec<Value>, DriftError> {
 }
 
 /// The objects of `release`'s manifest, ready to dry-run or apply.
-async fn targets(ctx: &Context, release: &Release) -> Result<Vec<Target>, DriftError> {
+async fn targets(
+    ctx: &Context,
+    release: &Release,
+    for_drift: bool,
+) -> Result<Vec<Target>, DriftError> {
     let name = format!(
         "{}/{}.v{}",
         release.namespace, release.name, release.version
@@ -100,7 +104,7 @@ async fn targets(ctx: &Context, release: &Release) -> Result<Vec<Target>, DriftE
             let pointer = format!("/metadata/{key}/{}", DRIFT_DETECTION_KEY.replace('/', "~1"));
             object.pointer(&pointer).and_then(Value::as_str) == Some("disabled")
         };
-        if disabled("labels") || disabled("annotations") {
+        if for_drift && (disabled("labels") || disabled("annotations")) {
             continue;
         }
         let (group, version) = kinds::split_api_version(&api_version);
@@ -187,7 +191,7 @@ pub async fn check(
         .map(|d| d.ignore.clone())
         .unwrap_or_default();
     let ignore = IgnoreRules::compile(&rules).map_err(DriftError::Ignore)?;
-    let targets = targets(ctx, release).await?;
+    let targets = targets(ctx, release, true).await?;
     let set = ApplySet {
         client: &ctx.base.client,
         counter: &NoCount,
@@ -217,6 +221,24 @@ pub async fn check(
         .await
         .map_err(|failure| DriftError::Ssa(Box::new(failure.error)))?;
     Ok(drifted)
+}
+
+/// The objects of `release`'s manifest as an inventory (sorted, as Flux writes it).
+pub async fn inventory(
+    ctx: &Context,
+    release: &Release,
+) -> Result<weir_api::kustomize::ResourceInventory, DriftError> {
+    let mut entries: Vec<weir_api::kustomize::ResourceRef> = targets(ctx, release, false)
+        .await?
+        .iter()
+        .map(|t| weir_api::kustomize::ResourceRef {
+            id: t.meta.id(),
+            v: kinds::split_api_version(&t.api_version).1.to_owned(),
+        })
+        .collect();
+    entries.sort();
+    entries.dedup();
+    Ok(weir_api::kustomize::ResourceInventory { entries })
 }
 
 /// `Deployment/ns/web changed, ConfigMap/ns/x removed`, as a message lists drift.

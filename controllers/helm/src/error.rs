@@ -55,8 +55,8 @@ pub enum HelmReleaseError {
     /// No retries remain for the current desired state.
     #[error("{0}")]
     RetriesExhausted(String),
-    /// The release's objects could not be compared with its manifest.
-    #[error("drift detection failed: {0}")]
+    /// The release's objects (its manifest's, or the live ones) could not be read.
+    #[error("reading the release's objects: {0}")]
     Drift(String),
     #[error("the reconcile did not finish within {0:?}")]
     Abandoned(Duration),

@@ -209,6 +209,11 @@ pub async fn run(
                     .released
                     .get_or_insert_with(|| in_sync_message(status, &history));
                 if let Some(latest) = history.first() {
+                    status.inventory = Some(
+                        drift::inventory(ctx, latest)
+                            .await
+                            .map_err(|e| HelmReleaseError::Drift(weir_runtime::chain(&e)))?,
+                    );
                     check_drift(hr, ctx, status, latest).await?;
                 }
                 return Ok(());

@@ -116,3 +116,49 @@ async fn install_upgrade_values_and_uninstall_through_helm() -> Result<()> {
     wait_gone(&charts, &format!("{}-app", fx.ns.name())).await?;
     Ok(())
 }
+
+/// A release a person (or Flux's helm-controller) made with the same chart and values is taken
+/// over as it is: no new revision, its objects in the inventory.
+#[tokio::test]
+async fn an_existing_release_is_taken_over_without_a_new_revision() -> Result<()> {
+    let fx = Fixture::start().await?;
+    let chart = unique_name("existing", 30);
+    fx.publish(&app_chart(&chart, "1.0.0")).await?;
+    let repo = weir_e2e::Harness::get().await?.charts().url().to_owned();
+    fx.helm(&[
+        "install",
+        "app",
+        &chart,
+        "--repo",
+        &repo,
+        "--version",
+        "1.0.0",
+    ])
+    .await?;
+    assert_eq!(fx.helm_history("app").await?.len(), 1);
+
+    fx.create("app", &chart, "1.0.0", json!({})).await?;
+    let ready = fx.wait_ready("app", "True", None).await?;
+    let status = ready.status.unwrap_or_default();
+    assert_eq!(status.history.len(), 1, "{:?}", status.history);
+    assert_eq!(status.history[0].version, 1);
+    assert_eq!(fx.helm_history("app").await?.len(), 1, "not released again");
+    let ns = fx.ns.name();
+    let ids: Vec<String> = status
+        .inventory
+        .unwrap_or_default()
+        .entries
+        .into_iter()
+        .map(|e| format!("{}@{}", e.id, e.v))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("{ns}_app-{chart}__ConfigMap@v1"),
+            format!("{ns}_app__Service@v1"),
+            format!("{ns}_app__ServiceAccount@v1"),
+            format!("{ns}_app_apps_Deployment@v1"),
+        ]
+    );
+    Ok(())
+}

@@ -15,11 +15,12 @@ pub(crate) struct Fixture {
     pub(crate) client: kube::Client,
     pub(crate) flux: PathBuf,
     pub(crate) kubeconfig: PathBuf,
-    /// The watches the three controllers share, as in one `weir controllers` process.
+    /// The watches the four controllers share, as in one `weir controllers` process.
     pub(crate) watches: Watches,
     pub(crate) source: weir_source::Handle,
     pub(crate) kustomize: weir_kustomize::Handle,
     pub(crate) image: weir_image::Handle,
+    pub(crate) helm: weir_helm::Handle,
     pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -50,6 +51,16 @@ impl Fixture {
         )
         .await?;
         let image = weir_image::start(client.clone(), configs.image(), false).await?;
+        let helm = weir_helm::start(
+            client.clone(),
+            configs.helm(
+                harness.tool("helm"),
+                harness.kubeconfig_path(),
+                &cache.path().join("charts"),
+            ),
+            false,
+        )
+        .await?;
         Ok(Self {
             ns,
             client,
@@ -59,15 +70,17 @@ impl Fixture {
             source,
             kustomize,
             image,
+            helm,
             _dirs: (storage, cache),
         })
     }
 
-    /// The caches the three controllers wait for, each shared one once.
+    /// The caches the four controllers wait for, each shared one once.
     pub(crate) fn synced(&self) -> weir_runtime::controller::Synced {
         let mut synced = self.source.synced.clone();
         synced.extend(&self.kustomize.synced);
         synced.extend(&self.image.synced);
+        synced.extend(&self.helm.synced);
         synced
     }
 

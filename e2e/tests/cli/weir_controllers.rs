@@ -7,18 +7,20 @@ use weir_e2e::{Harness, wait_until};
 
 use crate::fixture::*;
 
-/// The controllers of one process share their watches: each of the seven kinds they read is
+/// The controllers of one process share their watches: each of the eight kinds they read is
 /// listed and watched once, however many controllers read it (the source controller reads
 /// GitRepository three times, for itself, for includes and for HelmCharts, and HelmRepository
-/// three times, for itself, for the static OCI ones and for HelmCharts; the kustomize controller GitRepository for new
-/// artifacts and Kustomization twice, for itself and for dependencies; the image controller
-/// ImageRepository and ImagePolicy twice), and readiness waits for each of them once.
+/// three times, for itself, for the static OCI ones and for HelmCharts; the kustomize controller
+/// GitRepository for new artifacts, Kustomization twice, for itself and for dependencies, and
+/// HelmRelease for dependencies; the image controller ImageRepository and ImagePolicy twice;
+/// the helm controller HelmRelease twice, HelmChart and Kustomization), and readiness waits for
+/// each of them once.
 #[tokio::test]
 async fn controllers_in_one_process_watch_each_kind_once() -> Result<()> {
     let f = Fixture::start().await?;
-    assert_eq!(f.watches.len(), 7, "{:?}", f.watches);
+    assert_eq!(f.watches.len(), 8, "{:?}", f.watches);
     let synced = f.synced();
-    assert_eq!(synced.len(), 7);
+    assert_eq!(synced.len(), 8);
     wait_until("the shared caches to sync", || async {
         if synced.is_synced() {
             Ok(())
@@ -64,6 +66,10 @@ impl WeirProcess {
             .arg(dir.path().join("cache"))
             .arg("--kustomize-path")
             .arg(harness.tool("kustomize"))
+            .arg("--helm-path")
+            .arg(harness.tool("helm"))
+            .arg("--chart-cache-path")
+            .arg(dir.path().join("charts"))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("weir.log"))?)
             .kill_on_drop(true);
@@ -172,6 +178,7 @@ async fn readyz_waits_until_every_kinds_cache_has_synced() -> Result<()> {
                 &[
                     rule("source.toolkit.fluxcd.io", &["*"]),
                     rule("kustomize.toolkit.fluxcd.io", &["*"]),
+                    rule("helm.toolkit.fluxcd.io", &["*"]),
                     rule(
                         "image.toolkit.fluxcd.io",
                         &["imagerepositories", "imageupdateautomations"],

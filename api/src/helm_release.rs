@@ -5,9 +5,12 @@
 //! the schema (the API server rejects them): `kubeConfig`, `persistentClient` (Weir runs Helm as
 //! a process per action), `commonMetadata`, the deprecated post-renderer fields
 //! (`patchesStrategicMerge`, `patchesJson6902`), `chart.spec.verify`,
-//! the deprecated `valuesFile` and `install.skipCRDs`, `chartRef` to an OCIRepository, and the
-//! CRD policies Helm itself cannot carry out (`install.crds: CreateReplace`, `upgrade.crds`):
-//! Helm installs a chart's CRDs and never replaces them.
+//! the deprecated `valuesFile` and `install.skipCRDs`, and `chartRef` to an OCIRepository.
+//!
+//! CRD policies are Flux's: `install.crds` (`Create` by default) and `upgrade.crds` (`Skip` by
+//! default). Helm itself only creates a chart's CRDs on install, so the controller applies them
+//! itself where the policy asks for more (`CreateReplace` on install, `Create` or
+//! `CreateReplace` on upgrade).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -143,6 +146,12 @@ pub struct HelmReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
+    /// Weir's extension: CEL expressions that decide the health of the release's objects of a
+    /// kind after an install or upgrade (as a Kustomization's `healthCheckExprs`), on top of
+    /// Helm's own kstatus wait; an object failing them fails the action (and remediation
+    /// follows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_check_exprs: Vec<crate::kustomize::CustomHealthCheck>,
     /// Whether and how the live objects are compared with the release's manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift_detection: Option<DriftDetection>,
@@ -363,7 +372,8 @@ pub struct Install {
     /// Reuse the name of a release uninstalled with its history kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replace: bool,
-    /// What is done with the chart's CRDs: `Create` (default) or `Skip`.
+    /// What is done with the chart's CRDs on install: `Create` (default), `CreateReplace` or
+    /// `Skip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crds: Option<CrdsPolicy>,
     /// Create the target namespace if it does not exist (it is not deleted on uninstall).
@@ -426,6 +436,10 @@ pub struct Upgrade {
     /// Delete the objects a failed upgrade created.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cleanup_on_fail: bool,
+    /// What is done with the chart's CRDs on upgrade: `Skip` (default), `Create` or
+    /// `CreateReplace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crds: Option<CrdsPolicy>,
 }
 
 /// What a failed upgrade leads to.
@@ -462,6 +476,8 @@ pub enum CrdsPolicy {
     Skip,
     /// New CRDs created; existing ones left as they are.
     Create,
+    /// New CRDs created, existing ones replaced; none deleted.
+    CreateReplace,
 }
 
 /// The chart's tests.
@@ -884,7 +900,7 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     fn values_and_flux_field_names_round_trip() {
         let hr = release(
-            "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: a, namespace: b}\nspec:\n  interval: 1m\n  chart:\n    spec: {chart: podinfo, sourceRef: {kind: HelmRepository, name: repo}}\n  install: {disableOpenAPIValidation: true, crds: Skip, remediation: {retries: -1}}\n  upgrade: {remediation: {strategy: uninstall}}\n  uninstall: {deletionPropagation: orphan}\n  valuesFrom: [{kind: Secret, name: s, valuesKey: k, targetPath: a.b}]\n  values: {replicaCount: 0, nested: {list: [1, 2]}}\n",
+            "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: a, namespace: b}\nspec:\n  interval: 1m\n  chart:\n    spec: {chart: podinfo, sourceRef: {kind: HelmRepository, name: repo}}\n  install: {disableOpenAPIValidation: true, crds: Skip, remediation: {retries: -1}}\n  upgrade: {remediation: {strategy: uninstall}, crds: CreateReplace}\n  uninstall: {deletionPropagation: orphan}\n  valuesFrom: [{kind: Secret, name: s, valuesKey: k, targetPath: a.b}]\n  values: {replicaCount: 0, nested: {list: [1, 2]}}\n",
         );
         let chart = hr.spec.chart.as_ref().unwrap();
         assert_eq!(chart.spec.version, "*");
@@ -902,7 +918,12 @@ mod tests {
                 .strategy(),
             RemediationStrategy::Uninstall
         );
+        assert_eq!(
+            hr.spec.upgrade.as_ref().unwrap().crds,
+            Some(CrdsPolicy::CreateReplace)
+        );
         let json = serde_json::to_value(&hr).unwrap();
+        assert_eq!(json["spec"]["upgrade"]["crds"], "CreateReplace");
         assert_eq!(json["spec"]["install"]["disableOpenAPIValidation"], true);
         assert_eq!(json["spec"]["values"]["nested"]["list"][1], 2);
         assert_eq!(json["spec"]["uninstall"]["deletionPropagation"], "orphan");

@@ -124,7 +124,8 @@ impl Chart {
         self
     }
 
-    /// Adds a file at the chart's root, such as `values.schema.json`.
+    /// Adds a file at `path` from the chart's root, such as `values.schema.json` or
+    /// `crds/widgets.yaml`.
     #[must_use]
     pub fn file(mut self, path: &str, content: &str) -> Self {
         self.files.insert(path.to_owned(), content.to_owned());
@@ -162,6 +163,11 @@ impl Chart {
             files.push((dir.join(file), content.as_str()));
         }
         for (path, content) in files {
+            // Files may be in directories of their own (`crds/…`).
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(Error::io(format!("making {}", parent.display())))?;
+            }
             std::fs::write(&path, content)
                 .map_err(Error::io(format!("writing {}", path.display())))?;
         }

@@ -1,6 +1,7 @@
 //! The Helm actions of a HelmRelease, as the spec configures them: the options each `helm`
 //! call gets (timeouts, waits, hooks, history, impersonation) from `install`, `upgrade`,
-//! `rollback`, `uninstall` and `test`.
+//! `rollback`, `uninstall` and `test`, and the chart's CRDs applied before an install or an
+//! upgrade where the CRD policy asks for more than Helm does ([`crate::crds`]).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use weir_api::GoDuration;
 use weir_api::helm_release::{CrdsPolicy, DeletionPropagation, HelmRelease};
 
 use crate::Context;
+use crate::crds;
 use crate::error::HelmReleaseError;
 use crate::helm::{
     self, Impersonation, InstallOptions, KubeAccess, ReleaseTarget, RollbackOptions,
@@ -77,6 +79,30 @@ fn with_post_render_error(error: String, renderers: Option<&tempfile::TempPath>)
     }
 }
 
+/// Applies the chart's CRDs as `policy` says, with the access Helm gets for `target`, each
+/// waited for up to the action's timeout; a failure names the CRD and its file in the chart.
+async fn apply_crds(
+    ctx: &Context,
+    desired: &Desired,
+    target: &ReleaseTarget,
+    policy: crds::Policy,
+) -> Result<(), String> {
+    let chain = |e: crds::CrdError| weir_runtime::chain(&e);
+    let client = ctx
+        .crd_clients
+        .for_access(&ctx.base.client, &target.kube)
+        .await
+        .map_err(chain)?;
+    let chart_crds = crds::read_chart(&desired.chart_path).await.map_err(chain)?;
+    let written = crds::apply(&client, &chart_crds, policy, target.timeout)
+        .await
+        .map_err(chain)?;
+    if !written.is_empty() {
+        tracing::info!(release = %format!("{}/{}", target.namespace, target.name), crds = ?written, ?policy, "applied the chart's CRDs");
+    }
+    Ok(())
+}
+
 /// Installs the desired chart and values; returns the new revision.
 pub async fn install(
     ctx: &Context,
@@ -94,6 +120,7 @@ pub async fn install(
         crds: match spec.crds {
             Some(CrdsPolicy::Skip) => helm::CrdPolicy::Skip,
             Some(CrdsPolicy::Create) | None => helm::CrdPolicy::Create,
+            Some(CrdsPolicy::CreateReplace) => helm::CrdPolicy::CreateReplace,
         },
         wait: !spec.disable_wait,
         wait_for_jobs: !spec.disable_wait_for_jobs,
@@ -106,15 +133,16 @@ pub async fn install(
     };
     let mut options = options;
     let renderers = post_render(ctx, hr, &mut options.post_render_args)?;
+    let target = target(ctx, hr, spec.timeout.as_ref());
+    // Helm creates the CRDs that do not exist (with `CreateReplace` too: those of the
+    // subcharts its values enable, which Weir does not read); replacing is Weir's.
+    if options.crds == helm::CrdPolicy::CreateReplace {
+        apply_crds(ctx, desired, &target, crds::Policy::CreateReplace).await?;
+    }
     ctx.metrics.helm_run();
     let release = ctx
         .helm
-        .install(
-            &target(ctx, hr, spec.timeout.as_ref()),
-            &desired.chart_path,
-            &values,
-            &options,
-        )
+        .install(&target, &desired.chart_path, &values, &options)
         .await
         .map_err(|e| with_post_render_error(message(&e), renderers.as_ref()))?;
     Ok(release.version)
@@ -142,15 +170,21 @@ pub async fn upgrade(ctx: &Context, hr: &HelmRelease, desired: &Desired) -> Resu
     };
     let mut options = options;
     let renderers = post_render(ctx, hr, &mut options.post_render_args)?;
+    let target = target(ctx, hr, spec.timeout.as_ref());
+    // Helm's upgrade never touches CRDs: any policy but `Skip` is carried out here.
+    match spec.crds {
+        Some(CrdsPolicy::Skip) | None => {}
+        Some(CrdsPolicy::Create) => {
+            apply_crds(ctx, desired, &target, crds::Policy::Create).await?;
+        }
+        Some(CrdsPolicy::CreateReplace) => {
+            apply_crds(ctx, desired, &target, crds::Policy::CreateReplace).await?;
+        }
+    }
     ctx.metrics.helm_run();
     let release = ctx
         .helm
-        .upgrade(
-            &target(ctx, hr, spec.timeout.as_ref()),
-            &desired.chart_path,
-            &values,
-            &options,
-        )
+        .upgrade(&target, &desired.chart_path, &values, &options)
         .await
         .map_err(|e| with_post_render_error(message(&e), renderers.as_ref()))?;
     Ok(release.version)

@@ -241,6 +241,49 @@ pub async fn inventory(
     Ok(weir_api::kustomize::ResourceInventory { entries })
 }
 
+/// Waits until the objects of `release` that `hr.spec.healthCheckExprs` speak of are healthy
+/// by those expressions, for at most the release's timeout; the error names each unhealthy
+/// object.
+pub async fn check_health(
+    ctx: &Context,
+    hr: &HelmRelease,
+    release: &Release,
+    rules: &weir_ssa::HealthRules,
+) -> Result<(), DriftError> {
+    let kinds: Vec<(String, String)> = hr
+        .spec
+        .health_check_exprs
+        .iter()
+        .map(|e| (e.api_version.clone(), e.kind.clone()))
+        .collect();
+    let objects: Vec<weir_ssa::HealthTarget> = targets(ctx, release, false)
+        .await?
+        .into_iter()
+        .filter(|t| {
+            kinds
+                .iter()
+                .any(|(api_version, kind)| *api_version == t.api_version && *kind == t.meta.kind)
+        })
+        .map(|t| weir_ssa::HealthTarget {
+            meta: t.meta,
+            resource: t.resource,
+            namespaced: t.namespaced,
+        })
+        .collect();
+    let ignore = IgnoreRules::default();
+    let set = ApplySet {
+        client: &ctx.base.client,
+        counter: &NoCount,
+        field_manager: HELM_FIELD_MANAGER,
+        force: false,
+        timeout: hr.timeout(),
+        ignore: &ignore,
+    };
+    set.wait_healthy(&objects, rules)
+        .await
+        .map_err(|e| DriftError::Ssa(Box::new(e)))
+}
+
 /// `Deployment/ns/web changed, ConfigMap/ns/x removed`, as a message lists drift.
 #[must_use]
 pub fn describe(drifted: &[(String, Change)]) -> String {

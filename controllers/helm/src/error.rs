@@ -43,6 +43,9 @@ pub enum HelmReleaseError {
     Storage(#[source] StorageError),
     #[error("cannot prepare Helm")]
     Init(#[source] HelmError),
+    /// A `healthCheckExprs` expression does not compile.
+    #[error("invalid healthCheckExprs")]
+    HealthCheckExpr(#[source] weir_ssa::HealthExprError),
     /// The spec asks for what Weir does not do; only a change of the spec helps.
     #[error("{0}")]
     Unsupported(String),
@@ -76,6 +79,7 @@ impl Failure for HelmReleaseError {
             Self::Storage(_) => hr::GET_LAST_RELEASE_FAILED_REASON,
             Self::Action { reason, .. } => reason,
             Self::RetriesExhausted(_) => RETRIES_EXCEEDED_REASON,
+            Self::HealthCheckExpr(_) => reasons::INVALID_CEL_EXPRESSION,
             Self::Abandoned(_) | Self::Kube(_) | Self::Drift(_) => reasons::RECONCILIATION_FAILED,
         }
     }
@@ -88,9 +92,10 @@ impl Failure for HelmReleaseError {
             Self::Values(error) if error.is_waiting() => Disposition::Waiting(VALUES_RECHECK),
             // Only a change of the spec, or `resetAt`, lets a release with no retries left be
             // attempted again (both start a reconcile).
-            Self::RetriesExhausted(_) | Self::Unsupported(_) | Self::Dependency(_) => {
-                Disposition::Stalled
-            }
+            Self::RetriesExhausted(_)
+            | Self::Unsupported(_)
+            | Self::Dependency(_)
+            | Self::HealthCheckExpr(_) => Disposition::Stalled,
             _ => Disposition::Transient,
         }
     }

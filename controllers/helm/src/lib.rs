@@ -27,6 +27,7 @@
 //!   HelmChart made for it.
 
 mod actions;
+pub mod crds;
 pub mod drift;
 pub mod error;
 pub mod helm;
@@ -143,6 +144,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Which resource serves each kind of a release's objects (drift detection).
     pub kinds: weir_ssa::KindCache,
+    /// The clients a chart's CRDs are applied with when `serviceAccountName` is impersonated.
+    pub crd_clients: crds::Clients,
 }
 
 impl std::fmt::Debug for Context {
@@ -290,6 +293,7 @@ pub async fn start(
         helm,
         metrics: metrics.clone(),
         kinds: weir_ssa::KindCache::default(),
+        crd_clients: crds::Clients::default(),
     });
     let mut synced = Synced::default();
     let namespace = namespace.as_deref();

@@ -188,6 +188,9 @@ pub async fn run(
     if let Some(problem) = actions::unsupported_by(ctx, hr) {
         return Err(HelmReleaseError::Unsupported(problem));
     }
+    // Compiled before anything runs: a bad expression stalls whatever the release's state.
+    weir_ssa::HealthRules::compile(&hr.spec.health_check_exprs)
+        .map_err(HelmReleaseError::HealthCheckExpr)?;
     check_dependencies(hr, ctx).await?;
     let desired = desired(hr, ctx, status).await?;
 
@@ -474,10 +477,15 @@ async fn release(
     attempt.acted = true;
     let chart = format!("{}@{}", desired.chart_name, desired.chart_version);
     let target = format!("{}/{}", hr.release_namespace(), hr.release_name());
-    let result = match action {
+    let mut result = match action {
         ReleaseAction::Install => actions::install(ctx, hr, desired, replace).await,
         ReleaseAction::Upgrade => actions::upgrade(ctx, hr, desired).await,
     };
+    if let Ok(version) = result
+        && !hr.spec.health_check_exprs.is_empty()
+    {
+        result = check_health(hr, ctx).await.map(|()| version);
+    }
     let (verb, ok_reason, failed_reason) = match action {
         ReleaseAction::Install => (
             "install",
@@ -536,6 +544,31 @@ async fn release(
             })
         }
     }
+}
+
+/// Helm's kstatus wait passed: the objects `healthCheckExprs` speak of must also be healthy by
+/// those expressions (within the release's timeout).
+async fn check_health(hr: &HelmRelease, ctx: &Context) -> Result<(), String> {
+    let rules = weir_ssa::HealthRules::compile(&hr.spec.health_check_exprs)
+        .map_err(|e| weir_runtime::chain(&e))?;
+    let latest = storage::latest(
+        &ctx.base.client,
+        &hr.storage_namespace(),
+        &hr.release_name(),
+    )
+    .await
+    .map_err(|e| weir_runtime::chain(&e))?
+    .ok_or_else(|| "the release is not in Helm's storage".to_owned())?;
+    let Err(error) = drift::check_health(ctx, hr, &latest, &rules).await else {
+        return Ok(());
+    };
+    let message = format!("health check failed: {}", weir_runtime::chain(&error));
+    // Helm recorded the revision deployed: recorded failed, the next decision remediates and
+    // retries it as it would a failed Helm wait.
+    storage::fail(&ctx.base.client, &hr.storage_namespace(), &latest, &message)
+        .await
+        .map_err(|e| format!("{message}; {}", weir_runtime::chain(&e)))?;
+    Err(message)
 }
 
 /// Remediates the failed `action` when retries remain, or when the last failure is to be

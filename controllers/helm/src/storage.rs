@@ -605,14 +605,29 @@ pub async fn unlock(
     release: &Release,
     message: &str,
 ) -> Result<Release, StorageError> {
-    let name = secret_name(&release.name, release.version);
-    let id = format!("{namespace}/{name}");
     if !is_pending(&release.info.status) {
         return Err(StorageError::NotPending {
-            secret: id,
+            secret: format!(
+                "{namespace}/{}",
+                secret_name(&release.name, release.version)
+            ),
             status: release.info.status.clone(),
         });
     }
+    fail(client, namespace, release, message).await
+}
+
+/// Marks the revision `release` failed with `message`, whatever its status, under the same
+/// conditional write as [`unlock`]: a release Helm deployed whose objects then failed Weir's own
+/// health checks (`healthCheckExprs`), so the next decision sees the failure Helm did not.
+pub async fn fail(
+    client: &kube::Client,
+    namespace: &str,
+    release: &Release,
+    message: &str,
+) -> Result<Release, StorageError> {
+    let name = secret_name(&release.name, release.version);
+    let id = format!("{namespace}/{name}");
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match api.get(&name).await {
         Ok(secret) => secret,
@@ -627,7 +642,7 @@ pub async fn unlock(
             tracing::info!(
                 secret = %id,
                 from = %release.info.status,
-                "unlocked Helm release revision left pending"
+                "marked Helm release revision failed"
             );
             Ok(unlocked)
         }

@@ -4,6 +4,8 @@
 // A test's helpers fail the test by panicking; that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod checks;
+mod crds;
 mod depends_on;
 mod drift;
 mod fixture;

@@ -128,7 +128,9 @@ pub struct HelmReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub target_namespace: Option<String>,
-    /// The namespace of Helm's release storage; defaults to the HelmRelease's.
+    /// The namespace of Helm's release storage. Weir releases with the helm CLI, which keeps a
+    /// release in the namespace it releases into: this defaults to that namespace (Flux's
+    /// default is the HelmRelease's namespace), and naming another is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub storage_namespace: Option<String>,
@@ -771,14 +773,16 @@ impl HelmRelease {
             .unwrap_or_default()
     }
 
-    /// The namespace of the release's storage.
+    /// The namespace of the release's storage: `spec.storageNamespace`, else the release
+    /// namespace. Flux defaults it to the HelmRelease's own namespace; the helm CLI Weir runs
+    /// keeps a release in the namespace it releases into, so Weir's default is that namespace
+    /// (and a `storageNamespace` naming another is refused).
     #[must_use]
     pub fn storage_namespace(&self) -> String {
         self.spec
             .storage_namespace
             .clone()
-            .or_else(|| self.metadata.namespace.clone())
-            .unwrap_or_default()
+            .unwrap_or_else(|| self.release_namespace())
     }
 
     /// The name of the HelmChart made from `spec.chart`: `<namespace>-<name>`.
@@ -866,6 +870,11 @@ mod tests {
         targeted.spec.target_namespace = Some("prod".into());
         assert_eq!(targeted.release_name(), "prod-podinfo");
         assert_eq!(targeted.release_namespace(), "prod");
+        assert_eq!(
+            targeted.storage_namespace(),
+            "prod",
+            "where the helm CLI keeps it"
+        );
 
         let mut long = hr.clone();
         long.spec.target_namespace = Some("a-rather-long-target-namespace-name".into());

@@ -162,3 +162,59 @@ async fn an_existing_release_is_taken_over_without_a_new_revision() -> Result<()
     );
     Ok(())
 }
+
+/// `targetNamespace`: the release goes there, named `<target>-<name>` as Flux names it (cut to
+/// Helm's 53 characters with Flux's hash when longer), and, as the helm CLI keeps it, stored
+/// there too; deleting the HelmRelease uninstalls it there.
+#[tokio::test]
+async fn a_release_into_another_namespace_is_named_and_stored_there() -> Result<()> {
+    let fx = Fixture::start().await?;
+    let target = weir_e2e::Harness::get().await?.namespace().await?;
+    let chart = unique_name("targeted", 30);
+    fx.publish(&app_chart(&chart, "1.0.0")).await?;
+    fx.create(
+        "app",
+        &chart,
+        "*",
+        json!({ "targetNamespace": target.name() }),
+    )
+    .await?;
+    let ready = fx
+        .wait_ready("app", "True", Some(hr::INSTALL_SUCCEEDED_REASON))
+        .await?;
+    let release = ready.release_name();
+    let composed = format!("{}-app", target.name());
+    assert_eq!(
+        release,
+        weir_api::helm_release::shorten_release_name(&composed)
+    );
+    assert!(release.len() <= 53);
+    let status = ready.status.unwrap_or_default();
+    assert_eq!(status.storage_namespace.as_deref(), Some(target.name()));
+    assert_eq!(status.history[0].namespace, target.name());
+    let configmaps: Api<ConfigMap> = Api::namespaced(fx.client.clone(), target.name());
+    assert!(
+        configmaps
+            .get_opt(&format!("{release}-{chart}"))
+            .await?
+            .is_some()
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(fx.client.clone(), target.name());
+    let stored = |secrets: Api<k8s_openapi::api::core::v1::Secret>, release: String| async move {
+        let params = kube::api::ListParams::default().labels(&format!("owner=helm,name={release}"));
+        anyhow::Ok(secrets.list(&params).await?.items.len())
+    };
+    assert_eq!(stored(secrets.clone(), release.clone()).await?, 1);
+
+    fx.api.delete("app", &DeleteParams::default()).await?;
+    wait_gone(&fx.api, "app").await?;
+    assert_eq!(stored(secrets, release.clone()).await?, 0);
+    assert!(
+        configmaps
+            .get_opt(&format!("{release}-{chart}"))
+            .await?
+            .is_none()
+    );
+    Ok(())
+}

@@ -171,3 +171,46 @@ async fn bad_charts_and_values_are_named_and_nothing_is_installed() -> Result<()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_chart_ref_names_an_existing_helm_chart() -> Result<()> {
+    let fx = Fixture::start().await?;
+    let chart = unique_name("referenced", 30);
+    fx.publish(&app_chart(&chart, "2.0.0")).await?;
+    let helm_chart: weir_api::HelmChart = manifest::from_value(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "HelmChart",
+        "metadata": { "name": "shared", "namespace": fx.ns.name() },
+        "spec": {
+            "chart": chart,
+            "version": "2.x",
+            "sourceRef": { "kind": "HelmRepository", "name": "charts" },
+            "interval": "10m",
+        },
+    }))?;
+    Api::<weir_api::HelmChart>::namespaced(fx.client.clone(), fx.ns.name())
+        .create(&PostParams::default(), &helm_chart)
+        .await?;
+    let hr: weir_api::HelmRelease = manifest::from_value(json!({
+        "apiVersion": "helm.toolkit.fluxcd.io/v2",
+        "kind": "HelmRelease",
+        "metadata": { "name": "app", "namespace": fx.ns.name() },
+        "spec": { "interval": "10m", "chartRef": { "kind": "HelmChart", "name": "shared" } },
+    }))?;
+    fx.api.create(&PostParams::default(), &hr).await?;
+    let ready = fx
+        .wait_ready("app", "True", Some(hr::INSTALL_SUCCEEDED_REASON))
+        .await?;
+    let status = ready.status.unwrap_or_default();
+    assert_eq!(status.history[0].chart_version, "2.0.0");
+    // No HelmChart of its own.
+    assert_eq!(status.helm_chart, None);
+    let charts = Api::<weir_api::HelmChart>::namespaced(fx.client.clone(), fx.ns.name());
+    assert!(
+        charts
+            .get_opt(&format!("{}-app", fx.ns.name()))
+            .await?
+            .is_none()
+    );
+    Ok(())
+}

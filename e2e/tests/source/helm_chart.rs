@@ -704,7 +704,14 @@ async fn repository_credentials_reach_the_charts_on_its_host_and_elsewhere_only_
         .await?;
     t.wait_ready("local", "True", Some("ChartPullSucceeded"))
         .await?;
-    assert_eq!(server.seen(&format!("{local}-1.0.0.tgz")), [true]);
+    // Every fetch carried the credentials. (A chart may be fetched twice: a reconcile started
+    // by its repository's status can read the chart from the watch cache before the first
+    // reconcile's status write reaches it.)
+    let local_seen = server.seen(&format!("{local}-1.0.0.tgz"));
+    assert!(
+        !local_seen.is_empty() && local_seen.iter().all(|sent| *sent),
+        "{local_seen:?}"
+    );
 
     // On another host, only with passCredentials.
     t.api
@@ -716,10 +723,10 @@ async fn repository_credentials_reach_the_charts_on_its_host_and_elsewhere_only_
     t.wait_ready("kept", "True", Some("ChartPullSucceeded"))
         .await?;
     let public = format!("public/{remote}-1.0.0.tgz");
-    assert_eq!(
-        server.seen(&public),
-        [false],
-        "credentials went to another host"
+    let kept = server.seen(&public);
+    assert!(
+        !kept.is_empty() && kept.iter().all(|sent| !sent),
+        "credentials went to another host: {kept:?}"
     );
     t.api
         .create(
@@ -729,10 +736,11 @@ async fn repository_credentials_reach_the_charts_on_its_host_and_elsewhere_only_
         .await?;
     t.wait_ready("passed", "True", Some("ChartPullSucceeded"))
         .await?;
-    assert_eq!(
-        server.seen(&public),
-        [false, true],
-        "passCredentials sent none"
+    // Only the `passing` repository's chart sends credentials there.
+    let passed = server.seen(&public);
+    assert!(
+        passed.iter().any(|sent| *sent),
+        "passCredentials sent none: {passed:?}"
     );
     Ok(())
 }

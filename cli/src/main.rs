@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod control;
 mod controllers;
 mod get;
 mod metrics;
@@ -25,6 +26,13 @@ enum Command {
     /// Show the state of sources, HelmReleases, Kustomizations and image automation, as `flux get`
     /// does.
     Get(get::Args),
+    /// Ask for a reconcile (`reconcile.fluxcd.io/requestedAt`), wait for it, and report Ready,
+    /// as `flux reconcile` does.
+    Reconcile(control::ReconcileArgs),
+    /// Suspend reconciles of an object (`spec.suspend`), as `flux suspend` does.
+    Suspend(control::SuspendArgs),
+    /// Resume a suspended object and wait for its reconcile, as `flux resume` does.
+    Resume(control::SuspendArgs),
     /// Helm's post-renderer plugin for a HelmRelease's `spec.postRenderers` (run by Helm, not by
     /// people): reads rendered manifests on stdin, writes them post-rendered to stdout.
     #[command(name = "helm-post-render", hide = true)]
@@ -54,6 +62,9 @@ fn main() -> ExitCode {
         }
         Command::Controllers(args) => controllers::run(&args),
         Command::Get(args) => get::run(&args),
+        Command::Reconcile(args) => control::reconcile(&args),
+        Command::Suspend(args) => control::suspend(&args, control::Verb::Suspend),
+        Command::Resume(args) => control::suspend(&args, control::Verb::Resume),
         Command::HelmPostRender {
             renderers,
             kustomize,

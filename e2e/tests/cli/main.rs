@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod config;
+mod control;
 mod fixture;
 mod flux_cli;
 mod harness_api;

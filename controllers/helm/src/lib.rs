@@ -205,20 +205,6 @@ fn chart_trigger(chart: &HelmChart) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// What of a HelmRelease starts its dependents: its readiness at its generation.
-#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
-fn readiness_trigger(hr: &HelmRelease) -> Option<u64> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut hasher = DefaultHasher::new();
-    hr.status
-        .as_ref()
-        .and_then(|s| condition::find_condition(&s.conditions, types::READY))
-        .map(|c| (c.status, c.observed_generation))
-        .hash(&mut hasher);
-    hr.metadata.generation.hash(&mut hasher);
-    Some(hasher.finish())
-}
-
 /// Whether `hr` takes its chart from `chart`.
 fn uses_chart(hr: &HelmRelease, chart: &HelmChart) -> bool {
     let hr_ns = hr.namespace().unwrap_or_default();
@@ -245,21 +231,6 @@ fn depends_on<K: ResourceExt>(hr: &HelmRelease, kind: DependencyKind, dependency
             && d.name == dependency.name_any()
             && Some(d.namespace.as_deref().unwrap_or(&hr_ns)) == dependency.namespace().as_deref()
     })
-}
-
-/// What of a Kustomization starts HelmReleases that depend on it: its readiness at its
-/// generation.
-#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
-fn kustomization_trigger(ks: &Kustomization) -> Option<u64> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut hasher = DefaultHasher::new();
-    ks.status
-        .as_ref()
-        .and_then(|s| condition::find_condition(&s.conditions, types::READY))
-        .map(|c| (c.status, c.observed_generation))
-        .hash(&mut hasher);
-    ks.metadata.generation.hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 /// Starts the controller. With `shutdown_on_signal`, SIGTERM and SIGINT stop it gracefully.
@@ -308,10 +279,10 @@ pub async fn start(
         .changed(chart_trigger);
     let dependencies = watches
         .subscribe::<HelmRelease>(namespace, &mut synced)
-        .changed(readiness_trigger);
+        .changed(weir_runtime::trigger::readiness_trigger::<HelmRelease>);
     let kustomizations = watches
         .subscribe::<Kustomization>(namespace, &mut synced)
-        .changed(kustomization_trigger);
+        .changed(weir_runtime::trigger::readiness_trigger::<Kustomization>);
     let (by_chart, by_dependency, by_kustomization) =
         (controller.store(), controller.store(), controller.store());
     let controller = controller

@@ -363,20 +363,6 @@ fn depends_on<K: ResourceExt>(ks: &Kustomization, kind: DependencyKind, dependen
     })
 }
 
-/// What of a HelmRelease starts Kustomizations that depend on it: its readiness at its
-/// generation.
-#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
-fn release_trigger(hr: &HelmRelease) -> Option<u64> {
-    let mut hasher = DefaultHasher::new();
-    hr.status
-        .as_ref()
-        .and_then(|s| condition::find_condition(&s.conditions, types::READY))
-        .map(|c| (c.status, c.observed_generation))
-        .hash(&mut hasher);
-    hr.metadata.generation.hash(&mut hasher);
-    Some(hasher.finish())
-}
-
 /// Whether `ks` takes its manifests from `repo`.
 fn uses_source(ks: &Kustomization, repo: &GitRepository) -> bool {
     let ks_ns = ks.namespace().unwrap_or_default();
@@ -431,7 +417,7 @@ pub async fn start(
         .changed(readiness_trigger);
     let releases = watches
         .subscribe::<HelmRelease>(namespace, &mut synced)
-        .changed(release_trigger);
+        .changed(weir_runtime::trigger::readiness_trigger::<HelmRelease>);
     let (by_source, by_dependency, by_release) =
         (controller.store(), controller.store(), controller.store());
     let controller = controller

@@ -23,3 +23,21 @@ pub fn reconcile_trigger<K: Resource>(obj: &K) -> Option<u64> {
         .hash(&mut hasher);
     Some(hasher.finish())
 }
+
+/// A hash of an object's readiness at its generation (its Ready condition's status and
+/// observed generation, and the generation): what of a dependency starts the objects that
+/// depend on it. Use with `predicate_filter`.
+#[allow(clippy::unnecessary_wraps)] // The signature `predicate_filter` asks for.
+pub fn readiness_trigger<K>(obj: &K) -> Option<u64>
+where
+    K: Resource + kube::core::object::HasStatus<Status: weir_api::status::ObjectStatus>,
+{
+    use weir_api::status::ObjectStatus as _;
+    let mut hasher = DefaultHasher::new();
+    obj.status()
+        .and_then(|s| s.ready())
+        .map(|c| (c.status, c.observed_generation))
+        .hash(&mut hasher);
+    obj.meta().generation.hash(&mut hasher);
+    Some(hasher.finish())
+}

@@ -11,7 +11,6 @@ use clap::ValueEnum;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    config::{KubeConfigOptions, Kubeconfig},
     core::object::HasStatus,
     runtime::wait::await_condition,
 };
@@ -23,7 +22,7 @@ use weir_api::{
     status::{ObjectStatus, Reconciled},
 };
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::get::BoxError;
 
 /// The kinds these commands act on (flux's names and short names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,7 +63,7 @@ pub struct Target {
     #[arg(long)]
     pub context: Option<String>,
     /// How long to wait for the controller's answer.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::controllers::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -87,12 +86,6 @@ pub struct SuspendArgs {
     /// Every object of the kind in the namespace.
     #[arg(long, conflicts_with = "name")]
     pub all: bool,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<weir_api::GoDuration>()
-        .map(|d| d.as_std())
-        .map_err(|e| e.to_string())
 }
 
 /// What to do.
@@ -151,22 +144,12 @@ impl Verb {
 }
 
 async fn client(target: &Target) -> Result<(Client, String), BoxError> {
-    let options = KubeConfigOptions {
-        context: target.context.clone(),
-        ..KubeConfigOptions::default()
-    };
-    let config = match &target.kubeconfig {
-        Some(path) => {
-            kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
-        }
-        None if target.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
-        None => kube::Config::infer().await?,
-    };
-    let namespace = target
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
-    Ok((weir_runtime::client::new(config)?, namespace))
+    let (client, default_namespace) =
+        crate::get::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await?;
+    Ok((
+        client,
+        target.namespace.clone().unwrap_or(default_namespace),
+    ))
 }
 
 /// Calls `$body` with the Rust type of `$kind` as `K`.

@@ -119,7 +119,7 @@ pub struct HelmArgs {
 }
 
 /// A Go-style duration flag (`30s`, `1m30s`), as Flux's flags take them.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     text.parse::<weir_api::GoDuration>()
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())

@@ -127,18 +127,23 @@ fn print(text: &str) -> ExitCode {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn client(args: &Args) -> Result<(Client, String), BoxError> {
+/// A client for the user's kubeconfig (`kubeconfig`, else `KUBECONFIG` or ~/.kube/config; its
+/// `context`, else the current one), and that context's namespace.
+pub(crate) async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<(Client, String), BoxError> {
     let options = KubeConfigOptions {
-        context: args.context.clone(),
+        context: context.map(str::to_owned),
         ..KubeConfigOptions::default()
     };
-    let config = match &args.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
         }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None if context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await?,
     };
     let namespace = config.default_namespace.clone();
@@ -146,7 +151,8 @@ async fn client(args: &Args) -> Result<(Client, String), BoxError> {
 }
 
 async fn rows(args: &Args) -> Result<Vec<Row>, BoxError> {
-    let (client, default_namespace) = client(args).await?;
+    let (client, default_namespace) =
+        connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let scope = if args.all_namespaces {
         None
     } else {

@@ -183,7 +183,7 @@ pub async fn check(
     hr: &HelmRelease,
     release: &Release,
     correct: bool,
-) -> Result<Vec<(String, Change)>, DriftError> {
+) -> Result<Vec<Drifted>, DriftError> {
     let rules = hr
         .spec
         .drift_detection
@@ -204,15 +204,21 @@ pub async fn check(
         .diff(&targets)
         .await
         .map_err(|e| DriftError::Ssa(Box::new(e)))?;
-    let drifted: Vec<(String, Change)> = diff
+    let mut by = diff.drift;
+    let drifted: Vec<Drifted> = diff
         .entries
         .into_iter()
         .filter(|(_, change)| matches!(change, Change::Created | Change::Configured))
+        .map(|(object, change)| Drifted {
+            by: by.remove(&object).unwrap_or_default(),
+            object,
+            change,
+        })
         .collect();
     if !correct || drifted.is_empty() {
         return Ok(drifted);
     }
-    let names: Vec<&str> = drifted.iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = drifted.iter().map(|d| d.object.as_str()).collect();
     let again: Vec<Target> = targets
         .into_iter()
         .filter(|t| names.contains(&t.display().as_str()))
@@ -284,14 +290,27 @@ pub async fn check_health(
         .map_err(|e| DriftError::Ssa(Box::new(e)))
 }
 
-/// `Deployment/ns/web changed, ConfigMap/ns/x removed`, as a message lists drift.
+/// One object of a release that is not as its manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drifted {
+    /// `Kind/namespace/name`.
+    pub object: String,
+    /// Created: it is missing; Configured: it differs.
+    pub change: Change,
+    /// Who changed what, from its managedFields (`kubectl-scale changed .spec.replicas`).
+    pub by: Vec<String>,
+}
+
+/// `Deployment/ns/web changed (kubectl-scale changed .spec.replicas), ConfigMap/ns/x removed`,
+/// as a message lists drift.
 #[must_use]
-pub fn describe(drifted: &[(String, Change)]) -> String {
+pub fn describe(drifted: &[Drifted]) -> String {
     drifted
         .iter()
-        .map(|(name, change)| match change {
-            Change::Created => format!("{name} removed"),
-            _ => format!("{name} changed"),
+        .map(|d| match d.change {
+            Change::Created => format!("{} removed", d.object),
+            _ if d.by.is_empty() => format!("{} changed", d.object),
+            _ => format!("{} changed ({})", d.object, d.by.join("; ")),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -17,6 +17,7 @@
 //!
 //! Every failure is an [`SsaError`]; the caller maps it to its own condition reasons.
 
+pub mod attribution;
 pub mod dependency;
 pub mod drift;
 pub mod error;

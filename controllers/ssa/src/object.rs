@@ -1,6 +1,8 @@
 //! The objects of a set: typed reads of a manifest's fields, one resolved object to apply, and
 //! what happened to each.
 
+use std::collections::BTreeMap;
+
 use kube::api::ApiResource;
 use serde_json::Value;
 use weir_api::kustomize::{ObjMetadata, annotations};
@@ -137,6 +139,9 @@ impl Change {
 pub struct ChangeSet {
     /// Each object (`Kind/namespace/name`) and what happened to it.
     pub entries: Vec<(String, Change)>,
+    /// For configured objects something else had changed: the object and who changed what,
+    /// from its `managedFields` (`kubectl-scale changed .spec.replicas`).
+    pub drift: BTreeMap<String, Vec<String>>,
 }
 
 impl ChangeSet {
@@ -152,7 +157,12 @@ impl ChangeSet {
         self.entries
             .iter()
             .filter(|(_, c)| c.wrote())
-            .map(|(o, c)| format!("{o} {}", c.verb()))
+            .map(|(o, c)| match self.drift.get(o) {
+                Some(who) if !who.is_empty() => {
+                    format!("{o} {} (drift: {})", c.verb(), who.join("; "))
+                }
+                _ => format!("{o} {}", c.verb()),
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -166,17 +176,26 @@ mod tests {
 
     #[test]
     fn change_summaries_list_writes_only() {
-        let set = ChangeSet {
+        let mut set = ChangeSet {
             entries: vec![
                 ("Deployment/ns/app".to_owned(), Change::Configured),
                 ("ConfigMap/ns/cfg".to_owned(), Change::Unchanged),
                 ("Service/ns/old".to_owned(), Change::Deleted),
             ],
+            drift: BTreeMap::new(),
         };
         assert!(set.wrote());
         assert_eq!(
             set.summary(),
             "Deployment/ns/app configured\nService/ns/old deleted"
+        );
+        set.drift.insert(
+            "Deployment/ns/app".to_owned(),
+            vec!["kubectl-scale changed .spec.replicas".to_owned()],
+        );
+        assert_eq!(
+            set.summary(),
+            "Deployment/ns/app configured (drift: kubectl-scale changed .spec.replicas)\nService/ns/old deleted"
         );
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Plan {
     pub(crate) recreate: bool,
     /// What to apply in place of the target's object (ignored fields left to the cluster).
     pub(crate) payload: Option<Value>,
+    /// Who drifted a configured object (`kubectl-scale changed .spec.replicas`).
+    pub(crate) drift: Vec<String>,
 }
 
 /// Decides the first pass's pending failures: objects whose defining CRD changes in this set
@@ -192,19 +194,30 @@ impl ApplySet<'_> {
                     change: Change::Configured,
                     recreate: true,
                     payload: None,
+                    drift: vec![],
                 }));
             }
             Err(e) => return Err(e),
         };
-        let (change, payload) = match live {
-            None => (Change::Created, None),
-            Some(live) => self.compare(target, &to_json(live)?, to_json(result)?),
+        let (change, payload, drift) = match live {
+            None => (Change::Created, None, vec![]),
+            Some(live) => {
+                let live = to_json(live)?;
+                let (change, payload) = self.compare(target, &live, to_json(result)?);
+                let drift = if change == Change::Configured {
+                    crate::attribution::drift_attribution(&live, &target.object, self.field_manager)
+                } else {
+                    vec![]
+                };
+                (change, payload, drift)
+            }
         };
         Ok(Some(Plan {
             index,
             change,
             recreate: false,
             payload,
+            drift,
         }))
     }
 

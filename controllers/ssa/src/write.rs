@@ -86,7 +86,11 @@ impl ApplySet<'_> {
         changes.extend(late.skipped.iter().map(|i| (*i, Change::Skipped)));
 
         // Stage two: everything else.
+        let mut drift = BTreeMap::new();
         for plan in rest.iter().chain(&late.plans) {
+            if !plan.drift.is_empty() {
+                drift.insert(targets[plan.index].display(), plan.drift.clone());
+            }
             self.write(&targets[plan.index], plan)
                 .await
                 .map_err(|error| ApplyFailure::after(error, &applied))?;
@@ -100,6 +104,7 @@ impl ApplySet<'_> {
                 .into_iter()
                 .map(|(i, c)| (targets[i].display(), c))
                 .collect(),
+            drift,
         })
     }
 
@@ -119,6 +124,12 @@ impl ApplySet<'_> {
             entries: changes
                 .into_iter()
                 .map(|(i, c)| (targets[i].display(), c))
+                .collect(),
+            drift: validated
+                .plans
+                .iter()
+                .filter(|p| !p.drift.is_empty())
+                .map(|p| (targets[p.index].display(), p.drift.clone()))
                 .collect(),
         })
     }

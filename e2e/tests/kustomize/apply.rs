@@ -278,20 +278,77 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
         "the only status writes record the two handled requests"
     );
 
-    // A manual edit of an applied field is corrected at the next interval.
+    // A manual edit of an applied field and a scale are corrected at the next interval, and
+    // the event names who changed what (from managedFields), as `kubectl edit` and `kubectl
+    // scale` record themselves.
     let edit = json!({ "data": { "key": "edited" } });
     Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
-        .patch("a", &PatchParams::default(), &Patch::Merge(&edit))
+        .patch(
+            "a",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&edit),
+        )
         .await?;
-    wait_until("the manual edit to be reverted", || async {
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl-scale".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(json!({ "spec": { "replicas": 3 } })),
+        )
+        .await?;
+    wait_until("the manual edit and the scale to be reverted", || async {
         let cm = f
             .config_map("a")
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
-        match cm.data.unwrap_or_default().get("key").map(String::as_str) {
-            Some("1") => Ok(()),
-            other => Err(format!("key = {other:?}")),
+        let replicas = deployments
+            .get("web")
+            .await
+            .map_err(|e| e.to_string())?
+            .spec
+            .and_then(|s| s.replicas);
+        match (
+            cm.data.unwrap_or_default().get("key").map(String::as_str),
+            replicas,
+        ) {
+            (Some("1"), Some(1)) => Ok(()),
+            other => Err(format!("key, replicas = {other:?}")),
+        }
+    })
+    .await?;
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(f.client.clone(), f.ns());
+    let (config_map, deployment) = (
+        format!(
+            "ConfigMap/{}/a configured (drift: kubectl-edit changed .data.key)",
+            f.ns()
+        ),
+        format!(
+            "Deployment/{}/web configured (drift: kubectl-scale changed .spec.replicas)",
+            f.ns()
+        ),
+    );
+    wait_until("an event naming who drifted what", || async {
+        let notes: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect();
+        if notes.iter().any(|n| n.contains(&config_map))
+            && notes.iter().any(|n| n.contains(&deployment))
+        {
+            Ok(())
+        } else {
+            Err(format!("{notes:#?}"))
         }
     })
     .await?;

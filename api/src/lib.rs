@@ -3,6 +3,7 @@
 //! Types only, and pure helpers over them: nothing here talks to a cluster.
 
 pub mod condition;
+pub mod control;
 pub mod crd;
 pub mod duration;
 pub mod helm_chart;

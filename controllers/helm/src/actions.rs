@@ -207,6 +207,13 @@ pub async fn rollback(ctx: &Context, hr: &HelmRelease) -> Result<i64, String> {
     else {
         return Err("no earlier deployed revision to roll back to".to_owned());
     };
+    rollback_to(ctx, hr, previous.version).await?;
+    Ok(previous.version)
+}
+
+/// Rolls back to `version` (Helm's `helm rollback <release> <version>`), with the options of
+/// `spec.rollback`: remediation, and Weir's `weir.dev/rollback-to`.
+pub async fn rollback_to(ctx: &Context, hr: &HelmRelease, version: i64) -> Result<(), String> {
     let spec = hr.spec.rollback.clone().unwrap_or_default();
     let options = RollbackOptions {
         wait: !spec.disable_wait,
@@ -220,12 +227,11 @@ pub async fn rollback(ctx: &Context, hr: &HelmRelease) -> Result<i64, String> {
     ctx.helm
         .rollback(
             &target(ctx, hr, spec.timeout.as_ref()),
-            Some(previous.version),
+            Some(version),
             &options,
         )
         .await
-        .map_err(|e| message(&e))?;
-    Ok(previous.version)
+        .map_err(|e| message(&e))
 }
 
 /// Uninstalls the release as `spec.uninstall` says.

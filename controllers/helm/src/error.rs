@@ -61,6 +61,10 @@ pub enum HelmReleaseError {
     /// The release's objects (its manifest's, or the live ones) could not be read.
     #[error("reading the release's objects: {0}")]
     Drift(String),
+    /// Weir's rollback (`weir.dev/rollback-to`) asks for what cannot be: only a change of the
+    /// annotation helps.
+    #[error("annotation weir.dev/rollback-to: {0}")]
+    Rollback(String),
     #[error("the reconcile did not finish within {0:?}")]
     Abandoned(Duration),
     #[error(transparent)]
@@ -79,6 +83,7 @@ impl Failure for HelmReleaseError {
             Self::Storage(_) => hr::GET_LAST_RELEASE_FAILED_REASON,
             Self::Action { reason, .. } => reason,
             Self::RetriesExhausted(_) => RETRIES_EXCEEDED_REASON,
+            Self::Rollback(_) => hr::ROLLBACK_FAILED_REASON,
             Self::HealthCheckExpr(_) => reasons::INVALID_CEL_EXPRESSION,
             Self::Abandoned(_) | Self::Kube(_) | Self::Drift(_) => reasons::RECONCILIATION_FAILED,
         }
@@ -94,6 +99,7 @@ impl Failure for HelmReleaseError {
             // attempted again (both start a reconcile).
             Self::RetriesExhausted(_)
             | Self::Unsupported(_)
+            | Self::Rollback(_)
             | Self::Dependency(_)
             | Self::HealthCheckExpr(_) => Disposition::Stalled,
             _ => Disposition::Transient,

@@ -31,8 +31,10 @@ pub mod crds;
 pub mod drift;
 pub mod error;
 pub mod helm;
+pub mod lock;
 pub mod postrender;
 pub mod reconcile;
+pub mod rollback;
 pub mod storage;
 pub mod values;
 

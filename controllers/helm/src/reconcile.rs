@@ -192,6 +192,16 @@ pub async fn run(
     weir_ssa::HealthRules::compile(&hr.spec.health_check_exprs)
         .map_err(HelmReleaseError::HealthCheckExpr)?;
     check_dependencies(hr, ctx).await?;
+    // Weir's rollback: a pinned release is rolled back and held, whatever its chart and values.
+    if let Some(history) = crate::rollback::hold(hr, ctx, status, attempt).await? {
+        status.storage_namespace = Some(hr.storage_namespace());
+        record_history(status, &history);
+        return Ok(());
+    }
+    // Weir's locks: a locked release is left as it is.
+    if crate::lock::hold(hr, ctx, status, attempt).await? {
+        return Ok(());
+    }
     let desired = desired(hr, ctx, status).await?;
 
     let mut forced = handle_requests(hr, status, &desired);
@@ -439,7 +449,10 @@ fn full_name(release: &Release) -> String {
     )
 }
 
-fn in_sync_message(status: &HelmReleaseStatus, history: &[Release]) -> (&'static str, String) {
+pub(crate) fn in_sync_message(
+    status: &HelmReleaseStatus,
+    history: &[Release],
+) -> (&'static str, String) {
     let Some(latest) = history.first() else {
         return (hr::INSTALL_SUCCEEDED_REASON, String::new());
     };
@@ -752,7 +765,7 @@ fn non_empty(text: Option<&str>) -> Option<String> {
 
 /// Flux's `status.history`: the releases newest first, back to the latest deployed one (at
 /// most five when none was); test outcomes recorded earlier are kept.
-fn record_history(status: &mut HelmReleaseStatus, history: &[Release]) {
+pub(crate) fn record_history(status: &mut HelmReleaseStatus, history: &[Release]) {
     let mut snapshots = Vec::new();
     for release in history {
         let tested = status

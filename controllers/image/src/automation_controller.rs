@@ -255,13 +255,19 @@ async fn prepare(
     Ok((request, policies))
 }
 
+/// What a run did: its outcome, the policies it used, and which locked workloads it left alone
+/// ([`crate::lock::skipped_note`]).
+type RunOutcome = (UpdateOutcome, BTreeMap<String, ImageRef>, Option<String>);
+
 async fn run(
     auto: &ImageUpdateAutomation,
     ctx: &Context,
     redactor: &mut Redactor,
     progress: &mut Progress<'_, ImageUpdateAutomation>,
-) -> Result<(UpdateOutcome, BTreeMap<String, ImageRef>), ImageError> {
+) -> Result<RunOutcome, ImageError> {
     let (request, policies) = prepare(auto, ctx, redactor, progress).await?;
+    // Weir's locks: the markers of a locked workload are left as they are.
+    let locked = crate::lock::locked(&ctx.base.client, ctx.namespaces.as_deref()).await?;
     // Each attempt has the source's timeout; the delays between them add up to a few seconds.
     let limit = request
         .timeout
@@ -277,9 +283,32 @@ async fn run(
     let outcome = ctx
         .in_flight
         .run(&key, limit, move || {
-            update::run(&request, &|| {
-                metrics.push_retries.fetch_add(1, Ordering::Relaxed);
-            })
+            let skipped = std::cell::RefCell::new(vec![]);
+            let outcome = update::run_edit(
+                &request,
+                &|| {
+                    metrics.push_retries.fetch_add(1, Ordering::Relaxed);
+                },
+                &|file, text| {
+                    let (text, changes, left) = crate::lock::apply_setters_unlocked(
+                        file,
+                        text,
+                        &request.policies,
+                        &locked,
+                    )?;
+                    skipped
+                        .borrow_mut()
+                        .extend(left.into_iter().map(|(i, _)| i));
+                    Ok((text, changes))
+                },
+                &|changes| {
+                    update::commit_message(request.template.as_ref(), &request.automation, changes)
+                },
+            )?;
+            Ok((
+                outcome,
+                crate::lock::skipped_note(&locked, &skipped.into_inner()),
+            ))
         })
         .await
         .map_err(|e| match e {
@@ -288,7 +317,8 @@ async fn run(
             BoundedError::Task(join) => ImageError::Task(join),
             BoundedError::Operation(e) => e,
         })?;
-    Ok((outcome, policies))
+    let (outcome, skipped) = outcome;
+    Ok((outcome, policies, skipped))
 }
 
 /// Flux's finalizer is kept on automations as on every image kind, also while suspended (the
@@ -306,9 +336,10 @@ impl Reconciler<ImageUpdateAutomation> for Context {
         // A new generation is in progress from the start; a new source revision once it is seen.
         let mut pass = Pass::begin(api, &*auto, FIELD_MANAGER).await;
         let result = match run(&auto, self, &mut redactor, &mut pass.progress).await {
-            Ok((outcome, policies)) => {
+            Ok((outcome, policies, skipped)) => {
                 pass.status.observed_policies = policies;
-                record_run(&mut pass.status, outcome, &redactor, self)
+                let result = record_run(&mut pass.status, outcome, &redactor, self);
+                crate::lock::note_skipped(result, skipped.as_deref(), &pass.status)
             }
             Err(error) => StepResult::failed(&error, &redactor),
         };

@@ -7,8 +7,10 @@
 
 mod automation_controller;
 pub mod error;
+pub mod lock;
 pub mod policy;
 mod policy_controller;
+pub mod release;
 mod repository_controller;
 pub mod scan;
 pub mod setters;

@@ -535,7 +535,7 @@ pub fn exclusions(list: &[String]) -> Result<Vec<Regex>, ImageError> {
 }
 
 /// oci-client's error, as an authentication failure when it is one.
-fn registry_error(image: &str, e: OciDistributionError) -> ImageError {
+pub(crate) fn registry_error(image: &str, e: OciDistributionError) -> ImageError {
     let message = e.to_string();
     let auth = matches!(
         e,

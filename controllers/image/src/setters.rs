@@ -53,14 +53,18 @@ enum Part {
 }
 
 /// The marker on a line: its policy (`ns:name`), part and where the comment starts.
-struct Marker {
+pub(crate) struct Marker {
     policy: String,
     part: Part,
-    setter: String,
-    comment_start: usize,
+    pub(crate) setter: String,
+    pub(crate) comment_start: usize,
 }
 
-fn find_marker(line: &str, file: &str, number: usize) -> Result<Option<Marker>, MarkerError> {
+pub(crate) fn find_marker(
+    line: &str,
+    file: &str,
+    number: usize,
+) -> Result<Option<Marker>, MarkerError> {
     let Some(key) = line.find("\"$imagepolicy\"") else {
         return Ok(None);
     };
@@ -116,7 +120,7 @@ fn find_marker(line: &str, file: &str, number: usize) -> Result<Option<Marker>, 
 
 /// Where the value sits in `before` (the line up to the comment): after `key: ` or `- `;
 /// `None` when there is no value there.
-fn value_span(before: &str) -> Option<(usize, usize)> {
+pub(crate) fn value_span(before: &str) -> Option<(usize, usize)> {
     let end = before.trim_end().len();
     let start = if let Some(i) = before.find(": ") {
         i + 2
@@ -129,7 +133,7 @@ fn value_span(before: &str) -> Option<(usize, usize)> {
 }
 
 /// The object of each line: `(first line, identity)` per YAML document.
-fn documents(text: &str) -> Vec<(usize, ObjectId)> {
+pub(crate) fn documents(text: &str) -> Vec<(usize, ObjectId)> {
     let mut out = vec![];
     let mut start = 1;
     let mut body = String::new();
@@ -169,6 +173,17 @@ pub fn apply_setters(
     file: &str,
     text: &str,
     policies: &BTreeMap<String, ImageRef>,
+) -> Result<(String, Vec<Change>), MarkerError> {
+    apply_setters_where(file, text, policies, |_| true)
+}
+
+/// [`apply_setters`], making only the changes `keep` accepts (Weir's locks leave the markers of
+/// a locked workload alone); a change it refuses leaves its line as it was.
+pub fn apply_setters_where(
+    file: &str,
+    text: &str,
+    policies: &BTreeMap<String, ImageRef>,
+    mut keep: impl FnMut(&Change) -> bool,
 ) -> Result<(String, Vec<Change>), MarkerError> {
     if !text.contains("$imagepolicy") {
         return Ok((text.to_owned(), vec![]));
@@ -220,22 +235,27 @@ pub fn apply_setters(
             out.push_str(line);
             continue;
         }
-        out.push_str(&line[..start]);
-        out.push_str(&new_value);
-        out.push_str(&line[end..]);
         let object = docs
             .iter()
             .rev()
             .find(|(first, _)| *first <= number)
             .map(|(_, o)| o.clone())
             .unwrap_or_default();
-        changes.push(Change {
+        let change = Change {
             line: number,
             setter: marker.setter,
             old_value: old_value.to_owned(),
             new_value,
             object,
-        });
+        };
+        if !keep(&change) {
+            out.push_str(line);
+            continue;
+        }
+        out.push_str(&line[..start]);
+        out.push_str(&change.new_value);
+        out.push_str(&line[end..]);
+        changes.push(change);
     }
     Ok((out, changes))
 }

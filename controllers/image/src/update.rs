@@ -468,11 +468,20 @@ fn fetch_base(
 /// A rewritten tree (`None` when nothing changed) and every `(file, change)`.
 type Rewrite = (Option<Oid>, Vec<(String, Change)>);
 
-/// Rewrites the markers of the YAML files under `req.path` in `tree`.
+/// Edits one YAML file (its path from the root and its text): the new text and what changed;
+/// no change leaves the file as it was. The automation's edit is [`setters::apply_setters`];
+/// `weir release` brings its own.
+pub type FileEdit<'a> = dyn Fn(&str, &str) -> Result<(String, Vec<Change>), ImageError> + 'a;
+
+/// The commit message of a run's `(file, change)`s.
+pub type CommitMessage<'a> = dyn Fn(&[(String, Change)]) -> Result<String, ImageError> + 'a;
+
+/// Applies `edit` to the YAML files under `req.path` in `tree`.
 fn rewrite(
     req: &UpdateRequest,
     repo: &Repository,
     tree: &git2::Tree<'_>,
+    edit: &FileEdit<'_>,
 ) -> Result<Rewrite, ImageError> {
     let mut changes = vec![];
     let mut builder = git2::build::TreeUpdateBuilder::new();
@@ -481,7 +490,7 @@ fn rewrite(
         let Ok(text) = std::str::from_utf8(blob.content()) else {
             continue;
         };
-        let (new_text, file_changes) = setters::apply_setters(&file, text, &req.policies)?;
+        let (new_text, file_changes) = edit(&file, text)?;
         if file_changes.is_empty() {
             continue;
         }
@@ -555,26 +564,51 @@ fn push_all(req: &UpdateRequest, remote: &Remote<'_>, repo: &Repository) -> Resu
     Ok(())
 }
 
-/// One attempt: fetch the base, rewrite, commit, push.
-fn attempt(req: &UpdateRequest) -> Result<UpdateOutcome, ImageError> {
-    let remote = Remote {
+fn remote(req: &UpdateRequest) -> Remote<'_> {
+    Remote {
         url: &req.url,
         credentials: &req.credentials,
         deadline: Instant::now() + req.timeout,
-    };
+    }
+}
+
+/// What a run with `edit` would change on the branch as it is now, without committing or
+/// pushing (`weir release --dry-run`): every `(file, change)`, none when nothing would change.
+pub fn preview(
+    req: &UpdateRequest,
+    edit: &FileEdit<'_>,
+) -> Result<Vec<(String, Change)>, ImageError> {
+    let remote = remote(req);
+    let scratch = tempfile::tempdir().map_err(ImageError::Scratch)?;
+    let base = fetch_base(req, &remote, scratch.path())?;
+    let parent = base
+        .repo
+        .find_commit(base.commit)
+        .map_err(|e| git_err(&e))?;
+    let tree = parent.tree().map_err(|e| git_err(&e))?;
+    Ok(rewrite(req, &base.repo, &tree, edit)?.1)
+}
+
+/// One attempt: fetch the base, rewrite, commit, push.
+fn attempt(
+    req: &UpdateRequest,
+    edit: &FileEdit<'_>,
+    message: &CommitMessage<'_>,
+) -> Result<UpdateOutcome, ImageError> {
+    let remote = remote(req);
     let scratch = tempfile::tempdir().map_err(ImageError::Scratch)?;
     let base = fetch_base(req, &remote, scratch.path())?;
     let repo = &base.repo;
     let parent = repo.find_commit(base.commit).map_err(|e| git_err(&e))?;
     let tree = parent.tree().map_err(|e| git_err(&e))?;
-    let (new_tree, changes) = rewrite(req, repo, &tree)?;
+    let (new_tree, changes) = rewrite(req, repo, &tree, edit)?;
     let Some(new_tree) = new_tree else {
         return Ok(UpdateOutcome::NoChange {
             head: base.commit.to_string(),
             revision: base.revision,
         });
     };
-    let message = commit_message(req.template.as_ref(), &req.automation, &changes)?;
+    let message = message(&changes)?;
     let commit = write_commit(req, repo, new_tree, &parent, &message)?;
     push_all(req, &remote, repo)?;
     Ok(UpdateOutcome::Pushed {
@@ -591,10 +625,26 @@ fn attempt(req: &UpdateRequest) -> Result<UpdateOutcome, ImageError> {
 /// Runs the update, retrying on a rejected push (re-applying the change on the new head) up to
 /// `max_attempts` times with doubling delays. `on_rejected` is called for each rejection.
 pub fn run(req: &UpdateRequest, on_rejected: &dyn Fn()) -> Result<UpdateOutcome, ImageError> {
+    run_edit(
+        req,
+        on_rejected,
+        &|file, text| Ok(setters::apply_setters(file, text, &req.policies)?),
+        &|changes| commit_message(req.template.as_ref(), &req.automation, changes),
+    )
+}
+
+/// [`run`] with another edit of the files and another commit message (`weir release`); the
+/// request's `policies`, `template` and `automation` are then unused.
+pub fn run_edit(
+    req: &UpdateRequest,
+    on_rejected: &dyn Fn(),
+    edit: &FileEdit<'_>,
+    message: &CommitMessage<'_>,
+) -> Result<UpdateOutcome, ImageError> {
     let mut delay = req.retry_delay;
     let mut rejected = 0;
     loop {
-        match attempt(req) {
+        match attempt(req, edit, message) {
             Err(ImageError::Git(GitError::Rejected(why))) => {
                 rejected += 1;
                 on_rejected();

@@ -46,6 +46,9 @@ pub enum KustomizeError {
     SourceNotFound(String, Duration),
     #[error("source '{0}' has no artifact yet")]
     ArtifactNotReady(String, Duration),
+    /// Weir's rollback (`weir.dev/rollback-to`): the pinned revision is not there (yet).
+    #[error(transparent)]
+    Rollback(crate::rollback::RollbackError),
     #[error(transparent)]
     Fetch(FetchError),
     #[error(transparent)]
@@ -97,6 +100,10 @@ pub enum KustomizeError {
     /// Discovery of the kinds of the set (or of healthChecks) failed.
     #[error("kubernetes API")]
     Discovery(#[source] SsaError),
+    /// Weir's locks: the watches of locked workloads have not listed them yet (the API server
+    /// is slow, or the controller may not watch workloads).
+    #[error("the locked workloads were not listed within {0:?}: their images cannot be kept")]
+    LocksNotSynced(Duration),
     /// The reconcile did not end within its bound (twice `spec.timeout`) and was abandoned.
     #[error("reconciliation did not end within {0:?} (twice spec.timeout) and was abandoned")]
     Abandoned(Duration),
@@ -131,6 +138,7 @@ impl Failure for KustomizeError {
                 reasons::INVALID_CEL_EXPRESSION
             }
             Self::AccessDenied(_) => reasons::ACCESS_DENIED,
+            Self::Rollback(e) => e.reason(),
             Self::Impersonation { .. }
             | Self::Validation(_)
             | Self::Apply(_)
@@ -138,6 +146,7 @@ impl Failure for KustomizeError {
             | Self::Kube(_)
             | Self::Discovery(_)
             | Self::ReadyExprInput { .. }
+            | Self::LocksNotSynced(_)
             | Self::Abandoned(_) => reasons::RECONCILIATION_FAILED,
         }
     }
@@ -149,6 +158,7 @@ impl Failure for KustomizeError {
             | Self::SourceNotFound(_, after)
             | Self::ArtifactNotReady(_, after)
             | Self::DependencyExprNotReady { after, .. } => Disposition::Waiting(*after),
+            Self::Rollback(e) => e.disposition(),
             // A new commit or a changed spec fixes the rest; both trigger a reconcile, and
             // retryInterval retries meanwhile (RBAC or a CRD may be added by someone else).
             Self::Fetch(_)
@@ -166,6 +176,7 @@ impl Failure for KustomizeError {
             | Self::Kube(_)
             | Self::Discovery(_)
             | Self::ReadyExprInput { .. }
+            | Self::LocksNotSynced(_)
             | Self::Abandoned(_) => Disposition::Transient,
             // Only a change of the spec fixes an expression; Flux stalls too.
             Self::HealthCheckExpr(_)

@@ -36,9 +36,12 @@ pub mod error;
 pub mod fetch;
 pub mod generator;
 pub mod inventory;
+pub mod local;
+pub mod lock;
 pub mod native;
 pub mod reconcile;
 pub mod references;
+pub mod rollback;
 pub mod substitute;
 pub mod view;
 
@@ -273,6 +276,10 @@ pub struct Context {
     /// One client per impersonated service account (`namespace/name`), so that its
     /// connections are reused from one reconcile to the next instead of a TLS handshake each.
     pub impersonated: std::sync::Mutex<BTreeMap<String, kube::Client>>,
+    /// The locked workloads (Weir's `weir lock`), watched.
+    pub locks: lock::Locks,
+    /// The GitRepositories the shared watch holds (rollback sources are found there).
+    pub sources: kube::runtime::reflector::Store<GitRepository>,
 }
 
 impl std::fmt::Debug for Context {
@@ -391,6 +398,9 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| Watches::new(client.clone()));
     let (namespace, concurrency) = (config.namespace.clone(), config.concurrency);
+    let mut synced = Synced::default();
+    let sources = watches.subscribe::<GitRepository>(namespace.as_deref(), &mut synced);
+    let (locks, unlocked) = lock::Locks::start(&client, namespace.as_deref(), &mut synced);
     let ctx = Arc::new(Context {
         base: Base::new(client.clone(), CONTROLLER_NAME),
         kube_config,
@@ -400,8 +410,9 @@ pub async fn start(
         metrics: metrics.clone(),
         builds: built::BuildCache::default(),
         impersonated: std::sync::Mutex::default(),
+        sources: sources.store(),
+        locks,
     });
-    let mut synced = Synced::default();
     let namespace = namespace.as_deref();
     let controller = weir_runtime::controller::watch::<Kustomization>(
         &watches,
@@ -409,9 +420,7 @@ pub async fn start(
         concurrency,
         &mut synced,
     );
-    let sources = watches
-        .subscribe::<GitRepository>(namespace, &mut synced)
-        .changed(artifact_trigger);
+    let sources = sources.changed(artifact_trigger);
     let dependencies = watches
         .subscribe::<Kustomization>(namespace, &mut synced)
         .changed(readiness_trigger);
@@ -425,7 +434,7 @@ pub async fn start(
             by_source
                 .state()
                 .into_iter()
-                .filter(|ks| uses_source(ks, &repo))
+                .filter(|ks| uses_source(ks, &repo) || rollback::uses_rollback_source(ks, &repo))
                 .map(|ks| ObjectRef::from_obj(&*ks))
                 .collect::<Vec<_>>()
         })
@@ -449,6 +458,8 @@ pub async fn start(
                 .map(|ks| ObjectRef::from_obj(&*ks))
                 .collect::<Vec<_>>()
         });
+    // A lock removed or expired: git's images return at once.
+    let controller = controller.reconcile_on(unlocked);
     let controller = weir_runtime::controller::spawn(controller, ctx, shutdown_on_signal);
     tracing::info!("kustomize controller started");
     Ok(Handle {
@@ -528,7 +539,17 @@ impl Reconciler<Kustomization> for Context {
         // Compared with what is there now: the progressing status, when one was written.
         let current = attempt.progressing.as_ref().or(previous.as_ref());
         record_history(&mut status, current, &attempt, outcome, started.elapsed());
-        if apply_status(api, &*ks, current, &status, STATUS_FIELD_MANAGER).await? {
+        let mut version = attempt.version.clone().or_else(|| ks.resource_version());
+        if apply_status(
+            api,
+            &*ks,
+            current,
+            &status,
+            STATUS_FIELD_MANAGER,
+            &mut version,
+        )
+        .await?
+        {
             self.metrics.request();
             self.metrics.status_writes.fetch_add(1, Ordering::Relaxed);
         }
@@ -545,6 +566,10 @@ impl Reconciler<Kustomization> for Context {
 /// `WaitForTermination` that times out is logged and the Kustomization still goes, as in Flux.
 async fn cleanup(ks: &Kustomization, ctx: &Context) -> Result<Action, ControllerError> {
     ctx.builds.remove(&built::BuildCache::key(ks));
+    // An owner reference removes a rollback source in the same namespace; not in another.
+    if let Err(error) = rollback::delete_source(ks, ctx).await {
+        tracing::warn!(error = %weir_runtime::chain(&error), "cannot delete the rollback source");
+    }
     let policy = ks.spec.effective_deletion_policy();
     if policy == DeletionPolicy::Orphan || ks.spec.suspend {
         return Ok(Action::await_change());
@@ -627,7 +652,10 @@ fn succeeded(
     attempt: &Attempt,
 ) -> StepResult {
     let revision = attempt.revision.clone().unwrap_or_default();
-    let message = format!("Applied revision: {revision}");
+    let message = rollback::ready_message(ks, &revision)
+        .unwrap_or_else(|| format!("Applied revision: {revision}"));
+    let previous_ready =
+        condition::find_condition(&status.conditions, types::READY).map(|c| c.message.clone());
     if checks_health(ks) {
         condition::set_condition(
             &mut status.conditions,
@@ -646,6 +674,9 @@ fn succeeded(
         .last_applied_origin_revision
         .clone_from(&attempt.origin_revision);
     let result = StepResult::succeeded(reasons::RECONCILIATION_SUCCEEDED, &message);
+    if let Some(reason) = rollback::announcement(ks, &message, previous_ready.as_deref()) {
+        return result.announcing(reason, note(attempt, &message));
+    }
     if attempt.changes.wrote() || new_revision {
         result.announcing(reasons::RECONCILIATION_SUCCEEDED, note(attempt, &message))
     } else {

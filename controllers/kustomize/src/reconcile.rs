@@ -20,10 +20,10 @@ use weir_ssa::{
 
 use crate::{
     Context,
-    build::{self, BuildPlan, Manifest},
+    build::{self, Manifest},
     error::KustomizeError,
     inventory::{self, InventoryDiff},
-    native, substitute,
+    substitute,
 };
 
 /// What a reconcile did, successful or not; the caller turns it into status and events.
@@ -40,6 +40,8 @@ pub struct Attempt {
     pub redactor: Redactor,
     /// The status written when work on a new revision or generation started, if it was.
     pub progressing: Option<KustomizationStatus>,
+    /// The resourceVersion of that write, when there was one: the final write's precondition.
+    pub version: Option<String>,
     /// `sha256:<hex>` of the built and substituted manifests, once built: the history's key.
     pub digest: Option<String>,
     /// The source artifact's origin revision (`org.opencontainers.image.revision`), if any.
@@ -100,13 +102,12 @@ pub async fn run(
         .await
         .map_err(KustomizeError::Kube)?
         .ok_or_else(|| KustomizeError::SourceNotFound(source_key.clone(), retry))?;
-    let artifact = source
-        .status
-        .and_then(|s| s.artifact)
-        .ok_or_else(|| KustomizeError::ArtifactNotReady(source_key.clone(), retry))?;
+    // The source's artifact, or a rolled-back Kustomization's pinned one (Weir's `rollback`).
+    let (artifact, followed) =
+        crate::rollback::artifact(ks, ctx, &source, &source_key, retry).await?;
     // After the source, as Flux does: a dependency on the same source must have applied its
     // current revision.
-    check_dependencies(ks, ctx, &artifact.revision).await?;
+    check_dependencies(ks, ctx, &followed).await?;
     attempt.revision = Some(artifact.revision.clone());
     attempt.origin_revision = artifact.metadata.get(ORIGIN_REVISION_KEY).cloned();
     mark_progressing(ks, ctx, &artifact.revision, timeout, attempt).await;
@@ -119,7 +120,9 @@ pub async fn run(
         register_secret_values(&manifest.object, &mut attempt.redactor);
     }
     let client = impersonated_client(ks, ctx)?;
-    let targets = resolve(ks, ctx, &client, manifests).await?;
+    let mut targets = resolve(ks, ctx, &client, manifests).await?;
+    // Weir's locks: a locked workload keeps its live images.
+    crate::lock::hold(ks, ctx, &mut targets).await?;
     let set = ApplySet {
         client: &client,
         counter: ctx.metrics.as_ref(),
@@ -210,7 +213,7 @@ async fn mark_progressing(
             .status_writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    attempt.progressing = progress.into_written();
+    (attempt.progressing, attempt.version) = progress.into_written_at();
 }
 
 /// Fetches the artifact (cached by digest) and builds the path: natively from the shared
@@ -238,33 +241,10 @@ async fn fetch_and_build(
         .extracted(artifact)
         .await
         .map_err(KustomizeError::Fetch)?;
-    let mut manifests = match build::plan(&artifacts.tree, spec).map_err(KustomizeError::Build)? {
-        BuildPlan::Native(manifests) => manifests,
-        BuildPlan::Kustomize {
-            relative_path,
-            generated,
-            loads,
-        } => {
-            let work = tempfile::tempdir().map_err(|e| KustomizeError::Build(e.into()))?;
-            build::kustomize_build(
-                work.path(),
-                &artifacts.tree,
-                spec,
-                build::Planned {
-                    relative_path: &relative_path,
-                    generated: generated.as_ref(),
-                    loads: &loads,
-                },
-                &ctx.config.kustomize_path,
-                timeout,
-            )
+    let manifests =
+        crate::local::build_tree(&artifacts.tree, spec, &ctx.config.kustomize_path, timeout)
             .await
-            .map_err(KustomizeError::Build)?
-        }
-    };
-    if let Some(meta) = &spec.common_metadata {
-        native::set_common_metadata(&mut manifests, &meta.labels, &meta.annotations);
-    }
+            .map_err(KustomizeError::Build)?;
     if let Some(digest) = digest {
         ctx.builds.put(&key, digest, generation, &manifests);
     }
@@ -273,7 +253,8 @@ async fn fetch_and_build(
 
 /// The labels that make an object the Kustomization `namespace/name`'s to prune, as Flux
 /// sets them.
-fn owner_labels<'a>(name: &'a str, namespace: &'a str) -> [(&'static str, &'a str); 2] {
+#[must_use]
+pub fn owner_labels<'a>(name: &'a str, namespace: &'a str) -> [(&'static str, &'a str); 2] {
     [
         (annotations::NAME_LABEL, name),
         (annotations::NAMESPACE_LABEL, namespace),
@@ -305,7 +286,7 @@ fn apply_failed(
 
 /// Registers the values of a Secret manifest with the redactor, as written (`data` is base64)
 /// and decoded, so an API server message that echoes one never reaches status or events.
-fn register_secret_values(object: &Value, redactor: &mut Redactor) {
+pub fn register_secret_values(object: &Value, redactor: &mut Redactor) {
     use base64::Engine as _;
     let is_secret = object.api_version() == "v1" && object.kind() == "Secret";
     if !is_secret {
@@ -403,7 +384,7 @@ async fn check_dependencies(
 
 /// Reads `postBuild` variables and substitutes them into every object not annotated
 /// `substitute: disabled`. Secret values are registered with the redactor.
-async fn substitute_variables(
+pub async fn substitute_variables(
     ks: &Kustomization,
     ctx: &Context,
     manifests: Vec<Manifest>,
@@ -535,7 +516,7 @@ fn impersonated_client(ks: &Kustomization, ctx: &Context) -> Result<Client, Kust
 
 /// Labels every object with its owner and resolves its kind against the API server (or a CRD
 /// of the set). Unknown kinds and namespaced objects without a namespace fail the whole set.
-async fn resolve(
+pub async fn resolve(
     ks: &Kustomization,
     ctx: &Context,
     client: &Client,

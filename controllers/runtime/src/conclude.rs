@@ -202,13 +202,15 @@ where
         let action = conclude(runtime, self.obj, &mut self.status, result, ending).await;
         // Compared with what the object holds now: a progressing status written by this
         // reconcile must be replaced even when the outcome equals the status before it.
-        let current = self.progress.into_written().or(self.previous);
+        let (written, mut version) = self.progress.into_written_at();
+        let current = written.or(self.previous);
         apply_status(
             self.api,
             self.obj,
             current.as_ref(),
             &self.status,
             self.field_manager,
+            &mut version,
         )
         .await?;
         Ok(action)

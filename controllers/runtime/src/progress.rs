@@ -61,6 +61,8 @@ pub struct Progress<'a, K: Object> {
     field_manager: &'a str,
     marked: bool,
     written: Option<K::Status>,
+    /// The object's resourceVersion as this reconcile last saw or wrote it.
+    version: Option<String>,
 }
 
 impl<K: Object> Debug for Progress<'_, K> {
@@ -86,6 +88,7 @@ where
             field_manager,
             marked: false,
             written: None,
+            version: obj.meta().resource_version.clone(),
         }
     }
 
@@ -119,6 +122,7 @@ where
             current,
             &progressing,
             self.field_manager,
+            &mut self.version,
         )
         .await
         {
@@ -144,6 +148,13 @@ where
     #[must_use]
     pub fn into_written(self) -> Option<K::Status> {
         self.written
+    }
+
+    /// The status the mark wrote, if it did, and the object's resourceVersion as this
+    /// reconcile last saw or wrote it: the precondition of the final write.
+    #[must_use]
+    pub fn into_written_at(self) -> (Option<K::Status>, Option<String>) {
+        (self.written, self.version)
     }
 }
 

@@ -6,8 +6,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use kube::Resource;
 use weir_api::RECONCILE_REQUESTED_AT_ANNOTATION;
 
-/// A hash of what should trigger a reconcile: generation, the `requestedAt` annotation,
-/// finalizers and the deletion timestamp. Use with `predicate_filter`.
+/// A hash of what should trigger a reconcile: generation, the `requestedAt` and
+/// `weir.dev/rollback-to` annotations (and lock's), finalizers and the deletion timestamp. Use
+/// with `predicate_filter`.
 pub fn reconcile_trigger<K: Resource>(obj: &K) -> Option<u64> {
     let meta = obj.meta();
     let mut hasher = DefaultHasher::new();
@@ -16,6 +17,26 @@ pub fn reconcile_trigger<K: Resource>(obj: &K) -> Option<u64> {
         .as_ref()
         .and_then(|a| a.get(RECONCILE_REQUESTED_AT_ANNOTATION))
         .hash(&mut hasher);
+    // Weir's rollback is an annotation the controllers honour: set or removed (also with
+    // kubectl), it takes effect at once.
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(weir_api::control::ROLLBACK_TO))
+        .hash(&mut hasher);
+    // Weir's locks (`weir lock`, or kubectl): a lock set, changed or removed is honoured at once.
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(weir_api::control::LOCKED_LABEL))
+        .hash(&mut hasher);
+    for key in [
+        weir_api::control::LOCK_REASON,
+        weir_api::control::LOCK_EXPIRES,
+    ] {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .hash(&mut hasher);
+    }
     meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp
         .as_ref()

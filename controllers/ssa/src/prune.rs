@@ -141,7 +141,8 @@ impl ApplySet<'_> {
 
     /// Whether a live object is the owner's to prune: it carries every owner label and no
     /// `prune: disabled` or `reconcile: disabled` annotation.
-    fn prunable(live: &DynamicObject, owner: &[(&str, &str)]) -> bool {
+    #[must_use]
+    pub fn prunable(live: &DynamicObject, owner: &[(&str, &str)]) -> bool {
         let (labels, notes) = (live.labels(), live.annotations());
         let is_owned = owner
             .iter()

@@ -12,7 +12,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
     core::object::HasStatus,
-    runtime::wait::await_condition,
+    runtime::watcher::{self, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -309,7 +309,7 @@ where
 
 /// Asks for a reconcile of `name` (with `extra` merged into the same patch: a resume) and waits
 /// until the controller answers it; reports the Ready condition then. True when Ready.
-async fn request<K>(
+pub(crate) async fn request<K>(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -349,17 +349,7 @@ where
     }
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    println!("◎ waiting for {kind} reconciliation");
-    let answered = {
-        let token = token.clone();
-        move |object: Option<&K>| {
-            object
-                .and_then(HasStatus::status)
-                .and_then(ObjectStatus::last_handled_reconcile_at)
-                == Some(token.as_str())
-        }
-    };
-    let object = tokio::time::timeout(timeout, await_condition(api, name, answered))
+    let object = tokio::time::timeout(timeout, answer(api, name, &token, &kind))
         .await
         .map_err(|_| {
             format!("{kind} '{namespace}/{name}' did not answer the reconcile within {timeout:?}")
@@ -380,6 +370,44 @@ where
             Ok(false)
         }
     }
+}
+
+/// Watches `name` until its status answers `token` (`lastHandledReconcileAt`), showing its
+/// Ready message meanwhile; `None` when it was deleted.
+async fn answer<K>(api: Api<K>, name: &str, token: &str, kind: &str) -> Result<Option<K>, BoxError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + 'static
+        + HasStatus<Status: ObjectStatus>,
+{
+    use futures::StreamExt as _;
+    let mut progress = crate::term::Progress::start(&format!("waiting for {kind} reconciliation"));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, config));
+    let outcome = loop {
+        let Some(event) = events.next().await else {
+            break Ok(None);
+        };
+        match event? {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let status = object.status();
+                if status.and_then(ObjectStatus::last_handled_reconcile_at) == Some(token) {
+                    break Ok(Some(object));
+                }
+                if let Some(ready) = status.and_then(ObjectStatus::ready) {
+                    progress.update(&ready.message);
+                }
+            }
+            watcher::Event::Delete(_) => break Ok(None),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    };
+    progress.finish();
+    outcome
 }
 
 fn merge(target: &mut Value, patch: Value) {

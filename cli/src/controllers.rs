@@ -62,6 +62,31 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Flags of leader election.
+    #[command(flatten)]
+    pub leader_election: Box<LeaderElectionArgs>,
+}
+
+/// Flags of leader election, as Flux's controllers name them.
+#[derive(Debug, clap::Args)]
+pub struct LeaderElectionArgs {
+    /// Run a controller only while holding its Lease (`weir-<controller>-leader-election`), so
+    /// that of several replicas one reconciles and the others stand by.
+    #[arg(long)]
+    pub enable_leader_election: bool,
+    /// The namespace of the Leases (the pod's namespace when omitted).
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+    /// How long a Lease holds after its last renewal; a standby takes over a leader that
+    /// stopped renewing after this long.
+    #[arg(long, default_value = "35s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// How long after its last renewal the leader renews the Lease again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// How often a standby looks at the Leases again.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub leader_election_retry_period: Duration,
 }
 
 /// Flags of the kustomize controller (boxed in [`Args`] to keep the command enum small).
@@ -125,6 +150,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+impl Controller {
+    /// The controller's name, as `--controllers` takes it and its Lease is named.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Kustomize => "kustomize",
+            Self::Image => "image",
+            Self::Helm => "helm",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -174,6 +211,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
     // Flag values are checked before anything connects.
     let feature_gates = weir_kustomize::FeatureGates::parse(&args.kustomize.feature_gates)
         .map_err(|e| format!("--feature-gates: {e}"))?;
+    let mut terminated = Termination::listen();
     weir_runtime::tls::install_crypto_provider();
     // One configuration for the process: the kustomize controller builds impersonating clients
     // from it, every other controller shares the client made from it.
@@ -186,8 +224,16 @@ async fn run_async(args: &Args) -> Result<(), String> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
-    let mut registry = prometheus_client::registry::Registry::default();
-    weir_runtime::metrics::register(&mut registry);
+    let election = &args.leader_election;
+    let health = crate::metrics::Health::new(election.enable_leader_election);
+    weir_runtime::metrics::register(&mut health.registry());
+    tokio::spawn(crate::metrics::serve(metrics_listener, health.clone()));
+    let leadership =
+        match elect(election, &client, &kube_config, &selected, &mut terminated).await? {
+            Some(Some(held)) => Some(held),
+            Some(None) => return Ok(()),
+            None => None,
+        };
     let watches = weir_runtime::watches::Watches::new(client.clone());
     let mut synced = weir_runtime::controller::Synced::default();
     let mut running = vec![];
@@ -195,9 +241,11 @@ async fn run_async(args: &Args) -> Result<(), String> {
     macro_rules! start {
         ($start:expr) => {{
             let handle = $start.await.map_err(|e| weir_runtime::chain(&e))?;
-            registry.register_collector(Box::new(weir_runtime::metrics::CounterSet(
-                handle.metrics.clone(),
-            )));
+            health
+                .registry()
+                .register_collector(Box::new(weir_runtime::metrics::CounterSet(
+                    handle.metrics.clone(),
+                )));
             synced.extend(&handle.synced);
             running.push(tokio::spawn(handle.wait()));
         }};
@@ -217,24 +265,7 @@ async fn run_async(args: &Args) -> Result<(), String> {
                 start!(weir_source::start(client.clone(), config, true));
             }
             Controller::Kustomize => {
-                let config = weir_kustomize::Config {
-                    namespace: args.namespace.clone(),
-                    concurrency: args.concurrency,
-                    kustomize_path: args.kustomize.kustomize_path.clone(),
-                    cache_dir: args.kustomize.artifact_cache_path.clone(),
-                    dependency_requeue: args.kustomize.requeue_dependency,
-                    artifact_limits: weir_kustomize::fetch::Limits {
-                        timeout: args.kustomize.artifact_fetch_timeout,
-                        max_size: args.kustomize.artifact_max_size,
-                        max_untar_size: args.kustomize.artifact_max_untar_size,
-                    },
-                    lockdown: weir_kustomize::Lockdown {
-                        no_cross_namespace_refs: args.no_cross_namespace_refs,
-                        default_service_account: args.kustomize.default_service_account.clone(),
-                    },
-                    feature_gates,
-                    watches: Some(watches.clone()),
-                };
+                let config = kustomize_config(args, feature_gates, &watches);
                 start!(weir_kustomize::start(kube_config.clone(), config, true));
             }
             Controller::Image => {
@@ -256,11 +287,139 @@ async fn run_async(args: &Args) -> Result<(), String> {
             }
         }
     }
-    tokio::spawn(crate::metrics::serve(metrics_listener, registry, synced));
-    for controller in running {
-        let _ = controller.await;
-    }
+    health.started(synced);
+    run_to_the_end(running, leadership, &mut terminated).await;
     Ok(())
+}
+
+/// How long the controllers may take to stop after SIGTERM before the process ends anyway.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Waits for the controllers to stop (on SIGTERM), then releases the Leases; exits at once if a
+/// Lease is lost meanwhile.
+async fn run_to_the_end<T>(
+    running: Vec<tokio::task::JoinHandle<T>>,
+    mut leadership: Option<crate::leader::Leadership>,
+    terminated: &mut Termination,
+) {
+    let mut stopped = std::pin::pin!(futures::future::join_all(running));
+    let lost = async {
+        match &mut leadership {
+            Some(held) => held.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = &mut stopped => {}
+        lease = lost => {
+            // Another replica may be writing already: stop now, without a graceful end.
+            tracing::error!(lease, "leadership lost: exiting");
+            std::process::exit(1);
+        }
+        () = terminated.recv() => {
+            // The controllers stop on the same signal; one that started after it came never saw
+            // it, so the wait is bounded.
+            if tokio::time::timeout(STOP_GRACE, &mut stopped).await.is_err() {
+                tracing::warn!(grace = ?STOP_GRACE, "controllers still running after SIGTERM: stopping");
+            }
+        }
+    }
+    if let Some(held) = leadership {
+        held.release().await;
+    }
+}
+
+/// SIGTERM and SIGINT, listened for from the start: a signal that comes while the process waits
+/// for leadership, or before its controllers listen themselves, is not lost.
+struct Termination {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Termination {
+    fn listen() -> Self {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .inspect_err(|error| tracing::warn!(%error, "cannot listen for SIGTERM"))
+            .ok();
+        Self { term }
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        let term = async {
+            match &mut self.term {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = term => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+}
+
+/// With `--enable-leader-election`, waits until this process holds the Leases of `selected`:
+/// `Some(Some(_))` then, `Some(None)` when terminated while standing by; `None` without leader
+/// election.
+async fn elect(
+    election: &LeaderElectionArgs,
+    client: &kube::Client,
+    kube_config: &kube::Config,
+    selected: &[Controller],
+    terminated: &mut Termination,
+) -> Result<Option<Option<crate::leader::Leadership>>, String> {
+    if !election.enable_leader_election {
+        return Ok(None);
+    }
+    let namespace = crate::leader::namespace(
+        election.leader_election_namespace.as_deref(),
+        &kube_config.default_namespace,
+    );
+    let names: Vec<&str> = selected.iter().map(|c| c.name()).collect();
+    let identity = crate::leader::identity();
+    let acquire = crate::leader::acquire(
+        client,
+        &namespace,
+        &identity,
+        &names,
+        crate::leader::Timing {
+            lease_duration: election.leader_election_lease_duration,
+            renew_deadline: election.leader_election_renew_deadline,
+            retry_period: election.leader_election_retry_period,
+        },
+    );
+    tokio::select! {
+        held = acquire => Ok(Some(Some(held?))),
+        () = terminated.recv() => Ok(Some(None)),
+    }
+}
+
+/// The kustomize controller's settings from the flags.
+fn kustomize_config(
+    args: &Args,
+    feature_gates: weir_kustomize::FeatureGates,
+    watches: &weir_runtime::watches::Watches,
+) -> weir_kustomize::Config {
+    weir_kustomize::Config {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        kustomize_path: args.kustomize.kustomize_path.clone(),
+        cache_dir: args.kustomize.artifact_cache_path.clone(),
+        dependency_requeue: args.kustomize.requeue_dependency,
+        artifact_limits: weir_kustomize::fetch::Limits {
+            timeout: args.kustomize.artifact_fetch_timeout,
+            max_size: args.kustomize.artifact_max_size,
+            max_untar_size: args.kustomize.artifact_max_untar_size,
+        },
+        lockdown: weir_kustomize::Lockdown {
+            no_cross_namespace_refs: args.no_cross_namespace_refs,
+            default_service_account: args.kustomize.default_service_account.clone(),
+        },
+        feature_gates,
+        watches: Some(watches.clone()),
+    }
 }
 
 /// The helm controller's settings from the flags.

@@ -44,6 +44,9 @@ pub struct Args {
     /// The kubeconfig context to use (its current context when omitted).
     #[arg(long)]
     pub context: Option<String>,
+    /// After the table, print each object's row again whenever it changes, until interrupted.
+    #[arg(short = 'w', long, conflicts_with = "output")]
+    pub watch: bool,
 }
 
 /// The kinds `weir get` shows, grouped as `flux get` groups them.
@@ -95,10 +98,17 @@ pub fn run(args: &Args) -> ExitCode {
         }
     };
     match runtime.block_on(rows(args)) {
-        Ok(rows) => match render(&rows, args.output, args.all_namespaces) {
+        Ok((rows, _)) if !args.watch => match render(&rows, args.output, args.all_namespaces) {
             Ok(text) => print(&text),
             Err(error) => {
                 eprintln!("weir get: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok((rows, lister)) => match runtime.block_on(watch(args, &lister, rows)) {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("weir get: {}", weir_runtime::chain(&*error));
                 ExitCode::FAILURE
             }
         },
@@ -135,22 +145,31 @@ pub(crate) async fn connect(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
 ) -> Result<(Client, String), BoxError> {
+    let config = user_config(kubeconfig, context).await?;
+    let namespace = config.default_namespace.clone();
+    Ok((weir_runtime::client::new(config)?, namespace))
+}
+
+/// The user's kubeconfig as [`connect`] reads it, for commands that need the configuration
+/// itself (to impersonate, as the controllers do).
+pub(crate) async fn user_config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, BoxError> {
     let options = KubeConfigOptions {
         context: context.map(str::to_owned),
         ..KubeConfigOptions::default()
     };
-    let config = match kubeconfig {
+    Ok(match kubeconfig {
         Some(path) => {
             kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
         }
         None if context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await?,
-    };
-    let namespace = config.default_namespace.clone();
-    Ok((weir_runtime::client::new(config)?, namespace))
+    })
 }
 
-async fn rows(args: &Args) -> Result<Vec<Row>, BoxError> {
+async fn rows(args: &Args) -> Result<(Vec<Row>, Lister), BoxError> {
     let (client, default_namespace) =
         connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let scope = if args.all_namespaces {
@@ -161,82 +180,129 @@ async fn rows(args: &Args) -> Result<Vec<Row>, BoxError> {
     let lister = Lister { client, scope };
     let mut rows = vec![];
     if matches!(args.what, What::Sources | What::All) {
-        rows.extend(
-            lister
-                .rows::<GitRepository>(|o| {
-                    o.status
-                        .as_ref()?
-                        .artifact
-                        .as_ref()
-                        .map(|a| a.revision.clone())
-                })
-                .await?,
-        );
-        rows.extend(
-            lister
-                .rows::<HelmRepository>(|o| {
-                    o.status
-                        .as_ref()?
-                        .artifact
-                        .as_ref()
-                        .map(|a| a.revision.clone())
-                })
-                .await?,
-        );
-        rows.extend(
-            lister
-                .rows::<HelmChart>(|o| {
-                    o.status
-                        .as_ref()?
-                        .artifact
-                        .as_ref()
-                        .map(|a| a.revision.clone())
-                })
-                .await?,
-        );
+        rows.extend(lister.rows(artifact_revision::<GitRepository>).await?);
+        rows.extend(lister.rows(artifact_revision::<HelmRepository>).await?);
+        rows.extend(lister.rows(artifact_revision::<HelmChart>).await?);
     }
     if matches!(args.what, What::HelmReleases | What::All) {
-        rows.extend(
-            lister
-                .rows::<HelmRelease>(|o| helm_release_revision(o.status.as_ref()?))
-                .await?,
-        );
+        rows.extend(lister.rows(hr_revision).await?);
     }
     if matches!(args.what, What::Kustomizations | What::All) {
-        rows.extend(
-            lister
-                .rows::<Kustomization>(|o| o.status.as_ref()?.last_applied_revision.clone())
-                .await?,
-        );
+        rows.extend(lister.rows(ks_revision).await?);
     }
     if matches!(args.what, What::Images | What::All) {
-        rows.extend(
-            lister
-                .rows::<ImageRepository>(|o| {
-                    o.status
-                        .as_ref()?
-                        .last_scan_result
-                        .as_ref()?
-                        .revision
-                        .clone()
-                })
-                .await?,
-        );
-        rows.extend(
-            lister
-                .rows::<ImagePolicy>(|o| {
-                    let latest = o.status.as_ref()?.latest_ref.as_ref()?;
-                    Some(format!("{}:{}", latest.name, latest.tag))
-                })
-                .await?,
-        );
-        rows.extend(
-            lister
-                .rows::<ImageUpdateAutomation>(|o| o.status.as_ref()?.last_push_commit.clone())
-                .await?,
-        );
+        rows.extend(lister.rows(image_repository_revision).await?);
+        rows.extend(lister.rows(image_policy_revision).await?);
+        rows.extend(lister.rows(automation_revision).await?);
     }
-    Ok(rows)
+    Ok((rows, lister))
+}
+
+/// `weir get --watch`: the table, then each object's row again whenever it changes (a row equal
+/// to the last one printed for that object is not repeated), until interrupted or a watch ends.
+async fn watch(args: &Args, lister: &Lister, rows: Vec<Row>) -> Result<ExitCode, BoxError> {
+    use futures::StreamExt as _;
+    let colour = crate::term::colour();
+    let code = print(&table(&rows, args.all_namespaces, colour));
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let mut last: std::collections::HashMap<(String, String, String), Row> = rows
+        .into_iter()
+        .map(|row| {
+            (
+                (row.kind.clone(), row.namespace.clone(), row.name.clone()),
+                row,
+            )
+        })
+        .collect();
+    let mut streams = vec![];
+    if matches!(args.what, What::Sources | What::All) {
+        streams.push(lister.watch(artifact_revision::<GitRepository>));
+        streams.push(lister.watch(artifact_revision::<HelmRepository>));
+        streams.push(lister.watch(artifact_revision::<HelmChart>));
+    }
+    if matches!(args.what, What::HelmReleases | What::All) {
+        streams.push(lister.watch(hr_revision));
+    }
+    if matches!(args.what, What::Kustomizations | What::All) {
+        streams.push(lister.watch(ks_revision));
+    }
+    if matches!(args.what, What::Images | What::All) {
+        streams.push(lister.watch(image_repository_revision));
+        streams.push(lister.watch(image_policy_revision));
+        streams.push(lister.watch(automation_revision));
+    }
+    let mut changes = futures::stream::select_all(streams);
+    while let Some(row) = changes.next().await {
+        let row = row?;
+        let key = (row.kind.clone(), row.namespace.clone(), row.name.clone());
+        if last.get(&key) == Some(&row) {
+            continue;
+        }
+        let line = table(std::slice::from_ref(&row), args.all_namespaces, colour);
+        // The table's header is its first line: a watched row is printed without it.
+        let code = print(line.split_once('\n').map_or("", |(_, rest)| rest));
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+        last.insert(key, row);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The revision of a source's stored artifact.
+pub(crate) fn artifact_revision<K>(object: &K) -> Option<String>
+where
+    K: kube::core::object::HasStatus<Status: ArtifactStatus>,
+{
+    object.status()?.artifact_revision()
+}
+
+/// The stored artifact's revision, for the source kinds.
+pub(crate) trait ArtifactStatus {
+    fn artifact_revision(&self) -> Option<String>;
+}
+
+macro_rules! artifact_status {
+    ($($status:ty),*) => {$(
+        impl ArtifactStatus for $status {
+            fn artifact_revision(&self) -> Option<String> {
+                self.artifact.as_ref().map(|a| a.revision.clone())
+            }
+        }
+    )*};
+}
+artifact_status!(
+    weir_api::GitRepositoryStatus,
+    weir_api::HelmRepositoryStatus,
+    weir_api::HelmChartStatus
+);
+
+fn hr_revision(o: &HelmRelease) -> Option<String> {
+    helm_release_revision(o.status.as_ref()?)
+}
+
+fn ks_revision(o: &Kustomization) -> Option<String> {
+    o.status.as_ref()?.last_applied_revision.clone()
+}
+
+fn image_repository_revision(o: &ImageRepository) -> Option<String> {
+    o.status
+        .as_ref()?
+        .last_scan_result
+        .as_ref()?
+        .revision
+        .clone()
+}
+
+fn image_policy_revision(o: &ImagePolicy) -> Option<String> {
+    let latest = o.status.as_ref()?.latest_ref.as_ref()?;
+    Some(format!("{}:{}", latest.name, latest.tag))
+}
+
+fn automation_revision(o: &ImageUpdateAutomation) -> Option<String> {
+    o.status.as_ref()?.last_push_commit.clone()
 }
 
 /// A HelmRelease's revision as `flux get helmreleases` shows it: the chart version of the
@@ -281,24 +347,57 @@ impl Lister {
                 }));
             }
         };
-        let kind = K::kind(&()).to_lowercase();
-        Ok(list
-            .items
-            .iter()
-            .map(|object| {
-                let ready = object.status().and_then(ObjectStatus::ready);
-                Row {
-                    kind: kind.clone(),
-                    namespace: object.namespace().unwrap_or_default(),
-                    name: object.name_any(),
-                    revision: revision(object).unwrap_or_default(),
-                    suspended: object.suspended(),
-                    ready: ready
-                        .map_or_else(|| "Unknown".to_owned(), |c| format!("{:?}", c.status)),
-                    message: ready.map(|c| c.message.clone()).unwrap_or_default(),
-                }
+        Ok(list.items.iter().map(|o| row(o, &revision)).collect())
+    }
+
+    /// Every change to an object of `K` in scope, as its row; a deleted object is not shown
+    /// again.
+    fn watch<K>(
+        &self,
+        revision: fn(&K) -> Option<String>,
+    ) -> futures::stream::BoxStream<'static, Result<Row, BoxError>>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Reconciled
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+        K::Status: ObjectStatus,
+    {
+        use futures::StreamExt as _;
+        use kube::runtime::{WatchStreamExt as _, watcher};
+        let api: Api<K> = match &self.scope {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        watcher(api, watcher::Config::default())
+            .applied_objects()
+            .map(move |object| {
+                object
+                    .map(|o| row(&o, &revision))
+                    .map_err(|e| Box::new(e) as BoxError)
             })
-            .collect())
+            .boxed()
+    }
+}
+
+/// An object's row, `revision` read from it.
+fn row<K>(object: &K, revision: &impl Fn(&K) -> Option<String>) -> Row
+where
+    K: Resource<DynamicType = ()> + Reconciled,
+    K::Status: ObjectStatus,
+{
+    let ready = object.status().and_then(ObjectStatus::ready);
+    Row {
+        kind: K::kind(&()).to_lowercase(),
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+        revision: revision(object).unwrap_or_default(),
+        suspended: object.suspended(),
+        ready: ready.map_or_else(|| "Unknown".to_owned(), |c| format!("{:?}", c.status)),
+        message: ready.map(|c| c.message.clone()).unwrap_or_default(),
     }
 }
 
@@ -319,11 +418,12 @@ pub fn render(rows: &[Row], output: Output, all_namespaces: bool) -> Result<Stri
             .map(|text| text + "\n")
             .map_err(|e| e.to_string()),
         Output::Yaml => serde_yaml_ng::to_string(rows).map_err(|e| e.to_string()),
-        Output::Table => Ok(table(rows, all_namespaces)),
+        Output::Table => Ok(table(rows, all_namespaces, crate::term::colour())),
     }
 }
 
-fn table(rows: &[Row], all_namespaces: bool) -> String {
+/// The rows as a table; the READY cells coloured when `colour` (widths count the text only).
+fn table(rows: &[Row], all_namespaces: bool, colour: bool) -> String {
     if rows.is_empty() {
         return "No objects found.\n".to_owned();
     }
@@ -358,14 +458,18 @@ fn table(rows: &[Row], all_namespaces: bool) -> String {
                 .unwrap_or(0)
         })
         .collect();
+    let ready_column = columns - 2;
     let mut out = String::new();
-    for line in &lines {
+    for (line_index, line) in lines.iter().enumerate() {
         let mut text = String::new();
         for (i, cell) in line.iter().enumerate() {
-            if i + 1 == columns {
-                text.push_str(cell);
+            let shown = if line_index > 0 && i == ready_column {
+                crate::term::paint(cell, crate::term::ready_style(cell), colour)
             } else {
-                text.push_str(cell);
+                cell.clone()
+            };
+            text.push_str(&shown);
+            if i + 1 < columns {
                 let pad = widths[i] - cell.chars().count() + 1;
                 text.extend(std::iter::repeat_n(' ', pad));
                 text.push('\t');
@@ -379,7 +483,8 @@ fn table(rows: &[Row], all_namespaces: bool) -> String {
 
 /// A revision as `flux get` prints it: a commit or digest cut to its first 8 hex digits
 /// (`main@sha1:1a2b3c4d`); the JSON and YAML output keep it whole.
-fn short_revision(revision: &str) -> String {
+#[must_use]
+pub(crate) fn short_revision(revision: &str) -> String {
     for algorithm in ["sha1:", "sha256:"] {
         if let Some(at) = revision.find(algorithm) {
             let hex = at + algorithm.len();
@@ -421,13 +526,13 @@ mod tests {
             ),
         ];
         assert_eq!(
-            table(&rows, false),
+            table(&rows, false, false),
             "NAME                         \tREVISION           \tSUSPENDED \tREADY \tMESSAGE\n\
              gitrepository/app            \tmain@sha1:0123abcd \tFalse     \tTrue  \tstored artifact\n\
              kustomization/infrastructure \tmain@sha1:0123abcd \tFalse     \tFalse \tbuild failed at a.yaml\n"
         );
-        assert!(table(&rows, true).starts_with("NAMESPACE \tNAME "));
-        assert_eq!(table(&[], false), "No objects found.\n");
+        assert!(table(&rows, true, false).starts_with("NAMESPACE \tNAME "));
+        assert_eq!(table(&[], false, false), "No objects found.\n");
     }
 
     #[test]

@@ -4,29 +4,11 @@
 //! suspended, and resumed it reconciles again; an unknown object or kind fails with a message
 //! and exit code 1 or 2, nothing changed.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use kube::Api;
 use weir_api::Kustomization;
 
 use crate::fixture::*;
-
-/// What `weir <args> --kubeconfig <harness>` printed, and its exit code.
-async fn weir(f: &Fixture, args: &[&str]) -> Result<(Option<i32>, String)> {
-    let weir = std::env::var("WEIR_BIN")
-        .context("WEIR_BIN: the weir binary to run (make integration builds it)")?;
-    let output = tokio::process::Command::new(weir)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&f.kubeconfig)
-        .output()
-        .await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok((output.status.code(), text))
-}
 
 #[tokio::test]
 async fn weir_reconciles_suspends_and_resumes_as_flux_does() -> Result<()> {

@@ -1,12 +1,16 @@
 //! The `flux` CLI pointed at Weir's controllers, in-process and scoped to one namespace.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DynamicObject, GroupVersionKind};
-use serde_json::Value;
+use k8s_openapi::api::{
+    core::v1::ConfigMap,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
+use serde_json::{Value, json};
 use weir_e2e::{ControllerConfigs, Error, GitRepo, Harness, TestNamespace, Watches};
 
 /// A namespace with Weir's controllers watching only it, and the `flux` CLI pointed at it.
@@ -24,12 +28,13 @@ pub(crate) struct Fixture {
     pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-/// What one `flux` command did.
+/// What one `flux` or `weir` command did.
 #[derive(Debug)]
 pub(crate) struct Run {
     pub(crate) code: Option<i32>,
     pub(crate) stdout: String,
-    /// stdout and stderr together: `flux` writes its progress lines (`►`, `✔`, `✗`) to stderr.
+    /// stdout and stderr together: `flux` and `weir` write their progress lines (`►`, `✔`, `✗`)
+    /// to stderr.
     pub(crate) all: String,
 }
 
@@ -299,4 +304,140 @@ pub(crate) fn app_repo(harness: &Harness) -> Result<GitRepo, Error> {
     harness
         .git()
         .create_repo("app", &BTreeMap::from([("deploy/app.yaml", APP_YAML)]))
+}
+
+/// The `weir` binary under test (`WEIR_BIN`).
+pub(crate) fn weir_bin() -> Result<String> {
+    std::env::var("WEIR_BIN")
+        .context("WEIR_BIN: the weir binary to run (make integration builds it)")
+}
+
+/// Runs `weir <args> --kubeconfig <kubeconfig> <extra>`: its exit code and output.
+pub(crate) async fn weir_run<S: AsRef<OsStr>>(
+    kubeconfig: &Path,
+    args: &[&str],
+    extra: &[S],
+) -> Result<Run> {
+    let output = tokio::process::Command::new(weir_bin()?)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    Ok(Run {
+        code: output.status.code(),
+        all: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+        stdout,
+    })
+}
+
+/// What `weir <args> --kubeconfig <kubeconfig>` printed (stdout and stderr), and its exit code.
+pub(crate) async fn weir_as(kubeconfig: &Path, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let run = weir_run::<&str>(kubeconfig, args, &[]).await?;
+    Ok((run.code, run.all))
+}
+
+/// What `weir <args> --kubeconfig <the harness's>` printed (stdout and stderr), and its exit
+/// code.
+pub(crate) async fn weir(f: &Fixture, args: &[&str]) -> Result<(Option<i32>, String)> {
+    weir_as(&f.kubeconfig, args).await
+}
+
+/// `weir <args> --kubeconfig <the harness's>`, which must exit 0; its stdout.
+pub(crate) async fn weir_ok(f: &Fixture, args: &[&str]) -> Result<String> {
+    weir_ok_as(&f.kubeconfig, args).await
+}
+
+/// `weir <args> --kubeconfig <kubeconfig>`, which must exit 0; its stdout.
+pub(crate) async fn weir_ok_as(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = weir_run::<&str>(kubeconfig, args, &[]).await?;
+    ensure!(
+        out.code == Some(0),
+        "weir {args:?} exited {:?}:\n{}",
+        out.code,
+        out.all
+    );
+    Ok(out.stdout)
+}
+
+/// A copy of the harness's kubeconfig, written in `dir`, that impersonates `user` (kubectl's
+/// `as:`).
+pub(crate) fn impersonating(f: &Fixture, user: &str, dir: &Path) -> Result<PathBuf> {
+    let mut config = kube::config::Kubeconfig::read_from(&f.kubeconfig)?;
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_owned());
+        }
+    }
+    let path = dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&config)?)?;
+    Ok(path)
+}
+
+impl Fixture {
+    /// A chart `<prefix>-…` 1.0.0 published in the harness's chart repository, and, made with
+    /// `flux create`, the HelmRepository `charts` of that repository and the HelmRelease
+    /// `release` of the chart (both reconciled every `interval`); the chart's name.
+    pub(crate) async fn helm_release(
+        &self,
+        prefix: &str,
+        release: &str,
+        interval: &str,
+    ) -> Result<String> {
+        let harness = Harness::get().await?;
+        let chart = weir_e2e::unique_name(prefix, 30);
+        harness
+            .charts()
+            .publish(&weir_e2e::Chart::new(&chart, "1.0.0"))?;
+        let url = harness.charts().url();
+        self.ok(&[
+            "create",
+            "source",
+            "helm",
+            "charts",
+            "--url",
+            url,
+            "--interval",
+            interval,
+        ])
+        .await?;
+        self.ok(&[
+            "create",
+            "helmrelease",
+            release,
+            "--source",
+            "HelmRepository/charts",
+            "--chart",
+            &chart,
+            "--interval",
+            interval,
+        ])
+        .await?;
+        Ok(chart)
+    }
+
+    /// A Role `name` in the test namespace with `rules`, bound to the user `user`.
+    pub(crate) async fn grant(&self, name: &str, user: &str, rules: Value) -> Result<()> {
+        let ns = self.ns.name();
+        let role: Role = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns },
+            "rules": rules,
+        }))?;
+        self.api::<Role>()
+            .create(&PostParams::default(), &role)
+            .await?;
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }))?;
+        self.api::<RoleBinding>()
+            .create(&PostParams::default(), &binding)
+            .await?;
+        Ok(())
+    }
 }

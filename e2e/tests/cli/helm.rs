@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use weir_api::{HelmRelease, helm_release as hr, manifest};
 use weir_e2e::{Chart, Harness, TestNamespace, unique_name, wait_until};
 
-use crate::fixture::{Run, cell, flux};
+use crate::fixture::{Run, cell, flux, weir_bin, weir_ok_as};
 
 /// A HelmRelease made with `flux create helmrelease` is installed by a `weir controllers`
 /// process; `flux get helmreleases` shows it Ready with Flux's message and the chart version as
@@ -290,21 +290,7 @@ impl HelmFixture {
 
     /// Runs `weir get <args>` with the harness's kubeconfig; fails unless it exits 0.
     async fn weir_get(&self, args: &[&str]) -> Result<String> {
-        let output = tokio::process::Command::new(weir_bin()?)
-            .arg("get")
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(self.harness.kubeconfig_path())
-            .output()
-            .await?;
-        let stdout = String::from_utf8(output.stdout)?;
-        ensure!(
-            output.status.success(),
-            "weir get {args:?}: {}\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(stdout)
+        weir_ok_as(self.harness.kubeconfig_path(), &[&["get"], args].concat()).await
     }
 
     /// `weir get hr` prints the row `flux get helmreleases` printed (`flux_table`) for `app`.
@@ -363,11 +349,6 @@ impl HelmFixture {
         let (revision, status, _) = history.last().cloned().context("no revision")?;
         Ok((revision, status))
     }
-}
-
-fn weir_bin() -> Result<String> {
-    std::env::var("WEIR_BIN")
-        .context("WEIR_BIN: the weir binary to run (make integration builds it)")
 }
 
 /// A chart of one Deployment, scaled by `replicaCount` (0 by default) and placed by

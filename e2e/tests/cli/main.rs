@@ -8,11 +8,16 @@
 
 mod config;
 mod control;
+mod diff;
 mod fixture;
 mod flux_cli;
 mod harness_api;
 mod harness_git;
 mod harness_registry;
 mod helm;
+mod lock;
+mod read_only;
+mod release;
+mod rollback;
 mod weir_controllers;
 mod weir_get;

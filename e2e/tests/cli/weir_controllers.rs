@@ -14,13 +14,14 @@ use crate::fixture::*;
 /// GitRepository for new artifacts, Kustomization twice, for itself and for dependencies, and
 /// HelmRelease for dependencies; the image controller ImageRepository and ImagePolicy twice;
 /// the helm controller HelmRelease twice, HelmChart and Kustomization), and readiness waits for
-/// each of them once.
+/// each of them once, and for the kustomize controller's four watches of locked workloads
+/// (Deployments, StatefulSets, DaemonSets and CronJobs labelled `weir.dev/locked=true`).
 #[tokio::test]
 async fn controllers_in_one_process_watch_each_kind_once() -> Result<()> {
     let f = Fixture::start().await?;
     assert_eq!(f.watches.len(), 8, "{:?}", f.watches);
     let synced = f.synced();
-    assert_eq!(synced.len(), 8);
+    assert_eq!(synced.len(), 8 + 4);
     wait_until("the shared caches to sync", || async {
         if synced.is_synced() {
             Ok(())
@@ -35,7 +36,7 @@ async fn controllers_in_one_process_watch_each_kind_once() -> Result<()> {
 /// A `weir controllers` process (the binary `make integration` builds, found through
 /// `WEIR_BIN`) watching one namespace, its metrics and health endpoints, and its log.
 struct WeirProcess {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     http: reqwest::Client,
     base: String,
     dir: tempfile::TempDir,
@@ -45,8 +46,18 @@ impl WeirProcess {
     /// Starts `weir controllers --namespace ns`, as the user of `kubeconfig` (the harness's by
     /// default).
     fn start(harness: &Harness, ns: &str, kubeconfig: Option<&std::path::Path>) -> Result<Self> {
-        let weir = std::env::var("WEIR_BIN")
-            .context("WEIR_BIN: the weir binary to run (make integration builds it)")?;
+        Self::start_with(harness, ns, kubeconfig, &[], &[])
+    }
+
+    /// [`Self::start`] with more flags and environment variables.
+    fn start_with(
+        harness: &Harness,
+        ns: &str,
+        kubeconfig: Option<&std::path::Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let weir = weir_bin()?;
         let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let dir = tempfile::tempdir()?;
         let mut command = tokio::process::Command::new(weir);
@@ -70,6 +81,8 @@ impl WeirProcess {
             .arg(harness.tool("helm"))
             .arg("--chart-cache-path")
             .arg(dir.path().join("charts"))
+            .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("weir.log"))?)
             .kill_on_drop(true);
@@ -77,11 +90,24 @@ impl WeirProcess {
             command.env("KUBECONFIG", kubeconfig);
         }
         Ok(Self {
-            _child: command.spawn()?,
+            child: command.spawn()?,
             http: reqwest::Client::new(),
             base: format!("http://{metrics_addr}"),
             dir,
         })
+    }
+
+    /// Sends the process `signal` (`KILL`, `TERM`) and waits for it to exit.
+    async fn signal(&mut self, signal: &str) -> Result<()> {
+        let pid = self.child.id().context("the process has exited already")?;
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
+        self.child.wait().await?;
+        Ok(())
     }
 
     /// The process's log so far, shown when a test fails.
@@ -184,6 +210,9 @@ async fn readyz_waits_until_every_kinds_cache_has_synced() -> Result<()> {
                         &["imagerepositories", "imageupdateautomations"],
                     ),
                     rule("", &["events", "secrets", "configmaps"]),
+                    // The kustomize controller watches locked workloads (by label).
+                    rule("apps", &["deployments", "statefulsets", "daemonsets"]),
+                    rule("batch", &["cronjobs"]),
                 ],
             ),
         ]
@@ -336,4 +365,152 @@ fn missing_metrics(text: &str, ns: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// The holder of the source controller's Lease in `ns`, if any.
+async fn leader(client: &kube::Client, ns: &str) -> Result<Option<String>, String> {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), ns);
+    Ok(leases
+        .get_opt("weir-source-leader-election")
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+/// Waits until the replica named `pod` holds the source controller's Lease, at most `within`.
+async fn wait_leader(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    within: std::time::Duration,
+) -> Result<()> {
+    weir_e2e::wait_until_within(&format!("{pod} to lead"), within, || async move {
+        match leader(client, ns).await? {
+            Some(holder) if holder.starts_with(&format!("{pod}_")) => Ok(()),
+            other => Err(format!("holder: {other:?}")),
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// The number after `name ` in a `/metrics` page.
+fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+/// Creates a GitRepository `name` of `url` and waits until it is Ready.
+async fn git_repository_ready(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    url: &str,
+) -> Result<()> {
+    let repo = json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": name},
+        "spec": {"url": url, "interval": "1h", "ref": {"branch": "main"}},
+    });
+    create_all(client, ns, &[repo]).await?;
+    let repos: kube::Api<weir_api::GitRepository> = kube::Api::namespaced(client.clone(), ns);
+    weir_e2e::wait_ready(&repos, name, "True", None).await?;
+    Ok(())
+}
+
+/// `weir controllers` flags: the source controller only, leader-elected in `ns`.
+fn election_flags(ns: &str, lease: &str, renew: &str) -> Vec<String> {
+    [
+        "--controllers",
+        "source",
+        "--enable-leader-election",
+        "--leader-election-namespace",
+        ns,
+        "--leader-election-lease-duration",
+        lease,
+        "--leader-election-renew-deadline",
+        renew,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Two replicas with leader election: one holds the Lease and reconciles, the other stands by
+/// (ready, reconciling nothing); killed, the leader is replaced once its Lease expires; stopped
+/// with SIGTERM, it gives the Lease up, and the standby takes over long before it would expire.
+#[tokio::test]
+async fn replicas_elect_one_leader_and_a_standby_takes_over_when_it_goes() -> Result<()> {
+    let harness = Harness::get().await?;
+    let ns = harness.namespace().await?;
+    let ns = ns.name();
+    let client = harness.client()?;
+    let git = app_repo(harness)?;
+    // A short Lease, so a killed leader is replaced soon.
+    let flags = election_flags(ns, "4s", "3s");
+    let short: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut a = WeirProcess::start_with(harness, ns, None, &short, &[("POD_NAME", "replica-a")])?;
+    wait_leader(&client, ns, "replica-a", weir_e2e::DEFAULT_DEADLINE)
+        .await
+        .with_context(|| a.log())?;
+    let b = WeirProcess::start_with(harness, ns, None, &short, &[("POD_NAME", "replica-b")])?;
+    assert_eq!(
+        b.wait_ok("/readyz").await?,
+        "standby: waiting for leadership"
+    );
+    a.wait_ok("/readyz").await?;
+    git_repository_ready(&client, ns, "first", &git.http_url())
+        .await
+        .with_context(|| a.log())?;
+    let standby = b.get("/metrics").await.map_err(anyhow::Error::msg)?.1;
+    assert_eq!(
+        counter(&standby, "weir_source_reconciles_total"),
+        None,
+        "a standby runs no controller:\n{standby}"
+    );
+    assert_eq!(
+        leader(&client, ns)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .map(|h| h.starts_with("replica-a_")),
+        Some(true)
+    );
+
+    // Killed: no release; the standby takes over once the Lease expires, and reconciles.
+    a.signal("KILL").await?;
+    wait_leader(&client, ns, "replica-b", weir_e2e::DEFAULT_DEADLINE)
+        .await
+        .with_context(|| b.log())?;
+    git_repository_ready(&client, ns, "second", &git.http_url())
+        .await
+        .with_context(|| b.log())?;
+    let text = b.wait_ok("/metrics").await?;
+    assert!(
+        counter(&text, "weir_source_reconciles_total").is_some_and(|n| n > 0),
+        "{text}"
+    );
+    drop(b);
+
+    // A long Lease now: a standby could not take over within a minute unless it is released.
+    let ns2 = harness.namespace().await?;
+    let ns2 = ns2.name();
+    let flags = election_flags(ns2, "300s", "290s");
+    let long: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut c = WeirProcess::start_with(harness, ns2, None, &long, &[("POD_NAME", "replica-c")])?;
+    wait_leader(&client, ns2, "replica-c", weir_e2e::DEFAULT_DEADLINE)
+        .await
+        .with_context(|| c.log())?;
+    let d = WeirProcess::start_with(harness, ns2, None, &long, &[("POD_NAME", "replica-d")])?;
+    d.wait_ok("/readyz").await?;
+    c.signal("TERM").await?;
+    wait_leader(
+        &client,
+        ns2,
+        "replica-d",
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .with_context(|| format!("{}\n{}", c.log(), d.log()))?;
+    Ok(())
 }

@@ -10,23 +10,7 @@ use crate::fixture::*;
 impl Fixture {
     /// Runs `weir get <args> --kubeconfig <the harness's>`; fails unless it exits 0.
     async fn weir_get(&self, args: &[&str]) -> Result<String> {
-        let weir = std::env::var("WEIR_BIN")
-            .context("WEIR_BIN: the weir binary to run (make integration builds it)")?;
-        let output = tokio::process::Command::new(weir)
-            .arg("get")
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .output()
-            .await?;
-        let stdout = String::from_utf8(output.stdout)?;
-        ensure!(
-            output.status.success(),
-            "weir get {args:?}: {}\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(stdout)
+        weir_ok(self, &[&["get"], args].concat()).await
     }
 }
 
@@ -95,6 +79,90 @@ async fn weir_get_shows_sources_and_kustomizations_as_flux_get_does() -> Result<
     assert_eq!(
         row("gitrepository")?["revision"],
         source.status.unwrap().artifact.unwrap().revision
+    );
+    Ok(())
+}
+
+/// `weir get --watch`: the table first, then a row again when the object changes — a new
+/// commit reconciled shows its revision without running the command again.
+#[tokio::test]
+async fn weir_get_watch_prints_a_row_again_when_it_changes() -> Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let f = Fixture::start().await?;
+    let repo = f.repo_with_config_map("1").await?;
+    f.create_source_and_kustomization(&repo).await?;
+    let ns = f.ns.name();
+    let weir = weir_bin()?;
+    let mut child = tokio::process::Command::new(weir)
+        .args(["get", "kustomizations", "-n", ns, "--watch", "--kubeconfig"])
+        .arg(&f.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    // Reads lines until one contains `wanted`; what was read, for the failure message.
+    let mut seen = String::new();
+    let mut read_until = async |wanted: String| -> Result<()> {
+        let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(&wanted) {
+                    return Ok::<bool, anyhow::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        ensure!(
+            matches!(found, Ok(Ok(true))),
+            "no line with {wanted:?} in:\n{seen}"
+        );
+        Ok(())
+    };
+    read_until("NAME".to_owned()).await?;
+    read_until(format!("main@sha1:{}", &repo.head()?[..8])).await?;
+
+    let next = repo
+        .change()
+        .write("deploy/cm.yaml", &config_map_yaml(ns, "2"))
+        .commit("two")?;
+    f.ok(&["reconcile", "kustomization", "app", "--with-source"])
+        .await?;
+    read_until(format!("main@sha1:{}", &next[..8])).await?;
+    child.kill().await?;
+    Ok(())
+}
+
+/// `weir completion <shell>` prints clap's completion script for every command.
+#[tokio::test]
+async fn weir_completion_prints_a_script_for_each_shell() -> Result<()> {
+    let weir = weir_bin()?;
+    for (shell, mark) in [
+        ("bash", "_weir()"),
+        ("zsh", "#compdef weir"),
+        ("fish", "complete -c weir"),
+    ] {
+        let output = tokio::process::Command::new(&weir)
+            .args(["completion", shell])
+            .output()
+            .await?;
+        let script = String::from_utf8(output.stdout)?;
+        ensure!(output.status.success(), "{shell}: {}", output.status);
+        ensure!(script.contains(mark), "{shell}: no {mark:?} in\n{script}");
+        ensure!(
+            script.contains("reconcile"),
+            "{shell}: the commands are completed"
+        );
+    }
+    let bad = tokio::process::Command::new(&weir)
+        .args(["completion", "tcsh"])
+        .output()
+        .await?;
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
     );
     Ok(())
 }

@@ -278,9 +278,39 @@ async fn unchanged_reconciles_write_nothing_and_manual_edits_are_reverted() -> R
         "the only status writes record the two handled requests"
     );
 
-    // A manual edit of an applied field and a scale are corrected at the next interval, and
-    // the event names who changed what (from managedFields), as `kubectl edit` and `kubectl
-    // scale` record themselves.
+    // A manual edit of an applied field is corrected at the next interval.
+    let edit = json!({ "data": { "key": "edited" } });
+    Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
+        .patch("a", &PatchParams::default(), &Patch::Merge(&edit))
+        .await?;
+    wait_until("the manual edit to be reverted", || async {
+        let cm = f
+            .config_map("a")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        match cm.data.unwrap_or_default().get("key").map(String::as_str) {
+            Some("1") => Ok(()),
+            other => Err(format!("key = {other:?}")),
+        }
+    })
+    .await?;
+    f.teardown().await
+}
+
+/// Drift is corrected at the next interval, and the event names who changed what, from the
+/// live objects' managedFields, as `kubectl edit` and `kubectl scale` record themselves.
+#[tokio::test]
+async fn corrected_drift_names_who_changed_what() -> Result<()> {
+    let f = Fixture::start(&[
+        ("apps/a.yaml", &config_map_yaml("a", "1")),
+        ("apps/deploy.yaml", DEPLOYMENT),
+    ])
+    .await?;
+    f.create_ks("app", json!({ "path": "./apps", "interval": "3s" }))
+        .await?;
+    f.wait_applied("app", &f.repo.head()?).await?;
+    let deployments = Api::<Deployment>::namespaced(f.client.clone(), f.ns());
     let edit = json!({ "data": { "key": "edited" } });
     Api::<ConfigMap>::namespaced(f.client.clone(), f.ns())
         .patch(

@@ -97,6 +97,33 @@ pub fn container_images(kind: &str, object: &serde_json::Value) -> Vec<(String, 
         .collect()
 }
 
+/// The merge patch that removes a lock: the label and every lock annotation.
+#[must_use]
+pub fn unlock_patch() -> serde_json::Value {
+    serde_json::json!({ "metadata": {
+        "labels": { LOCKED_LABEL: null },
+        "annotations": { LOCK_REASON: null, LOCKED_BY: null, LOCKED_AT: null, LOCK_EXPIRES: null },
+    } })
+}
+
+/// `Rolled back to revision <revision> (by <who>: <why>)`, Ready's message while an object is
+/// pinned, from its rollback annotations.
+#[must_use]
+pub fn rolled_back_message(
+    annotations: &std::collections::BTreeMap<String, String>,
+    revision: &str,
+) -> String {
+    let by = annotations.get(ROLLED_BACK_BY).filter(|s| !s.is_empty());
+    let reason = annotations.get(ROLLBACK_REASON).filter(|s| !s.is_empty());
+    let why = match (by, reason) {
+        (Some(by), Some(reason)) => format!(" (by {by}: {reason})"),
+        (Some(by), None) => format!(" (by {by})"),
+        (None, Some(reason)) => format!(" ({reason})"),
+        (None, None) => String::new(),
+    };
+    format!("Rolled back to revision {revision}{why}")
+}
+
 /// A lock read from an object's labels and annotations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {

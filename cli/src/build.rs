@@ -53,9 +53,6 @@ pub struct Args {
     pub kind: Kind,
     /// The Kustomization's name.
     pub name: String,
-    /// Its namespace (the kubeconfig's namespace when omitted).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
     /// A local directory standing for the Kustomization's `spec.path`; without it, the
     /// source's current artifact is built.
     #[arg(long)]
@@ -67,12 +64,9 @@ pub struct Args {
     /// The `kustomize` binary (looked up on `PATH` when a bare name).
     #[arg(long, default_value = "kustomize")]
     pub kustomize_path: PathBuf,
-    /// The kubeconfig file (`KUBECONFIG` or ~/.kube/config when omitted).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (its current context when omitted).
-    #[arg(long)]
-    pub context: Option<String>,
+    /// How to reach the cluster, and the namespace.
+    #[command(flatten)]
+    pub cluster: crate::common::Cluster,
 }
 
 /// Which command runs.
@@ -110,15 +104,8 @@ pub fn diff(args: &Args) -> ExitCode {
 }
 
 fn run(args: &Args, mode: Mode) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("✗ cannot start the async runtime: {error}");
-            return mode.failure();
-        }
+    let Some(runtime) = crate::common::runtime() else {
+        return mode.failure();
     };
     let mut redactor = Redactor::default();
     match runtime.block_on(output(args, mode, &mut redactor)) {
@@ -167,9 +154,13 @@ async fn output(
     mode: Mode,
     redactor: &mut Redactor,
 ) -> Result<(String, bool), BoxError> {
-    let config =
-        crate::get::user_config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let config = crate::get::user_config(
+        args.cluster.kubeconfig.as_deref(),
+        args.cluster.context.as_deref(),
+    )
+    .await?;
     let namespace = args
+        .cluster
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());

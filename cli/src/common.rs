@@ -44,6 +44,19 @@ pub enum Output {
     Yaml,
 }
 
+/// `value` as JSON or YAML, for `-o json|yaml`; `None` for a table, which each command draws
+/// itself.
+pub(crate) fn structured<T: serde::Serialize>(
+    value: &T,
+    output: Output,
+) -> Result<Option<String>, BoxError> {
+    Ok(match output {
+        Output::Table => None,
+        Output::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
+        Output::Yaml => Some(serde_yaml_ng::to_string(value)?),
+    })
+}
+
 /// The kinds that have an inventory and a history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Applier {
@@ -102,15 +115,8 @@ pub(crate) fn block_on(
     name: &str,
     command: impl Future<Output = Result<String, BoxError>>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("weir {name}: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(command);
     // A git fetch past its deadline may still hold a blocking thread: do not wait for it.
@@ -120,6 +126,20 @@ pub(crate) fn block_on(
         Err(error) => {
             eprintln!("weir {name}: {}", weir_runtime::chain(&*error));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A single-threaded runtime for one command; `None`, said on stderr, when it cannot start.
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("✗ cannot start the async runtime: {error}");
+            None
         }
     }
 }

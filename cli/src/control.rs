@@ -5,7 +5,7 @@
 //! the controller's answer (through a watch) and report its Ready condition: exit 0 when
 //! Ready, 1 when not (or on an API error, a missing or suspended object, a timeout).
 
-use std::{fmt::Debug, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fmt::Debug, process::ExitCode, time::Duration};
 
 use clap::ValueEnum;
 use kube::{
@@ -53,15 +53,9 @@ pub struct Target {
     pub kind: Kind,
     /// The object's name.
     pub name: Option<String>,
-    /// Its namespace (the kubeconfig's namespace when omitted).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// The kubeconfig file (`KUBECONFIG` or ~/.kube/config when omitted).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (its current context when omitted).
-    #[arg(long)]
-    pub context: Option<String>,
+    /// How to reach the cluster, and the namespace.
+    #[command(flatten)]
+    pub cluster: crate::common::Cluster,
     /// How long to wait for the controller's answer.
     #[arg(long, default_value = "5m", value_parser = crate::controllers::parse_duration)]
     pub timeout: Duration,
@@ -96,15 +90,8 @@ pub enum Verb {
 }
 
 fn block_on(future: impl Future<Output = Result<bool, BoxError>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("✗ cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::common::runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(future) {
         Ok(true) => ExitCode::SUCCESS,
@@ -144,12 +131,7 @@ impl Verb {
 }
 
 async fn client(target: &Target) -> Result<(Client, String), BoxError> {
-    let (client, default_namespace) =
-        crate::get::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await?;
-    Ok((
-        client,
-        target.namespace.clone().unwrap_or(default_namespace),
-    ))
+    target.cluster.connect().await
 }
 
 /// Calls `$body` with the Rust type of `$kind` as `K`.

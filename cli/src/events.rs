@@ -59,8 +59,11 @@ pub struct Args {
     #[arg(long = "for", value_name = "KIND/NAME")]
     pub for_object: Option<String>,
     /// After the Events so far, print new ones as they come, until interrupted.
-    #[arg(short = 'w', long)]
+    #[arg(short = 'w', long, conflicts_with = "output")]
     pub watch: bool,
+    /// How to print the Events: `json` and `yaml` give the rows with RFC 3339 times.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::common::Output::Table)]
+    pub output: crate::common::Output,
 }
 
 /// An object Events may be about: (kind, namespace, name).
@@ -103,10 +106,13 @@ impl Filter {
 }
 
 /// One Event's row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Row {
     pub namespace: String,
+    #[serde(serialize_with = "rfc3339")]
     pub last_seen: Option<Timestamp>,
+    #[serde(rename = "type")]
     pub type_: String,
     pub reason: String,
     pub object: String,
@@ -128,6 +134,15 @@ impl Row {
             ),
             message: event.message.clone().unwrap_or_default(),
         }
+    }
+}
+
+/// A time as RFC 3339 (seconds, UTC), or null.
+#[allow(clippy::ref_option)] // serde's `serialize_with` hands the field over as `&Option<_>`.
+fn rfc3339<S: serde::Serializer>(time: &Option<Timestamp>, out: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => out.serialize_str(&crate::history::rfc3339(*t)),
+        None => out.serialize_none(),
     }
 }
 
@@ -184,6 +199,9 @@ pub fn run(args: &Args) -> ExitCode {
             .map(Row::of)
             .collect();
         rows.sort_by_key(|row| row.last_seen);
+        if let Some(text) = crate::common::structured(&rows, args.output)? {
+            return Ok(text);
+        }
         let now = Timestamp::now();
         let table = render(&rows, all_namespaces, now);
         if rows.is_empty() && !args.watch {

@@ -87,19 +87,12 @@ pub struct Row {
 
 /// Runs `weir get`; prints the rows, or the error on stderr with exit code 1.
 pub fn run(args: &Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("weir get: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::common::runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(rows(args)) {
         Ok((rows, _)) if !args.watch => match render(&rows, args.output, args.all_namespaces) {
-            Ok(text) => print(&text),
+            Ok(text) => crate::common::print("get", &text),
             Err(error) => {
                 eprintln!("weir get: {error}");
                 ExitCode::FAILURE
@@ -114,24 +107,6 @@ pub fn run(args: &Args) -> ExitCode {
         },
         Err(error) => {
             eprintln!("weir get: {}", weir_runtime::chain(&*error));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Writes `text` to stdout; a reader that stopped reading (`weir get -A | head`) is not an
-/// error, as for any filter, where `print!` would panic.
-fn print(text: &str) -> ExitCode {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("weir get: cannot write the rows: {error}");
             ExitCode::FAILURE
         }
     }
@@ -203,7 +178,7 @@ async fn rows(args: &Args) -> Result<(Vec<Row>, Lister), BoxError> {
 async fn watch(args: &Args, lister: &Lister, rows: Vec<Row>) -> Result<ExitCode, BoxError> {
     use futures::StreamExt as _;
     let colour = crate::term::colour();
-    let code = print(&table(&rows, args.all_namespaces, colour));
+    let code = crate::common::print("get", &table(&rows, args.all_namespaces, colour));
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
@@ -242,7 +217,7 @@ async fn watch(args: &Args, lister: &Lister, rows: Vec<Row>) -> Result<ExitCode,
         }
         let line = table(std::slice::from_ref(&row), args.all_namespaces, colour);
         // The table's header is its first line: a watched row is printed without it.
-        let code = print(line.split_once('\n').map_or("", |(_, rest)| rest));
+        let code = crate::common::print("get", line.split_once('\n').map_or("", |(_, rest)| rest));
         if code != ExitCode::SUCCESS {
             return Ok(code);
         }

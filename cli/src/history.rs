@@ -351,7 +351,7 @@ pub(crate) fn rollback_description(annotations: &BTreeMap<String, String>) -> Op
     Some(line)
 }
 
-fn rfc3339(t: k8s_openapi::jiff::Timestamp) -> String {
+pub(crate) fn rfc3339(t: k8s_openapi::jiff::Timestamp) -> String {
     chrono::DateTime::from_timestamp(t.as_second(), 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()

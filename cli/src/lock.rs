@@ -19,7 +19,7 @@
 //!
 //! Exit codes: 0 done, 1 refused or failed (nothing changed), 2 usage.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use chrono::{SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -52,15 +52,9 @@ pub struct Target {
     /// The workload, as `kind/name`: deployment/ (deploy/), statefulset/ (sts/), daemonset/
     /// (ds/), cronjob/ (cj/) or helmrelease/ (hr/).
     pub workload: String,
-    /// Its namespace (the kubeconfig's namespace when omitted).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// The kubeconfig file (`KUBECONFIG` or ~/.kube/config when omitted).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (its current context when omitted).
-    #[arg(long)]
-    pub context: Option<String>,
+    /// How to reach the cluster, and the namespace.
+    #[command(flatten)]
+    pub cluster: crate::common::Cluster,
 }
 
 /// Flags of `weir lock`.
@@ -126,9 +120,7 @@ async fn fetch(
     target: &Target,
     (kind, name): (Kind, String),
 ) -> Result<(Client, Workload), BoxError> {
-    let (client, default_namespace) =
-        crate::get::connect(target.kubeconfig.as_deref(), target.context.as_deref()).await?;
-    let namespace = target.namespace.clone().unwrap_or(default_namespace);
+    let (client, namespace) = target.cluster.connect().await?;
     let title = format!("{} {namespace}/{name}", kind.resource().kind);
     let (api, object) = workload::fetch(&client, kind, &namespace, &name, &title).await?;
     Ok((

@@ -35,8 +35,8 @@
 //! 2 usage.
 
 use std::{
-    cell::RefCell, collections::BTreeMap, fmt::Write as _, path::PathBuf, process::ExitCode,
-    sync::Arc, time::Duration,
+    cell::RefCell, collections::BTreeMap, fmt::Write as _, process::ExitCode, sync::Arc,
+    time::Duration,
 };
 
 use k8s_openapi::api::{
@@ -105,15 +105,9 @@ pub struct Args {
     /// `release@weir.invalid`).
     #[arg(long, env = "WEIR_AUTHOR_EMAIL")]
     pub author_email: Option<String>,
-    /// The workload's namespace (the kubeconfig's namespace when omitted).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// The kubeconfig file (`KUBECONFIG` or ~/.kube/config when omitted).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (its current context when omitted).
-    #[arg(long)]
-    pub context: Option<String>,
+    /// How to reach the cluster, and the namespace.
+    #[command(flatten)]
+    pub cluster: crate::common::Cluster,
     /// How long to wait, after the push, for the cluster to run the image.
     #[arg(long, default_value = "5m", value_parser = crate::controllers::parse_duration)]
     pub timeout: Duration,
@@ -171,9 +165,7 @@ struct Origin {
 }
 
 async fn run(args: &Args, (kind, name): (Kind, String)) -> Result<(), BoxError> {
-    let (client, default_namespace) =
-        crate::get::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let namespace = args.namespace.clone().unwrap_or(default_namespace);
+    let (client, namespace) = args.cluster.connect().await?;
     let target = fetch(&client, kind, &namespace, &name).await?;
     let locked = check_workload(&client, &target, &args.image, args.force).await?;
     let origin = origin(&client, &target, &args.image).await?;

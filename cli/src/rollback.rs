@@ -21,7 +21,7 @@
 //!
 //! Exit codes: 0 done, 1 refused or failed, 2 usage.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use chrono::{SecondsFormat, Utc};
 use clap::ValueEnum;
@@ -81,15 +81,9 @@ pub struct Args {
     /// Why (recorded in the annotation, the Ready message, the Event and the commit).
     #[arg(short = 'm', long)]
     pub reason: Option<String>,
-    /// Its namespace (the kubeconfig's namespace when omitted).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// The kubeconfig file (`KUBECONFIG` or ~/.kube/config when omitted).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (its current context when omitted).
-    #[arg(long)]
-    pub context: Option<String>,
+    /// How to reach the cluster, and the namespace.
+    #[command(flatten)]
+    pub cluster: crate::common::Cluster,
     /// How long to wait for the controller's answer.
     #[arg(long, default_value = "5m", value_parser = crate::controllers::parse_duration)]
     pub timeout: Duration,
@@ -103,15 +97,8 @@ pub fn run(args: &Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("✗ cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::common::runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(rollback(args)) {
         Ok(true) => ExitCode::SUCCESS,
@@ -124,9 +111,7 @@ pub fn run(args: &Args) -> ExitCode {
 }
 
 async fn rollback(args: &Args) -> Result<bool, BoxError> {
-    let (client, default_namespace) =
-        crate::get::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let namespace = args.namespace.clone().unwrap_or(default_namespace);
+    let (client, namespace) = args.cluster.connect().await?;
     let target = Object {
         client,
         namespace,

@@ -51,6 +51,9 @@ pub struct Args {
     pub object: String,
     /// The object's name, when the first argument is only its kind.
     pub name: Option<String>,
+    /// How to print the chain: `json` and `yaml` give a list of objects, one per section.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::common::Output::Table)]
+    pub output: crate::common::Output,
     #[command(flatten)]
     pub cluster: Cluster,
 }
@@ -71,7 +74,16 @@ pub fn run(args: &Args) -> ExitCode {
     crate::common::block_on("trace", async {
         let (client, namespace) = args.cluster.connect().await?;
         let sections = trace(&client, kind, name, &namespace).await?;
-        Ok(render(&sections))
+        let objects: Vec<serde_json::Map<String, Value>> = sections
+            .iter()
+            .map(|section| {
+                section
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), Value::String(value.clone())))
+                    .collect()
+            })
+            .collect();
+        Ok(crate::common::structured(&objects, args.output)?.unwrap_or_else(|| render(&sections)))
     })
 }
 

@@ -147,12 +147,10 @@ pub(crate) fn reference(kind: Kind, object: &DynamicObject) -> ObjectReference {
 /// Runs `future` to its end: exit 0 when it did what was asked, 1 when it failed (the error
 /// printed).
 pub(crate) fn block_on(future: impl Future<Output = Result<(), BoxError>>) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}").into())
-        .and_then(|runtime| runtime.block_on(future));
-    match result {
+    let Some(runtime) = crate::common::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("✗ {}", weir_runtime::chain(&*error));

@@ -20,12 +20,8 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde_json::json;
 use weir_api::{
-    control::{
-        LOCK_EXPIRES, LOCK_FIELD_MANAGER, LOCK_REASON, LOCKED_AT, LOCKED_BY, LOCKED_LABEL, Lock,
-        reasons,
-    },
+    control::{LOCK_FIELD_MANAGER, Lock, reasons},
     helm_release::{self as hr, HelmRelease, HelmReleaseStatus, ReleaseAction},
 };
 
@@ -91,10 +87,7 @@ async fn expire(release: &HelmRelease, ctx: &Context, lock: &Lock) -> Result<(),
         ctx.base.client.clone(),
         &release.namespace().unwrap_or_default(),
     );
-    let patch = json!({ "metadata": {
-        "labels": { LOCKED_LABEL: null },
-        "annotations": { LOCK_REASON: null, LOCKED_BY: null, LOCKED_AT: null, LOCK_EXPIRES: null },
-    } });
+    let patch = weir_api::control::unlock_patch();
     let params = PatchParams {
         field_manager: Some(LOCK_FIELD_MANAGER.to_owned()),
         ..PatchParams::default()

@@ -17,7 +17,7 @@ use weir_api::{
     ConditionStatus,
     condition::{find_condition, types},
     control::{
-        ROLLBACK_REASON, ROLLBACK_TO, ROLLED_BACK_BY,
+        ROLLBACK_TO,
         reasons::{ROLLBACK_CLEARED, ROLLED_BACK},
     },
     helm_release::{self as hr, HelmRelease, HelmReleaseStatus},
@@ -154,16 +154,7 @@ pub async fn hold(
 /// Ready's message while held: `Rolled back to revision N (by user: reason)`.
 #[must_use]
 pub fn ready_message(hr: &HelmRelease, version: i64) -> String {
-    let annotations = hr.annotations();
-    let by = annotations.get(ROLLED_BACK_BY).filter(|s| !s.is_empty());
-    let reason = annotations.get(ROLLBACK_REASON).filter(|s| !s.is_empty());
-    let why = match (by, reason) {
-        (Some(by), Some(reason)) => format!(" (by {by}: {reason})"),
-        (Some(by), None) => format!(" (by {by})"),
-        (None, Some(reason)) => format!(" ({reason})"),
-        (None, None) => String::new(),
-    };
-    format!("Rolled back to revision {version}{why}")
+    weir_api::control::rolled_back_message(hr.annotations(), &version.to_string())
 }
 
 /// A release whose Ready said it was rolled back, now unpinned: a `RollbackCleared` Event.
@@ -187,6 +178,7 @@ async fn announce_cleared(hr: &HelmRelease, ctx: &Context, status: &HelmReleaseS
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
+    use weir_api::control::{ROLLBACK_REASON, ROLLED_BACK_BY};
 
     fn hr(rollback_to: Option<&str>) -> HelmRelease {
         let mut hr: HelmRelease = serde_json::from_value(serde_json::json!({

@@ -43,12 +43,11 @@ use kube::{
         watcher,
     },
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use weir_api::{
     Kustomization,
     control::{
-        LOCK_EXPIRES, LOCK_FIELD_MANAGER, LOCK_REASON, LOCKED_AT, LOCKED_BY, LOCKED_LABEL, Lock,
-        container_images, pod_spec_pointer, reasons,
+        LOCK_FIELD_MANAGER, LOCKED_LABEL, Lock, container_images, pod_spec_pointer, reasons,
     },
     kustomize::annotations::{NAME_LABEL, NAMESPACE_LABEL},
 };
@@ -404,10 +403,7 @@ async fn release(ctx: &Context, kind: &str, live: &DynamicObject, lock: &Lock) {
     let (namespace, name) = (live.namespace().unwrap_or_default(), live.name_any());
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.base.client.clone(), &namespace, &resource);
-    let patch = json!({ "metadata": {
-        "labels": { LOCKED_LABEL: null },
-        "annotations": { LOCK_REASON: null, LOCKED_BY: null, LOCKED_AT: null, LOCK_EXPIRES: null },
-    } });
+    let patch = weir_api::control::unlock_patch();
     let params = PatchParams {
         field_manager: Some(LOCK_FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -471,6 +467,8 @@ async fn release(ctx: &Context, kind: &str, live: &DynamicObject, lock: &Lock) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn deployment(containers: Value, init: Value) -> Value {

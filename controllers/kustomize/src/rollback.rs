@@ -34,7 +34,7 @@ use kube::{
 use weir_api::{
     Artifact, GitRepository, GitRepositorySpec, GoDuration, Kustomization,
     control::{
-        ROLLBACK_REASON, ROLLBACK_TO, ROLLED_BACK_BY,
+        ROLLBACK_TO,
         reasons::{ROLLBACK_CLEARED, ROLLED_BACK},
     },
     reasons,
@@ -401,16 +401,10 @@ pub async fn delete_source(ks: &Kustomization, ctx: &Context) -> Result<bool, Ku
 #[must_use]
 pub fn ready_message(ks: &Kustomization, revision: &str) -> Option<String> {
     pinned(ks)?.ok()?;
-    let annotations = ks.annotations();
-    let by = annotations.get(ROLLED_BACK_BY).filter(|s| !s.is_empty());
-    let reason = annotations.get(ROLLBACK_REASON).filter(|s| !s.is_empty());
-    let why = match (by, reason) {
-        (Some(by), Some(reason)) => format!(" (by {by}: {reason})"),
-        (Some(by), None) => format!(" (by {by})"),
-        (None, Some(reason)) => format!(" ({reason})"),
-        (None, None) => String::new(),
-    };
-    Some(format!("Rolled back to revision {revision}{why}"))
+    Some(weir_api::control::rolled_back_message(
+        ks.annotations(),
+        revision,
+    ))
 }
 
 /// The Event reason announcing a success with Ready message `message` when Ready said
@@ -428,6 +422,7 @@ pub fn announcement(
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
+    use weir_api::control::{ROLLBACK_REASON, ROLLED_BACK_BY};
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 

@@ -174,6 +174,12 @@ async fn weir_trace_names_the_kustomization_source_and_revision_of_a_deployment(
     assert_eq!(field(&trace, 2, "GitRepository").as_deref(), Some("app"));
     assert_eq!(field(&trace, 2, "URL"), Some(repo.http_url()));
     assert_eq!(field(&trace, 2, "Ready").as_deref(), Some("True"));
+    // The same chain as JSON: one object a section.
+    let json: serde_json::Value = serde_json::from_str(
+        &weir_ok(&f, &["trace", "deployment/web", "-n", ns, "-o", "json"]).await?,
+    )?;
+    assert_eq!(json[0]["Object"], "Deployment/web", "{json}");
+    assert_eq!(json[1]["Revision"], format!("main@sha1:{head}"), "{json}");
 
     // A nested object: its Kustomization, then the one that applied that, each with its source.
     let nested = weir_ok(&f, &["trace", "configmap", "inner", "-n", ns]).await?;
@@ -338,6 +344,18 @@ async fn weir_events_lists_a_kustomizations_events_and_its_sources() -> Result<(
     ensure!(
         objects(&all).iter().any(|o| o == "GitRepository/app"),
         "{all}"
+    );
+    // As JSON: the rows, times in RFC 3339, the Locked Event among them.
+    let json: serde_json::Value =
+        serde_json::from_str(&weir_ok(&f, &["events", "-n", ns, "-o", "json"]).await?)?;
+    let rows = json.as_array().context("a JSON list")?;
+    ensure!(
+        rows.iter().any(|r| r["reason"] == "Locked"
+            && r["type"] == "Normal"
+            && r["lastSeen"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("2026-12-01T"))),
+        "{json}"
     );
     // The Locked Event of 2026-12-01 is the oldest, so first.
     ensure!(

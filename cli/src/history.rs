@@ -488,11 +488,7 @@ fn read_commits(
 
 /// The history as `output` says.
 pub fn render(history: &History, output: Output) -> Result<String, BoxError> {
-    Ok(match output {
-        Output::Table => text(history),
-        Output::Json => serde_json::to_string_pretty(history)? + "\n",
-        Output::Yaml => serde_yaml_ng::to_string(history)?,
-    })
+    Ok(crate::common::structured(history, output)?.unwrap_or_else(|| text(history)))
 }
 
 /// The history as text: the revisions table, then what is in place now, then the Events.

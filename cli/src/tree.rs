@@ -140,11 +140,7 @@ pub fn run(args: &Args) -> ExitCode {
 
 /// The tree as `output` says.
 pub fn render(tree: &Node, output: Output) -> Result<String, BoxError> {
-    Ok(match output {
-        Output::Table => draw(tree),
-        Output::Json => serde_json::to_string_pretty(tree)? + "\n",
-        Output::Yaml => serde_yaml_ng::to_string(tree)?,
-    })
+    Ok(crate::common::structured(tree, output)?.unwrap_or_else(|| draw(tree)))
 }
 
 /// The tree drawn as `flux tree` draws it.

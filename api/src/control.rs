@@ -37,6 +37,11 @@ pub const ROLLED_BACK_AT: &str = "weir.dev/rolled-back-at";
 /// Annotation: why (optional).
 pub const ROLLBACK_REASON: &str = "weir.dev/rollback-reason";
 
+/// Annotation on a Kustomization: `"true"` lets a revision that applies no object prune every
+/// object applied before. Without it, such a revision (a path emptied by mistake) is refused
+/// and nothing is pruned.
+pub const ALLOW_MASS_PRUNE: &str = "weir.dev/allow-mass-prune";
+
 /// Event reasons of the control extensions, on the object concerned.
 pub mod reasons {
     pub const LOCKED: &str = "Locked";

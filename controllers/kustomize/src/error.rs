@@ -77,6 +77,14 @@ pub enum KustomizeError {
     Apply(#[source] SsaError),
     #[error("prune failed")]
     Prune(#[source] SsaError),
+    /// The revision applies nothing and would prune every object applied before; Weir's guard
+    /// against an emptied path (`weir.dev/allow-mass-prune: "true"` allows it).
+    #[error(
+        "refusing to prune all {0} objects applied before: the revision applies no object \
+         (an emptied path?); nothing was pruned. Annotate the Kustomization \
+         weir.dev/allow-mass-prune=true to prune them"
+    )]
+    MassPrune(usize),
     #[error("health check failed after {after:?}")]
     HealthCheck {
         after: Duration,
@@ -132,7 +140,7 @@ impl Failure for KustomizeError {
             | Self::Substitute { .. }
             | Self::SubstituteInput(_)
             | Self::SubstituteFromNotFound { .. } => reasons::BUILD_FAILED,
-            Self::Prune(_) => reasons::PRUNE_FAILED,
+            Self::Prune(_) | Self::MassPrune(_) => reasons::PRUNE_FAILED,
             Self::HealthCheck { .. } | Self::HealthCheckKind(_) => reasons::HEALTH_CHECK_FAILED,
             Self::HealthCheckExpr(_) | Self::DependencyExpr { .. } => {
                 reasons::INVALID_CEL_EXPRESSION
@@ -171,6 +179,7 @@ impl Failure for KustomizeError {
             | Self::Validation(_)
             | Self::Apply(_)
             | Self::Prune(_)
+            | Self::MassPrune(_)
             | Self::HealthCheck { .. }
             | Self::HealthCheckKind(_)
             | Self::Kube(_)

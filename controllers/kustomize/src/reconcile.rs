@@ -132,11 +132,6 @@ pub async fn run(
         ignore: &ignore,
     };
     let old = ks.status.as_ref().and_then(|s| s.inventory.clone());
-    let changes = set
-        .apply(&targets)
-        .await
-        .map_err(|failure| apply_failed(failure, &targets, old.as_ref(), attempt))?;
-    attempt.changes = changes;
     // Every object of the set, those left alone by annotation included: an object still in
     // the source is never pruned.
     let new_inventory = inventory::inventory(
@@ -144,6 +139,14 @@ pub async fn run(
             .iter()
             .map(|t| inventory::entry(&t.meta, &t.api_version)),
     );
+    if spec.prune {
+        refuse_mass_prune(ks, old.as_ref(), &new_inventory)?;
+    }
+    let changes = set
+        .apply(&targets)
+        .await
+        .map_err(|failure| apply_failed(failure, &targets, old.as_ref(), attempt))?;
+    attempt.changes = changes;
     attempt.inventory = Some(new_inventory.clone());
 
     if spec.prune {
@@ -176,6 +179,28 @@ pub async fn run(
             ),
             source: Box::new(source),
         })?;
+    }
+    Ok(())
+}
+
+/// Step (before anything is applied): a revision that applies nothing, where objects were
+/// applied before, would prune them all; it is refused unless the Kustomization allows it
+/// (`weir.dev/allow-mass-prune: "true"`), so a commit that empties the path never deletes a
+/// whole application.
+fn refuse_mass_prune(
+    ks: &Kustomization,
+    old: Option<&ResourceInventory>,
+    new: &ResourceInventory,
+) -> Result<(), KustomizeError> {
+    let Some(old) = old.filter(|o| !o.entries.is_empty()) else {
+        return Ok(());
+    };
+    let allowed = ks
+        .annotations()
+        .get(weir_api::control::ALLOW_MASS_PRUNE)
+        .is_some_and(|v| v == "true");
+    if new.entries.is_empty() && !allowed {
+        return Err(KustomizeError::MassPrune(old.entries.len()));
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ pub fn reconcile_trigger<K: Resource>(obj: &K) -> Option<u64> {
     for key in [
         weir_api::control::LOCK_REASON,
         weir_api::control::LOCK_EXPIRES,
+        weir_api::control::ALLOW_MASS_PRUNE,
     ] {
         meta.annotations
             .as_ref()

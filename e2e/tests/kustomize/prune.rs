@@ -170,3 +170,62 @@ async fn deleting_a_kustomization_with_prune_off_orphans_its_objects() -> Result
     assert!(f.config_map("a").await?.is_some(), "orphaned");
     Ok(())
 }
+
+/// Weir's guard against an emptied path: a commit that removes every object the Kustomization
+/// applied is refused (PruneFailed, naming the annotation), nothing is pruned and the last
+/// revision stays applied; annotated `weir.dev/allow-mass-prune: "true"`, the prune goes ahead.
+#[tokio::test]
+async fn a_revision_that_would_prune_everything_is_refused_until_allowed() -> Result<()> {
+    let f = Fixture::start(&[
+        ("apps/a.yaml", &config_map_yaml("a", "1")),
+        ("apps/b.yaml", &config_map_yaml("b", "1")),
+        ("apps/README.md", "the app's manifests\n"),
+    ])
+    .await?;
+    f.create_ks("app", json!({ "path": "./apps", "prune": true }))
+        .await?;
+    let first = f.repo.head()?;
+    f.wait_applied("app", &first).await?;
+
+    let emptied = f
+        .repo
+        .change()
+        .delete("apps/a.yaml")
+        .delete("apps/b.yaml")
+        .commit("remove everything")?;
+    let ks = f.wait_failed("app", Some(&emptied), "PruneFailed").await?;
+    let message = ks
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.r#type == "Ready")
+                .map(|c| c.message.clone())
+        })
+        .unwrap_or_default();
+    assert!(
+        message.contains("refusing to prune all 2 objects")
+            && message.contains("weir.dev/allow-mass-prune=true"),
+        "{message}"
+    );
+    assert!(f.config_map("a").await?.is_some(), "nothing was pruned");
+    assert!(f.config_map("b").await?.is_some(), "nothing was pruned");
+    assert!(
+        ks.status
+            .as_ref()
+            .and_then(|s| s.last_applied_revision.as_deref())
+            .is_some_and(|r| r.ends_with(&first)),
+        "the last good revision stays applied"
+    );
+
+    // Allowed: the annotation alone asks for a reconcile, and the objects go.
+    let allow = json!({ "metadata": { "annotations": { "weir.dev/allow-mass-prune": "true" } } });
+    f.ks.patch("app", &PatchParams::default(), &Patch::Merge(&allow))
+        .await?;
+    f.wait_applied("app", &emptied).await?;
+    let config_maps = f.config_maps();
+    wait_gone(&config_maps, "a").await?;
+    wait_gone(&config_maps, "b").await?;
+    f.teardown().await
+}

@@ -212,17 +212,10 @@ fn image_field(
             String::new(),
         ),
     };
-    let Some((mut start, mut end)) = setters::value_span(before) else {
+    let Some((start, end)) = setters::value_span(before) else {
         return Ok(None);
     };
-    let value = &before[start..end];
-    if value.len() >= 2
-        && ((value.starts_with('"') && value.ends_with('"'))
-            || (value.starts_with('\'') && value.ends_with('\'')))
-    {
-        start += 1;
-        end -= 1;
-    }
+    let (start, end) = setters::unquoted(before, start, end);
     Ok(Some((start, end, setter)))
 }
 

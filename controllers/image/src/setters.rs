@@ -222,14 +222,7 @@ pub fn apply_setters_where(
                 why: "the marker is not on a `key: value` or `- value` line".into(),
             });
         };
-        let quoted = &before[start..end];
-        if quoted.len() >= 2
-            && ((quoted.starts_with('"') && quoted.ends_with('"'))
-                || (quoted.starts_with('\'') && quoted.ends_with('\'')))
-        {
-            start += 1;
-            end -= 1;
-        }
+        (start, end) = unquoted(before, start, end);
         let old_value = &before[start..end];
         if old_value == new_value {
             out.push_str(line);
@@ -258,6 +251,19 @@ pub fn apply_setters_where(
         changes.push(change);
     }
     Ok((out, changes))
+}
+
+/// The span `start..end` of `line` without the quotes around it, when it is a quoted scalar.
+pub(crate) fn unquoted(line: &str, start: usize, end: usize) -> (usize, usize) {
+    let value = &line[start..end];
+    if value.len() >= 2
+        && ((value.starts_with('"') && value.ends_with('"'))
+            || (value.starts_with('\'') && value.ends_with('\'')))
+    {
+        (start + 1, end - 1)
+    } else {
+        (start, end)
+    }
 }
 
 #[cfg(test)]
